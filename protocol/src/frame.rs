@@ -1,0 +1,147 @@
+//! Versioned frames: `[WIRE_VERSION][kind][postcard body]`.
+//!
+//! Every MQTT payload in the system is one frame. Decoding refuses anything longer than
+//! [`MAX_FRAME_BYTES`] before looking inside, checks the version and the kind, decodes the
+//! body with postcard (which never allocates more than the bytes it was given can fill), and
+//! then runs the message's own validation (collection caps, consistency).
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The wire version this build speaks.
+pub const WIRE_VERSION: u8 = 1;
+
+/// The largest frame accepted on any topic. Also the MQTT maximum packet size, less headers.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Zero or one byte: no room for the header.
+    #[error("frame of {len} bytes is truncated: a frame starts with a version and a kind byte")]
+    Truncated {
+        /// Bytes received.
+        len: usize,
+    },
+    /// Over [`MAX_FRAME_BYTES`].
+    #[error("frame of {len} bytes is over the {max}-byte cap")]
+    TooLarge {
+        /// Bytes received.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A version this build does not speak.
+    #[error("frame version {got} is not supported (this build speaks {expected})")]
+    Version {
+        /// Version byte received.
+        got: u8,
+        /// Version this build speaks.
+        expected: u8,
+    },
+    /// A frame of another message type.
+    #[error("frame kind {got} where kind {expected} ({name}) was expected")]
+    Kind {
+        /// Kind byte received.
+        got: u8,
+        /// Kind expected.
+        expected: u8,
+        /// Name of the expected message.
+        name: &'static str,
+    },
+    /// The body does not decode.
+    #[error("malformed {name} body: {reason}")]
+    Malformed {
+        /// Name of the expected message.
+        name: &'static str,
+        /// What postcard said.
+        reason: String,
+    },
+    /// The body decodes but bytes are left over.
+    #[error("{name} body has {extra} trailing bytes")]
+    Trailing {
+        /// Name of the expected message.
+        name: &'static str,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// The body decodes but breaks a rule of the message (a cap, a consistency check).
+    #[error("invalid {name}: {reason}")]
+    Invalid {
+        /// Name of the expected message.
+        name: &'static str,
+        /// The rule broken.
+        reason: String,
+    },
+}
+
+/// A message that travels as a frame.
+pub trait Frame: Serialize + DeserializeOwned {
+    /// The kind byte, unique per message type.
+    const KIND: u8;
+    /// A name for error messages.
+    const NAME: &'static str;
+
+    /// Checks caps and consistency after decoding. The default accepts everything.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Encodes `msg` as a frame.
+pub fn encode<T: Frame>(msg: &T) -> Vec<u8> {
+    // Serializing into a Vec cannot fail for the types of this crate (no unsupported serde
+    // features); should it ever, the empty body is refused on decode, so it cannot go unnoticed.
+    postcard::to_extend(msg, vec![WIRE_VERSION, T::KIND])
+        .unwrap_or_else(|_| vec![WIRE_VERSION, T::KIND])
+}
+
+/// Decodes a frame of type `T`, refusing anything malformed, oversized, of another version
+/// or kind, or invalid.
+pub fn decode<T: Frame>(bytes: &[u8]) -> Result<T, FrameError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let [version, kind, body @ ..] = bytes else {
+        return Err(FrameError::Truncated { len: bytes.len() });
+    };
+    if *version != WIRE_VERSION {
+        return Err(FrameError::Version {
+            got: *version,
+            expected: WIRE_VERSION,
+        });
+    }
+    if *kind != T::KIND {
+        return Err(FrameError::Kind {
+            got: *kind,
+            expected: T::KIND,
+            name: T::NAME,
+        });
+    }
+    let (msg, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| FrameError::Malformed {
+        name: T::NAME,
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing {
+            name: T::NAME,
+            extra: rest.len(),
+        });
+    }
+    msg.validate().map_err(|reason| FrameError::Invalid {
+        name: T::NAME,
+        reason,
+    })?;
+    Ok(msg)
+}
+
+/// Returns `Err` naming `what` when `len` exceeds `max`: a helper for `validate`.
+pub fn cap(what: &str, len: usize, max: usize) -> Result<(), String> {
+    if len > max {
+        Err(format!("{what} has {len} entries, over the cap of {max}"))
+    } else {
+        Ok(())
+    }
+}

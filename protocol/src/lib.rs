@@ -1,0 +1,26 @@
+//! Wire types shared by rigd, the coordinator and rigctl. No I/O.
+//!
+//! - [`frame`]: every MQTT payload is a versioned frame: `[version][kind][postcard body]`,
+//!   its length capped before anything is decoded.
+//! - [`topics`]: the MQTT topic names.
+//! - [`ids`]: validated identifiers (`RigId`, `GpuUuid`, `JobId`).
+//! - [`messages`]: the messages carried on each topic.
+//! - [`receipt`]: the work receipt, its EIP-712 digest and the Merkle batch it is signed in.
+//! - [`crypto`]: public keys, signatures and their verification (secp256k1, P-256).
+
+pub mod crypto;
+pub mod digest;
+pub mod frame;
+pub mod ids;
+pub mod merkle;
+pub mod messages;
+pub mod receipt;
+pub mod topics;
+pub mod units;
+
+pub use crypto::{PublicKey, Signature, VerifyError};
+pub use frame::{decode, encode, Frame, FrameError, MAX_FRAME_BYTES, WIRE_VERSION};
+pub use ids::{GpuUuid, IdError, JobId, RigId};
+pub use messages::*;
+pub use receipt::{BatchHeader, Receipt, ReceiptItem};
+pub use units::{UnitKind, UnitOutput, WorkUnit};

@@ -1,0 +1,207 @@
+//! Work receipts, their EIP-712 struct hashes, and the signed batch header.
+//!
+//! A receipt is a leaf of a Merkle tree (see [`crate::merkle`]); the rig's key signs the
+//! EIP-712 digest of the [`BatchHeader`] once per batch. The typed-data definitions are:
+//!
+//! ```text
+//! EIP712Domain(string name,string version,uint256 chainId)     name "rigd", version "1"
+//! Receipt(string rig,uint64 seq,string card,string job,uint64 unit,uint32 attempt,
+//!         uint64 work,bytes32 inputDigest,bytes32 outputDigest,uint64 startedMs,
+//!         uint64 finishedMs,uint8 governorLevel)
+//! ReceiptBatch(string rig,uint64 firstSeq,uint32 count,bytes32 root)
+//! ```
+//!
+//! A leaf is `hashStruct(Receipt)`; the root is built from the leaves in sequence order.
+
+use crate::digest::{abi_u64, keccak256, Hash32};
+use crate::ids::{GpuUuid, JobId, RigId};
+use crate::merkle;
+use crate::units::UnitOutput;
+use serde::{Deserialize, Serialize};
+
+/// The EIP-712 type string of a receipt.
+pub const RECEIPT_TYPE: &str = "Receipt(string rig,uint64 seq,string card,string job,uint64 unit,uint32 attempt,uint64 work,bytes32 inputDigest,bytes32 outputDigest,uint64 startedMs,uint64 finishedMs,uint8 governorLevel)";
+/// The EIP-712 type string of a batch header.
+pub const BATCH_TYPE: &str = "ReceiptBatch(string rig,uint64 firstSeq,uint32 count,bytes32 root)";
+/// The EIP-712 type string of the domain.
+pub const DOMAIN_TYPE: &str = "EIP712Domain(string name,string version,uint256 chainId)";
+/// The chain id the domain separator commits to.
+pub const CHAIN_ID: u64 = 1;
+
+/// A signed statement that a rig's card finished a unit of work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The rig that did the work.
+    pub rig: RigId,
+    /// Per-rig sequence number, gap-free from 1.
+    pub seq: u64,
+    /// The card that did the work.
+    pub card: GpuUuid,
+    /// The job the unit belongs to.
+    pub job: JobId,
+    /// The unit.
+    pub unit: u64,
+    /// The assignment attempt the unit came with.
+    pub attempt: u32,
+    /// Work done, in FLOPs.
+    pub work: u64,
+    /// SHA-256 of the unit's input.
+    pub input_digest: Hash32,
+    /// SHA-256 of the unit's output.
+    pub output_digest: Hash32,
+    /// Unix time the worker started the unit, milliseconds.
+    pub started_ms: u64,
+    /// Unix time the worker finished the unit, milliseconds.
+    pub finished_ms: u64,
+    /// Thermal governor level of the card while it ran (0 normal .. 5 quarantined).
+    pub governor_level: u8,
+}
+
+impl Receipt {
+    /// `hashStruct(Receipt)`: the Merkle leaf.
+    pub fn struct_hash(&self) -> Hash32 {
+        keccak256(&[
+            &keccak256(&[RECEIPT_TYPE.as_bytes()]),
+            &keccak256(&[self.rig.as_str().as_bytes()]),
+            &abi_u64(self.seq),
+            &keccak256(&[self.card.as_str().as_bytes()]),
+            &keccak256(&[self.job.as_str().as_bytes()]),
+            &abi_u64(self.unit),
+            &abi_u64(u64::from(self.attempt)),
+            &abi_u64(self.work),
+            &self.input_digest,
+            &self.output_digest,
+            &abi_u64(self.started_ms),
+            &abi_u64(self.finished_ms),
+            &abi_u64(u64::from(self.governor_level)),
+        ])
+    }
+}
+
+/// The header a rig signs once per batch of receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    /// The rig.
+    pub rig: RigId,
+    /// Sequence number of the first receipt in the batch.
+    pub first_seq: u64,
+    /// Receipts in the batch (sequence numbers `first_seq .. first_seq + count`).
+    pub count: u32,
+    /// Merkle root over the receipts' struct hashes, in sequence order.
+    pub root: Hash32,
+}
+
+impl BatchHeader {
+    /// Builds the header over `receipts`, which must be consecutive from `receipts[0].seq`.
+    pub fn over(rig: &RigId, receipts: &[Receipt]) -> Result<Self, String> {
+        let first = receipts.first().ok_or("a batch holds at least one receipt")?;
+        for (i, r) in receipts.iter().enumerate() {
+            if r.seq != first.seq + i as u64 || &r.rig != rig {
+                return Err(format!(
+                    "receipt {i} has rig {} seq {}, batch expects rig {rig} seq {}",
+                    r.rig,
+                    r.seq,
+                    first.seq + i as u64
+                ));
+            }
+        }
+        let leaves: Vec<Hash32> = receipts.iter().map(Receipt::struct_hash).collect();
+        Ok(Self {
+            rig: rig.clone(),
+            first_seq: first.seq,
+            count: u32::try_from(receipts.len()).map_err(|_| "too many receipts")?,
+            root: merkle::root(&leaves),
+        })
+    }
+
+    /// `hashStruct(ReceiptBatch)`.
+    pub fn struct_hash(&self) -> Hash32 {
+        keccak256(&[
+            &keccak256(&[BATCH_TYPE.as_bytes()]),
+            &keccak256(&[self.rig.as_str().as_bytes()]),
+            &abi_u64(self.first_seq),
+            &abi_u64(u64::from(self.count)),
+            &self.root,
+        ])
+    }
+
+    /// The EIP-712 digest the rig's key signs: `keccak256(0x1901 ‖ domainSeparator ‖ hashStruct)`.
+    pub fn signing_digest(&self) -> Hash32 {
+        keccak256(&[b"\x19\x01", &domain_separator(), &self.struct_hash()])
+    }
+}
+
+/// The EIP-712 domain separator of rigd receipts.
+pub fn domain_separator() -> Hash32 {
+    keccak256(&[
+        &keccak256(&[DOMAIN_TYPE.as_bytes()]),
+        &keccak256(&[b"rigd"]),
+        &keccak256(&[b"1"]),
+        &abi_u64(CHAIN_ID),
+    ])
+}
+
+/// A receipt with the output it vouches for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptItem {
+    /// The receipt.
+    pub receipt: Receipt,
+    /// The unit's output; its digest is `receipt.output_digest`.
+    pub output: UnitOutput,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn receipt(seq: u64) -> Receipt {
+        Receipt {
+            rig: RigId::new("rig-1").unwrap_or_else(|_| unreachable!()),
+            seq,
+            card: GpuUuid::new("SIM-0").unwrap_or_else(|_| unreachable!()),
+            job: JobId::new("job").unwrap_or_else(|_| unreachable!()),
+            unit: seq * 10,
+            attempt: 0,
+            work: 1000,
+            input_digest: [1; 32],
+            output_digest: [2; 32],
+            started_ms: 5,
+            finished_ms: 6,
+            governor_level: 0,
+        }
+    }
+
+    #[test]
+    fn batch_header_refuses_gaps_and_foreign_receipts() {
+        let rig = RigId::new("rig-1").unwrap_or_else(|_| unreachable!());
+        assert!(BatchHeader::over(&rig, &[receipt(1), receipt(2)]).is_ok());
+        assert!(BatchHeader::over(&rig, &[receipt(1), receipt(3)]).is_err());
+        assert!(BatchHeader::over(&rig, &[]).is_err());
+        let other = RigId::new("rig-2").unwrap_or_else(|_| unreachable!());
+        assert!(BatchHeader::over(&other, &[receipt(1)]).is_err());
+    }
+
+    #[test]
+    fn every_receipt_field_changes_the_leaf() {
+        let base = receipt(1);
+        let mut changed = vec![];
+        let mut r = base.clone();
+        r.seq = 2;
+        changed.push(r);
+        let mut r = base.clone();
+        r.work += 1;
+        changed.push(r);
+        let mut r = base.clone();
+        r.output_digest[0] ^= 1;
+        changed.push(r);
+        let mut r = base.clone();
+        r.governor_level = 1;
+        changed.push(r);
+        let mut r = base.clone();
+        r.attempt = 1;
+        changed.push(r);
+        for c in changed {
+            assert_ne!(c.struct_hash(), base.struct_hash());
+        }
+    }
+}
