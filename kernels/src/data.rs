@@ -12,8 +12,8 @@ const STREAM_SAMPLE: u64 = 0x424C_4F42_5F53; // "BLOB_S"
 /// its class centre plus Gaussian noise.
 ///
 /// * Centre `c` has coordinates drawn independently from a standard normal
-///   distribution by `SplitMix64::new(derive_seed(seed, STREAM_CENTER, c))`.
-/// * Sample `i` uses `SplitMix64::new(derive_seed(seed, STREAM_SAMPLE, i))`:
+///   distribution by `SplitMix64::new(derive_seed(seed, 0x424C_4F42_5F43, c))` (ASCII "BLOB_C").
+/// * Sample `i` uses `SplitMix64::new(derive_seed(seed, 0x424C_4F42_5F53, i))` ("BLOB_S"):
 ///   first its label, uniform in `0..classes`, then `input` coordinates
 ///   `centre[d] + spread * N(0, 1)`.
 ///
@@ -104,7 +104,10 @@ mod tests {
         for &label in &y {
             counts[label as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (900..1100).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (900..1100).contains(&c)),
+            "{counts:?}"
+        );
         assert!(x.iter().all(|v| v.is_finite()));
     }
 

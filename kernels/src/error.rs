@@ -66,7 +66,10 @@ impl fmt::Display for KernelError {
                 max,
             } => write!(f, "{what} = {value} is outside {min}..={max}"),
             Self::TooManyParams { count, max } => {
-                write!(f, "model has {count} parameters, more than the limit of {max}")
+                write!(
+                    f,
+                    "model has {count} parameters, more than the limit of {max}"
+                )
             }
             Self::LabelOutOfRange {
                 index,
@@ -87,7 +90,11 @@ impl fmt::Display for KernelError {
 impl std::error::Error for KernelError {}
 
 /// Checks that `actual` equals `expected`.
-pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    actual: usize,
+) -> Result<(), KernelError> {
     if expected == actual {
         Ok(())
     } else {

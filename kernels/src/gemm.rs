@@ -27,7 +27,8 @@ pub fn gemm_flops(m: usize, n: usize, k: usize) -> u64 {
 /// `b` is `k x n`, both row-major.
 ///
 /// Element `i` of `a` is the top byte of output `i + 1` of
-/// `SplitMix64::new(derive_seed(seed, STREAM_A, 0))` (likewise for `b`), so
+/// `SplitMix64::new(derive_seed(seed, 0x4745_4D4D_5F41, 0))` (for `b` the
+/// stream is `0x4745_4D4D_5F42`; ASCII "GEMM_A" / "GEMM_B"), so
 /// any element can be generated directly. Values cover all of `-128..=127`.
 /// Returns two empty vectors if a dimension exceeds [`GEMM_MAX_DIM`].
 pub fn gemm_inputs(seed: u64, m: usize, n: usize, k: usize) -> (Vec<i8>, Vec<i8>) {
@@ -162,21 +163,40 @@ mod tests {
         let err = CpuKernels.gemm_i8(3, 4, 5, &a[1..], &b, &mut c);
         assert_eq!(
             err,
-            Err(KernelError::LengthMismatch { what: "a", expected: 15, actual: 14 })
+            Err(KernelError::LengthMismatch {
+                what: "a",
+                expected: 15,
+                actual: 14
+            })
         );
         let err = CpuKernels.gemm_i8(3, 4, 5, &a, &b[..19], &mut c);
-        assert!(matches!(err, Err(KernelError::LengthMismatch { what: "b", .. })));
+        assert!(matches!(
+            err,
+            Err(KernelError::LengthMismatch { what: "b", .. })
+        ));
         let err = CpuKernels.gemm_i8(3, 4, 5, &a, &b, &mut c[..11]);
-        assert!(matches!(err, Err(KernelError::LengthMismatch { what: "c", .. })));
+        assert!(matches!(
+            err,
+            Err(KernelError::LengthMismatch { what: "c", .. })
+        ));
     }
 
     #[test]
     fn gemm_rejects_dimensions_above_the_cap() {
         let err = CpuKernels.gemm_i8(GEMM_MAX_DIM + 1, 1, 1, &[], &[], &mut []);
-        assert!(matches!(err, Err(KernelError::DimensionOutOfRange { what: "m", .. })));
+        assert!(matches!(
+            err,
+            Err(KernelError::DimensionOutOfRange { what: "m", .. })
+        ));
         let err = CpuKernels.gemm_i8(1, 1, usize::MAX, &[], &[], &mut []);
-        assert!(matches!(err, Err(KernelError::DimensionOutOfRange { what: "k", .. })));
-        assert_eq!(gemm_inputs(0, 1, 1, GEMM_MAX_DIM + 1), (Vec::new(), Vec::new()));
+        assert!(matches!(
+            err,
+            Err(KernelError::DimensionOutOfRange { what: "k", .. })
+        ));
+        assert_eq!(
+            gemm_inputs(0, 1, 1, GEMM_MAX_DIM + 1),
+            (Vec::new(), Vec::new())
+        );
     }
 
     #[test]

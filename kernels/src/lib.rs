@@ -64,3 +64,62 @@ pub trait Kernels {
         y: &[u32],
     ) -> Result<LossGrad, KernelError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FNV-1a over a byte stream.
+    fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+        bytes.into_iter().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        })
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|f| f.to_le_bytes()).collect()
+    }
+
+    /// Pinned digests of generated inputs and kernel outputs. Any change here
+    /// means results differ from other machines or earlier versions.
+    #[test]
+    fn generated_data_and_results_match_pinned_digests() -> Result<(), KernelError> {
+        let (a, b) = gemm_inputs(1, 8, 8, 8);
+        let mut c = vec![0i32; 64];
+        CpuKernels.gemm_i8(8, 8, 8, &a, &b, &mut c)?;
+        let gemm = fnv1a(c.iter().flat_map(|v| v.to_le_bytes()));
+
+        let spec = BlobSpec {
+            seed: 7,
+            input: 16,
+            classes: 4,
+            spread: 1.0,
+        };
+        let (x, y) = spec.samples(0, 16);
+        let data = fnv1a(
+            f32_bytes(&x)
+                .into_iter()
+                .chain(y.iter().flat_map(|v| v.to_le_bytes())),
+        );
+
+        let shape = MlpShape {
+            input: 16,
+            hidden: 32,
+            output: 4,
+        };
+        let params = mlp_init_params(&shape, 1);
+        let init = fnv1a(f32_bytes(&params));
+        let out = CpuKernels.mlp_loss_grad(&shape, &params, &x, &y)?;
+        let grad = fnv1a(
+            f32_bytes(&out.grad_sum)
+                .into_iter()
+                .chain(out.loss_sum.to_le_bytes()),
+        );
+
+        assert_eq!(gemm, 0x7791_4fd1_f44d_934b, "gemm output");
+        assert_eq!(data, 0x840d_6b29_3f40_4a55, "blob samples");
+        assert_eq!(init, 0x12f4_e55f_ccd5_8d4d, "initial parameters");
+        assert_eq!(grad, 0x0d14_5316_35ba_e72f, "loss and gradient");
+        Ok(())
+    }
+}

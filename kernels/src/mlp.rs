@@ -50,7 +50,10 @@ impl MlpShape {
             u64::from(self.hidden),
             u64::from(self.output),
         );
-        (h * i).saturating_add(h).saturating_add(o * h).saturating_add(o)
+        (h * i)
+            .saturating_add(h)
+            .saturating_add(o * h)
+            .saturating_add(o)
     }
 
     /// Checks the caps: each dimension in `1..=`[`MLP_MAX_DIM`] and at most
@@ -116,7 +119,8 @@ pub struct LossGrad {
 ///
 /// `W1` entries are uniform in `±sqrt(6 / (input + hidden))`, `W2` entries
 /// uniform in `±sqrt(6 / (hidden + output))`, biases zero. Values are drawn in
-/// layout order from `SplitMix64::new(derive_seed(seed, STREAM_INIT, 0))`.
+/// layout order from `SplitMix64::new(derive_seed(seed, 0x4D4C_505F_494E_4954, 0))` (ASCII
+/// "MLP_INIT").
 /// Returns an empty vector if the shape fails [`MlpShape::validate`].
 pub fn mlp_init_params(shape: &MlpShape, seed: u64) -> Vec<f32> {
     let Ok(layout) = Layout::new(shape) else {
@@ -139,7 +143,12 @@ pub fn mlp_init_params(shape: &MlpShape, seed: u64) -> Vec<f32> {
 ///
 /// Takes the same inputs as [`crate::Kernels::mlp_loss_grad`]; an empty
 /// batch is [`KernelError::EmptyBatch`].
-pub fn mlp_loss(shape: &MlpShape, params: &[f32], x: &[f32], y: &[u32]) -> Result<f32, KernelError> {
+pub fn mlp_loss(
+    shape: &MlpShape,
+    params: &[f32],
+    x: &[f32],
+    y: &[u32],
+) -> Result<f32, KernelError> {
     let layout = Layout::new(shape)?;
     let batch = layout.check_batch(params, x, y)?;
     if batch == 0 {
@@ -214,9 +223,15 @@ impl Layout {
     }
 
     /// Checks buffer lengths and labels; returns the batch size.
-    pub(crate) fn check_batch(&self, params: &[f32], x: &[f32], y: &[u32]) -> Result<u32, KernelError> {
+    pub(crate) fn check_batch(
+        &self,
+        params: &[f32],
+        x: &[f32],
+        y: &[u32],
+    ) -> Result<u32, KernelError> {
         check_len("params", self.total, params.len())?;
-        let samples = u32::try_from(y.len()).map_err(|_| KernelError::BatchTooLarge { samples: y.len() })?;
+        let samples =
+            u32::try_from(y.len()).map_err(|_| KernelError::BatchTooLarge { samples: y.len() })?;
         let x_len = y
             .len()
             .checked_mul(self.input)
@@ -303,7 +318,12 @@ impl Layout {
             .zip(g_b2.iter_mut())
         {
             *gb += d;
-            for (((g, &a), &w), dh) in g_row.iter_mut().zip(act).zip(w_row).zip(d_hidden.iter_mut()) {
+            for (((g, &a), &w), dh) in g_row
+                .iter_mut()
+                .zip(act)
+                .zip(w_row)
+                .zip(d_hidden.iter_mut())
+            {
                 *g += d * a;
                 *dh += w * d;
             }
@@ -324,3 +344,7 @@ impl Layout {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "mlp_tests.rs"]
+mod tests;

@@ -89,7 +89,10 @@ mod tests {
     fn splitmix64_output_n_is_mix_of_counter() {
         let mut r = SplitMix64::new(42);
         for n in 1..10u64 {
-            assert_eq!(r.next_u64(), mix64(42u64.wrapping_add(n.wrapping_mul(GAMMA))));
+            assert_eq!(
+                r.next_u64(),
+                mix64(42u64.wrapping_add(n.wrapping_mul(GAMMA)))
+            );
         }
     }
 
