@@ -1,1 +1,46 @@
-//! placeholder
+//! rigd, the rig agent.
+//!
+//! [`run`] is the supervisor: it keeps the MQTT session ([`link`]), the durable
+//! [`journal`] (inbox, receipts, signed batches: the outbox), the receipt key ([`keys`]), the
+//! cards ([`gpu`]) and one worker process per card ([`cards`], [`worker`]).
+
+pub mod cards;
+pub mod config;
+pub mod gpu;
+pub mod journal;
+pub mod keys;
+pub mod link;
+mod rig;
+pub mod worker;
+
+pub use cards::WorkerCommand;
+pub use config::{ConfigError, RigConfig};
+pub use rig::run;
+
+/// Why rigd stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `rig.conf` is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The receipt key could not be opened.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    /// Anything else.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl RunError {
+    /// The process exit code: 2 configuration, 3 hardware (key store, cards), 1 other.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            RunError::Key(_) => 3,
+            RunError::Journal(_) | RunError::Runtime(_) => 1,
+        }
+    }
+}

@@ -85,8 +85,8 @@ impl fmt::Display for PublicKey {
 
 fn verify_k256(key: &[u8], digest: &Hash32, sig: &[u8]) -> Result<(), VerifyError> {
     use k256::ecdsa::{RecoveryId, Signature as KSig, VerifyingKey};
-    let expected =
-        VerifyingKey::from_sec1_bytes(key).map_err(|_| VerifyError::BadKey { curve: "secp256k1" })?;
+    let expected = VerifyingKey::from_sec1_bytes(key)
+        .map_err(|_| VerifyError::BadKey { curve: "secp256k1" })?;
     let [rs @ .., v] = sig else {
         return Err(VerifyError::Malformed("empty".into()));
     };
@@ -117,7 +117,8 @@ fn verify_k256(key: &[u8], digest: &Hash32, sig: &[u8]) -> Result<(), VerifyErro
 fn verify_p256(key: &[u8], digest: &Hash32, sig: &[u8]) -> Result<(), VerifyError> {
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
     use p256::ecdsa::{Signature as PSig, VerifyingKey};
-    let key = VerifyingKey::from_sec1_bytes(key).map_err(|_| VerifyError::BadKey { curve: "P-256" })?;
+    let key =
+        VerifyingKey::from_sec1_bytes(key).map_err(|_| VerifyError::BadKey { curve: "P-256" })?;
     if sig.len() != 64 {
         return Err(VerifyError::Malformed(format!(
             "P-256 signature is 64 bytes, got {}",
@@ -139,7 +140,12 @@ mod tests {
 
     fn k256_pair() -> (SigningKey, PublicKey) {
         let sk = SigningKey::from_slice(&[7u8; 32]).unwrap_or_else(|_| unreachable!());
-        let pk = PublicKey::Secp256k1(sk.verifying_key().to_encoded_point(true).as_bytes().to_vec());
+        let pk = PublicKey::Secp256k1(
+            sk.verifying_key()
+                .to_encoded_point(true)
+                .as_bytes()
+                .to_vec(),
+        );
         (sk, pk)
     }
 
@@ -162,23 +168,40 @@ mod tests {
         assert_eq!(pk.verify(&other, &sig), Err(VerifyError::Mismatch));
         let mut bad = sig.clone();
         bad.0[64] = 30;
-        assert!(matches!(pk.verify(&digest, &bad), Err(VerifyError::Malformed(_))));
+        assert!(matches!(
+            pk.verify(&digest, &bad),
+            Err(VerifyError::Malformed(_))
+        ));
         let short = Signature(sig.0[..10].to_vec());
-        assert!(matches!(pk.verify(&digest, &short), Err(VerifyError::Malformed(_))));
-        assert!(PublicKey::Secp256k1(vec![1, 2, 3]).verify(&digest, &sig).is_err());
+        assert!(matches!(
+            pk.verify(&digest, &short),
+            Err(VerifyError::Malformed(_))
+        ));
+        assert!(PublicKey::Secp256k1(vec![1, 2, 3])
+            .verify(&digest, &sig)
+            .is_err());
     }
 
     #[test]
     fn p256_signature_verifies_and_wrong_digest_is_refused() {
         use p256::ecdsa::signature::hazmat::PrehashSigner;
         let sk = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap_or_else(|_| unreachable!());
-        let pk = PublicKey::P256(sk.verifying_key().to_encoded_point(true).as_bytes().to_vec());
+        let pk = PublicKey::P256(
+            sk.verifying_key()
+                .to_encoded_point(true)
+                .as_bytes()
+                .to_vec(),
+        );
         let digest = keccak256(&[b"batch"]);
-        let sig: p256::ecdsa::Signature = sk.sign_prehash(&digest).unwrap_or_else(|_| unreachable!());
+        let sig: p256::ecdsa::Signature =
+            sk.sign_prehash(&digest).unwrap_or_else(|_| unreachable!());
         let sig = sig.normalize_s().unwrap_or(sig);
         let sig = Signature(sig.to_bytes().to_vec());
         assert_eq!(pk.verify(&digest, &sig), Ok(()));
-        assert_eq!(pk.verify(&keccak256(&[b"x"]), &sig), Err(VerifyError::Mismatch));
+        assert_eq!(
+            pk.verify(&keccak256(&[b"x"]), &sig),
+            Err(VerifyError::Mismatch)
+        );
     }
 
     #[test]
@@ -187,7 +210,12 @@ mod tests {
         let mut one = [0u8; 32];
         one[31] = 1;
         let sk = SigningKey::from_slice(&one).unwrap_or_else(|_| unreachable!());
-        let pk = PublicKey::Secp256k1(sk.verifying_key().to_encoded_point(true).as_bytes().to_vec());
+        let pk = PublicKey::Secp256k1(
+            sk.verifying_key()
+                .to_encoded_point(true)
+                .as_bytes()
+                .to_vec(),
+        );
         assert_eq!(
             pk.eth_address().map(hex::encode).unwrap_or_default(),
             "7e5f4552091a69125d5dfcb7b8c2659029395bdf"

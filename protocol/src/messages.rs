@@ -18,7 +18,10 @@ pub const MAX_TEXT: usize = 128;
 
 fn text(what: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_TEXT {
-        Err(format!("{what} is {} bytes, over the cap of {MAX_TEXT}", s.len()))
+        Err(format!(
+            "{what} is {} bytes, over the cap of {MAX_TEXT}",
+            s.len()
+        ))
     } else {
         Ok(())
     }
@@ -88,7 +91,9 @@ impl Frame for RigStatus {
         cap("cards", self.cards.len(), MAX_CARDS)?;
         text("agent_version", &self.agent_version)?;
         text("key_backend", &self.key_backend)?;
-        self.cards.iter().try_for_each(|c| text("card name", &c.name))
+        self.cards
+            .iter()
+            .try_for_each(|c| text("card name", &c.name))
     }
 }
 
@@ -199,7 +204,10 @@ impl Frame for ReceiptBatch {
         for (i, item) in self.items.iter().enumerate() {
             let r = &item.receipt;
             if r.rig != self.header.rig || r.seq != self.header.first_seq + i as u64 {
-                return Err(format!("item {i} (rig {} seq {}) does not follow the header", r.rig, r.seq));
+                return Err(format!(
+                    "item {i} (rig {} seq {}) does not follow the header",
+                    r.rig, r.seq
+                ));
             }
             item.output.validate()?;
         }
@@ -250,8 +258,8 @@ pub struct Earnings {
     pub rig: RigId,
     /// Per card.
     pub cards: Vec<CardEarnings>,
-    /// Price, micro-credits per GFLOP of work.
-    pub micros_per_gflop: u64,
+    /// Price, micro-credits per MFLOP of work.
+    pub micros_per_mflop: u64,
     /// Highest receipt sequence number recorded from the rig.
     pub last_seq: u64,
     /// Sequence numbers below `last_seq` not received yet.

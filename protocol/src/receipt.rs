@@ -94,7 +94,9 @@ pub struct BatchHeader {
 impl BatchHeader {
     /// Builds the header over `receipts`, which must be consecutive from `receipts[0].seq`.
     pub fn over(rig: &RigId, receipts: &[Receipt]) -> Result<Self, String> {
-        let first = receipts.first().ok_or("a batch holds at least one receipt")?;
+        let first = receipts
+            .first()
+            .ok_or("a batch holds at least one receipt")?;
         for (i, r) in receipts.iter().enumerate() {
             if r.seq != first.seq + i as u64 || &r.rig != rig {
                 return Err(format!(

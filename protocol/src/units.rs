@@ -95,7 +95,10 @@ impl UnitKind {
                     return Err(format!("MLP shape {shape:?} outside 1..=4096"));
                 }
                 if params.len() > MAX_PARAMS {
-                    return Err(format!("{} parameters, over the cap of {MAX_PARAMS}", params.len()));
+                    return Err(format!(
+                        "{} parameters, over the cap of {MAX_PARAMS}",
+                        params.len()
+                    ));
                 }
                 if *data_classes != shape[2] {
                     return Err("data classes differ from the output width".into());

@@ -1,0 +1,247 @@
+//! One task per card, each driving that card's worker process.
+//!
+//! The task spawns the worker on demand (pinned to its card through the environment), sends
+//! it one unit at a time and waits for the answer within a deadline. A worker that exits,
+//! answers garbage or stays silent past the deadline is killed; the unit goes back to the
+//! supervisor to be queued again, and the worker is restarted with exponential backoff.
+
+use crate::journal::Completion;
+use crate::worker::{unit_work, Reply, Request, MAX_WORKER_FRAME};
+use rigd_protocol::{GpuUuid, WorkUnit};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How to start a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// What a card task reports to the supervisor.
+#[derive(Debug)]
+pub enum CardEvent {
+    /// A unit finished.
+    Done {
+        /// Card index.
+        card: usize,
+        /// The result.
+        completion: Box<Completion>,
+    },
+    /// The worker refused the unit as invalid; the worker itself is fine.
+    Refused {
+        /// Card index.
+        card: usize,
+        /// The unit.
+        unit: WorkUnit,
+        /// Why.
+        reason: String,
+    },
+    /// The worker died or hung with the unit; it is being restarted.
+    Crashed {
+        /// Card index.
+        card: usize,
+        /// The unit it held.
+        unit: WorkUnit,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Settings of one card task.
+#[derive(Debug, Clone)]
+pub struct CardSettings {
+    /// Card index on the rig.
+    pub index: usize,
+    /// Card UUID (exported to the worker as `CUDA_VISIBLE_DEVICES`).
+    pub uuid: GpuUuid,
+    /// Worker executable.
+    pub command: WorkerCommand,
+    /// Simulated speed, for sim cards.
+    pub sim_gflops: Option<f64>,
+    /// Extra time allowed past a unit's expected duration before the worker counts as hung.
+    pub hang_ms: u64,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl Worker {
+    fn spawn(s: &CardSettings) -> std::io::Result<Self> {
+        let mut child = Command::new(&s.command.program)
+            .args(&s.command.args)
+            .env("CUDA_VISIBLE_DEVICES", s.uuid.as_str())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    async fn call(&mut self, req: &Request) -> std::io::Result<Reply> {
+        let body = postcard::to_allocvec(req).map_err(std::io::Error::other)?;
+        let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
+        self.stdin.write_all(&len.to_le_bytes()).await?;
+        self.stdin.write_all(&body).await?;
+        self.stdin.flush().await?;
+        let mut len = [0u8; 4];
+        self.stdout.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_WORKER_FRAME {
+            return Err(std::io::Error::other(format!(
+                "reply of {len} bytes over the cap"
+            )));
+        }
+        let mut body = vec![0u8; len];
+        self.stdout.read_exact(&mut body).await?;
+        postcard::from_bytes(&body).map_err(std::io::Error::other)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Backoff before the `n`th consecutive restart: 200 ms doubling, at most 10 s.
+pub fn restart_backoff(n: u32) -> Duration {
+    Duration::from_millis((200u64 << n.min(6)).min(10_000))
+}
+
+/// Runs a card: takes units from `units`, reports on `events`, until `units` closes.
+pub async fn run_card(
+    s: CardSettings,
+    mut units: mpsc::Receiver<WorkUnit>,
+    events: mpsc::Sender<CardEvent>,
+    stop: CancellationToken,
+) {
+    let mut worker: Option<Worker> = None;
+    let mut failures: u32 = 0;
+    while let Some(unit) = units.recv().await {
+        let w = match worker.take() {
+            Some(w) => w,
+            None => match Worker::spawn(&s) {
+                Ok(w) => {
+                    tracing::info!(gpu = %s.uuid, pid = ?w.pid(), "worker started");
+                    w
+                }
+                Err(e) => {
+                    failures += 1;
+                    let _ = events
+                        .send(CardEvent::Crashed {
+                            card: s.index,
+                            unit,
+                            reason: format!("cannot start worker: {e}"),
+                        })
+                        .await;
+                    backoff(&stop, failures).await;
+                    continue;
+                }
+            },
+        };
+        let mut w = w;
+        let expected_ms = s
+            .sim_gflops
+            .map(|g| (unit_work(&unit.kind) as f64 / (g * 1e6)) as u64)
+            .unwrap_or(0);
+        let deadline = Duration::from_millis(expected_ms.saturating_add(s.hang_ms));
+        let req = Request {
+            unit: unit.clone(),
+            sim_gflops: s.sim_gflops,
+        };
+        match tokio::time::timeout(deadline, w.call(&req)).await {
+            Ok(Ok(Reply::Done {
+                output,
+                work,
+                started_ms,
+                finished_ms,
+            })) => {
+                failures = 0;
+                worker = Some(w);
+                let completion = Box::new(Completion {
+                    unit,
+                    card: s.uuid.clone(),
+                    output,
+                    work,
+                    started_ms,
+                    finished_ms,
+                    governor_level: 0,
+                });
+                let _ = events
+                    .send(CardEvent::Done {
+                        card: s.index,
+                        completion,
+                    })
+                    .await;
+            }
+            Ok(Ok(Reply::Failed { reason })) => {
+                worker = Some(w);
+                let _ = events
+                    .send(CardEvent::Refused {
+                        card: s.index,
+                        unit,
+                        reason,
+                    })
+                    .await;
+            }
+            outcome => {
+                let reason = match outcome {
+                    Ok(Err(e)) => format!("worker failed: {e}"),
+                    _ => format!("worker silent for {} ms", deadline.as_millis()),
+                };
+                let _ = w.child.start_kill();
+                let _ = w.child.wait().await;
+                failures += 1;
+                let _ = events
+                    .send(CardEvent::Crashed {
+                        card: s.index,
+                        unit,
+                        reason,
+                    })
+                    .await;
+                backoff(&stop, failures).await;
+            }
+        }
+    }
+}
+
+async fn backoff(stop: &CancellationToken, failures: u32) {
+    tokio::select! {
+        _ = tokio::time::sleep(restart_backoff(failures.saturating_sub(1))) => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_and_is_capped() {
+        assert_eq!(restart_backoff(0), Duration::from_millis(200));
+        assert_eq!(restart_backoff(1), Duration::from_millis(400));
+        assert_eq!(restart_backoff(30), Duration::from_millis(10_000));
+    }
+}

@@ -1,0 +1,259 @@
+//! `rig.conf`: TOML, every key known, every mistake named with its line.
+
+use rigd_protocol::RigId;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Why `rig.conf` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type.
+    #[error("{path} line {line}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem (0 when the parser gave no position).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value of the right type that is not acceptable.
+    #[error("{path}: {key}: {message}")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which GPU backend drives the cards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuBackend {
+    /// Simulated cards (thermal model, CPU reference kernels).
+    Sim,
+}
+
+/// The rig's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RigConfig {
+    /// The rig's identity (one topic level: letters, digits, `.`, `_`, `-`).
+    pub rig_id: RigId,
+    /// MQTT broker, `host:port`.
+    pub broker: String,
+    /// Where the journal, the outbox and the software key live.
+    pub state_dir: PathBuf,
+    /// Receipt signing key, by URI: `file:NAME` (relative to `state_dir`) or `file:///ABS/PATH`,
+    /// optionally `?curve=secp256k1|p256`.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Must be `true` for a `file:` key: software keys are for development only.
+    #[serde(default)]
+    pub allow_software_key: bool,
+    /// GPU backend.
+    #[serde(default = "default_gpu")]
+    pub gpu: GpuBackend,
+    /// Number of simulated cards (`gpu = "sim"`), 1 to 16.
+    #[serde(default = "default_sim_gpus")]
+    pub sim_gpus: u32,
+    /// Simulated card throughput, GFLOP/s: a unit takes at least `work / sim_gflops`.
+    #[serde(default = "default_sim_gflops")]
+    pub sim_gflops: f64,
+    /// Period of telemetry samples, ms.
+    #[serde(default = "default_telemetry_ms")]
+    pub telemetry_interval_ms: u64,
+    /// Most receipts signed together in one batch.
+    #[serde(default = "default_batch_max")]
+    pub batch_max_receipts: u32,
+    /// Unacknowledged batches are sent again after this long, ms.
+    #[serde(default = "default_resend_ms")]
+    pub resend_interval_ms: u64,
+    /// When this many receipts wait for the coordinator's acknowledgement, the rig stops
+    /// starting new units (it never drops a receipt) until acknowledgements drain the outbox.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked_receipts: u64,
+    /// A worker silent for this long past its unit's expected time is killed, ms.
+    #[serde(default = "default_hang_ms")]
+    pub worker_hang_ms: u64,
+}
+
+fn default_key() -> String {
+    "file:receipt-key".into()
+}
+fn default_gpu() -> GpuBackend {
+    GpuBackend::Sim
+}
+fn default_sim_gpus() -> u32 {
+    1
+}
+fn default_sim_gflops() -> f64 {
+    0.05
+}
+fn default_telemetry_ms() -> u64 {
+    2000
+}
+fn default_batch_max() -> u32 {
+    256
+}
+fn default_resend_ms() -> u64 {
+    3000
+}
+fn default_max_unacked() -> u64 {
+    200_000
+}
+fn default_hang_ms() -> u64 {
+    30_000
+}
+
+impl RigConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: RigConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0),
+            message: e.message().to_owned(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// A simulated rig with defaults, for the demo and tests.
+    pub fn sim(
+        rig: RigId,
+        broker_host: &str,
+        broker_port: u16,
+        state_dir: PathBuf,
+        gpus: u32,
+    ) -> Self {
+        Self {
+            rig_id: rig,
+            broker: format!("{broker_host}:{broker_port}"),
+            state_dir,
+            key: default_key(),
+            allow_software_key: true,
+            gpu: GpuBackend::Sim,
+            sim_gpus: gpus,
+            sim_gflops: default_sim_gflops(),
+            telemetry_interval_ms: 500,
+            batch_max_receipts: default_batch_max(),
+            resend_interval_ms: 1000,
+            max_unacked_receipts: default_max_unacked(),
+            worker_hang_ms: default_hang_ms(),
+        }
+    }
+
+    /// The broker split into host and port.
+    pub fn broker_addr(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.broker.rsplit_once(':')?;
+        Some((host, port.parse().ok()?))
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, message: String| {
+            Err(ConfigError::Value {
+                path: path.to_owned(),
+                key,
+                message,
+            })
+        };
+        if self.broker_addr().is_none() {
+            return bad("broker", format!("{:?} is not host:port", self.broker));
+        }
+        if !(1..=16).contains(&self.sim_gpus) {
+            return bad("sim_gpus", format!("{} is outside 1..=16", self.sim_gpus));
+        }
+        if !(self.sim_gflops.is_finite() && self.sim_gflops > 0.0) {
+            return bad(
+                "sim_gflops",
+                format!("{} is not a positive number", self.sim_gflops),
+            );
+        }
+        if self.batch_max_receipts == 0
+            || self.batch_max_receipts as usize > rigd_protocol::MAX_BATCH
+        {
+            return bad(
+                "batch_max_receipts",
+                format!(
+                    "{} is outside 1..={}",
+                    self.batch_max_receipts,
+                    rigd_protocol::MAX_BATCH
+                ),
+            );
+        }
+        if self.telemetry_interval_ms < 100 || self.resend_interval_ms < 100 {
+            return bad(
+                "telemetry_interval_ms",
+                "intervals must be at least 100 ms".into(),
+            );
+        }
+        if self.max_unacked_receipts == 0 {
+            return bad("max_unacked_receipts", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "rig_id = \"rig-1\"\nbroker = \"127.0.0.1:1883\"\nstate_dir = \"/tmp/x\"\nallow_software_key = true\nsim_gpus = 2\n";
+
+    #[test]
+    fn a_minimal_config_parses_with_defaults() {
+        let c = RigConfig::parse(Path::new("rig.conf"), GOOD);
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.sim_gpus, 2);
+        assert_eq!(c.broker_addr(), Some(("127.0.0.1", 1883)));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_line() {
+        let text = format!("{GOOD}sim_gpu = 3\n");
+        match RigConfig::parse(Path::new("rig.conf"), &text) {
+            Err(ConfigError::Parse { line, message, .. }) => {
+                assert_eq!(line, 6);
+                assert!(message.contains("sim_gpu"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_rig_id_and_a_bad_broker_are_refused() {
+        let text = GOOD.replace("rig-1", "rig/1");
+        assert!(matches!(
+            RigConfig::parse(Path::new("rig.conf"), &text),
+            Err(ConfigError::Parse { line: 1, .. })
+        ));
+        let text = GOOD.replace("127.0.0.1:1883", "nowhere");
+        assert!(matches!(
+            RigConfig::parse(Path::new("rig.conf"), &text),
+            Err(ConfigError::Value { key: "broker", .. })
+        ));
+    }
+}

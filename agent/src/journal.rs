@@ -1,0 +1,347 @@
+//! The durable journal: received units, receipts and signed batches in SQLite (WAL,
+//! `synchronous=FULL`).
+//!
+//! Life of a unit, each step one transaction, so a kill at any instant loses and duplicates
+//! nothing:
+//! 1. [`Journal::add_units`]: the unit is in the inbox before the broker is acknowledged.
+//! 2. [`Journal::record`]: the inbox row becomes a receipt with the next sequence number
+//!    (gap-free; many completions per transaction: group commit).
+//! 3. [`Journal::store_batch`]: consecutive unbatched receipts get a signed batch header.
+//! 4. [`Journal::ack`]: the coordinator recorded the batch; its outputs are dropped.
+//!
+//! Unacknowledged batches are the outbox: [`Journal::unacked_batches`] rebuilds their
+//! messages for (re)sending. Everything read back from disk is decoded with errors, never
+//! panics.
+
+use rigd_protocol::{
+    BatchHeader, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RigId, Signature, UnitOutput,
+    WorkUnit,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// SQLite failed.
+    #[error("journal database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored row does not decode.
+    #[error("journal row {what} is corrupt: {reason}")]
+    Corrupt {
+        /// Which row.
+        what: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+/// A unit a worker finished.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The unit as received.
+    pub unit: WorkUnit,
+    /// The card that computed it.
+    pub card: GpuUuid,
+    /// The result.
+    pub output: UnitOutput,
+    /// Work done, FLOPs.
+    pub work: u64,
+    /// Start, Unix ms.
+    pub started_ms: u64,
+    /// End, Unix ms.
+    pub finished_ms: u64,
+    /// Governor level while it ran.
+    pub governor_level: u8,
+}
+
+/// Counters for status messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Highest sequence number journaled.
+    pub last_seq: u64,
+    /// Receipts not yet acknowledged by the coordinator.
+    pub unacked_receipts: u64,
+    /// Units waiting in the inbox.
+    pub queued_units: u64,
+}
+
+/// The journal of one rig.
+pub struct Journal {
+    db: Connection,
+    rig: RigId,
+}
+
+fn corrupt(what: impl Into<String>, e: impl std::fmt::Display) -> JournalError {
+    JournalError::Corrupt {
+        what: what.into(),
+        reason: e.to_string(),
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`.
+    pub fn open(path: &Path, rig: RigId) -> Result<Self, JournalError> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS inbox (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 job TEXT NOT NULL, unit INTEGER NOT NULL, attempt INTEGER NOT NULL,
+                 body BLOB NOT NULL,
+                 UNIQUE (job, unit, attempt));
+             CREATE TABLE IF NOT EXISTS receipts (
+                 seq INTEGER PRIMARY KEY,
+                 job TEXT NOT NULL, unit INTEGER NOT NULL, attempt INTEGER NOT NULL,
+                 receipt BLOB NOT NULL, output BLOB,
+                 batch INTEGER,
+                 UNIQUE (job, unit, attempt));
+             CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (batch) WHERE batch IS NULL;
+             CREATE TABLE IF NOT EXISTS batches (
+                 first_seq INTEGER PRIMARY KEY,
+                 count INTEGER NOT NULL,
+                 header BLOB NOT NULL, signature BLOB NOT NULL,
+                 acked INTEGER NOT NULL DEFAULT 0);",
+        )?;
+        Ok(Self { db, rig })
+    }
+
+    /// Stores units in the inbox, skipping any already queued or already done. Returns the
+    /// units that are new.
+    pub fn add_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
+        let tx = self.db.transaction()?;
+        let mut added = vec![];
+        for u in units {
+            let done: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM receipts WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
+                    params![u.job.as_str(), u.unit as i64, u.attempt],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if done.is_some() {
+                continue;
+            }
+            let body = postcard::to_allocvec(u).map_err(|e| corrupt("new unit", e))?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO inbox (job, unit, attempt, body) VALUES (?1, ?2, ?3, ?4)",
+                params![u.job.as_str(), u.unit as i64, u.attempt, body],
+            )?;
+            if n == 1 {
+                added.push(u.clone());
+            }
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+
+    /// Every unit in the inbox, oldest first.
+    pub fn queued_units(&self) -> Result<Vec<WorkUnit>, JournalError> {
+        let mut stmt = self.db.prepare("SELECT id, body FROM inbox ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = vec![];
+        for row in rows {
+            let (id, body) = row?;
+            out.push(postcard::from_bytes(&body).map_err(|e| corrupt(format!("inbox {id}"), e))?);
+        }
+        Ok(out)
+    }
+
+    /// Turns completions into receipts with the next sequence numbers, in one transaction.
+    /// A completion whose unit already has a receipt is skipped.
+    pub fn record(&mut self, done: &[Completion]) -> Result<Vec<Receipt>, JournalError> {
+        let tx = self.db.transaction()?;
+        let mut seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
+        let mut out = vec![];
+        for c in done {
+            let u = &c.unit;
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM receipts WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
+                    params![u.job.as_str(), u.unit as i64, u.attempt],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_some() {
+                continue;
+            }
+            seq += 1;
+            let receipt = Receipt {
+                rig: self.rig.clone(),
+                seq,
+                card: c.card.clone(),
+                job: u.job.clone(),
+                unit: u.unit,
+                attempt: u.attempt,
+                work: c.work,
+                input_digest: u.kind.input_digest(),
+                output_digest: c.output.digest(),
+                started_ms: c.started_ms,
+                finished_ms: c.finished_ms,
+                governor_level: c.governor_level,
+            };
+            let rbytes = postcard::to_allocvec(&receipt).map_err(|e| corrupt("new receipt", e))?;
+            let obytes = postcard::to_allocvec(&c.output).map_err(|e| corrupt("new output", e))?;
+            tx.execute(
+                "INSERT INTO receipts (seq, job, unit, attempt, receipt, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![seq as i64, u.job.as_str(), u.unit as i64, u.attempt, rbytes, obytes],
+            )?;
+            tx.execute(
+                "DELETE FROM inbox WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
+                params![u.job.as_str(), u.unit as i64, u.attempt],
+            )?;
+            out.push(receipt);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Removes a unit the worker refused as invalid from the inbox.
+    pub fn discard_unit(&mut self, u: &WorkUnit) -> Result<(), JournalError> {
+        self.db.execute(
+            "DELETE FROM inbox WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
+            params![u.job.as_str(), u.unit as i64, u.attempt],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` receipts not yet in a batch, in sequence order.
+    pub fn unbatched(&self, limit: u32) -> Result<Vec<Receipt>, JournalError> {
+        let mut stmt = self.db.prepare(
+            "SELECT seq, receipt FROM receipts WHERE batch IS NULL ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (seq, body) = row?;
+            out.push(
+                postcard::from_bytes(&body).map_err(|e| corrupt(format!("receipt {seq}"), e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores a signed batch header and assigns its receipts to it.
+    pub fn store_batch(
+        &mut self,
+        header: &BatchHeader,
+        signature: &Signature,
+    ) -> Result<(), JournalError> {
+        let tx = self.db.transaction()?;
+        let hbytes = postcard::to_allocvec(header).map_err(|e| corrupt("new batch", e))?;
+        tx.execute(
+            "INSERT INTO batches (first_seq, count, header, signature) VALUES (?1, ?2, ?3, ?4)",
+            params![header.first_seq as i64, header.count, hbytes, signature.0],
+        )?;
+        let last = header.first_seq + u64::from(header.count);
+        tx.execute(
+            "UPDATE receipts SET batch = ?1 WHERE seq >= ?1 AND seq < ?2",
+            params![header.first_seq as i64, last as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` unacknowledged batches, oldest first, as messages ready to send.
+    pub fn unacked_batches(&self, limit: u32) -> Result<Vec<ReceiptBatch>, JournalError> {
+        let mut stmt = self.db.prepare(
+            "SELECT first_seq, header, signature FROM batches WHERE acked = 0 ORDER BY first_seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut heads = vec![];
+        for row in rows {
+            let (first, h, s) = row?;
+            let header: BatchHeader =
+                postcard::from_bytes(&h).map_err(|e| corrupt(format!("batch {first}"), e))?;
+            heads.push((header, Signature(s)));
+        }
+        let mut out = vec![];
+        let mut items_stmt = self
+            .db
+            .prepare("SELECT seq, receipt, output FROM receipts WHERE batch = ?1 ORDER BY seq")?;
+        for (header, signature) in heads {
+            let rows = items_stmt.query_map([header.first_seq as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })?;
+            let mut items = vec![];
+            for row in rows {
+                let (seq, rb, ob) = row?;
+                let what = || format!("receipt {seq}");
+                let receipt = postcard::from_bytes(&rb).map_err(|e| corrupt(what(), e))?;
+                let ob = ob.ok_or_else(|| corrupt(what(), "output missing"))?;
+                let output = postcard::from_bytes(&ob).map_err(|e| corrupt(what(), e))?;
+                items.push(ReceiptItem { receipt, output });
+            }
+            out.push(ReceiptBatch {
+                header,
+                signature,
+                items,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks batches recorded by the coordinator and drops their outputs. Unknown batches
+    /// are ignored. Returns how many batches changed.
+    pub fn ack(&mut self, first_seqs: &[u64]) -> Result<usize, JournalError> {
+        let tx = self.db.transaction()?;
+        let mut changed = 0;
+        for first in first_seqs {
+            let n = tx.execute(
+                "UPDATE batches SET acked = 1 WHERE first_seq = ?1 AND acked = 0",
+                [*first as i64],
+            )?;
+            if n == 1 {
+                tx.execute(
+                    "UPDATE receipts SET output = NULL WHERE batch = ?1",
+                    [*first as i64],
+                )?;
+            }
+            changed += n;
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Counters for status messages.
+    pub fn stats(&self) -> Result<JournalStats, JournalError> {
+        let last_seq: i64 =
+            self.db
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| {
+                    r.get(0)
+                })?;
+        let acked: i64 = self.db.query_row(
+            "SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        let queued: i64 = self
+            .db
+            .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?;
+        Ok(JournalStats {
+            last_seq: last_seq as u64,
+            unacked_receipts: (last_seq - acked).max(0) as u64,
+            queued_units: queued as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "journal_tests.rs"]
+mod tests;

@@ -1,0 +1,165 @@
+//! The MQTT 5 session. The event loop runs on its own task and forwards what matters to the
+//! supervisor; publishing never blocks (`try_publish`): what cannot be queued now is sent
+//! again from the durable outbox later.
+
+use bytes::Bytes;
+use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::{RigId, MAX_FRAME_BYTES};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What the link tells the supervisor.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// (Re)connected; subscriptions are renewed.
+    Connected {
+        /// Whether the broker kept the session.
+        session_present: bool,
+    },
+    /// A message on a subscribed topic. QoS 1 messages must be acknowledged with
+    /// [`Link::ack`] once handled.
+    Message(Box<Publish>),
+    /// The connection dropped; the link reconnects by itself.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The publishing side of the session.
+#[derive(Clone)]
+pub struct Link {
+    client: AsyncClient,
+    rig: RigId,
+}
+
+/// Settings of the session.
+pub struct LinkSettings {
+    /// The rig (also the client id).
+    pub rig: RigId,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Last will, published retained on the rig's status topic if the rig vanishes.
+    pub will: Vec<u8>,
+}
+
+impl Link {
+    /// Starts the session; events arrive on the returned receiver until `stop`.
+    pub fn start(s: LinkSettings, stop: CancellationToken) -> (Link, mpsc::Receiver<LinkEvent>) {
+        let mut opts = MqttOptions::new(s.rig.as_str(), s.host, s.port);
+        opts.set_keep_alive(Duration::from_secs(10))
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(7 * 24 * 3600))
+            .set_manual_acks(true)
+            .set_max_packet_size(Some((MAX_FRAME_BYTES + 4096) as u32))
+            .set_outgoing_inflight_upper_limit(100)
+            .set_request_channel_capacity(256)
+            .set_last_will(LastWill::new(
+                topics::rig(&s.rig, Channel::Status),
+                s.will,
+                QoS::AtLeastOnce,
+                true,
+                None,
+            ));
+        let (client, eventloop) = AsyncClient::new(opts, 256);
+        let (tx, rx) = mpsc::channel(1024);
+        let link = Link { client, rig: s.rig };
+        tokio::spawn(drive(eventloop, link.clone(), tx, stop));
+        (link, rx)
+    }
+
+    /// Queues a publish; `false` when it could not be queued now.
+    pub fn publish(&self, channel: Channel, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
+        let topic = topics::rig(&self.rig, channel);
+        match self
+            .client
+            .try_publish(topic, qos, retain, Bytes::from(payload))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(channel = channel.as_str(), error = %e, "publish not queued");
+                false
+            }
+        }
+    }
+
+    /// Acknowledges a QoS 1 message after it was handled.
+    pub fn ack(&self, publish: &Publish) {
+        if let Err(e) = self.client.try_ack(publish) {
+            tracing::debug!(error = %e, "ack not queued");
+        }
+    }
+
+    /// Disconnects cleanly (no last will).
+    pub async fn disconnect(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
+    }
+
+    fn subscribe(&self) {
+        for ch in [Channel::Units, Channel::Acks] {
+            if let Err(e) = self
+                .client
+                .try_subscribe(topics::rig(&self.rig, ch), QoS::AtLeastOnce)
+            {
+                tracing::warn!(channel = ch.as_str(), error = %e, "subscribe not queued");
+            }
+        }
+    }
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    link: Link,
+    tx: mpsc::Sender<LinkEvent>,
+    stop: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    let mut connected = false;
+    loop {
+        let polled = tokio::select! {
+            p = eventloop.poll() => p,
+            _ = stop.cancelled() => return,
+        };
+        let event = match polled {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                connected = true;
+                link.subscribe();
+                tracing::info!(session_present = ack.session_present, "connected to broker");
+                LinkEvent::Connected {
+                    session_present: ack.session_present,
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message(Box::new(p)),
+            Ok(_) => continue,
+            Err(e) => {
+                failures += 1;
+                let reason = e.to_string();
+                if connected {
+                    tracing::warn!(error = %reason, "broker connection lost; reconnecting");
+                } else {
+                    tracing::debug!(error = %reason, "broker not reachable; retrying");
+                }
+                let was = std::mem::replace(&mut connected, false);
+                let wait = Duration::from_millis((100u64 << failures.min(4)).min(1000));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return,
+                }
+                if !was {
+                    continue;
+                }
+                LinkEvent::Disconnected { reason }
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `rigd`: the rig agent's entry point.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// rigd, the rig agent. Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad rig.conf,
+/// 3 hardware (key store, cards).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Path of rig.conf.
+    #[arg(long, default_value = "/etc/rig-config/rig.conf")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs one card's worker over stdin/stdout (started by rigd itself).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Cmd::Worker) = args.command {
+        return rigd::worker::serve_stdio();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match rigd::RigConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "rig.conf refused");
+            eprintln!("rigd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rigd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let worker = rigd::WorkerCommand {
+        program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rigd")),
+        args: vec!["worker".into()],
+    };
+    let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            stop.cancel();
+        });
+        rigd::run(config, worker, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "rigd stopped");
+            eprintln!("rigd: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

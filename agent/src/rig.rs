@@ -1,0 +1,488 @@
+//! The supervisor: joins the link, the journal, the key, the cards and their workers.
+//!
+//! Units arrive on the link, are journaled, then acknowledged to the broker; idle cards take
+//! them; finished units become receipts (group commit), receipts become signed batches, and
+//! batches go out through the outbox until the coordinator acknowledges them.
+
+use crate::cards::{run_card, CardEvent, CardSettings, WorkerCommand};
+use crate::config::RigConfig;
+use crate::gpu::{Gpu, SimGpu};
+use crate::journal::{Completion, Journal, JournalError};
+use crate::keys::{self, KeyStore};
+use crate::link::{Link, LinkEvent, LinkSettings};
+use crate::worker::unix_ms;
+use crate::RunError;
+use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::{
+    decode, encode, Ack, BatchHeader, CardInfo, CardState, GpuSample, RigState, RigStatus,
+    Telemetry, UnitAssignment, WorkUnit,
+};
+use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::QoS;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long a drain on shutdown waits for in-flight units.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Card {
+    info: CardInfo,
+    tx: mpsc::Sender<WorkUnit>,
+    unit: Option<WorkUnit>,
+    paused: bool,
+    done: u32,
+    restarts: u16,
+}
+
+struct Rig {
+    config: RigConfig,
+    journal: Arc<Mutex<Journal>>,
+    key: Arc<dyn KeyStore>,
+    link: Link,
+    gpu: Box<dyn Gpu>,
+    cards: Vec<Card>,
+    queue: VecDeque<WorkUnit>,
+    sent: HashMap<u64, Instant>,
+    outbox_full: bool,
+    started_ms: u64,
+}
+
+async fn journal_op<R: Send + 'static>(
+    journal: &Arc<Mutex<Journal>>,
+    op: impl FnOnce(&mut Journal) -> Result<R, JournalError> + Send + 'static,
+) -> Result<R, RunError> {
+    let journal = journal.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut j = journal
+            .lock()
+            .map_err(|_| RunError::Runtime("journal lock poisoned".into()))?;
+        op(&mut j).map_err(RunError::Journal)
+    })
+    .await
+    .map_err(|e| RunError::Runtime(format!("journal task: {e}")))?
+}
+
+/// Runs a rig until `shutdown`, then drains in-flight units, flushes the journal and returns.
+pub async fn run(
+    config: RigConfig,
+    worker: WorkerCommand,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let (host, port) = config
+        .broker_addr()
+        .map(|(h, p)| (h.to_owned(), p))
+        .ok_or_else(|| RunError::Runtime("broker is not host:port".into()))?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| RunError::Runtime(format!("state dir {}: {e}", config.state_dir.display())))?;
+    let key: Arc<dyn KeyStore> = Arc::from(keys::open(
+        &config.key,
+        &config.state_dir,
+        config.allow_software_key,
+    )?);
+    let journal = Journal::open(&config.state_dir.join("journal.db"), config.rig_id.clone())?;
+    let queue: VecDeque<WorkUnit> = journal.queued_units()?.into();
+    let gpu: Box<dyn Gpu> = Box::new(SimGpu::new(&config.rig_id, config.sim_gpus));
+    let stop_cards = CancellationToken::new();
+    let (events_tx, mut events) = mpsc::channel(64);
+    let mut tasks = vec![];
+    let cards = gpu
+        .inventory()
+        .into_iter()
+        .map(|info| {
+            let (tx, rx) = mpsc::channel(1);
+            let settings = CardSettings {
+                index: info.index as usize,
+                uuid: info.uuid.clone(),
+                command: worker.clone(),
+                sim_gflops: Some(config.sim_gflops),
+                hang_ms: config.worker_hang_ms,
+            };
+            tasks.push(tokio::spawn(run_card(
+                settings,
+                rx,
+                events_tx.clone(),
+                stop_cards.clone(),
+            )));
+            Card {
+                info,
+                tx,
+                unit: None,
+                paused: false,
+                done: 0,
+                restarts: 0,
+            }
+        })
+        .collect();
+    drop(events_tx);
+    let started_ms = unix_ms();
+    let will = encode(&offline_status(&config, key.as_ref(), started_ms));
+    let stop_link = CancellationToken::new();
+    let (link, mut link_events) = Link::start(
+        LinkSettings {
+            rig: config.rig_id.clone(),
+            host,
+            port,
+            will,
+        },
+        stop_link.clone(),
+    );
+    tracing::info!(rig = %config.rig_id, cards = ?config.sim_gpus, queued = queue.len(), key = %key.describe(), "rigd started");
+    let mut rig = Rig {
+        journal: Arc::new(Mutex::new(journal)),
+        key,
+        link,
+        gpu,
+        cards,
+        queue,
+        sent: HashMap::new(),
+        outbox_full: false,
+        started_ms,
+        config,
+    };
+    rig.flush_batches().await?;
+    let mut telemetry =
+        tokio::time::interval(Duration::from_millis(rig.config.telemetry_interval_ms));
+    let mut resend =
+        tokio::time::interval(Duration::from_millis(rig.config.resend_interval_ms / 2));
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        rig.dispatch(draining_since.is_some()).await?;
+        if let Some(since) = draining_since {
+            let busy = rig.cards.iter().filter(|c| c.unit.is_some()).count();
+            if busy == 0 || since.elapsed() > DRAIN_TIMEOUT {
+                if busy > 0 {
+                    tracing::warn!(
+                        busy,
+                        "drain timed out; unfinished units stay journaled and run after restart"
+                    );
+                }
+                break;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled(), if draining_since.is_none() => {
+                tracing::info!("stopping: draining in-flight units");
+                draining_since = Some(Instant::now());
+                rig.publish_status(RigState::Draining);
+            }
+            Some(ev) = link_events.recv() => rig.on_link(ev).await?,
+            Some(ev) = events.recv() => {
+                let mut batch = vec![ev];
+                while let Ok(more) = events.try_recv() {
+                    batch.push(more);
+                }
+                rig.on_cards(batch).await?;
+            }
+            _ = telemetry.tick() => rig.publish_telemetry(draining_since.is_some()).await?,
+            _ = resend.tick() => rig.resend(false).await?,
+            _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
+        }
+    }
+    rig.flush_batches().await?;
+    rig.resend(false).await?;
+    rig.publish_status(RigState::Offline);
+    // Give the event loop a moment to hand the last publishes to the socket.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.link.disconnect().await;
+    stop_link.cancel();
+    stop_cards.cancel();
+    drop(rig);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("rigd stopped");
+    Ok(())
+}
+
+fn offline_status(config: &RigConfig, key: &dyn KeyStore, started_ms: u64) -> RigStatus {
+    RigStatus {
+        rig: config.rig_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        pubkey: key.public_key(),
+        key_backend: key
+            .describe()
+            .chars()
+            .take(rigd_protocol::MAX_TEXT)
+            .collect(),
+        state: RigState::Offline,
+        cards: vec![],
+        units_running: 0,
+        units_queued: 0,
+        seq_journaled: 0,
+        receipts_unacked: 0,
+        started_ms,
+        sent_ms: started_ms,
+    }
+}
+
+impl Rig {
+    async fn on_link(&mut self, ev: LinkEvent) -> Result<(), RunError> {
+        match ev {
+            LinkEvent::Connected { .. } => {
+                self.publish_status(self.state());
+                self.resend(true).await?;
+            }
+            LinkEvent::Disconnected { reason } => {
+                tracing::debug!(%reason, "link down; work goes on, receipts wait in the outbox");
+            }
+            LinkEvent::Message(p) => {
+                self.on_message(&p).await?;
+                self.link.ack(&p);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, p: &Publish) -> Result<(), RunError> {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        match topics::parse(&topic) {
+            Some((rig, Channel::Units)) if rig == self.config.rig_id => {
+                match decode::<UnitAssignment>(&p.payload) {
+                    Ok(msg) => {
+                        let added =
+                            journal_op(&self.journal, move |j| j.add_units(&msg.units)).await?;
+                        tracing::debug!(added = added.len(), "units journaled");
+                        self.queue.extend(added);
+                    }
+                    Err(e) => tracing::warn!(%topic, error = %e, "refused a unit assignment"),
+                }
+            }
+            Some((rig, Channel::Acks)) if rig == self.config.rig_id => {
+                match decode::<Ack>(&p.payload) {
+                    Ok(ack) if ack.rig == self.config.rig_id => {
+                        for first in &ack.batches {
+                            self.sent.remove(first);
+                        }
+                        journal_op(&self.journal, move |j| j.ack(&ack.batches)).await?;
+                    }
+                    Ok(ack) => {
+                        tracing::warn!(%topic, other = %ack.rig, "refused an ack for another rig")
+                    }
+                    Err(e) => tracing::warn!(%topic, error = %e, "refused an ack"),
+                }
+            }
+            _ => tracing::warn!(%topic, "message on an unexpected topic ignored"),
+        }
+        Ok(())
+    }
+
+    async fn on_cards(&mut self, events: Vec<CardEvent>) -> Result<(), RunError> {
+        let mut done: Vec<Completion> = vec![];
+        for ev in events {
+            match ev {
+                CardEvent::Done { card, completion } => {
+                    if let Some(c) = self.cards.get_mut(card) {
+                        c.unit = None;
+                        c.done += 1;
+                    }
+                    done.push(*completion);
+                }
+                CardEvent::Refused { card, unit, reason } => {
+                    tracing::warn!(gpu = card, unit = unit.unit, %reason, "unit refused by the worker; dropped");
+                    if let Some(c) = self.cards.get_mut(card) {
+                        c.unit = None;
+                    }
+                    journal_op(&self.journal, move |j| j.discard_unit(&unit)).await?;
+                }
+                CardEvent::Crashed { card, unit, reason } => {
+                    tracing::warn!(gpu = card, unit = unit.unit, %reason, "worker failed; unit queued again, worker restarts");
+                    if let Some(c) = self.cards.get_mut(card) {
+                        c.unit = None;
+                        c.restarts = c.restarts.saturating_add(1);
+                    }
+                    self.queue.push_front(unit);
+                }
+            }
+        }
+        if !done.is_empty() {
+            let receipts = journal_op(&self.journal, move |j| j.record(&done)).await?;
+            tracing::debug!(receipts = receipts.len(), "receipts journaled");
+            self.flush_batches().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands queued units to idle cards, unless draining or the outbox is full.
+    async fn dispatch(&mut self, draining: bool) -> Result<(), RunError> {
+        if draining {
+            return Ok(());
+        }
+        let unacked = journal_op(&self.journal, |j| j.stats())
+            .await?
+            .unacked_receipts;
+        let full = unacked >= self.config.max_unacked_receipts;
+        if full != self.outbox_full {
+            if full {
+                tracing::warn!(
+                    unacked,
+                    "outbox full: no new units start until the coordinator acknowledges"
+                );
+            } else {
+                tracing::info!(unacked, "outbox drained: work resumes");
+            }
+            self.outbox_full = full;
+        }
+        if full {
+            return Ok(());
+        }
+        for card in self
+            .cards
+            .iter_mut()
+            .filter(|c| c.unit.is_none() && !c.paused)
+        {
+            let Some(unit) = self.queue.pop_front() else {
+                break;
+            };
+            match card.tx.try_send(unit.clone()) {
+                Ok(()) => card.unit = Some(unit),
+                Err(_) => self.queue.push_front(unit),
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs every unbatched receipt into batches, stores and publishes them.
+    async fn flush_batches(&mut self) -> Result<(), RunError> {
+        loop {
+            let key = self.key.clone();
+            let rig = self.config.rig_id.clone();
+            let max = self.config.batch_max_receipts;
+            let batch = journal_op(&self.journal, move |j| {
+                let receipts = j.unbatched(max)?;
+                if receipts.is_empty() {
+                    return Ok(None);
+                }
+                let header =
+                    BatchHeader::over(&rig, &receipts).map_err(|reason| JournalError::Corrupt {
+                        what: "unbatched receipts".into(),
+                        reason,
+                    })?;
+                let signature = key.sign_digest(&header.signing_digest()).map_err(|e| {
+                    JournalError::Corrupt {
+                        what: "batch signature".into(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                j.store_batch(&header, &signature)?;
+                Ok(Some(header.first_seq))
+            })
+            .await?;
+            if batch.is_none() {
+                break;
+            }
+        }
+        self.resend(false).await
+    }
+
+    /// Publishes unacknowledged batches not sent within the resend interval (all of them
+    /// when `all`).
+    async fn resend(&mut self, all: bool) -> Result<(), RunError> {
+        if all {
+            self.sent.clear();
+        }
+        let batches = journal_op(&self.journal, |j| j.unacked_batches(64)).await?;
+        let every = Duration::from_millis(self.config.resend_interval_ms);
+        for b in batches {
+            let first = b.header.first_seq;
+            if self.sent.get(&first).is_some_and(|t| t.elapsed() < every) {
+                continue;
+            }
+            if !self
+                .link
+                .publish(Channel::Receipts, QoS::AtLeastOnce, false, encode(&b))
+            {
+                break;
+            }
+            self.sent.insert(first, Instant::now());
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> RigState {
+        if self.cards.iter().any(|c| c.unit.is_some()) {
+            RigState::Working
+        } else {
+            RigState::Idle
+        }
+    }
+
+    fn status(&self, state: RigState, stats: crate::journal::JournalStats) -> RigStatus {
+        let mut s = offline_status(&self.config, self.key.as_ref(), self.started_ms);
+        s.state = state;
+        s.cards = self.cards.iter().map(|c| c.info.clone()).collect();
+        s.units_running = self.cards.iter().filter(|c| c.unit.is_some()).count() as u32;
+        s.units_queued = self.queue.len() as u32;
+        s.seq_journaled = stats.last_seq;
+        s.receipts_unacked = stats.unacked_receipts;
+        s.sent_ms = unix_ms();
+        s
+    }
+
+    fn publish_status(&self, state: RigState) {
+        let stats = self
+            .journal
+            .lock()
+            .ok()
+            .and_then(|j| j.stats().ok())
+            .unwrap_or_default();
+        self.link.publish(
+            Channel::Status,
+            QoS::AtLeastOnce,
+            true,
+            encode(&self.status(state, stats)),
+        );
+    }
+
+    async fn publish_telemetry(&mut self, draining: bool) -> Result<(), RunError> {
+        let now = unix_ms();
+        let mut gpus = vec![];
+        for (i, c) in self.cards.iter().enumerate() {
+            let busy = c.unit.is_some();
+            let Ok(r) = self.gpu.read(i, now, busy) else {
+                continue;
+            };
+            gpus.push(GpuSample {
+                uuid: c.info.uuid.clone(),
+                core_dc: (r.core_c * 10.0).round() as i16,
+                mem_dc: r.mem_c.map(|m| (m * 10.0).round() as i16),
+                power_w: r.power_w.round() as u16,
+                power_limit_w: r.power_limit_w.round() as u16,
+                fan_pct: r.fan_pct.round() as u8,
+                util_pct: r.util_pct.round() as u8,
+                sm_mhz: r.sm_mhz.min(u32::from(u16::MAX)) as u16,
+                governor_level: 0,
+                state: match (&c.unit, c.paused) {
+                    (Some(_), _) => CardState::Busy,
+                    (None, true) => CardState::Paused,
+                    (None, false) => CardState::Idle,
+                },
+                unit: c.unit.as_ref().map(|u| u.unit),
+                units_done: c.done,
+                worker_restarts: c.restarts,
+            });
+        }
+        let msg = Telemetry {
+            rig: self.config.rig_id.clone(),
+            at_ms: now,
+            gpus,
+        };
+        self.link
+            .publish(Channel::Telemetry, QoS::AtMostOnce, true, encode(&msg));
+        let stats = journal_op(&self.journal, |j| j.stats()).await?;
+        let state = if draining {
+            RigState::Draining
+        } else {
+            self.state()
+        };
+        self.link.publish(
+            Channel::Status,
+            QoS::AtLeastOnce,
+            true,
+            encode(&self.status(state, stats)),
+        );
+        Ok(())
+    }
+}
