@@ -1,0 +1,239 @@
+//! Test harness: a real mosquitto per test on a free loopback port, real rigd processes,
+//! and polling with deadlines instead of sleeps.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every 50 ms until it holds or `secs` pass; panics naming `what` on timeout.
+pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+/// A mosquitto broker owned by the test.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("mosquitto is not installed: run the README's test command, which installs it");
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free loopback port, retrying on a clash.
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let mut m = Mosquitto {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("tempdir"),
+                child: None,
+            };
+            if m.spawn() {
+                return m;
+            }
+        }
+        panic!("mosquitto did not start");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Kills the broker (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(self.spawn(), "mosquitto did not come back on port {}", self.port);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A binary of the workspace built beside this test (cargo builds every binary of the
+/// workspace for `cargo test --workspace` / nextest).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
+/// A rigd process with its own state directory.
+pub struct RigProcess {
+    pub rig: String,
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl RigProcess {
+    /// Writes rig.conf (plus `extra` lines) under `dir` and starts rigd.
+    pub fn start(rig: &str, port: u16, gpus: u32, dir: &Path, extra: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("state dir");
+        let conf = dir.join("rig.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "rig_id = \"{rig}\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = {gpus}\ntelemetry_interval_ms = 200\nresend_interval_ms = 500\n{extra}",
+                dir.display()
+            ),
+        )
+        .expect("write rig.conf");
+        let mut p = RigProcess {
+            rig: rig.into(),
+            dir: dir.to_owned(),
+            conf,
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("rigd.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_rigd"))
+            .arg("--config")
+            .arg(&self.conf)
+            .env("RUST_LOG", "rigd=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rigd");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, then wait for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("rigd.log")).unwrap_or_default()
+    }
+
+    /// (highest journaled seq, receipts not acknowledged), read from the journal.
+    pub fn journal(&self) -> (u64, u64) {
+        let path = self.dir.join("journal.db");
+        let Ok(db) = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+            return (0, 0);
+        };
+        let last: i64 = db
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| r.get(0))
+            .unwrap_or(0);
+        let acked: i64 = db
+            .query_row("SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1", [], |r| r.get(0))
+            .unwrap_or(0);
+        (last as u64, (last - acked).max(0) as u64)
+    }
+
+    /// Worker processes of this rigd (children in /proc).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let me = self.pid().to_string();
+        let mut out = vec![];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+                if fields.get(1) == Some(&me.as_str()) {
+                    if let Ok(pid) = e.file_name().to_string_lossy().parse() {
+                        out.push(pid);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RigProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
