@@ -19,9 +19,18 @@ use std::time::Duration;
 fn a_bad_rig_conf_stops_rigd_with_exit_code_2_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"/tmp\"\nsim_gpu = 2\n", "line 4"),
-        ("rig_id = \"r/1\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"/tmp\"\n", "line 1"),
-        ("rig_id = \"r\"\nbroker = \"nowhere\"\nstate_dir = \"/tmp\"\n", "broker"),
+        (
+            "rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"/tmp\"\nsim_gpu = 2\n",
+            "line 4",
+        ),
+        (
+            "rig_id = \"r/1\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"/tmp\"\n",
+            "line 1",
+        ),
+        (
+            "rig_id = \"r\"\nbroker = \"nowhere\"\nstate_dir = \"/tmp\"\n",
+            "broker",
+        ),
         ("rig_id = \"r\"\nbroker = [1\n", "line 3"),
     ];
     for (text, expect) in cases {
@@ -34,7 +43,10 @@ fn a_bad_rig_conf_stops_rigd_with_exit_code_2_naming_the_line() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text:?}: {stderr}");
-        assert!(stderr.contains(expect), "{text:?}: stderr does not name {expect:?}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{text:?}: stderr does not name {expect:?}: {stderr}"
+        );
     }
     let out = Command::new(env!("CARGO_BIN_EXE_rigd"))
         .arg("--config")
@@ -50,11 +62,23 @@ fn a_software_key_without_permission_stops_rigd_with_exit_code_3() {
     let conf = dir.path().join("rig.conf");
     std::fs::write(
         &conf,
-        format!("rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"{}\"\n", dir.path().display()),
+        format!(
+            "rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"{}\"\n",
+            dir.path().display()
+        ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rigd")).arg("--config").arg(&conf).output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_rigd"))
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_software_key"));
 }
 
@@ -64,9 +88,24 @@ fn bad_frames() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("empty", vec![]),
         ("truncated", vec![rigd_protocol::WIRE_VERSION]),
-        ("oversized", vec![rigd_protocol::WIRE_VERSION; MAX_FRAME_BYTES + 100]),
+        (
+            "oversized",
+            vec![rigd_protocol::WIRE_VERSION; MAX_FRAME_BYTES + 100],
+        ),
         ("wrong version", wrong_version),
-        ("garbage", vec![rigd_protocol::WIRE_VERSION, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+        (
+            "garbage",
+            vec![
+                rigd_protocol::WIRE_VERSION,
+                3,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x7f,
+            ],
+        ),
     ]
 }
 
@@ -94,12 +133,21 @@ async fn malformed_frames_on_units_and_acks_are_refused_and_rigd_keeps_working()
             }
         }
     });
-    client.subscribe(topics::rig(&rig_id, Channel::Receipts), QoS::AtLeastOnce).await.unwrap();
-    client.subscribe(topics::rig(&rig_id, Channel::Status), QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe(topics::rig(&rig_id, Channel::Receipts), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe(topics::rig(&rig_id, Channel::Status), QoS::AtLeastOnce)
+        .await
+        .unwrap();
 
     // The rig is up once its retained status shows its key.
     let status: RigStatus = loop {
-        let p = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+        let p = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         if let Ok(s) = decode::<RigStatus>(&p.payload) {
             break s;
         }
@@ -108,13 +156,21 @@ async fn malformed_frames_on_units_and_acks_are_refused_and_rigd_keeps_working()
     for channel in [Channel::Units, Channel::Acks] {
         let mut frames = bad_frames();
         let wrong_kind = match channel {
-            Channel::Units => encode(&Ack { rig: rig_id.clone(), batches: vec![1] }),
+            Channel::Units => encode(&Ack {
+                rig: rig_id.clone(),
+                batches: vec![1],
+            }),
             _ => encode(&UnitAssignment { units: vec![] }),
         };
         frames.push(("wrong kind", wrong_kind));
         for (_, payload) in frames {
             client
-                .publish(topics::rig(&rig_id, channel), QoS::AtLeastOnce, false, payload)
+                .publish(
+                    topics::rig(&rig_id, channel),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
                 .await
                 .unwrap();
         }
@@ -123,30 +179,45 @@ async fn malformed_frames_on_units_and_acks_are_refused_and_rigd_keeps_working()
         job: JobId::new("probe").unwrap(),
         unit: 42,
         attempt: 0,
-        kind: UnitKind::GemmI8 { seed: 5, m: 8, n: 8, k: 8 },
+        kind: UnitKind::GemmI8 {
+            seed: 5,
+            m: 8,
+            n: 8,
+            k: 8,
+        },
     };
     client
         .publish(
             topics::rig(&rig_id, Channel::Units),
             QoS::AtLeastOnce,
             false,
-            encode(&UnitAssignment { units: vec![unit.clone()] }),
+            encode(&UnitAssignment {
+                units: vec![unit.clone()],
+            }),
         )
         .await
         .unwrap();
 
     let batch: ReceiptBatch = loop {
-        let p = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+        let p = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         if let Ok(b) = decode::<ReceiptBatch>(&p.payload) {
             break b;
         }
     };
     assert_eq!(batch.items[0].receipt.unit, 42);
-    assert_eq!(batch.items[0].receipt.input_digest, unit.kind.input_digest());
+    assert_eq!(
+        batch.items[0].receipt.input_digest,
+        unit.kind.input_digest()
+    );
     status
         .pubkey
         .verify(&batch.header.signing_digest(), &batch.signature)
         .expect("the receipt batch is signed by the rig's key");
     assert!(rig.alive(), "rigd died on hostile input");
-    wait_until("every bad frame logged", 10, || rig.log().matches("refused").count() >= 12);
+    wait_until("every bad frame logged", 10, || {
+        rig.log().matches("refused").count() >= 12
+    });
 }

@@ -1,1 +1,183 @@
-//! placeholder
+//! The network side of rigd: takes a job, splits it into units, hands them to rigs over
+//! MQTT 5, verifies the signed receipt batches that come back, stitches the results, keeps a
+//! crash-safe earnings ledger and publishes earnings and progress.
+//!
+//! Layout: pure cores ([`scheduler`], [`job`], [`verify`], [`inbound`]) take inputs and the
+//! time and return decisions; [`engine`] ties them to the SQLite [`ledger`]; `mqtt` is the
+//! I/O shell that moves bytes between the broker and the engine.
+//!
+//! # Ledger states
+//! Every receipt a rig sends is recorded once, keyed by `(rig, seq)`, in one of three states:
+//! - `credited`: the result was accepted and paid. GEMM results are credited when accepted;
+//!   MLP results when the step they belong to is stitched.
+//! - `pending`: an accepted MLP result whose step is not stitched yet. Its output is kept in
+//!   the ledger so that a restarted coordinator resumes the step without losing it.
+//! - `rejected`: refused, with a reason (`key changed`, `unknown job`, `unit not assigned`,
+//!   `unit already done`, `input digest mismatch`, `output digest mismatch`, `work mismatch`,
+//!   `malformed output`, `result mismatch`).
+//!
+//! A receipt received again after it was recorded is counted as a duplicate delivery and
+//! changes nothing. Amounts are `work * micros_per_mflop / 10^6` micro-credits, rounded down.
+//! Every recorded batch is acked after its transaction committed, duplicates and rejections
+//! included. A batch that cannot be attributed to its rig (key not pinned yet, bad signature,
+//! Merkle root that does not match, header of another rig than the topic) is neither
+//! recorded nor acked: the rig resends it.
+
+pub mod engine;
+pub mod inbound;
+pub mod job;
+pub mod ledger;
+mod mqtt;
+pub mod scheduler;
+#[cfg(test)]
+mod test_support;
+pub mod verify;
+
+use rigd_protocol::{CoordinatorStatus, JobId};
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use engine::Engine;
+pub use ledger::{Ledger, LedgerError};
+
+/// How the coordinator runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoordinatorConfig {
+    /// MQTT broker host.
+    pub broker_host: String,
+    /// MQTT broker port.
+    pub broker_port: u16,
+    /// MQTT client id; the session is persistent, so keep it stable across restarts.
+    pub client_id: String,
+    /// The SQLite ledger (WAL, `synchronous=FULL`).
+    pub db_path: PathBuf,
+    /// The job to run.
+    pub job: JobSpec,
+    /// A unit not answered within this is reassigned with `attempt + 1`.
+    pub lease_ms: u64,
+    /// Outstanding units per card of a rig (prefetch depth).
+    pub units_per_card: u32,
+    /// Share of results recomputed on the CPU, besides each rig's first result.
+    pub verify_fraction: f64,
+    /// Price, micro-credits per MFLOP of work.
+    pub micros_per_mflop: u64,
+    /// Tolerance for float results: `|got - want| <= tol * max(|want|, 1)` elementwise.
+    pub float_rel_tolerance: f32,
+}
+
+impl CoordinatorConfig {
+    /// A configuration with defaults: client id `rigd-coordinator`, 30 s leases, 3 units per
+    /// card, 5 % of results recomputed, 1 micro-credit per MFLOP, float tolerance 1e-4.
+    pub fn new(
+        broker_host: impl Into<String>,
+        broker_port: u16,
+        db_path: impl Into<PathBuf>,
+        job: JobSpec,
+    ) -> Self {
+        Self {
+            broker_host: broker_host.into(),
+            broker_port,
+            client_id: "rigd-coordinator".into(),
+            db_path: db_path.into(),
+            job,
+            lease_ms: 30_000,
+            units_per_card: 3,
+            verify_fraction: 0.05,
+            micros_per_mflop: 1,
+            float_rel_tolerance: 1e-4,
+        }
+    }
+}
+
+/// A job to split into units.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobSpec {
+    /// Data-parallel SGD of a one-hidden-layer MLP on a generated data set. Each step is
+    /// `shards_per_step` units of `samples_per_shard` samples each; see [`job::MlpJob`] for
+    /// the shard layout.
+    TrainMlp {
+        /// The job's id.
+        job: JobId,
+        /// Input, hidden and output widths (the output width is the number of classes).
+        shape: [u32; 3],
+        /// Seed of the data set and of the initial parameters.
+        data_seed: u64,
+        /// Spread of the data set's clusters.
+        data_spread: f32,
+        /// Units per step.
+        shards_per_step: u32,
+        /// Samples per unit.
+        samples_per_shard: u32,
+        /// SGD learning rate.
+        lr: f32,
+        /// Stop after this many steps.
+        max_steps: u64,
+        /// Stop once the held-out loss is at or below this.
+        loss_target: f32,
+        /// Held-out samples the loss is evaluated on after each step.
+        eval_samples: u32,
+    },
+    /// Independent int8 GEMM units.
+    Gemm {
+        /// The job's id.
+        job: JobId,
+        /// Number of units.
+        units: u64,
+        /// Rows of A and C.
+        m: u32,
+        /// Columns of B and C.
+        n: u32,
+        /// Columns of A, rows of B.
+        k: u32,
+        /// Seed; unit `u` uses matrices generated from `seed + u`.
+        seed: u64,
+    },
+}
+
+impl JobSpec {
+    /// The job's id.
+    pub fn id(&self) -> &JobId {
+        match self {
+            JobSpec::TrainMlp { job, .. } | JobSpec::Gemm { job, .. } => job,
+        }
+    }
+}
+
+/// Why the coordinator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The job specification is unusable.
+    #[error("invalid job: {0}")]
+    Job(#[from] job::JobError),
+    /// The ledger could not be opened or written.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Runs the coordinator until `shutdown` is cancelled. Progress goes to `progress` (with
+/// `try_send`: a slow reader misses updates, it never stalls the coordinator) and, retained,
+/// to [`rigd_protocol::topics::COORDINATOR_STATUS`]. When the job finishes the coordinator
+/// keeps serving acks, the ledger and earnings until shutdown.
+pub async fn run(
+    config: CoordinatorConfig,
+    shutdown: CancellationToken,
+    progress: Option<mpsc::Sender<CoordinatorStatus>>,
+) -> Result<(), CoordinatorError> {
+    if config.units_per_card == 0 || config.lease_ms == 0 {
+        return Err(CoordinatorError::Config(
+            "units_per_card and lease_ms must be at least 1".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&config.verify_fraction) {
+        return Err(CoordinatorError::Config(
+            "verify_fraction must be between 0 and 1".into(),
+        ));
+    }
+    let engine = Engine::open(&config, mqtt::now_ms())?;
+    mqtt::serve(&config, engine, shutdown, progress).await;
+    Ok(())
+}

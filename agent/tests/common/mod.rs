@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -98,7 +101,11 @@ impl Mosquitto {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(self.spawn(), "mosquitto did not come back on port {}", self.port);
+        assert!(
+            self.spawn(),
+            "mosquitto did not come back on port {}",
+            self.port
+        );
     }
 }
 
@@ -114,7 +121,11 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join(name);
-    assert!(bin.exists(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -158,7 +169,10 @@ impl RigProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_rigd"))
             .arg("--config")
             .arg(&self.conf)
-            .env("RUST_LOG", "rigd=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -186,7 +200,10 @@ impl RigProcess {
     /// SIGTERM and wait for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         c.wait().ok().and_then(|s| s.code())
     }
 
@@ -201,14 +218,23 @@ impl RigProcess {
     /// (highest journaled seq, receipts not acknowledged), read from the journal.
     pub fn journal(&self) -> (u64, u64) {
         let path = self.dir.join("journal.db");
-        let Ok(db) = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        let Ok(db) = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
             return (0, 0);
         };
         let last: i64 = db
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| r.get(0))
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| {
+                r.get(0)
+            })
             .unwrap_or(0);
         let acked: i64 = db
-            .query_row("SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1",
+                [],
+                |r| r.get(0),
+            )
             .unwrap_or(0);
         (last as u64, (last - acked).max(0) as u64)
     }
@@ -220,8 +246,13 @@ impl RigProcess {
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {
                 let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-                if fields.get(1) == Some(&me.as_str()) {
+                let fields: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                if fields.get(1) == Some(&me.as_str()) && fields.first() != Some(&"Z") {
                     if let Ok(pid) = e.file_name().to_string_lossy().parse() {
                         out.push(pid);
                     }
@@ -236,4 +267,118 @@ impl Drop for RigProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A coordinator running in-process on its own runtime, with its ledger in `dir`.
+pub struct Coordinator {
+    pub db: PathBuf,
+    pub job: rigd_protocol::JobId,
+    stop: tokio_util::sync::CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Coordinator {
+    /// Starts a GEMM job of `units` units of `dim`^3 against the broker on `port`.
+    pub fn gemm(
+        port: u16,
+        dir: &Path,
+        units: u64,
+        dim: u32,
+        tune: impl FnOnce(&mut rigd_coordinator::CoordinatorConfig),
+    ) -> Self {
+        let job = rigd_protocol::JobId::new("gemm-test").expect("job id");
+        let spec = rigd_coordinator::JobSpec::Gemm {
+            job: job.clone(),
+            units,
+            m: dim,
+            n: dim,
+            k: dim,
+            seed: 11,
+        };
+        let db = dir.join("ledger.db");
+        let mut config =
+            rigd_coordinator::CoordinatorConfig::new("127.0.0.1", port, db.clone(), spec);
+        config.client_id = format!("coordinator-{port}");
+        config.lease_ms = 10_000;
+        config.verify_fraction = 0.1;
+        tune(&mut config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        runtime.spawn(async move {
+            if let Err(e) = rigd_coordinator::run(config, s, None).await {
+                panic!("coordinator failed: {e}");
+            }
+        });
+        Coordinator {
+            db,
+            job,
+            stop,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn ledger(&self) -> Option<rigd_coordinator::Ledger> {
+        rigd_coordinator::Ledger::open(&self.db).ok()
+    }
+
+    /// Units credited, as (unit, times credited).
+    pub fn credited(&self) -> Vec<(u64, u64)> {
+        self.ledger()
+            .and_then(|l| l.credited_units(&self.job).ok())
+            .unwrap_or_default()
+    }
+
+    /// Every seq the coordinator recorded from `rig`.
+    pub fn seqs(&self, rig: &str) -> Vec<u64> {
+        let rig = rigd_protocol::RigId::new(rig).expect("rig id");
+        self.ledger()
+            .and_then(|l| l.recorded_seqs(&rig).ok())
+            .unwrap_or_default()
+    }
+
+    /// Asserts the exactly-once properties: every unit of the job credited once, and every
+    /// receipt each rig journaled recorded once with no gap.
+    pub fn assert_exactly_once(&self, units: u64, rigs: &[&RigProcess]) {
+        let credited = self.credited();
+        assert_eq!(credited.len() as u64, units, "every unit credited");
+        assert!(
+            credited.iter().all(|(_, n)| *n == 1),
+            "a unit credited twice: {credited:?}"
+        );
+        for rig in rigs {
+            let (last, unacked) = rig.journal();
+            assert_eq!(unacked, 0, "{}: receipts left unacknowledged", rig.rig);
+            let seqs = self.seqs(&rig.rig);
+            let expected: Vec<u64> = (1..=last).collect();
+            assert_eq!(
+                seqs, expected,
+                "{}: recorded seqs differ from the journal's 1..={last}",
+                rig.rig
+            );
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Waits until every unit of the coordinator's job is credited and every rig's outbox is empty.
+pub fn wait_job_done(c: &Coordinator, units: u64, rigs: &[&RigProcess], secs: u64) {
+    wait_until("every unit credited", secs, || {
+        c.credited().len() as u64 >= units
+    });
+    wait_until("every outbox drained", secs, || {
+        rigs.iter().all(|r| r.journal().1 == 0)
+    });
 }

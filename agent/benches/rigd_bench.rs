@@ -1,0 +1,189 @@
+//! rigd figures, printed as a table: `cargo bench -p rigd --bench rigd_bench`.
+//!
+//! - supervisor RSS with 8 sim cards, connected to a real mosquitto and idle;
+//! - agent overhead per unit on the durable path (journal the unit, journal the receipt,
+//!   sign the batch, store it, build the outgoing message), p50/p99, one unit at a time;
+//! - journal appends per second with group commit;
+//! - telemetry bytes per card sample, postcard frame beside JSON.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rigd::journal::{Completion, Journal};
+use rigd::keys;
+use rigd_protocol::{
+    encode, BatchHeader, CardState, GpuSample, GpuUuid, JobId, RigId, Telemetry, UnitKind,
+    UnitOutput, WorkUnit,
+};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn unit(n: u64) -> WorkUnit {
+    WorkUnit {
+        job: JobId::new("bench").unwrap(),
+        unit: n,
+        attempt: 0,
+        kind: UnitKind::GemmI8 {
+            seed: n,
+            m: 64,
+            n: 64,
+            k: 64,
+        },
+    }
+}
+
+fn completion(u: &WorkUnit) -> Completion {
+    Completion {
+        unit: u.clone(),
+        card: GpuUuid::new("SIM-bench-0").unwrap(),
+        output: UnitOutput::GemmI8 { c_digest: [7; 32] },
+        work: 524_288,
+        started_ms: 1,
+        finished_ms: 2,
+        governor_level: 0,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn overhead_per_unit(units: u64) -> (Duration, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = RigId::new("bench").unwrap();
+    let key = keys::open("file:key", dir.path(), true).unwrap();
+    let mut j = Journal::open(&dir.path().join("j.db"), rig.clone()).unwrap();
+    let mut times = vec![];
+    for n in 0..units {
+        let u = unit(n);
+        let t0 = Instant::now();
+        j.add_units(std::slice::from_ref(&u)).unwrap();
+        j.record(&[completion(&u)]).unwrap();
+        let receipts = j.unbatched(256).unwrap();
+        let header = BatchHeader::over(&rig, &receipts).unwrap();
+        let sig = key.sign_digest(&header.signing_digest()).unwrap();
+        j.store_batch(&header, &sig).unwrap();
+        let batches = j.unacked_batches(1).unwrap();
+        let bytes = batches.iter().map(|b| encode(b).len()).sum::<usize>();
+        times.push(t0.elapsed());
+        assert!(bytes > 0);
+        j.ack(&[header.first_seq]).unwrap();
+    }
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+fn group_commit_rate(total: u64, group: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(&dir.path().join("j.db"), RigId::new("bench").unwrap()).unwrap();
+    let units: Vec<_> = (0..total).map(unit).collect();
+    j.add_units(&units).unwrap();
+    let done: Vec<_> = units.iter().map(completion).collect();
+    let t0 = Instant::now();
+    for chunk in done.chunks(group as usize) {
+        j.record(chunk).unwrap();
+    }
+    total as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn telemetry_sizes() -> (usize, usize) {
+    let rig = RigId::new("rig-0001").unwrap();
+    let gpus: Vec<_> = (0..8)
+        .map(|i| GpuSample {
+            uuid: GpuUuid::new(format!("GPU-5c3f0e9a-1b2c-4d5e-8f90-a1b2c3d4e5f{i}")).unwrap(),
+            core_dc: 713,
+            mem_dc: Some(842),
+            power_w: 312,
+            power_limit_w: 350,
+            fan_pct: 64,
+            util_pct: 100,
+            sm_mhz: 1695,
+            governor_level: 1,
+            state: CardState::Busy,
+            unit: Some(123_456),
+            units_done: 9_876,
+            worker_restarts: 0,
+        })
+        .collect();
+    let msg = Telemetry {
+        rig,
+        at_ms: 1_790_000_000_000,
+        gpus,
+    };
+    let frame = encode(&msg).len();
+    let json = serde_json::to_vec(&msg).unwrap().len();
+    (frame / 8, json / 8)
+}
+
+fn idle_rss_kib() -> Option<u64> {
+    let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("m.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let mut broker = Command::new(mosquitto)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rig_conf = dir.path().join("rig.conf");
+    std::fs::write(
+        &rig_conf,
+        format!(
+            "rig_id = \"bench\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = 8\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut rig = Command::new(env!("CARGO_BIN_EXE_rigd"))
+        .arg("--config")
+        .arg(&rig_conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", rig.id())).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok());
+    let _ = rig.kill();
+    let _ = rig.wait();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    rss
+}
+
+fn main() {
+    let (p50, p99) = overhead_per_unit(2000);
+    let rate = group_commit_rate(50_000, 256);
+    let (frame, json) = telemetry_sizes();
+    let rss = idle_rss_kib();
+    println!("| figure | value | goal |");
+    println!("|---|---|---|");
+    match rss {
+        Some(kib) => println!("| supervisor RSS, 8 sim cards, connected, idle | {:.1} MiB | <= 12 MiB |", kib as f64 / 1024.0),
+        None => println!("| supervisor RSS, 8 sim cards, connected, idle | (mosquitto not installed) | <= 12 MiB |"),
+    }
+    println!(
+        "| agent overhead per unit, durable + signed, p50 | {} us | <= 200 us |",
+        p50.as_micros()
+    );
+    println!(
+        "| agent overhead per unit, durable + signed, p99 | {} us | |",
+        p99.as_micros()
+    );
+    println!("| journal appends per second, group commit of 256 | {rate:.0} /s | >= 5,000 /s |");
+    println!("| telemetry bytes per card sample (8 cards), postcard frame | {frame} B | |");
+    println!("| telemetry bytes per card sample (8 cards), JSON | {json} B | |");
+}

@@ -1,0 +1,149 @@
+//! End to end against a real mosquitto: rigd processes, the coordinator, rigctl.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::{wait_job_done, wait_until, workspace_bin, Coordinator, Mosquitto, RigProcess};
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn rigd_processes_do_units_the_ledger_credits_them_and_rigctl_reads_them_back() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let units = 60;
+    let coordinator = Coordinator::gemm(broker.port, dir.path(), units, 32, |c| {
+        c.verify_fraction = 0.2
+    });
+    let a = RigProcess::start("rig-a", broker.port, 1, &dir.path().join("a"), "");
+    let b = RigProcess::start("rig-b", broker.port, 3, &dir.path().join("b"), "");
+    wait_job_done(&coordinator, units, &[&a, &b], 60);
+    coordinator.assert_exactly_once(units, &[&a, &b]);
+    assert!(a.journal().0 > 0 && b.journal().0 > 0, "both rigs did work");
+
+    let rigctl = workspace_bin("rigctl");
+    let broker_arg = format!("127.0.0.1:{}", broker.port);
+    wait_until("rigctl earnings shows every credited unit", 20, || {
+        let out = Command::new(&rigctl)
+            .args(["--broker", &broker_arg, "--json", "earnings"])
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let credited: u64 = json_sum(&json, "credited_units");
+        credited == 2 * units && String::from_utf8_lossy(&out.stdout).contains("rig-b")
+    });
+    let out = Command::new(&rigctl)
+        .args(["--broker", &broker_arg, "--json", "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("rig-a") && text.contains("rig-b"),
+        "{text}"
+    );
+    let out = Command::new(&rigctl)
+        .args(["--broker", &broker_arg, "gpus", "rig-b"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("SIM-rig-b-2"),
+        "{text}"
+    );
+}
+
+/// Sums every number under `key` anywhere in `v` (rigctl prints per-card lines and totals,
+/// so a full table counts each unit twice).
+fn json_sum(v: &serde_json::Value, key: &str) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                if k == key {
+                    v.as_u64().unwrap_or(0)
+                } else {
+                    json_sum(v, key)
+                }
+            })
+            .sum(),
+        serde_json::Value::Array(a) => a.iter().map(|v| json_sum(v, key)).sum(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn a_broker_outage_queues_receipts_durably_and_they_drain_afterwards() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let units = 240;
+    let coordinator = Coordinator::gemm(broker.port, dir.path(), units, 64, |c| {
+        c.units_per_card = 12
+    });
+    let slow = "sim_gflops = 0.01\n";
+    let a = RigProcess::start("rig-a", broker.port, 2, &dir.path().join("a"), slow);
+    let b = RigProcess::start("rig-b", broker.port, 1, &dir.path().join("b"), slow);
+    wait_until("work under way", 30, || coordinator.credited().len() >= 20);
+    broker.stop();
+    let before = (a.journal().0, b.journal().0);
+    std::thread::sleep(Duration::from_secs(3));
+    let during = (a.journal().0, b.journal().0);
+    assert!(
+        during.0 > before.0 && during.1 > before.1,
+        "rigs kept computing: {before:?} -> {during:?}"
+    );
+    assert!(
+        a.journal().1 > 0,
+        "receipts wait in the outbox during the outage"
+    );
+    broker.restart();
+    wait_job_done(&coordinator, units, &[&a, &b], 120);
+    coordinator.assert_exactly_once(units, &[&a, &b]);
+}
+
+#[test]
+fn a_crashed_worker_is_restarted_and_its_unit_queued_again_not_lost_or_paid_twice() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let units = 60;
+    let coordinator = Coordinator::gemm(broker.port, dir.path(), units, 64, |_| {});
+    let rig = RigProcess::start(
+        "rig-a",
+        broker.port,
+        1,
+        &dir.path().join("a"),
+        "sim_gflops = 0.004\n",
+    );
+    for _ in 0..3 {
+        let mut pids = vec![];
+        wait_until("a worker with work left", 30, || {
+            pids = rig.worker_pids();
+            !pids.is_empty() && rig.journal().0 > 0
+        });
+        assert!(
+            (coordinator.credited().len() as u64) < units - 10,
+            "the job ended before the worker was killed"
+        );
+        let restarts = rig.log().matches("worker started").count();
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while rig.log().matches("worker started").count() <= restarts {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not restart:\n{}",
+                rig.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    wait_job_done(&coordinator, units, &[&rig], 120);
+    coordinator.assert_exactly_once(units, &[&rig]);
+    assert!(
+        rig.log().matches("worker failed").count() >= 3,
+        "{}",
+        rig.log()
+    );
+}

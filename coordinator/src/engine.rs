@@ -1,0 +1,531 @@
+//! The coordinator's core: ties the job, the scheduler, the checks and the ledger together.
+//! It takes decoded messages and the time, writes the ledger, and returns what to publish;
+//! the MQTT shell does the rest.
+
+use crate::inbound::{self, Inbound};
+use crate::job::{Job, Lookup, Stitched};
+use crate::ledger::{BatchRecord, Entry, KeyCheck, Ledger, LedgerError, ReceiptState};
+use crate::scheduler::Scheduler;
+use crate::verify::{self, Rejection, Sampler};
+use crate::{CoordinatorConfig, CoordinatorError};
+use rigd_protocol::messages::MAX_UNITS_PER_MESSAGE;
+use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::{
+    encode, Ack, CoordinatorStatus, PublicKey, ReceiptBatch, ReceiptItem, RigId, RigState,
+    RigStatus, UnitAssignment, UnitKind, UnitOutput, MAX_FRAME_BYTES,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Earnings of one rig are published at most this often.
+pub const EARNINGS_INTERVAL_MS: u64 = 200;
+
+/// Something for the shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// Publish with QoS 1.
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Frame.
+        payload: Vec<u8>,
+        /// Retained.
+        retain: bool,
+    },
+    /// Report progress to the local listener.
+    Progress(CoordinatorStatus),
+}
+
+/// What became of one receipt of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Accepted { verified: bool },
+    Rejected { why: Rejection, requeue: bool },
+}
+
+/// The coordinator's state.
+#[derive(Debug)]
+pub struct Engine {
+    ledger: Ledger,
+    job: Job,
+    scheduler: Scheduler,
+    sampler: Sampler,
+    tolerance: f32,
+    price: u64,
+    keys: HashMap<RigId, (PublicKey, bool)>,
+    online: BTreeMap<RigId, bool>,
+    first_checked: HashSet<RigId>,
+    earnings_dirty: BTreeSet<RigId>,
+    earnings_sent: HashMap<RigId, u64>,
+    units_done: u64,
+    units_verified: u64,
+    units_rejected: u64,
+    progress_every: u64,
+    finished_reported: bool,
+}
+
+fn publish(topic: String, payload: Vec<u8>, retain: bool) -> Outbound {
+    Outbound::Publish {
+        topic,
+        payload,
+        retain,
+    }
+}
+
+impl Engine {
+    /// Opens the ledger, builds the job and resumes it from what the ledger holds.
+    pub fn open(config: &CoordinatorConfig, now_ms: u64) -> Result<Self, CoordinatorError> {
+        let mut ledger = Ledger::create(&config.db_path, config.micros_per_mflop)?;
+        let mut job = Job::new(&config.job)?;
+        let id = job.id().clone();
+        let credited: Vec<u64> = ledger
+            .credited_units(&id)?
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        let restored = job
+            .restore(
+                ledger.checkpoint(&id)?,
+                &ledger.kept_outputs(&id)?,
+                &credited,
+            )
+            .map_err(|e| CoordinatorError::Config(format!("cannot resume the job: {e}")))?;
+        let mut dirty = BTreeSet::new();
+        if let Some(s) = restored {
+            dirty.extend(ledger.stitch(&id, s.units, &s.checkpoint, now_ms)?);
+        }
+        let keys = ledger
+            .registry()?
+            .into_iter()
+            .map(|r| (r.rig, (r.key, r.key_changed)))
+            .collect();
+        let (units_done, units_rejected) = ledger.job_counts(&id)?;
+        let mut scheduler = Scheduler::new(config.lease_ms, config.units_per_card);
+        scheduler.add_units(job.open_units());
+        let units = match &config.job {
+            crate::JobSpec::Gemm { units, .. } => *units,
+            crate::JobSpec::TrainMlp { .. } => 1,
+        };
+        tracing::info!(job = %id, open_units = scheduler.live_units(), "job ready");
+        Ok(Self {
+            ledger,
+            job,
+            scheduler,
+            sampler: Sampler::new(config.verify_fraction),
+            tolerance: config.float_rel_tolerance,
+            price: config.micros_per_mflop,
+            keys,
+            online: BTreeMap::new(),
+            first_checked: HashSet::new(),
+            earnings_dirty: dirty,
+            earnings_sent: HashMap::new(),
+            units_done,
+            units_verified: 0,
+            units_rejected,
+            progress_every: (units / 50).max(1),
+            finished_reported: false,
+        })
+    }
+
+    /// Replaces the result sampler (tests).
+    pub fn set_sampler(&mut self, sampler: Sampler) {
+        self.sampler = sampler;
+    }
+
+    /// The job.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// What to publish when (re)connected: the current status, and every rig's earnings
+    /// again, since a new broker session may have lost earlier publishes.
+    pub fn connected(&mut self, now_ms: u64) -> Vec<Outbound> {
+        self.earnings_dirty.extend(self.keys.keys().cloned());
+        self.earnings_sent.clear();
+        let mut out = self.status_out(now_ms);
+        out.extend(self.tick(now_ms));
+        out
+    }
+
+    /// Handles one message from the broker. Bad input is logged and dropped.
+    pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Vec<Outbound> {
+        let result = match inbound::parse(topic, payload) {
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "message dropped");
+                return vec![];
+            }
+            Ok(Inbound::Status(status)) => self.on_status(&status, now_ms),
+            Ok(Inbound::Receipts { rig, batch }) => self.on_batch(&rig, &batch, now_ms),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::error!(topic, error = %e, "ledger write failed; the rig will resend");
+            vec![]
+        })
+    }
+
+    /// A rig's status: pins its key on first sight, updates what it can take.
+    pub fn on_status(
+        &mut self,
+        status: &RigStatus,
+        now_ms: u64,
+    ) -> Result<Vec<Outbound>, LedgerError> {
+        let rig = &status.rig;
+        match self.ledger.pin_key(rig, &status.pubkey, now_ms)? {
+            KeyCheck::Pinned => {
+                tracing::info!(rig = %rig, key = %status.pubkey, "rig key pinned on first sight");
+                self.keys
+                    .insert(rig.clone(), (status.pubkey.clone(), false));
+            }
+            KeyCheck::Same => {}
+            KeyCheck::Changed => {
+                tracing::error!(rig = %rig, key = %status.pubkey, "rig announced a different key; its batches are refused");
+                if let Some(entry) = self.keys.get_mut(rig) {
+                    entry.1 = true;
+                }
+            }
+        }
+        let cards: Vec<_> = status.cards.iter().map(|c| c.uuid.clone()).collect();
+        self.ledger.add_cards(rig, &cards)?;
+        let online = status.state != RigState::Offline;
+        let trusted = self.keys.get(rig).is_some_and(|(_, changed)| !changed);
+        let accepting = trusted && matches!(status.state, RigState::Working | RigState::Idle);
+        let card_count = u32::try_from(cards.len()).unwrap_or(u32::MAX);
+        self.scheduler
+            .rig_status(rig, card_count, accepting, online);
+        let was = self.online.insert(rig.clone(), online);
+        self.earnings_dirty.insert(rig.clone());
+        let mut out = vec![];
+        if was != Some(online) {
+            tracing::info!(rig = %rig, online, cards = cards.len(), "rig status");
+            out.extend(self.status_out(now_ms));
+        }
+        out.extend(self.assign(now_ms));
+        Ok(out)
+    }
+
+    /// A receipt batch: authenticate, judge each new receipt, record all in one transaction,
+    /// then apply and ack.
+    pub fn on_batch(
+        &mut self,
+        rig: &RigId,
+        batch: &ReceiptBatch,
+        now_ms: u64,
+    ) -> Result<Vec<Outbound>, LedgerError> {
+        let header = &batch.header;
+        let Some((key, key_changed)) = self.keys.get(rig).cloned() else {
+            tracing::warn!(rig = %rig, first_seq = header.first_seq, "batch from a rig whose key is not known yet; not acked");
+            return Ok(vec![]);
+        };
+        if let Err(e) = verify::authenticate(rig, batch, &key) {
+            tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
+            return Ok(vec![]);
+        }
+        self.scheduler.heard_from(rig);
+        let end = header.first_seq.saturating_add(u64::from(header.count));
+        let recorded = self.ledger.recorded_among(rig, header.first_seq..end)?;
+        let mut fresh: Vec<(&ReceiptItem, Verdict)> = vec![];
+        let mut duplicates = 0;
+        let mut taken = HashSet::new();
+        for item in &batch.items {
+            if recorded.contains(&item.receipt.seq) {
+                duplicates += 1;
+                continue;
+            }
+            let verdict = if key_changed {
+                Verdict::Rejected {
+                    why: Rejection::KeyChanged,
+                    requeue: false,
+                }
+            } else {
+                self.judge(rig, item, &taken)
+            };
+            if let Verdict::Accepted { .. } = verdict {
+                taken.insert(item.receipt.unit);
+            }
+            fresh.push((item, verdict));
+        }
+        self.record(rig, &fresh, duplicates, now_ms)?;
+        let mut out = self.apply(rig, &fresh, now_ms);
+        let ack = Ack {
+            rig: rig.clone(),
+            batches: vec![header.first_seq],
+        };
+        out.insert(
+            0,
+            publish(topics::rig(rig, Channel::Acks), encode(&ack), false),
+        );
+        tracing::debug!(rig = %rig, first_seq = header.first_seq, new = fresh.len(), duplicates, "batch recorded");
+        self.earnings_dirty.insert(rig.clone());
+        out.extend(self.tick(now_ms));
+        Ok(out)
+    }
+
+    fn judge(&mut self, rig: &RigId, item: &ReceiptItem, taken: &HashSet<u64>) -> Verdict {
+        let r = &item.receipt;
+        let reject = |why| Verdict::Rejected {
+            why,
+            requeue: false,
+        };
+        let retry = |why| Verdict::Rejected { why, requeue: true };
+        if &r.job != self.job.id() {
+            return reject(Rejection::UnknownJob);
+        }
+        let expected = match self.job.lookup(r.unit) {
+            Lookup::Unknown => return reject(Rejection::NotAssigned),
+            Lookup::Done => return reject(Rejection::AlreadyDone),
+            Lookup::Open(_) if taken.contains(&r.unit) => return reject(Rejection::AlreadyDone),
+            Lookup::Open(e) => e,
+        };
+        if self
+            .scheduler
+            .attempt(r.unit)
+            .is_some_and(|a| r.attempt > a)
+        {
+            return reject(Rejection::NotAssigned);
+        }
+        if let Err(why) = verify::check_receipt(r, &item.output, &expected) {
+            return retry(why);
+        }
+        if !self.job.output_fits(r.unit, &item.output) {
+            return retry(Rejection::MalformedOutput);
+        }
+        let first = !self.first_checked.contains(rig);
+        if !first && !self.sampler.pick(rig, r.seq) {
+            return Verdict::Accepted { verified: false };
+        }
+        let Some(unit) = self.job.work_unit(r.unit, r.attempt) else {
+            return reject(Rejection::NotAssigned);
+        };
+        if self.agrees(&unit.kind, &item.output) {
+            self.first_checked.insert(rig.clone());
+            Verdict::Accepted { verified: true }
+        } else {
+            tracing::warn!(rig = %rig, seq = r.seq, unit = r.unit, "recomputed result differs");
+            retry(Rejection::ResultMismatch)
+        }
+    }
+
+    fn agrees(&self, kind: &UnitKind, output: &UnitOutput) -> bool {
+        match verify::recompute(kind) {
+            Ok(want) => verify::outputs_agree(&want, output, self.tolerance),
+            Err(e) => {
+                tracing::error!(error = %e, "recomputation failed");
+                false
+            }
+        }
+    }
+
+    fn micros(&self, work: u64) -> u64 {
+        let m = u128::from(work) * u128::from(self.price) / 1_000_000;
+        u64::try_from(m).unwrap_or(u64::MAX)
+    }
+
+    fn record(
+        &mut self,
+        rig: &RigId,
+        fresh: &[(&ReceiptItem, Verdict)],
+        duplicates: u64,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let credit = self.job.credits_on_accept();
+        let id = self.job.id().clone();
+        let mut record = BatchRecord {
+            duplicates,
+            ..BatchRecord::default()
+        };
+        for (item, verdict) in fresh {
+            let r = &item.receipt;
+            let entry = match verdict {
+                Verdict::Accepted { .. } => {
+                    if !credit {
+                        record.kept_outputs.push((&id, r.unit, &item.output));
+                    }
+                    Entry {
+                        receipt: r,
+                        state: if credit {
+                            ReceiptState::Credited
+                        } else {
+                            ReceiptState::Pending
+                        },
+                        reason: None,
+                        micros: self.micros(r.work),
+                    }
+                }
+                Verdict::Rejected { why, .. } => Entry {
+                    receipt: r,
+                    state: ReceiptState::Rejected,
+                    reason: Some(why.reason()),
+                    micros: 0,
+                },
+            };
+            record.entries.push(entry);
+        }
+        self.ledger.record_batch(rig, &record, now_ms)
+    }
+
+    fn apply(
+        &mut self,
+        rig: &RigId,
+        fresh: &[(&ReceiptItem, Verdict)],
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = vec![];
+        let was_done = self.job.progress().0;
+        for (item, verdict) in fresh {
+            let unit = item.receipt.unit;
+            match verdict {
+                Verdict::Accepted { verified } => {
+                    self.units_done += 1;
+                    self.units_verified += u64::from(*verified);
+                    self.scheduler.done(unit);
+                    match self.job.accept(unit, &item.output) {
+                        Ok(Some(stitched)) => out.extend(self.stitched(stitched, now_ms)),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(unit, error = %e, "stitching failed"),
+                    }
+                }
+                Verdict::Rejected { why, requeue } => {
+                    self.units_rejected += 1;
+                    tracing::info!(rig = %rig, seq = item.receipt.seq, unit, reason = why.reason(), "receipt rejected");
+                    if *requeue {
+                        self.scheduler.release(unit, rig);
+                    }
+                }
+            }
+        }
+        let done = self.job.progress().0;
+        let gemm_tick = self.job.credits_on_accept()
+            && done / self.progress_every != was_done / self.progress_every;
+        if (gemm_tick || self.job.finished()) && !self.finished_reported {
+            self.finished_reported = self.job.finished();
+            if self.finished_reported {
+                tracing::info!(job = %self.job.id(), "job finished");
+            }
+            out.extend(self.status_out(now_ms));
+        }
+        out
+    }
+
+    fn stitched(&mut self, s: Stitched, now_ms: u64) -> Vec<Outbound> {
+        let id = self.job.id().clone();
+        match self
+            .ledger
+            .stitch(&id, s.units.clone(), &s.checkpoint, now_ms)
+        {
+            Ok(rigs) => self.earnings_dirty.extend(rigs),
+            Err(e) => tracing::error!(error = %e, "stitch not recorded; it is redone on restart"),
+        }
+        tracing::info!(job = %id, step = s.checkpoint.step, loss = ?s.checkpoint.loss, "step stitched");
+        self.scheduler.add_units(s.next_units);
+        if self.job.finished() {
+            vec![]
+        } else {
+            self.status_out(now_ms)
+        }
+    }
+
+    /// Periodic work: expire leases, hand out units, publish due earnings.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let expired = self.scheduler.expire(now_ms);
+        if !expired.is_empty() {
+            tracing::info!(units = expired.len(), "leases expired; units requeued");
+        }
+        let mut out = self.assign(now_ms);
+        let due: Vec<RigId> = self
+            .earnings_dirty
+            .iter()
+            .filter(|r| {
+                self.earnings_sent
+                    .get(*r)
+                    .is_none_or(|t| now_ms.saturating_sub(*t) >= EARNINGS_INTERVAL_MS)
+            })
+            .cloned()
+            .collect();
+        for rig in due {
+            match self.ledger.earnings(&rig) {
+                Ok(e) => {
+                    out.push(publish(
+                        topics::rig(&rig, Channel::Earnings),
+                        encode(&e),
+                        true,
+                    ));
+                    self.earnings_dirty.remove(&rig);
+                    self.earnings_sent.insert(rig, now_ms);
+                }
+                Err(e) => tracing::error!(rig = %rig, error = %e, "earnings not readable"),
+            }
+        }
+        out
+    }
+
+    fn assign(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let mut out = vec![];
+        for a in self.scheduler.assign(now_ms) {
+            let mut units = vec![];
+            let mut size = 0usize;
+            for (unit, attempt) in a.units {
+                let Some(wu) = self.job.work_unit(unit, attempt) else {
+                    continue;
+                };
+                let est = match &wu.kind {
+                    UnitKind::MlpGrad { params, .. } => params.len() * 4 + 128,
+                    UnitKind::GemmI8 { .. } => 128,
+                };
+                if !units.is_empty()
+                    && (size + est > MAX_FRAME_BYTES - 4096 || units.len() == MAX_UNITS_PER_MESSAGE)
+                {
+                    out.push(self.assignment(&a.rig, std::mem::take(&mut units)));
+                    size = 0;
+                }
+                size += est;
+                units.push(wu);
+            }
+            if !units.is_empty() {
+                out.push(self.assignment(&a.rig, units));
+            }
+        }
+        out
+    }
+
+    fn assignment(&self, rig: &RigId, units: Vec<rigd_protocol::WorkUnit>) -> Outbound {
+        tracing::debug!(rig = %rig, units = units.len(), "units assigned");
+        publish(
+            topics::rig(rig, Channel::Units),
+            encode(&UnitAssignment { units }),
+            false,
+        )
+    }
+
+    /// The coordinator's status now.
+    pub fn status(&self, now_ms: u64) -> CoordinatorStatus {
+        let (step, steps_total, loss) = self.job.progress();
+        CoordinatorStatus {
+            job: self.job.id().clone(),
+            step,
+            steps_total,
+            loss,
+            units_done: self.units_done,
+            units_verified: self.units_verified,
+            units_rejected: self.units_rejected,
+            rigs_online: u32::try_from(self.online.values().filter(|o| **o).count())
+                .unwrap_or(u32::MAX),
+            finished: self.job.finished(),
+            updated_ms: now_ms,
+        }
+    }
+
+    fn status_out(&self, now_ms: u64) -> Vec<Outbound> {
+        let status = self.status(now_ms);
+        vec![
+            publish(
+                topics::COORDINATOR_STATUS.to_string(),
+                encode(&status),
+                true,
+            ),
+            Outbound::Progress(status),
+        ]
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,509 @@
+//! The earnings ledger and rig registry: one SQLite file in WAL mode with
+//! `synchronous=FULL`.
+//!
+//! Crash safety is by construction: every receipt batch is recorded in one transaction
+//! ([`Ledger::record_batch`]) and acknowledged only after it committed; stitching an MLP step
+//! (crediting its pending receipts, replacing the checkpoint, dropping the kept outputs) is
+//! one transaction too ([`Ledger::stitch`]). Receipts are keyed by `(rig, seq)`, so a receipt
+//! delivered again is counted in `deliveries` and changes nothing else.
+//!
+//! Integers are stored as SQLite's signed 64-bit values with the bits of the `u64`.
+
+use rigd_protocol::{
+    CardEarnings, Earnings, GpuUuid, JobId, PublicKey, Receipt, RigId, UnitOutput,
+};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rigs(
+    rig TEXT PRIMARY KEY, curve TEXT NOT NULL, pubkey BLOB NOT NULL,
+    key_changed INTEGER NOT NULL DEFAULT 0, first_seen_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cards(rig TEXT NOT NULL, card TEXT NOT NULL, PRIMARY KEY(rig, card));
+CREATE TABLE IF NOT EXISTS deliveries(rig TEXT PRIMARY KEY, duplicates INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts(
+    rig TEXT NOT NULL, seq INTEGER NOT NULL, card TEXT NOT NULL, job TEXT NOT NULL,
+    unit INTEGER NOT NULL, attempt INTEGER NOT NULL, work INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK(state IN ('credited', 'pending', 'rejected')),
+    reason TEXT, micros INTEGER NOT NULL, changed_ms INTEGER NOT NULL,
+    PRIMARY KEY(rig, seq));
+CREATE INDEX IF NOT EXISTS receipts_by_unit ON receipts(job, unit);
+CREATE TABLE IF NOT EXISTS mlp_results(
+    job TEXT NOT NULL, unit INTEGER NOT NULL, loss_bits INTEGER NOT NULL,
+    samples INTEGER NOT NULL, grad BLOB NOT NULL, PRIMARY KEY(job, unit));
+CREATE TABLE IF NOT EXISTS mlp_checkpoints(
+    job TEXT PRIMARY KEY, step INTEGER NOT NULL, params BLOB NOT NULL, loss_bits INTEGER);
+";
+
+/// Why a ledger operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database file could not be opened or its schema created.
+    #[error("cannot open ledger {path}: {source} (check the path and its permissions)")]
+    Open {
+        /// The file.
+        path: String,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// A query or transaction failed.
+    #[error("ledger query failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value does not parse (the file was edited or is from another program).
+    #[error("ledger holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+/// The state a receipt is recorded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptState {
+    /// Accepted and paid.
+    Credited,
+    /// Accepted, paid when its MLP step is stitched.
+    Pending,
+    /// Refused.
+    Rejected,
+}
+
+impl ReceiptState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReceiptState::Credited => "credited",
+            ReceiptState::Pending => "pending",
+            ReceiptState::Rejected => "rejected",
+        }
+    }
+}
+
+/// One new receipt to record.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    /// The receipt.
+    pub receipt: &'a Receipt,
+    /// Its state.
+    pub state: ReceiptState,
+    /// Why it was refused, for rejected receipts.
+    pub reason: Option<&'static str>,
+    /// Amount credited or pending; zero for rejected receipts.
+    pub micros: u64,
+}
+
+/// Everything one receipt batch changes, written in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct BatchRecord<'a> {
+    /// Receipts recorded for the first time.
+    pub entries: Vec<Entry<'a>>,
+    /// Receipts delivered again.
+    pub duplicates: u64,
+    /// Accepted MLP outputs to keep until their step is stitched: `(job, unit, output)`.
+    pub kept_outputs: Vec<(&'a JobId, u64, &'a UnitOutput)>,
+}
+
+/// What a rig's status key means for its pinned key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// First sight: the key is now pinned.
+    Pinned,
+    /// Same key as pinned.
+    Same,
+    /// A different key: the rig is marked and its batches refused from now on.
+    Changed,
+}
+
+/// A rig in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredRig {
+    /// The rig.
+    pub rig: RigId,
+    /// Its pinned key.
+    pub key: PublicKey,
+    /// Whether it has since announced another key.
+    pub key_changed: bool,
+}
+
+/// The ledger. [`Ledger::open`] gives the read side for tests and tools (read-only: WAL lets
+/// it run beside the coordinator); the coordinator opens it with [`Ledger::create`].
+#[derive(Debug)]
+pub struct Ledger {
+    conn: Connection,
+}
+
+fn u(v: u64) -> i64 {
+    v as i64
+}
+
+fn curve_key(key: &PublicKey) -> (&'static str, &[u8]) {
+    match key {
+        PublicKey::Secp256k1(b) => ("secp256k1", b),
+        PublicKey::P256(b) => ("p256", b),
+    }
+}
+
+fn parse_rig(s: String) -> Result<RigId, LedgerError> {
+    RigId::new(s).map_err(|e| LedgerError::Corrupt(e.to_string()))
+}
+
+fn f32_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+fn blob_f32(b: &[u8]) -> Result<Vec<f32>, LedgerError> {
+    if b.len() % 4 != 0 {
+        return Err(LedgerError::Corrupt(
+            "float blob length is not a multiple of 4".into(),
+        ));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+impl Ledger {
+    /// Opens an existing ledger read-only.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let open = || -> Result<Connection, rusqlite::Error> {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|source| LedgerError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self { conn })
+    }
+
+    /// Opens or creates the ledger for writing, in WAL mode with `synchronous=FULL`, and
+    /// stores the price earnings are quoted at.
+    pub fn create(path: &Path, micros_per_mflop: u64) -> Result<Self, LedgerError> {
+        let open = || -> Result<Connection, rusqlite::Error> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.execute_batch(SCHEMA)?;
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES('micros_per_mflop', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![u(micros_per_mflop)],
+            )?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|source| LedgerError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self { conn })
+    }
+
+    /// A rig's earnings, one entry per card it reported or sent receipts for.
+    pub fn earnings(&self, rig: &RigId) -> Result<Earnings, LedgerError> {
+        let mut cards: BTreeMap<String, CardEarnings> = BTreeMap::new();
+        let mut stmt = self.conn.prepare("SELECT card FROM cards WHERE rig = ?1")?;
+        for card in stmt.query_map([rig.as_str()], |r| r.get::<_, String>(0))? {
+            cards.entry(card?).or_default();
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT card, state, COUNT(*), COALESCE(SUM(micros), 0) FROM receipts
+             WHERE rig = ?1 GROUP BY card, state",
+        )?;
+        let rows = stmt.query_map([rig.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })?;
+        for row in rows {
+            let (card, state, count, micros) = row?;
+            let line = cards.entry(card).or_default();
+            match state.as_str() {
+                "credited" => {
+                    line.credited_units += count;
+                    line.credited_micros += micros;
+                }
+                "pending" => {
+                    line.pending_units += count;
+                    line.pending_micros += micros;
+                }
+                _ => line.rejected_units += count,
+            }
+        }
+        let cards = cards
+            .into_iter()
+            .map(|(card, mut line)| {
+                let uuid = GpuUuid::new(card).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+                line.card = Some(uuid);
+                Ok(line)
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        let (last_seq, recorded, updated_ms) = self.conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0), COUNT(*), COALESCE(MAX(changed_ms), 0)
+             FROM receipts WHERE rig = ?1",
+            [rig.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            },
+        )?;
+        Ok(Earnings {
+            rig: rig.clone(),
+            cards,
+            micros_per_mflop: self.price()?,
+            last_seq,
+            missing_seqs: last_seq.saturating_sub(recorded),
+            updated_ms,
+        })
+    }
+
+    fn price(&self) -> Result<u64, LedgerError> {
+        let price = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'micros_per_mflop'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?;
+        Ok(price.unwrap_or(0) as u64)
+    }
+
+    /// Every rig in the registry (a rig is registered when its key is pinned).
+    pub fn rigs(&self) -> Result<Vec<RigId>, LedgerError> {
+        let mut stmt = self.conn.prepare("SELECT rig FROM rigs ORDER BY rig")?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        names.into_iter().map(parse_rig).collect()
+    }
+
+    /// Every receipt sequence number recorded for `rig`, ascending.
+    pub fn recorded_seqs(&self, rig: &RigId) -> Result<Vec<u64>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq FROM receipts WHERE rig = ?1 ORDER BY seq")?;
+        let seqs = stmt
+            .query_map([rig.as_str()], |r| r.get::<_, i64>(0))?
+            .map(|s| s.map(|s| s as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(seqs)
+    }
+
+    /// The units of `job` credited, each with the number of receipts credited for it
+    /// (one, by construction), ascending by unit.
+    pub fn credited_units(&self, job: &JobId) -> Result<Vec<(u64, u64)>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT unit, COUNT(*) FROM receipts WHERE job = ?1 AND state = 'credited'
+             GROUP BY unit ORDER BY unit",
+        )?;
+        let units = stmt
+            .query_map([job.as_str()], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(units)
+    }
+
+    /// Receipts from `rig` received again after they were recorded.
+    pub fn duplicate_deliveries(&self, rig: &RigId) -> Result<u64, LedgerError> {
+        let n = self
+            .conn
+            .query_row(
+                "SELECT duplicates FROM deliveries WHERE rig = ?1",
+                [rig.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// Every registered rig with its pinned key.
+    pub fn registry(&self) -> Result<Vec<RegisteredRig>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rig, curve, pubkey, key_changed FROM rigs ORDER BY rig")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)? != 0,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(rig, curve, bytes, key_changed)| {
+                let key = match curve.as_str() {
+                    "secp256k1" => PublicKey::Secp256k1(bytes),
+                    "p256" => PublicKey::P256(bytes),
+                    other => return Err(LedgerError::Corrupt(format!("unknown curve {other}"))),
+                };
+                Ok(RegisteredRig {
+                    rig: parse_rig(rig)?,
+                    key,
+                    key_changed,
+                })
+            })
+            .collect()
+    }
+
+    /// Pins `key` for `rig` on first sight, or compares it with the pinned one; a different
+    /// key marks the rig as changed for good.
+    pub fn pin_key(
+        &self,
+        rig: &RigId,
+        key: &PublicKey,
+        now_ms: u64,
+    ) -> Result<KeyCheck, LedgerError> {
+        let (curve, bytes) = curve_key(key);
+        let pinned = self
+            .conn
+            .query_row(
+                "SELECT curve, pubkey FROM rigs WHERE rig = ?1",
+                [rig.as_str()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        match pinned {
+            None => {
+                self.conn.execute(
+                    "INSERT INTO rigs(rig, curve, pubkey, first_seen_ms) VALUES(?1, ?2, ?3, ?4)",
+                    params![rig.as_str(), curve, bytes, u(now_ms)],
+                )?;
+                Ok(KeyCheck::Pinned)
+            }
+            Some((c, b)) if c == curve && b == bytes => Ok(KeyCheck::Same),
+            Some(_) => {
+                self.conn.execute(
+                    "UPDATE rigs SET key_changed = 1 WHERE rig = ?1",
+                    [rig.as_str()],
+                )?;
+                Ok(KeyCheck::Changed)
+            }
+        }
+    }
+
+    /// Remembers the cards a rig reported, so its earnings list every one of them.
+    pub fn add_cards(&self, rig: &RigId, cards: &[GpuUuid]) -> Result<(), LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("INSERT OR IGNORE INTO cards(rig, card) VALUES(?1, ?2)")?;
+        for card in cards {
+            stmt.execute([rig.as_str(), card.as_str()])?;
+        }
+        Ok(())
+    }
+
+    /// Which of `seqs` are already recorded for `rig`.
+    pub fn recorded_among(
+        &self,
+        rig: &RigId,
+        seqs: Range<u64>,
+    ) -> Result<HashSet<u64>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq FROM receipts WHERE rig = ?1 AND seq >= ?2 AND seq < ?3")?;
+        let found = stmt
+            .query_map(params![rig.as_str(), u(seqs.start), u(seqs.end)], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .map(|s| s.map(|s| s as u64))
+            .collect::<Result<HashSet<_>, _>>()?;
+        Ok(found)
+    }
+
+    /// Records one batch in one transaction. A receipt whose `(rig, seq)` is already recorded
+    /// counts as a duplicate and changes nothing.
+    pub fn record_batch(
+        &mut self,
+        rig: &RigId,
+        batch: &BatchRecord<'_>,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let tx = self.conn.transaction()?;
+        let mut duplicates = batch.duplicates;
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO receipts(rig, seq, card, job, unit, attempt, work, state,
+                 reason, micros, changed_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for e in &batch.entries {
+                let r = e.receipt;
+                let added = insert.execute(params![
+                    r.rig.as_str(),
+                    u(r.seq),
+                    r.card.as_str(),
+                    r.job.as_str(),
+                    u(r.unit),
+                    r.attempt,
+                    u(r.work),
+                    e.state.as_str(),
+                    e.reason,
+                    u(e.micros),
+                    u(now_ms),
+                ])?;
+                if added == 0 {
+                    duplicates += 1;
+                }
+            }
+            let mut keep = tx.prepare(
+                "INSERT OR REPLACE INTO mlp_results(job, unit, loss_bits, samples, grad)
+                 VALUES(?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (job, unit, output) in &batch.kept_outputs {
+                if let UnitOutput::MlpGrad {
+                    loss_sum,
+                    samples,
+                    grad_sum,
+                } = output
+                {
+                    keep.execute(params![
+                        job.as_str(),
+                        u(*unit),
+                        loss_sum.to_bits(),
+                        samples,
+                        f32_blob(grad_sum)
+                    ])?;
+                }
+            }
+        }
+        if duplicates > 0 {
+            tx.execute(
+                "INSERT INTO deliveries(rig, duplicates) VALUES(?1, ?2)
+                 ON CONFLICT(rig) DO UPDATE SET duplicates = duplicates + excluded.duplicates",
+                params![rig.as_str(), u(duplicates)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Receipt counts of `job` by state: `(credited or pending, rejected)`.
+    pub fn job_counts(&self, job: &JobId) -> Result<(u64, u64), LedgerError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(state != 'rejected'), 0), COALESCE(SUM(state = 'rejected'), 0)
+             FROM receipts WHERE job = ?1",
+            [job.as_str()],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+}
+
+mod training;
+
+pub use training::Checkpoint;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+use super::*;
+
+fn rig() -> RigId {
+    RigId::new("rig-1").unwrap_or_else(|_| unreachable!())
+}
+
+fn job() -> JobId {
+    JobId::new("job").unwrap_or_else(|_| unreachable!())
+}
+
+fn receipt(seq: u64, unit: u64) -> Receipt {
+    Receipt {
+        rig: rig(),
+        seq,
+        card: GpuUuid::new(format!("SIM-{}", seq % 2)).unwrap_or_else(|_| unreachable!()),
+        job: job(),
+        unit,
+        attempt: 0,
+        work: 2_000_000,
+        input_digest: [1; 32],
+        output_digest: [2; 32],
+        started_ms: 1,
+        finished_ms: 2,
+        governor_level: 0,
+    }
+}
+
+fn fresh() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
+    let ledger = Ledger::create(&dir.path().join("ledger.db"), 3).unwrap_or_else(|e| panic!("{e}"));
+    (dir, ledger)
+}
+
+fn credited(r: &Receipt) -> Entry<'_> {
+    Entry {
+        receipt: r,
+        state: ReceiptState::Credited,
+        reason: None,
+        micros: 6,
+    }
+}
+
+#[test]
+fn duplicate_delivery_changes_nothing_but_the_duplicate_count() {
+    let (_dir, mut ledger) = fresh();
+    let receipts: Vec<Receipt> = (1..=3).map(|s| receipt(s, s)).collect();
+    let batch = BatchRecord {
+        entries: receipts.iter().map(credited).collect(),
+        ..BatchRecord::default()
+    };
+    ledger
+        .record_batch(&rig(), &batch, 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = ledger.earnings(&rig()).unwrap_or_else(|e| panic!("{e}"));
+    ledger
+        .record_batch(&rig(), &batch, 20)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let after = ledger.earnings(&rig()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(before, after);
+    assert_eq!(ledger.duplicate_deliveries(&rig()).unwrap_or(0), 3);
+    assert_eq!(
+        ledger.recorded_seqs(&rig()).unwrap_or_default(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        ledger.credited_units(&job()).unwrap_or_default(),
+        vec![(1, 1), (2, 1), (3, 1)]
+    );
+}
+
+#[test]
+fn totals_are_exact_per_card_and_state() {
+    let (_dir, mut ledger) = fresh();
+    let receipts: Vec<Receipt> = (1..=5).map(|s| receipt(s, s)).collect();
+    let mut entries: Vec<Entry<'_>> = receipts.iter().map(credited).collect();
+    entries[3].state = ReceiptState::Rejected;
+    entries[3].reason = Some("result mismatch");
+    entries[3].micros = 0;
+    entries[4].state = ReceiptState::Pending;
+    let batch = BatchRecord {
+        entries,
+        ..BatchRecord::default()
+    };
+    ledger
+        .record_batch(&rig(), &batch, 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = ledger.earnings(&rig()).unwrap_or_else(|e| panic!("{e}"));
+    let t = e.total();
+    assert_eq!((t.credited_units, t.credited_micros), (3, 18));
+    assert_eq!((t.pending_units, t.pending_micros), (1, 6));
+    assert_eq!(t.rejected_units, 1);
+    assert_eq!(e.cards.len(), 2);
+    assert_eq!((e.last_seq, e.missing_seqs, e.micros_per_mflop), (5, 0, 3));
+}
+
+#[test]
+fn missing_seqs_count_the_gaps_below_the_highest() {
+    let (_dir, mut ledger) = fresh();
+    let receipts = [receipt(1, 1), receipt(4, 4)];
+    let batch = BatchRecord {
+        entries: receipts.iter().map(credited).collect(),
+        ..BatchRecord::default()
+    };
+    ledger
+        .record_batch(&rig(), &batch, 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = ledger.earnings(&rig()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((e.last_seq, e.missing_seqs), (4, 2));
+}
+
+#[test]
+fn a_failed_batch_transaction_leaves_nothing_behind() {
+    let (_dir, mut ledger) = fresh();
+    let receipts = [receipt(1, 1), receipt(2, 2)];
+    let batch = BatchRecord {
+        entries: receipts.iter().map(credited).collect(),
+        ..BatchRecord::default()
+    };
+    // The last statement of the transaction fails: nothing before it may stay.
+    ledger
+        .conn
+        .execute_batch("DROP TABLE deliveries")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dup = BatchRecord {
+        duplicates: 1,
+        ..batch.clone()
+    };
+    assert!(ledger.record_batch(&rig(), &dup, 10).is_err());
+    assert!(ledger.recorded_seqs(&rig()).unwrap_or_default().is_empty());
+}
+
+#[test]
+fn stitch_credits_pending_receipts_and_keeps_a_checkpoint() {
+    let (_dir, mut ledger) = fresh();
+    let receipts = [receipt(1, 0), receipt(2, 1), receipt(3, 2)];
+    let output = UnitOutput::MlpGrad {
+        loss_sum: 1.5,
+        samples: 4,
+        grad_sum: vec![0.25, -1.0],
+    };
+    let j = job();
+    let batch = BatchRecord {
+        entries: receipts
+            .iter()
+            .map(|r| Entry {
+                state: ReceiptState::Pending,
+                ..credited(r)
+            })
+            .collect(),
+        duplicates: 0,
+        kept_outputs: vec![(&j, 2, &output)],
+    };
+    ledger
+        .record_batch(&rig(), &batch, 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ledger.kept_outputs(&j).unwrap_or_default(),
+        vec![(2, output.clone())]
+    );
+    let cp = Checkpoint {
+        step: 1,
+        params: vec![1.0, 2.0],
+        loss: Some(0.5),
+    };
+    let rigs = ledger
+        .stitch(&j, 0..2, &cp, 20)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rigs, vec![rig()]);
+    let t = ledger
+        .earnings(&rig())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .total();
+    assert_eq!((t.credited_units, t.pending_units), (2, 1));
+    assert_eq!(ledger.checkpoint(&j).unwrap_or(None), Some(cp));
+    assert_eq!(ledger.kept_outputs(&j).unwrap_or_default().len(), 1);
+}
+
+#[test]
+fn keys_are_pinned_on_first_sight_and_a_change_is_remembered() {
+    let (dir, ledger) = fresh();
+    let k1 = PublicKey::Secp256k1(vec![2; 33]);
+    let k2 = PublicKey::P256(vec![3; 33]);
+    assert_eq!(ledger.pin_key(&rig(), &k1, 1).ok(), Some(KeyCheck::Pinned));
+    assert_eq!(ledger.pin_key(&rig(), &k1, 2).ok(), Some(KeyCheck::Same));
+    assert_eq!(ledger.pin_key(&rig(), &k2, 3).ok(), Some(KeyCheck::Changed));
+    let reader = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    let reg = reader.registry().unwrap_or_default();
+    assert_eq!(reg.len(), 1);
+    assert_eq!(reg[0].key, k1);
+    assert!(reg[0].key_changed);
+    assert_eq!(reader.rigs().unwrap_or_default(), vec![rig()]);
+}
+
+#[test]
+fn the_read_side_opens_after_the_writer_closed() {
+    let (dir, mut ledger) = fresh();
+    let r = receipt(1, 1);
+    let batch = BatchRecord {
+        entries: vec![credited(&r)],
+        ..BatchRecord::default()
+    };
+    ledger
+        .record_batch(&rig(), &batch, 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(ledger);
+    let reader = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reader.recorded_seqs(&rig()).unwrap_or_default(), vec![1]);
+    assert!(Ledger::open(&dir.path().join("missing.db")).is_err());
+}

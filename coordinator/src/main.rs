@@ -1,0 +1,190 @@
+//! `coordinator`: runs one job against an MQTT broker until SIGINT or SIGTERM.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for a configuration error, 1 when the coordinator
+//! fails at run time (e.g. the ledger cannot be opened).
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use rigd_coordinator::{CoordinatorConfig, CoordinatorError, JobSpec};
+use rigd_protocol::JobId;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum JobKind {
+    /// Data-parallel MLP training.
+    Train,
+    /// Independent int8 GEMM units.
+    Gemm,
+}
+
+/// Splits a job into units for rigs, verifies their receipts and keeps the earnings ledger.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Broker address, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// SQLite ledger file.
+    #[arg(long)]
+    db: PathBuf,
+    /// MQTT client id (keep it stable: the session is persistent).
+    #[arg(long, default_value = "rigd-coordinator")]
+    client_id: String,
+    /// Which job to run.
+    #[arg(long, value_enum)]
+    job: JobKind,
+    /// Job id.
+    #[arg(long, default_value = "job-1")]
+    job_id: String,
+    /// Lease of a unit, milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    lease_ms: u64,
+    /// Outstanding units per card.
+    #[arg(long, default_value_t = 3)]
+    units_per_card: u32,
+    /// Share of results recomputed on the CPU.
+    #[arg(long, default_value_t = 0.05)]
+    verify_fraction: f64,
+    /// Price, micro-credits per MFLOP.
+    #[arg(long, default_value_t = 1)]
+    micros_per_mflop: u64,
+    /// Float tolerance (relative, absolute below magnitude 1).
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f32,
+    /// MLP widths: input,hidden,output.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,4")]
+    shape: Vec<u32>,
+    /// Data set and initial-parameter seed.
+    #[arg(long, default_value_t = 7)]
+    data_seed: u64,
+    /// Spread of the data set's clusters.
+    #[arg(long, default_value_t = 1.0)]
+    spread: f32,
+    /// Units per MLP step.
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Samples per MLP unit.
+    #[arg(long, default_value_t = 256)]
+    samples: u32,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.5)]
+    lr: f32,
+    /// Most MLP steps.
+    #[arg(long, default_value_t = 100)]
+    max_steps: u64,
+    /// Held-out loss at which training stops.
+    #[arg(long, default_value_t = 0.1)]
+    loss_target: f32,
+    /// Held-out samples.
+    #[arg(long, default_value_t = 1024)]
+    eval_samples: u32,
+    /// GEMM units.
+    #[arg(long, default_value_t = 100)]
+    units: u64,
+    /// GEMM dimensions m,n,k.
+    #[arg(long, value_delimiter = ',', default_value = "64,64,64")]
+    mnk: Vec<u32>,
+    /// GEMM seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn three(v: &[u32], what: &str) -> anyhow::Result<[u32; 3]> {
+    <[u32; 3]>::try_from(v).map_err(|_| anyhow::anyhow!("--{what} takes three numbers"))
+}
+
+fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
+    let (host, port) = args
+        .broker
+        .rsplit_once(':')
+        .context("--broker must be host:port")?;
+    let port: u16 = port.parse().context("--broker port is not a number")?;
+    let job = JobId::new(args.job_id).context("--job-id")?;
+    let spec = match args.job {
+        JobKind::Train => JobSpec::TrainMlp {
+            job,
+            shape: three(&args.shape, "shape")?,
+            data_seed: args.data_seed,
+            data_spread: args.spread,
+            shards_per_step: args.shards,
+            samples_per_shard: args.samples,
+            lr: args.lr,
+            max_steps: args.max_steps,
+            loss_target: args.loss_target,
+            eval_samples: args.eval_samples,
+        },
+        JobKind::Gemm => {
+            let [m, n, k] = three(&args.mnk, "mnk")?;
+            JobSpec::Gemm {
+                job,
+                units: args.units,
+                m,
+                n,
+                k,
+                seed: args.seed,
+            }
+        }
+    };
+    let mut config = CoordinatorConfig::new(host, port, args.db, spec);
+    config.client_id = args.client_id;
+    config.lease_ms = args.lease_ms;
+    config.units_per_card = args.units_per_card;
+    config.verify_fraction = args.verify_fraction;
+    config.micros_per_mflop = args.micros_per_mflop;
+    config.float_rel_tolerance = args.tolerance;
+    Ok(config)
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    shutdown.cancel();
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match config(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "configuration error");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    runtime.spawn(wait_for_signal(shutdown.clone()));
+    match runtime.block_on(rigd_coordinator::run(config, shutdown, None)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ (CoordinatorError::Config(_) | CoordinatorError::Job(_))) => {
+            tracing::error!(error = %e, "configuration error");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "coordinator failed");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Which unit goes to which rig, and when it comes back: a pure state machine fed the time.
+//!
+//! A unit is *live* until [`Scheduler::done`]; a live unit is either queued or leased to one
+//! rig. A rig holds at most `cards * units_per_card` leases and gets new ones only while it
+//! is accepting work. A lease that runs past `lease_ms`, or whose rig goes offline, puts the
+//! unit back in the queue with `attempt + 1`, for any rig. A rig whose lease ran out gets
+//! no new units for `lease_ms` (so a rig that died without a last will does not keep
+//! swallowing units) unless a result from it arrives first ([`Scheduler::heard_from`]).
+
+use rigd_protocol::RigId;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lease {
+    rig: RigId,
+    deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Live {
+    attempt: u32,
+    lease: Option<Lease>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slot {
+    cards: u32,
+    accepting: bool,
+    leased: usize,
+    cooldown_until_ms: u64,
+}
+
+/// Units handed to one rig in one go: `(unit, attempt)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The rig.
+    pub rig: RigId,
+    /// The units and the attempt each is sent as.
+    pub units: Vec<(u64, u32)>,
+}
+
+/// The queue and the leases.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    lease_ms: u64,
+    units_per_card: u32,
+    queue: VecDeque<u64>,
+    live: HashMap<u64, Live>,
+    rigs: BTreeMap<RigId, Slot>,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(lease_ms: u64, units_per_card: u32) -> Self {
+        Self {
+            lease_ms,
+            units_per_card,
+            queue: VecDeque::new(),
+            live: HashMap::new(),
+            rigs: BTreeMap::new(),
+        }
+    }
+
+    /// Queues new units, each at attempt 0. Units already live are left as they are.
+    pub fn add_units(&mut self, units: impl IntoIterator<Item = u64>) {
+        for unit in units {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.live.entry(unit) {
+                v.insert(Live {
+                    attempt: 0,
+                    lease: None,
+                });
+                self.queue.push_back(unit);
+            }
+        }
+    }
+
+    /// Updates what a rig offers: its card count and whether it takes new units. A rig that
+    /// is gone (`online == false`) loses its leases, which go back to the queue.
+    pub fn rig_status(&mut self, rig: &RigId, cards: u32, accepting: bool, online: bool) {
+        let slot = self.rigs.entry(rig.clone()).or_default();
+        slot.cards = cards;
+        slot.accepting = accepting && online;
+        if !online {
+            let mut units: Vec<u64> = self
+                .live
+                .iter()
+                .filter(|(_, l)| l.lease.as_ref().is_some_and(|l| &l.rig == rig))
+                .map(|(u, _)| *u)
+                .collect();
+            units.sort_unstable();
+            for unit in units {
+                self.requeue(unit);
+            }
+        }
+    }
+
+    /// Hands queued units to rigs with spare capacity, one unit per rig per round so that
+    /// rigs share a short queue.
+    pub fn assign(&mut self, now_ms: u64) -> Vec<Assignment> {
+        let mut out: BTreeMap<RigId, Vec<(u64, u32)>> = BTreeMap::new();
+        loop {
+            let mut gave = false;
+            let open: Vec<RigId> = self
+                .rigs
+                .iter()
+                .filter(|(_, s)| {
+                    s.accepting && s.leased < self.capacity(s) && now_ms >= s.cooldown_until_ms
+                })
+                .map(|(r, _)| r.clone())
+                .collect();
+            for rig in open {
+                let Some(unit) = self.pop_queued() else {
+                    return Self::collect(out);
+                };
+                if let Some(live) = self.live.get_mut(&unit) {
+                    live.lease = Some(Lease {
+                        rig: rig.clone(),
+                        deadline_ms: now_ms.saturating_add(self.lease_ms),
+                    });
+                    out.entry(rig.clone())
+                        .or_default()
+                        .push((unit, live.attempt));
+                }
+                if let Some(slot) = self.rigs.get_mut(&rig) {
+                    slot.leased += 1;
+                }
+                gave = true;
+            }
+            if !gave {
+                return Self::collect(out);
+            }
+        }
+    }
+
+    fn collect(out: BTreeMap<RigId, Vec<(u64, u32)>>) -> Vec<Assignment> {
+        out.into_iter()
+            .map(|(rig, units)| Assignment { rig, units })
+            .collect()
+    }
+
+    fn capacity(&self, slot: &Slot) -> usize {
+        (slot.cards as usize).saturating_mul(self.units_per_card as usize)
+    }
+
+    fn pop_queued(&mut self) -> Option<u64> {
+        while let Some(unit) = self.queue.pop_front() {
+            if self.live.get(&unit).is_some_and(|l| l.lease.is_none()) {
+                return Some(unit);
+            }
+        }
+        None
+    }
+
+    /// Puts every unit whose lease ran out back in the queue with `attempt + 1`; returns
+    /// them.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<u64> {
+        let mut expired: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.lease.as_ref().is_some_and(|l| l.deadline_ms <= now_ms))
+            .map(|(u, _)| *u)
+            .collect();
+        expired.sort_unstable();
+        for unit in &expired {
+            let rig = self
+                .live
+                .get(unit)
+                .and_then(|l| l.lease.as_ref())
+                .map(|l| l.rig.clone());
+            if let Some(slot) = rig.and_then(|r| self.rigs.get_mut(&r)) {
+                slot.cooldown_until_ms = now_ms.saturating_add(self.lease_ms);
+            }
+            self.requeue(*unit);
+        }
+        expired
+    }
+
+    /// A result from `rig` arrived: it is alive, any cooldown ends.
+    pub fn heard_from(&mut self, rig: &RigId) {
+        if let Some(slot) = self.rigs.get_mut(rig) {
+            slot.cooldown_until_ms = 0;
+        }
+    }
+
+    /// Drops a leased unit's lease and queues it again with `attempt + 1` (after a refused
+    /// result, an expired lease or a rig gone). A unit already queued stays as it is.
+    pub fn requeue(&mut self, unit: u64) {
+        let Some(live) = self.live.get_mut(&unit) else {
+            return;
+        };
+        let Some(lease) = live.lease.take() else {
+            return;
+        };
+        live.attempt = live.attempt.saturating_add(1);
+        if let Some(slot) = self.rigs.get_mut(&lease.rig) {
+            slot.leased = slot.leased.saturating_sub(1);
+        }
+        self.queue.push_back(unit);
+    }
+
+    /// A result of `rig` for the unit was refused: if the unit is leased to that rig, it is
+    /// queued again with `attempt + 1`; a lease held by another rig is left alone.
+    pub fn release(&mut self, unit: u64, rig: &RigId) {
+        let leased_here = self
+            .live
+            .get(&unit)
+            .and_then(|l| l.lease.as_ref())
+            .is_some_and(|l| &l.rig == rig);
+        if leased_here {
+            self.requeue(unit);
+        }
+    }
+
+    /// The unit has its result: it leaves the queue and its lease is freed.
+    pub fn done(&mut self, unit: u64) {
+        if let Some(Live {
+            lease: Some(lease), ..
+        }) = self.live.remove(&unit)
+        {
+            if let Some(slot) = self.rigs.get_mut(&lease.rig) {
+                slot.leased = slot.leased.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The current attempt of a live unit.
+    pub fn attempt(&self, unit: u64) -> Option<u32> {
+        self.live.get(&unit).map(|l| l.attempt)
+    }
+
+    /// Units leased to `rig` now.
+    pub fn outstanding(&self, rig: &RigId) -> usize {
+        self.rigs.get(rig).map_or(0, |s| s.leased)
+    }
+
+    /// Live units (queued or leased).
+    pub fn live_units(&self) -> usize {
+        self.live.len()
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
