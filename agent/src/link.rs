@@ -8,6 +8,7 @@ use rigd_protocol::{RigId, MAX_FRAME_BYTES};
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::NetworkOptions;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,9 @@ impl Link {
     /// Starts the session; events arrive on the returned receiver until `stop`.
     pub fn start(s: LinkSettings, stop: CancellationToken) -> (Link, mpsc::Receiver<LinkEvent>) {
         let mut opts = MqttOptions::new(s.rig.as_str(), s.host, s.port);
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        opts.set_network_options(network);
         opts.set_keep_alive(Duration::from_secs(10))
             .set_clean_start(false)
             .set_session_expiry_interval(Some(7 * 24 * 3600))

@@ -23,15 +23,35 @@ fn rigd_processes_do_units_the_ledger_credits_them_and_rigctl_reads_them_back() 
 
     let rigctl = workspace_bin("rigctl");
     let broker_arg = format!("127.0.0.1:{}", broker.port);
-    wait_until("rigctl earnings shows every credited unit", 20, || {
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
         let out = Command::new(&rigctl)
             .args(["--broker", &broker_arg, "--json", "earnings"])
             .output()
             .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let credited: u64 = json_sum(&json, "credited_units");
-        credited == 2 * units && String::from_utf8_lossy(&out.stdout).contains("rig-b")
-    });
+        let credited: u64 = json["rigs"]
+            .as_array()
+            .map(|rigs| {
+                rigs.iter()
+                    .filter_map(|r| r["total"]["credited_units"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let paid = json["rigs"][0]["total"]["credited_micros"]
+            .as_u64()
+            .unwrap_or(0);
+        if credited == units && paid > 0 && last.contains("rig-b") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rigctl earnings never showed {units} credited units:\n{last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let out = Command::new(&rigctl)
         .args(["--broker", &broker_arg, "--json", "status"])
         .output()
@@ -50,25 +70,6 @@ fn rigd_processes_do_units_the_ledger_credits_them_and_rigctl_reads_them_back() 
         out.status.success() && text.contains("SIM-rig-b-2"),
         "{text}"
     );
-}
-
-/// Sums every number under `key` anywhere in `v` (rigctl prints per-card lines and totals,
-/// so a full table counts each unit twice).
-fn json_sum(v: &serde_json::Value, key: &str) -> u64 {
-    match v {
-        serde_json::Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| {
-                if k == key {
-                    v.as_u64().unwrap_or(0)
-                } else {
-                    json_sum(v, key)
-                }
-            })
-            .sum(),
-        serde_json::Value::Array(a) => a.iter().map(|v| json_sum(v, key)).sum(),
-        _ => 0,
-    }
 }
 
 #[test]
