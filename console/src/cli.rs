@@ -1,0 +1,194 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+use rigd_protocol::RigId;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (devnet: the loss target was reached)
+  1    other failure (devnet: the job ended above the loss target)
+  2    usage or argument error
+  3    broker unreachable: connection refused, or no MQTT session within --wait-ms
+  130  devnet interrupted with Ctrl-C";
+
+/// rigctl: look at a rigd fleet over MQTT 5 (rig status, cards, earnings), or run a whole
+/// network on this machine with `rigctl devnet`.
+#[derive(Debug, Parser)]
+#[command(name = "rigctl", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// MQTT broker, HOST:PORT.
+    #[arg(long, global = true, default_value = "127.0.0.1:1883")]
+    pub broker: BrokerAddr,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to collect retained messages, ms; collection ends early once the broker has
+    /// been quiet for about 300 ms.
+    #[arg(long, global = true, default_value_t = 1500,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub wait_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every rig's retained status, with the coordinator's progress above it.
+    Status,
+    /// The cards of one rig: inventory and latest telemetry.
+    Gpus {
+        /// The rig.
+        rig: RigId,
+    },
+    /// Earnings per rig and card as the coordinator's ledger credited them.
+    Earnings {
+        /// Only this rig.
+        rig: Option<RigId>,
+    },
+    /// Runs a broker, a coordinator and simulated rigs in this process and trains a small MLP
+    /// across them until the held-out loss reaches the target (default 0.15) or the step
+    /// budget runs out. Ignores --broker.
+    Devnet(DevnetArgs),
+    /// Runs one card's worker over stdin/stdout (started by the devnet's rigs).
+    #[command(hide = true)]
+    Worker,
+}
+
+/// `rigctl devnet` options.
+#[derive(Debug, Clone, Args)]
+pub struct DevnetArgs {
+    /// Number of rigs.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub rigs: u32,
+    /// Most cards per rig: rig i gets 1 + (i mod M) cards.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub gpus: u32,
+    /// Most training steps.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub steps: u64,
+    /// Held-out loss (mean cross-entropy) to reach; the job stops once it is at or below.
+    #[arg(long, default_value_t = 0.15)]
+    pub loss_target: f32,
+    /// Keep the ledger and the rigs' journals and keys in DIR instead of a temporary folder.
+    #[arg(long, value_name = "DIR")]
+    pub keep_state: Option<PathBuf>,
+}
+
+/// A broker address, `HOST:PORT` (`[v6]:PORT` for IPv6 literals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl FromStr for BrokerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{port:?} is not a port (1-65535)"))?;
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn broker_addresses_parse() {
+        let ok = |s: &str| BrokerAddr::from_str(s).map(|a| (a.host, a.port));
+        assert_eq!(ok("127.0.0.1:1883"), Ok(("127.0.0.1".into(), 1883)));
+        assert_eq!(ok("broker.lan:8883"), Ok(("broker.lan".into(), 8883)));
+        assert_eq!(ok("[::1]:1883"), Ok(("::1".into(), 1883)));
+        for bad in [
+            "",
+            "host",
+            ":1883",
+            "host:",
+            "host:0",
+            "host:70000",
+            "host:x",
+        ] {
+            assert!(BrokerAddr::from_str(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_global_flags() {
+        let cli = Cli::try_parse_from(["rigctl", "earnings", "--json", "--wait-ms", "200"]);
+        let Ok(cli) = cli else { panic!("{cli:?}") };
+        assert!(cli.json);
+        assert_eq!(cli.wait_ms, 200);
+        assert_eq!(cli.broker.to_string(), "127.0.0.1:1883");
+        assert!(matches!(cli.command, Command::Earnings { rig: None }));
+
+        let cli = Cli::try_parse_from(["rigctl", "devnet"]);
+        let Ok(Cli {
+            command: Command::Devnet(d),
+            ..
+        }) = cli
+        else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((d.rigs, d.gpus, d.steps), (3, 3, 60));
+        assert!((d.loss_target - 0.15).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for args in [
+            &["rigctl", "gpus"][..],
+            &["rigctl", "gpus", "bad/rig"],
+            &["rigctl", "status", "--broker", "nope"],
+            &["rigctl", "status", "--wait-ms", "0"],
+            &["rigctl", "devnet", "--rigs", "0"],
+        ] {
+            let err = Cli::try_parse_from(args).err();
+            assert_eq!(err.map(|e| e.exit_code()), Some(2), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_documents_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in ["0 ", "1 ", "2 ", "3 ", "130"] {
+            assert!(help.contains(&format!("  {code}")), "{code}: {help}");
+        }
+    }
+}

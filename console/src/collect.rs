@@ -1,0 +1,140 @@
+//! The MQTT shell around [`FleetView`]: connect, subscribe, read the retained messages, stop
+//! once the broker has been quiet for a moment or the wait is over.
+
+use crate::view::FleetView;
+use rigd_protocol::MAX_FRAME_BYTES;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::{timeout_at, Instant};
+
+/// How long the broker must stay quiet after the last retained message before collecting
+/// stops early.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The largest MQTT packet accepted: a maximal frame plus room for topic and properties.
+pub const MAX_PACKET_BYTES: u32 = MAX_FRAME_BYTES as u32 + 4096;
+
+/// Where and how long to listen.
+#[derive(Debug, Clone)]
+pub struct Collect {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// How long to wait for retained messages at most.
+    pub wait: Duration,
+}
+
+/// Why collecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// No MQTT session came up within the wait.
+    #[error("broker {addr} unreachable: {reason}; is it running, and is --broker right?")]
+    Unreachable {
+        /// `host:port`.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The session broke after it was up.
+    #[error("connection to broker {addr} lost: {source}")]
+    Lost {
+        /// `host:port`.
+        addr: String,
+        /// What rumqttc said.
+        #[source]
+        source: Box<ConnectionError>,
+    },
+    /// The subscription could not be queued.
+    #[error("could not subscribe: {0}")]
+    Subscribe(String),
+}
+
+/// Subscribes to `filters` and folds every message received into a [`FleetView`]. Bad frames
+/// are logged and skipped.
+pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, CollectError> {
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let mut options = MqttOptions::new(client_id(), opts.host.clone(), opts.port);
+    options
+        .set_clean_start(true)
+        .set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(Some(MAX_PACKET_BYTES))
+        .set_outgoing_inflight_upper_limit(100)
+        .set_connection_timeout(opts.wait.as_secs().max(1));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let subs: Vec<Filter> = filters
+        .iter()
+        .map(|f| Filter::new(f.clone(), QoS::AtMostOnce))
+        .collect();
+    client
+        .subscribe_many(subs)
+        .await
+        .map_err(|e| CollectError::Subscribe(e.to_string()))?;
+
+    let deadline = Instant::now() + opts.wait;
+    let mut view = FleetView::default();
+    let mut connected = false;
+    // Set once the subscription is acknowledged: collection ends when it passes.
+    let mut quiet_until: Option<Instant> = None;
+    loop {
+        let until = quiet_until.map_or(deadline, |q| q.min(deadline));
+        let event = match timeout_at(until, eventloop.poll()).await {
+            Err(_) if connected => break,
+            Err(_) => {
+                return Err(CollectError::Unreachable {
+                    addr,
+                    reason: format!("no session within {} ms", opts.wait.as_millis()),
+                })
+            }
+            Ok(Err(e)) if connected => {
+                return Err(CollectError::Lost {
+                    addr,
+                    source: Box::new(e),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(CollectError::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Ok(event)) => event,
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => connected = true,
+            Event::Incoming(Packet::SubAck(_)) => quiet_until = Some(Instant::now() + QUIET),
+            Event::Incoming(Packet::Publish(p)) => {
+                let topic = String::from_utf8_lossy(&p.topic);
+                if let Err(error) = view.apply(&topic, &p.payload) {
+                    tracing::warn!(%topic, %error, bytes = p.payload.len(), "skipping message");
+                }
+                if quiet_until.is_some() {
+                    quiet_until = Some(Instant::now() + QUIET);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Best effort: the broker drops the session when the socket closes anyway.
+    if client.try_disconnect().is_ok() {
+        let _ = timeout_at(
+            Instant::now() + Duration::from_millis(100),
+            eventloop.poll(),
+        )
+        .await;
+    }
+    Ok(view)
+}
+
+/// The current time, Unix ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn client_id() -> String {
+    format!("rigctl-{}-{}", std::process::id(), now_ms() % 1_000_000)
+}

@@ -1,0 +1,100 @@
+//! The subcommands that read the fleet's retained messages: `status`, `gpus`, `earnings`.
+
+use crate::cli::{Cli, Command};
+use crate::collect::{collect, now_ms, Collect, CollectError};
+use crate::devnet::{self, DevnetError};
+use crate::{report, table};
+use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::RigId;
+use serde::Serialize;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Why a subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Talking to the broker failed.
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    /// Nothing about the rig is retained on the broker.
+    #[error("no retained status or telemetry for rig {0}: check the id with `rigctl status`")]
+    NoSuchRig(RigId),
+    /// The report could not be serialized.
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The output could not be written.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The devnet failed.
+    #[error(transparent)]
+    Devnet(#[from] DevnetError),
+    /// The hidden `worker` subcommand runs before the runtime starts; it cannot get here.
+    #[error("the worker subcommand is run by the devnet's rigs, not through run()")]
+    Worker,
+}
+
+impl Error {
+    /// The process exit code: 3 when the broker could not be reached, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Collect(CollectError::Unreachable { .. }) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs a parsed command line and returns the exit status of a success.
+pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let opts = Collect {
+        host: cli.broker.host.clone(),
+        port: cli.broker.port,
+        wait: Duration::from_millis(cli.wait_ms),
+    };
+    match cli.command {
+        Command::Status => {
+            let filters = [
+                topics::all_rigs(Channel::Status),
+                topics::all_rigs(Channel::Telemetry),
+                topics::COORDINATOR_STATUS.to_string(),
+            ];
+            let view = collect(&opts, &filters).await?;
+            let r = report::status(&view, now_ms());
+            emit(cli.json, &r, || table::status(&r))?;
+        }
+        Command::Gpus { rig } => {
+            let filters = [
+                topics::rig(&rig, Channel::Status),
+                topics::rig(&rig, Channel::Telemetry),
+            ];
+            let view = collect(&opts, &filters).await?;
+            let r = report::gpus(&view, &rig).ok_or(Error::NoSuchRig(rig))?;
+            emit(cli.json, &r, || table::gpus(&r, now_ms()))?;
+        }
+        Command::Earnings { rig } => {
+            let filter = match &rig {
+                Some(rig) => topics::rig(rig, Channel::Earnings),
+                None => topics::all_rigs(Channel::Earnings),
+            };
+            let view = collect(&opts, &[filter]).await?;
+            let r = report::earnings(&view);
+            emit(cli.json, &r, || table::earnings(&r))?;
+        }
+        Command::Devnet(args) => return Ok(devnet::run(&args).await?.exit_code()),
+        Command::Worker => return Err(Error::Worker),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `report` as pretty JSON or as the text `text` renders.
+fn emit<T: Serialize>(json: bool, report: &T, text: impl FnOnce() -> String) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, report)?;
+        out.write_all(b"\n")?;
+    } else {
+        out.write_all(text().as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}

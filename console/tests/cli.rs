@@ -1,0 +1,337 @@
+//! rigctl against a real broker: the embedded rumqttd holds retained frames published by a
+//! rumqttc client; the `rigctl` binary reads them back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rigctl::broker::EmbeddedBroker;
+use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::{
+    encode, CardEarnings, CardInfo, CardState, CoordinatorStatus, Earnings, GpuSample, GpuUuid,
+    JobId, PublicKey, RigId, RigState, RigStatus, Telemetry,
+};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::process::Output;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::process::Command;
+use tokio::time::{timeout_at, Instant};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn uuid(rig: &str, i: u32) -> GpuUuid {
+    GpuUuid::new(format!("SIM-{rig}-{i}")).unwrap()
+}
+
+fn status(rig: &str, cards: u32, state: RigState) -> RigStatus {
+    RigStatus {
+        rig: RigId::new(rig).unwrap(),
+        agent_version: "0.1.0".into(),
+        pubkey: PublicKey::Secp256k1(vec![2; 33]),
+        key_backend: "file (software, not hardware-held)".into(),
+        state,
+        cards: (0..cards)
+            .map(|index| CardInfo {
+                uuid: uuid(rig, index),
+                index,
+                name: "Sim RTX 3090".into(),
+                vram_mib: 24576,
+                power_limit_w: 350,
+            })
+            .collect(),
+        units_running: cards,
+        units_queued: 2,
+        seq_journaled: 17,
+        receipts_unacked: 1,
+        started_ms: now_ms() - 60_000,
+        sent_ms: now_ms(),
+    }
+}
+
+fn telemetry(rig: &str, cards: u32) -> Telemetry {
+    Telemetry {
+        rig: RigId::new(rig).unwrap(),
+        at_ms: now_ms(),
+        gpus: (0..cards)
+            .map(|i| GpuSample {
+                uuid: uuid(rig, i),
+                core_dc: 712 + i as i16,
+                mem_dc: None,
+                power_w: 300,
+                power_limit_w: 350,
+                fan_pct: 55,
+                util_pct: 99,
+                sm_mhz: 1700,
+                governor_level: 0,
+                state: CardState::Busy,
+                unit: Some(u64::from(i)),
+                units_done: 5 + i,
+                worker_restarts: 0,
+            })
+            .collect(),
+    }
+}
+
+fn earnings(rig: &str, cards: u32) -> Earnings {
+    Earnings {
+        rig: RigId::new(rig).unwrap(),
+        cards: (0..cards)
+            .map(|i| CardEarnings {
+                card: Some(uuid(rig, i)),
+                credited_units: 4,
+                credited_micros: 2_500_000,
+                pending_units: 1,
+                pending_micros: 625_000,
+                rejected_units: 0,
+            })
+            .collect(),
+        micros_per_mflop: 1,
+        last_seq: 17,
+        missing_seqs: 0,
+        updated_ms: now_ms(),
+    }
+}
+
+fn coordinator() -> CoordinatorStatus {
+    CoordinatorStatus {
+        job: JobId::new("mlp-test").unwrap(),
+        step: 7,
+        steps_total: 60,
+        loss: Some(0.5),
+        units_done: 56,
+        units_verified: 9,
+        units_rejected: 0,
+        rigs_online: 2,
+        finished: false,
+        updated_ms: now_ms(),
+    }
+}
+
+/// Publishes each `(topic, payload)` retained at QoS 1 and returns once the broker has
+/// acknowledged all of them.
+async fn publish_retained(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {
+    let mut opts = MqttOptions::new("test-publisher", broker.host(), broker.port());
+    opts.set_max_packet_size(Some(rigctl::collect::MAX_PACKET_BYTES));
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let count = messages.len();
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut acked = 0;
+    while acked < count {
+        let event = timeout_at(deadline, eventloop.poll())
+            .await
+            .expect("broker acknowledges the publishes in time")
+            .unwrap();
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            acked += 1;
+        }
+    }
+    client.disconnect().await.unwrap();
+    let _ = timeout_at(
+        Instant::now() + Duration::from_millis(200),
+        eventloop.poll(),
+    )
+    .await;
+}
+
+async fn rigctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rigctl"))
+        .args(args)
+        .env("RUST_LOG", "warn,rumqttd=off")
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn rigctl_json(broker: &EmbeddedBroker, args: &[&str]) -> Value {
+    let addr = format!("{}:{}", broker.host(), broker.port());
+    let mut all = vec!["--broker", &addr, "--json", "--wait-ms", "5000"];
+    all.extend_from_slice(args);
+    let out = rigctl(&all).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_gpus_and_earnings_read_retained_frames_and_skip_bad_ones() {
+    let broker = tokio::task::spawn_blocking(EmbeddedBroker::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let rig = |name: &str, ch| topics::rig(&RigId::new(name).unwrap(), ch);
+    let mut messages = vec![
+        (
+            rig("rig-a", Channel::Status),
+            encode(&status("rig-a", 1, RigState::Working)),
+        ),
+        (
+            rig("rig-b", Channel::Status),
+            encode(&status("rig-b", 2, RigState::Offline)),
+        ),
+        (
+            rig("rig-a", Channel::Telemetry),
+            encode(&telemetry("rig-a", 1)),
+        ),
+        (
+            rig("rig-b", Channel::Telemetry),
+            encode(&telemetry("rig-b", 2)),
+        ),
+        (
+            rig("rig-a", Channel::Earnings),
+            encode(&earnings("rig-a", 1)),
+        ),
+        (
+            rig("rig-b", Channel::Earnings),
+            encode(&earnings("rig-b", 2)),
+        ),
+        (
+            topics::COORDINATOR_STATUS.to_string(),
+            encode(&coordinator()),
+        ),
+    ];
+    // Hostile frames on every channel: logged and skipped.
+    let mut wrong_version = encode(&status("rig-c", 1, RigState::Idle));
+    wrong_version[0] = 99;
+    messages.push((rig("rig-c", Channel::Status), wrong_version));
+    messages.push((rig("rig-c", Channel::Telemetry), vec![1]));
+    messages.push((
+        rig("rig-c", Channel::Earnings),
+        encode(&telemetry("rig-c", 1)),
+    ));
+    messages.push((rig("rig-d", Channel::Status), vec![1, 1, 0xff, 0xff, 0xff]));
+    publish_retained(&broker, messages).await;
+
+    let s = rigctl_json(&broker, &["status"]).await;
+    let rigs = s["rigs"].as_array().unwrap();
+    assert_eq!(rigs.len(), 2, "{s}");
+    assert_eq!(rigs[0]["rig"], "rig-a");
+    assert_eq!(rigs[0]["online"], true);
+    assert_eq!(rigs[0]["state"], "working");
+    assert_eq!(rigs[0]["journaled"], 17);
+    assert_eq!(rigs[1]["online"], false);
+    assert_eq!(rigs[1]["cards"], 2);
+    assert!(rigs[1]["last_seen_age_ms"].as_u64().unwrap() < 60_000);
+    assert_eq!(s["coordinator"]["step"], 7);
+
+    let g = rigctl_json(&broker, &["gpus", "rig-b"]).await;
+    let cards = g["cards"].as_array().unwrap();
+    assert_eq!(cards.len(), 2, "{g}");
+    assert_eq!(cards[1]["uuid"], "SIM-rig-b-1");
+    assert_eq!(cards[1]["name"], "Sim RTX 3090");
+    assert_eq!(cards[1]["units_done"], 6);
+    assert!((cards[1]["core_c"].as_f64().unwrap() - 71.3).abs() < 1e-3);
+
+    let e = rigctl_json(&broker, &["earnings"]).await;
+    assert_eq!(e["rigs"].as_array().unwrap().len(), 2, "{e}");
+    assert_eq!(e["total"]["credited_micros"], 3 * 2_500_000);
+    assert_eq!(e["total"]["credited"], "7.500000");
+    assert_eq!(e["total"]["pending"], "1.875000");
+
+    let one = rigctl_json(&broker, &["earnings", "rig-a"]).await;
+    assert_eq!(one["rigs"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["total"]["credited"], "2.500000");
+
+    // The text table of the same data.
+    let addr = format!("{}:{}", broker.host(), broker.port());
+    let out = rigctl(&["--broker", &addr, "--wait-ms", "5000", "earnings"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("RIG"), "{text}");
+    assert!(text.contains("7.500000"), "{text}");
+
+    let out = rigctl(&["--broker", &addr, "--wait-ms", "5000", "status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        text.starts_with("coordinator: job mlp-test  step 7/60"),
+        "{text}"
+    );
+    assert!(text.lines().nth(1).unwrap().starts_with("RIG  "), "{text}");
+    // The hostile frames were logged with their topics.
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(err.contains("rigd/v1/rig/rig-c/telemetry"), "{err}");
+    let out = rigctl(&["--broker", &addr, "--wait-ms", "5000", "gpus", "rig-b"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(text.contains("SIM-rig-b-1"), "{text}");
+
+    let missing = rigctl(&["--broker", &addr, "gpus", "rig-zz"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_exits_3() {
+    // A port nothing listens on: bound, then released.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    for cmd in [&["status"][..], &["gpus", "rig-a"], &["earnings"]] {
+        let mut args = vec!["--broker", &addr, "--wait-ms", "2000"];
+        args.extend_from_slice(cmd);
+        let out = rigctl(&args).await;
+        assert_eq!(out.status.code(), Some(3), "{cmd:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unreachable"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let out = rigctl(&["gpus", "not/a/rig"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = rigctl(&["--broker", "nope", "status"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn devnet_trains_to_the_target_prints_progress_and_earnings_and_exits_0() {
+    let run = Command::new(env!("CARGO_BIN_EXE_rigctl"))
+        .args(["devnet", "--rigs", "2", "--gpus", "2"])
+        .env("RUST_LOG", "warn,rumqttd=off,rigd::keys=error")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("devnet finishes in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains("at or below 0.15"), "{text}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("step   1  loss ")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("is at or below the target 0.15")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("rig-02  SIM-rig-02-1")),
+        "{text}"
+    );
+    assert!(lines.last().unwrap().starts_with("TOTAL"), "{text}");
+}
