@@ -6,7 +6,8 @@
 //! supervisor to be queued again, and the worker is restarted with exponential backoff.
 
 use crate::journal::Completion;
-use crate::worker::{unit_work, Reply, Request, MAX_WORKER_FRAME};
+use crate::worker::{Reply, Request, MAX_WORKER_FRAME};
+use rigd_kernels::unit::work as unit_work;
 use rigd_protocol::{GpuUuid, WorkUnit};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -84,6 +85,9 @@ impl Worker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl-C meant for rigd reaches rigd only, which then
+            // drains the worker instead of losing it mid-unit.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
         let stdin = child

@@ -3,8 +3,8 @@
 //! It owns the compute context of its card, so a sticky failure kills only this process,
 //! never the supervisor.
 
-use rigd_kernels::{gemm_flops, gemm_inputs, BlobSpec, CpuKernels, Kernels, MlpShape};
-use rigd_protocol::units::gemm_c_digest;
+use rigd_kernels::unit::work as unit_work;
+use rigd_kernels::CpuKernels;
 use rigd_protocol::{UnitKind, UnitOutput, WorkUnit};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -52,67 +52,10 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The work a unit amounts to, FLOPs, as the coordinator prices it.
-pub fn unit_work(kind: &UnitKind) -> u64 {
-    match kind {
-        UnitKind::MlpGrad { shape, count, .. } => {
-            let shape = MlpShape {
-                input: shape[0],
-                hidden: shape[1],
-                output: shape[2],
-            };
-            shape.flops_per_sample().saturating_mul(u64::from(*count))
-        }
-        UnitKind::GemmI8 { m, n, k, .. } => gemm_flops(*m as usize, *n as usize, *k as usize),
-    }
-}
-
 /// Computes a unit with the CPU reference kernels.
 pub fn compute(kind: &UnitKind) -> Result<UnitOutput, String> {
     kind.validate()?;
-    let k = CpuKernels;
-    match kind {
-        UnitKind::MlpGrad {
-            shape,
-            params,
-            data_seed,
-            data_classes,
-            data_spread,
-            start,
-            count,
-        } => {
-            let shape = MlpShape {
-                input: shape[0],
-                hidden: shape[1],
-                output: shape[2],
-            };
-            let spec = BlobSpec {
-                seed: *data_seed,
-                input: shape.input,
-                classes: *data_classes,
-                spread: *data_spread,
-            };
-            let (x, y) = spec.samples(*start, *count);
-            let lg = k
-                .mlp_loss_grad(&shape, params, &x, &y)
-                .map_err(|e| e.to_string())?;
-            Ok(UnitOutput::MlpGrad {
-                loss_sum: lg.loss_sum,
-                samples: lg.samples,
-                grad_sum: lg.grad_sum,
-            })
-        }
-        UnitKind::GemmI8 { seed, m, n, k: kd } => {
-            let (m, n, kd) = (*m as usize, *n as usize, *kd as usize);
-            let (a, b) = gemm_inputs(*seed, m, n, kd);
-            let mut c = vec![0i32; m * n];
-            k.gemm_i8(m, n, kd, &a, &b, &mut c)
-                .map_err(|e| e.to_string())?;
-            Ok(UnitOutput::GemmI8 {
-                c_digest: gemm_c_digest(&c),
-            })
-        }
-    }
+    rigd_kernels::unit::compute(&CpuKernels, kind).map_err(|e| e.to_string())
 }
 
 /// Writes one length-prefixed frame.

@@ -13,7 +13,8 @@ fn rigd_processes_do_units_the_ledger_credits_them_and_rigctl_reads_them_back() 
     let dir = tempfile::tempdir().unwrap();
     let units = 60;
     let coordinator = Coordinator::gemm(broker.port, dir.path(), units, 32, |c| {
-        c.verify_fraction = 0.2
+        c.verify_fraction = 0.2;
+        c.micros_per_mflop = 1000;
     });
     let a = RigProcess::start("rig-a", broker.port, 1, &dir.path().join("a"), "");
     let b = RigProcess::start("rig-b", broker.port, 3, &dir.path().join("b"), "");
@@ -23,14 +24,13 @@ fn rigd_processes_do_units_the_ledger_credits_them_and_rigctl_reads_them_back() 
 
     let rigctl = workspace_bin("rigctl");
     let broker_arg = format!("127.0.0.1:{}", broker.port);
-    let mut last = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let out = Command::new(&rigctl)
             .args(["--broker", &broker_arg, "--json", "earnings"])
             .output()
             .unwrap();
-        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = String::from_utf8_lossy(&out.stdout).into_owned();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let credited: u64 = json["rigs"]
             .as_array()

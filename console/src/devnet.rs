@@ -27,9 +27,6 @@ pub const LR: f32 = 0.5;
 pub const SHARDS_PER_STEP: u32 = 8;
 /// Samples per unit.
 pub const SAMPLES_PER_SHARD: u32 = 128;
-/// Price paid, micro-credits per MFLOP (0.01 credit): a unit of the demo is about half a
-/// MFLOP, so earnings show in the table's six decimals.
-pub const MICROS_PER_MFLOP: u64 = 10_000;
 /// A job that stitches no step for this long is declared stuck.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the tasks get to stop after shutdown before they are abandoned.
@@ -142,7 +139,6 @@ pub async fn run(args: &DevnetArgs) -> Result<Outcome, DevnetError> {
     let (progress_tx, mut progress) = mpsc::channel::<CoordinatorStatus>(64);
     let mut config = CoordinatorConfig::new(broker.host(), broker.port(), db.clone(), job(args)?);
     config.client_id = "rigctl-devnet-coordinator".into();
-    config.micros_per_mflop = MICROS_PER_MFLOP;
     let coordinator = tokio::spawn(rigd_coordinator::run(
         config,
         shutdown.clone(),

@@ -20,9 +20,7 @@
 
 use crate::ledger::Checkpoint;
 use crate::JobSpec;
-use rigd_kernels::{
-    gemm_flops, mlp_init_params, mlp_loss, sgd_step, BlobSpec, KernelError, MlpShape,
-};
+use rigd_kernels::{mlp_init_params, mlp_loss, sgd_step, BlobSpec, KernelError, MlpShape};
 use rigd_protocol::digest::Hash32;
 use rigd_protocol::units::{MAX_GEMM_DIM, MAX_UNIT_SAMPLES};
 use rigd_protocol::{JobId, UnitKind, UnitOutput, WorkUnit, MAX_FRAME_BYTES};
@@ -267,7 +265,7 @@ impl Job {
                 let kind = j.kind(unit);
                 Lookup::Open(Expected {
                     input_digest: kind.input_digest(),
-                    work: gemm_flops(j.dims[0] as usize, j.dims[1] as usize, j.dims[2] as usize),
+                    work: rigd_kernels::unit::work(&kind),
                 })
             }
         }

@@ -68,7 +68,8 @@ pub struct CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// A configuration with defaults: client id `rigd-coordinator`, 30 s leases, 3 units per
-    /// card, 5 % of results recomputed, 1 micro-credit per MFLOP, float tolerance 1e-4.
+    /// card, 5 % of results recomputed, 10,000 micro-credits (0.01 credit) per MFLOP, float
+    /// tolerance 1e-4.
     pub fn new(
         broker_host: impl Into<String>,
         broker_port: u16,
@@ -84,7 +85,7 @@ impl CoordinatorConfig {
             lease_ms: 30_000,
             units_per_card: 3,
             verify_fraction: 0.05,
-            micros_per_mflop: 1,
+            micros_per_mflop: 10_000,
             float_rel_tolerance: 1e-4,
         }
     }

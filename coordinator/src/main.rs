@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value_t = 0.05)]
     verify_fraction: f64,
     /// Price, micro-credits per MFLOP.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 10_000)]
     micros_per_mflop: u64,
     /// Float tolerance (relative, absolute below magnitude 1).
     #[arg(long, default_value_t = 1e-4)]

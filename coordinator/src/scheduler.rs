@@ -75,23 +75,13 @@ impl Scheduler {
     }
 
     /// Updates what a rig offers: its card count and whether it takes new units. A rig that
-    /// is gone (`online == false`) loses its leases, which go back to the queue.
+    /// went offline keeps its leases: its inbox is durable and it finishes them when it comes
+    /// back; only an expired lease ([`Scheduler::expire`]) hands a unit to another rig.
+    /// Requeueing at once would make a rig that restarts quickly compute every unit twice.
     pub fn rig_status(&mut self, rig: &RigId, cards: u32, accepting: bool, online: bool) {
         let slot = self.rigs.entry(rig.clone()).or_default();
         slot.cards = cards;
         slot.accepting = accepting && online;
-        if !online {
-            let mut units: Vec<u64> = self
-                .live
-                .iter()
-                .filter(|(_, l)| l.lease.as_ref().is_some_and(|l| &l.rig == rig))
-                .map(|(u, _)| *u)
-                .collect();
-            units.sort_unstable();
-            for unit in units {
-                self.requeue(unit);
-            }
-        }
     }
 
     /// Hands queued units to rigs with spare capacity, one unit per rig per round so that

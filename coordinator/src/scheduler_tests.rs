@@ -70,16 +70,21 @@ fn a_rig_whose_lease_ran_out_waits_a_lease_before_new_units_unless_heard_from() 
 }
 
 #[test]
-fn an_offline_rigs_units_go_back_to_the_queue() {
+fn an_offline_rig_keeps_its_leases_until_they_expire() {
     let mut s = Scheduler::new(10_000, 2);
     s.add_units(0..2);
     s.rig_status(&rig(1), 1, true, true);
     assert_eq!(units_of(&s.assign(0), &rig(1)).len(), 2);
     s.rig_status(&rig(1), 1, false, false);
-    assert_eq!(s.outstanding(&rig(1)), 0);
-    assert!(s.assign(1).is_empty());
+    assert_eq!(
+        s.outstanding(&rig(1)),
+        2,
+        "a restart does not lose the rig its units"
+    );
     s.rig_status(&rig(2), 1, true, true);
-    assert_eq!(units_of(&s.assign(2), &rig(2)), vec![(0, 1), (1, 1)]);
+    assert!(s.assign(1).is_empty());
+    assert_eq!(s.expire(10_000), vec![0, 1]);
+    assert_eq!(units_of(&s.assign(10_001), &rig(2)), vec![(0, 1), (1, 1)]);
 }
 
 #[test]

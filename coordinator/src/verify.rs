@@ -13,8 +13,7 @@
 //! be bit-exact.
 
 use crate::job::Expected;
-use rigd_kernels::{gemm_inputs, BlobSpec, CpuKernels, KernelError, Kernels, MlpShape};
-use rigd_protocol::units::gemm_c_digest;
+use rigd_kernels::{CpuKernels, KernelError};
 use rigd_protocol::{
     BatchHeader, PublicKey, Receipt, ReceiptBatch, RigId, UnitKind, UnitOutput, VerifyError,
 };
@@ -123,45 +122,7 @@ pub fn check_receipt(
 
 /// Computes a unit's output with the CPU reference kernels.
 pub fn recompute(kind: &UnitKind) -> Result<UnitOutput, KernelError> {
-    match kind {
-        UnitKind::MlpGrad {
-            shape,
-            params,
-            data_seed,
-            data_classes,
-            data_spread,
-            start,
-            count,
-        } => {
-            let data = BlobSpec {
-                seed: *data_seed,
-                input: shape[0],
-                classes: *data_classes,
-                spread: *data_spread,
-            };
-            let (x, y) = data.samples(*start, *count);
-            let shape = MlpShape {
-                input: shape[0],
-                hidden: shape[1],
-                output: shape[2],
-            };
-            let out = CpuKernels.mlp_loss_grad(&shape, params, &x, &y)?;
-            Ok(UnitOutput::MlpGrad {
-                loss_sum: out.loss_sum,
-                samples: out.samples,
-                grad_sum: out.grad_sum,
-            })
-        }
-        UnitKind::GemmI8 { seed, m, n, k } => {
-            let (m, n, k) = (*m as usize, *n as usize, *k as usize);
-            let (a, b) = gemm_inputs(*seed, m, n, k);
-            let mut c = vec![0i32; m * n];
-            CpuKernels.gemm_i8(m, n, k, &a, &b, &mut c)?;
-            Ok(UnitOutput::GemmI8 {
-                c_digest: gemm_c_digest(&c),
-            })
-        }
-    }
+    rigd_kernels::unit::compute(&CpuKernels, kind)
 }
 
 fn close(got: f32, want: f32, tol: f32) -> bool {

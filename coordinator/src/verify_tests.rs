@@ -1,5 +1,6 @@
 use super::*;
 use crate::test_support::{job_id, rig_id, TestRig};
+use rigd_kernels::MlpShape;
 use rigd_protocol::WorkUnit;
 
 fn gemm_unit() -> WorkUnit {

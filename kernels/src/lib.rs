@@ -21,6 +21,7 @@ mod gemm;
 mod math;
 mod mlp;
 pub mod rng;
+pub mod unit;
 
 pub use cpu::CpuKernels;
 pub use data::BlobSpec;
