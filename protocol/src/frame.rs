@@ -145,3 +145,78 @@ pub fn cap(what: &str, len: usize, max: usize) -> Result<(), String> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::*;
+    use proptest::prelude::*;
+
+    fn never_panics(bytes: &[u8]) {
+        let _ = decode::<RigStatus>(bytes);
+        let _ = decode::<Telemetry>(bytes);
+        let _ = decode::<UnitAssignment>(bytes);
+        let _ = decode::<ReceiptBatch>(bytes);
+        let _ = decode::<Ack>(bytes);
+        let _ = decode::<Earnings>(bytes);
+        let _ = decode::<CoordinatorStatus>(bytes);
+    }
+
+    proptest! {
+        #[test]
+        fn no_decoder_panics_on_random_bytes(body in proptest::collection::vec(any::<u8>(), 0..512), kind in 1u8..8) {
+            let mut bytes = vec![WIRE_VERSION, kind];
+            bytes.extend_from_slice(&body);
+            never_panics(&bytes);
+            never_panics(&body);
+        }
+    }
+
+    #[test]
+    fn each_refusal_names_its_reason() {
+        let ack = Ack {
+            rig: crate::RigId::new("r").unwrap_or_else(|_| unreachable!()),
+            batches: vec![1, 2],
+        };
+        let good = encode(&ack);
+        assert_eq!(decode::<Ack>(&good), Ok(ack));
+        assert!(matches!(
+            decode::<Ack>(&[]),
+            Err(FrameError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode::<Ack>(&good[..good.len() - 1]),
+            Err(FrameError::Malformed { .. })
+        ));
+        let mut v = good.clone();
+        v[0] = 2;
+        assert!(matches!(
+            decode::<Ack>(&v),
+            Err(FrameError::Version { got: 2, .. })
+        ));
+        assert!(matches!(
+            decode::<Earnings>(&good),
+            Err(FrameError::Kind { .. })
+        ));
+        let mut t = good.clone();
+        t.push(0);
+        assert!(matches!(
+            decode::<Ack>(&t),
+            Err(FrameError::Trailing { extra: 1, .. })
+        ));
+        let big = vec![WIRE_VERSION; MAX_FRAME_BYTES + 1];
+        assert!(matches!(
+            decode::<Ack>(&big),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut many = Ack {
+            rig: crate::RigId::new("r").unwrap_or_else(|_| unreachable!()),
+            batches: vec![],
+        };
+        many.batches = vec![0; MAX_BATCH + 1];
+        assert!(matches!(
+            decode::<Ack>(&encode(&many)),
+            Err(FrameError::Invalid { .. })
+        ));
+    }
+}
