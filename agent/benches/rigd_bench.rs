@@ -10,8 +10,7 @@
 use rigd::journal::{Completion, Journal};
 use rigd::keys;
 use rigd_protocol::{
-    encode, BatchHeader, CardState, GpuSample, GpuUuid, JobId, RigId, Telemetry, UnitKind,
-    UnitOutput, WorkUnit,
+    encode, CardState, GpuSample, GpuUuid, JobId, RigId, Telemetry, UnitKind, UnitOutput, WorkUnit,
 };
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,30 +55,39 @@ fn overhead_per_unit(units: u64) -> (Duration, Duration) {
         let u = unit(n);
         let t0 = Instant::now();
         j.add_units(std::slice::from_ref(&u)).unwrap();
-        j.record(&[completion(&u)]).unwrap();
-        let receipts = j.unbatched(256).unwrap();
-        let header = BatchHeader::over(&rig, &receipts).unwrap();
-        let sig = key.sign_digest(&header.signing_digest()).unwrap();
-        j.store_batch(&header, &sig).unwrap();
+        j.record(&[completion(&u)], 256, key.as_ref()).unwrap();
         let batches = j.unacked_batches(1).unwrap();
         let bytes = batches.iter().map(|b| encode(b).len()).sum::<usize>();
         times.push(t0.elapsed());
         assert!(bytes > 0);
-        j.ack(&[header.first_seq]).unwrap();
+        let firsts: Vec<u64> = batches.iter().map(|b| b.header.first_seq).collect();
+        j.ack(&firsts).unwrap();
     }
     times.sort();
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+fn signatures_per_second(uri: &str) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keys::open(uri, dir.path(), true).unwrap();
+    let n = 2000;
+    let t0 = Instant::now();
+    for i in 0..n {
+        key.sign_digest(&[i as u8; 32]).unwrap();
+    }
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
 fn group_commit_rate(total: u64, group: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
+    let key = keys::open("file:key", dir.path(), true).unwrap();
     let mut j = Journal::open(&dir.path().join("j.db"), RigId::new("bench").unwrap()).unwrap();
     let units: Vec<_> = (0..total).map(unit).collect();
     j.add_units(&units).unwrap();
     let done: Vec<_> = units.iter().map(completion).collect();
     let t0 = Instant::now();
     for chunk in done.chunks(group as usize) {
-        j.record(chunk).unwrap();
+        j.record(chunk, 256, key.as_ref()).unwrap();
     }
     total as f64 / t0.elapsed().as_secs_f64()
 }
@@ -169,6 +177,8 @@ fn main() {
     let rate = group_commit_rate(50_000, 256);
     let (frame, json) = telemetry_sizes();
     let rss = idle_rss_kib();
+    let k1 = signatures_per_second("file:k1");
+    let p256 = signatures_per_second("file:k2?curve=p256");
     println!("| figure | value | goal |");
     println!("|---|---|---|");
     match rss {
@@ -183,7 +193,9 @@ fn main() {
         "| agent overhead per unit, durable + signed, p99 | {} us | |",
         p99.as_micros()
     );
-    println!("| journal appends per second, group commit of 256 | {rate:.0} /s | >= 5,000 /s |");
+    println!("| receipts journaled and signed per second, group commit of 256 | {rate:.0} /s | >= 5,000 /s |");
+    println!("| signatures per second, file key secp256k1 | {k1:.0} /s | |");
+    println!("| signatures per second, file key P-256 | {p256:.0} /s | |");
     println!("| telemetry bytes per card sample (8 cards), postcard frame | {frame} B | |");
     println!("| telemetry bytes per card sample (8 cards), JSON | {json} B | |");
 }

@@ -5,14 +5,15 @@
 //! nothing:
 //! 1. [`Journal::add_units`]: the unit is in the inbox before the broker is acknowledged.
 //! 2. [`Journal::record`]: the inbox row becomes a receipt with the next sequence number
-//!    (gap-free; many completions per transaction: group commit).
-//! 3. [`Journal::store_batch`]: consecutive unbatched receipts get a signed batch header.
-//! 4. [`Journal::ack`]: the coordinator recorded the batch; its outputs are dropped.
+//!    (gap-free; many completions per transaction: group commit), and the new receipts are
+//!    sealed into batches whose EIP-712 header the key signs, in the same transaction.
+//! 3. [`Journal::ack`]: the coordinator recorded the batch; its outputs are dropped.
 //!
 //! Unacknowledged batches are the outbox: [`Journal::unacked_batches`] rebuilds their
 //! messages for (re)sending. Everything read back from disk is decoded with errors, never
 //! panics.
 
+use crate::keys::KeyStore;
 use rigd_protocol::{
     BatchHeader, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RigId, Signature, UnitOutput,
     WorkUnit,
@@ -26,6 +27,9 @@ pub enum JournalError {
     /// SQLite failed.
     #[error("journal database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The key store refused to sign a batch.
+    #[error("cannot sign a receipt batch: {0}")]
+    Sign(String),
     /// A stored row does not decode.
     #[error("journal row {what} is corrupt: {reason}")]
     Corrupt {
@@ -110,23 +114,34 @@ impl Journal {
 
     /// Stores units in the inbox, skipping any already queued or already done. Returns the
     /// units that are new.
+    ///
+    /// The inbox is committed without waiting for the disk (`synchronous=NORMAL`): a kill -9
+    /// loses nothing, and a unit lost to a power cut is reassigned when its lease expires.
+    /// Receipts and batches are committed with `synchronous=FULL`.
     pub fn add_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        let added = self.insert_units(units);
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        added
+    }
+
+    fn insert_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
         let tx = self.db.transaction()?;
         let mut added = vec![];
         for u in units {
             let done: Option<i64> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT seq FROM receipts WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
-                    params![u.job.as_str(), u.unit as i64, u.attempt],
-                    |r| r.get(0),
-                )
+                )?
+                .query_row(params![u.job.as_str(), u.unit as i64, u.attempt], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if done.is_some() {
                 continue;
             }
             let body = postcard::to_allocvec(u).map_err(|e| corrupt("new unit", e))?;
-            let n = tx.execute(
-                "INSERT OR IGNORE INTO inbox (job, unit, attempt, body) VALUES (?1, ?2, ?3, ?4)",
+            let n = tx.prepare_cached("INSERT OR IGNORE INTO inbox (job, unit, attempt, body) VALUES (?1, ?2, ?3, ?4)")?.execute(
                 params![u.job.as_str(), u.unit as i64, u.attempt, body],
             )?;
             if n == 1 {
@@ -149,22 +164,30 @@ impl Journal {
         Ok(out)
     }
 
-    /// Turns completions into receipts with the next sequence numbers, in one transaction.
-    /// A completion whose unit already has a receipt is skipped.
-    pub fn record(&mut self, done: &[Completion]) -> Result<Vec<Receipt>, JournalError> {
+    /// Turns completions into receipts with the next sequence numbers and seals every
+    /// receipt not yet in a batch into signed batches of at most `batch_max`, all in one
+    /// transaction: a kill leaves either the units in the inbox or the receipts signed and
+    /// ready to send. A completion whose unit already has a receipt is skipped.
+    pub fn record(
+        &mut self,
+        done: &[Completion],
+        batch_max: u32,
+        key: &dyn KeyStore,
+    ) -> Result<Vec<Receipt>, JournalError> {
         let tx = self.db.transaction()?;
-        let mut seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64;
+        let mut seq: u64 = tx
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM receipts")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64;
         let mut out = vec![];
         for c in done {
             let u = &c.unit;
             let exists: Option<i64> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT seq FROM receipts WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
-                    params![u.job.as_str(), u.unit as i64, u.attempt],
-                    |r| r.get(0),
-                )
+                )?
+                .query_row(params![u.job.as_str(), u.unit as i64, u.attempt], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if exists.is_some() {
                 continue;
@@ -186,65 +209,31 @@ impl Journal {
             };
             let rbytes = postcard::to_allocvec(&receipt).map_err(|e| corrupt("new receipt", e))?;
             let obytes = postcard::to_allocvec(&c.output).map_err(|e| corrupt("new output", e))?;
-            tx.execute(
-                "INSERT INTO receipts (seq, job, unit, attempt, receipt, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            tx.prepare_cached("INSERT INTO receipts (seq, job, unit, attempt, receipt, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
                 params![seq as i64, u.job.as_str(), u.unit as i64, u.attempt, rbytes, obytes],
             )?;
-            tx.execute(
-                "DELETE FROM inbox WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
-                params![u.job.as_str(), u.unit as i64, u.attempt],
-            )?;
+            tx.prepare_cached("DELETE FROM inbox WHERE job = ?1 AND unit = ?2 AND attempt = ?3")?
+                .execute(params![u.job.as_str(), u.unit as i64, u.attempt])?;
             out.push(receipt);
         }
+        seal(&tx, &self.rig, batch_max, key)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Seals receipts left outside a batch (none unless a batch could not be signed).
+    pub fn seal_pending(&mut self, batch_max: u32, key: &dyn KeyStore) -> Result<(), JournalError> {
+        let tx = self.db.transaction()?;
+        seal(&tx, &self.rig, batch_max, key)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Removes a unit the worker refused as invalid from the inbox.
     pub fn discard_unit(&mut self, u: &WorkUnit) -> Result<(), JournalError> {
-        self.db.execute(
-            "DELETE FROM inbox WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
-            params![u.job.as_str(), u.unit as i64, u.attempt],
-        )?;
-        Ok(())
-    }
-
-    /// Up to `limit` receipts not yet in a batch, in sequence order.
-    pub fn unbatched(&self, limit: u32) -> Result<Vec<Receipt>, JournalError> {
-        let mut stmt = self.db.prepare(
-            "SELECT seq, receipt FROM receipts WHERE batch IS NULL ORDER BY seq LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
-        let mut out = vec![];
-        for row in rows {
-            let (seq, body) = row?;
-            out.push(
-                postcard::from_bytes(&body).map_err(|e| corrupt(format!("receipt {seq}"), e))?,
-            );
-        }
-        Ok(out)
-    }
-
-    /// Stores a signed batch header and assigns its receipts to it.
-    pub fn store_batch(
-        &mut self,
-        header: &BatchHeader,
-        signature: &Signature,
-    ) -> Result<(), JournalError> {
-        let tx = self.db.transaction()?;
-        let hbytes = postcard::to_allocvec(header).map_err(|e| corrupt("new batch", e))?;
-        tx.execute(
-            "INSERT INTO batches (first_seq, count, header, signature) VALUES (?1, ?2, ?3, ?4)",
-            params![header.first_seq as i64, header.count, hbytes, signature.0],
-        )?;
-        let last = header.first_seq + u64::from(header.count);
-        tx.execute(
-            "UPDATE receipts SET batch = ?1 WHERE seq >= ?1 AND seq < ?2",
-            params![header.first_seq as i64, last as i64],
-        )?;
-        tx.commit()?;
+        self.db
+            .prepare_cached("DELETE FROM inbox WHERE job = ?1 AND unit = ?2 AND attempt = ?3")?
+            .execute(params![u.job.as_str(), u.unit as i64, u.attempt])?;
         Ok(())
     }
 
@@ -303,15 +292,12 @@ impl Journal {
         let tx = self.db.transaction()?;
         let mut changed = 0;
         for first in first_seqs {
-            let n = tx.execute(
-                "UPDATE batches SET acked = 1 WHERE first_seq = ?1 AND acked = 0",
-                [*first as i64],
-            )?;
+            let n = tx
+                .prepare_cached("UPDATE batches SET acked = 1 WHERE first_seq = ?1 AND acked = 0")?
+                .execute([*first as i64])?;
             if n == 1 {
-                tx.execute(
-                    "UPDATE receipts SET output = NULL WHERE batch = ?1",
-                    [*first as i64],
-                )?;
+                tx.prepare_cached("UPDATE receipts SET output = NULL WHERE batch = ?1")?
+                    .execute([*first as i64])?;
             }
             changed += n;
         }
@@ -321,16 +307,14 @@ impl Journal {
 
     /// Counters for status messages.
     pub fn stats(&self) -> Result<JournalStats, JournalError> {
-        let last_seq: i64 =
-            self.db
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| {
-                    r.get(0)
-                })?;
-        let acked: i64 = self.db.query_row(
-            "SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1",
-            [],
-            |r| r.get(0),
-        )?;
+        let last_seq: i64 = self
+            .db
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM receipts")?
+            .query_row([], |r| r.get(0))?;
+        let acked: i64 = self
+            .db
+            .prepare_cached("SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1")?
+            .query_row([], |r| r.get(0))?;
         let queued: i64 = self
             .db
             .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?;
@@ -339,6 +323,55 @@ impl Journal {
             unacked_receipts: (last_seq - acked).max(0) as u64,
             queued_units: queued as u64,
         })
+    }
+}
+
+/// Seals every receipt not yet in a batch into signed batches of at most `batch_max`.
+fn seal(
+    tx: &rusqlite::Transaction<'_>,
+    rig: &RigId,
+    batch_max: u32,
+    key: &dyn KeyStore,
+) -> Result<(), JournalError> {
+    loop {
+        let receipts: Vec<Receipt> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, receipt FROM receipts WHERE batch IS NULL ORDER BY seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([batch_max], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut out = vec![];
+            for row in rows {
+                let (seq, body) = row?;
+                out.push(
+                    postcard::from_bytes(&body)
+                        .map_err(|e| corrupt(format!("receipt {seq}"), e))?,
+                );
+            }
+            out
+        };
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let header = BatchHeader::over(rig, &receipts)
+            .map_err(|reason| corrupt("unbatched receipts", reason))?;
+        let signature = key
+            .sign_digest(&header.signing_digest())
+            .map_err(|e| JournalError::Sign(e.to_string()))?;
+        let hbytes = postcard::to_allocvec(&header).map_err(|e| corrupt("new batch", e))?;
+        tx.prepare_cached(
+            "INSERT INTO batches (first_seq, count, header, signature) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            header.first_seq as i64,
+            header.count,
+            hbytes,
+            signature.0
+        ])?;
+        let end = header.first_seq + u64::from(header.count);
+        tx.prepare_cached("UPDATE receipts SET batch = ?1 WHERE seq >= ?1 AND seq < ?2")?
+            .execute(params![header.first_seq as i64, end as i64])?;
     }
 }
 

@@ -29,6 +29,10 @@ fn done(u: &WorkUnit) -> Completion {
     }
 }
 
+fn key(dir: &tempfile::TempDir) -> Box<dyn KeyStore> {
+    crate::keys::open("file:k", dir.path(), true).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn journal(dir: &tempfile::TempDir) -> Journal {
     let rig = RigId::new("rig-1").unwrap_or_else(|_| unreachable!());
     Journal::open(&dir.path().join("j.db"), rig).unwrap_or_else(|e| panic!("{e}"))
@@ -46,9 +50,10 @@ fn sequence_numbers_are_gap_free_and_a_unit_is_receipted_once() {
         "redelivery is not new"
     );
     let c: Vec<_> = units.iter().map(done).collect();
-    let r = j.record(&c[..3]).unwrap_or_default();
+    let k = key(&dir);
+    let r = j.record(&c[..3], 256, k.as_ref()).unwrap_or_default();
     assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-    let r = j.record(&c).unwrap_or_default();
+    let r = j.record(&c, 256, k.as_ref()).unwrap_or_default();
     assert_eq!(
         r.iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![4, 5],
@@ -63,31 +68,43 @@ fn sequence_numbers_are_gap_free_and_a_unit_is_receipted_once() {
 }
 
 #[test]
-fn batches_survive_reopen_until_acked() {
+fn receipts_are_sealed_into_signed_batches_that_survive_reopen_until_acked() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let rig = RigId::new("rig-1").unwrap_or_else(|_| unreachable!());
+    let k = key(&dir);
     {
         let mut j = journal(&dir);
-        let units: Vec<_> = (1..=4).map(unit).collect();
+        let units: Vec<_> = (1..=5).map(unit).collect();
         let _ = j.add_units(&units);
         let c: Vec<_> = units.iter().map(done).collect();
-        let _ = j.record(&c);
-        let receipts = j.unbatched(3).unwrap_or_default();
-        assert_eq!(receipts.len(), 3);
-        let header = BatchHeader::over(&rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
-        j.store_batch(&header, &Signature(vec![1; 65]))
-            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.record(&c, 3, k.as_ref()).map(|r| r.len()).ok(), Some(5));
     }
     let mut j = journal(&dir);
-    assert_eq!(j.unbatched(10).map(|v| v.len()).ok(), Some(1));
     let batches = j.unacked_batches(10).unwrap_or_default();
-    assert_eq!(batches.len(), 1);
-    assert_eq!(batches[0].items.len(), 3);
-    assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(4));
+    let sizes: Vec<_> = batches
+        .iter()
+        .map(|b| (b.header.first_seq, b.items.len()))
+        .collect();
+    assert_eq!(sizes, vec![(1, 3), (4, 2)]);
+    for b in &batches {
+        assert_eq!(
+            k.public_key()
+                .verify(&b.header.signing_digest(), &b.signature),
+            Ok(())
+        );
+        let again = BatchHeader::over(
+            &b.header.rig,
+            &b.items
+                .iter()
+                .map(|i| i.receipt.clone())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(again.as_ref(), Ok(&b.header));
+    }
+    assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(5));
     assert_eq!(j.ack(&[1, 99]).ok(), Some(1));
     assert_eq!(j.ack(&[1]).ok(), Some(0), "second ack changes nothing");
-    assert_eq!(j.unacked_batches(10).map(|v| v.len()).ok(), Some(0));
-    assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(1));
+    assert_eq!(j.unacked_batches(10).map(|v| v.len()).ok(), Some(1));
+    assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(2));
 }
 
 #[test]

@@ -14,8 +14,8 @@ use crate::worker::unix_ms;
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
-    decode, encode, Ack, BatchHeader, CardInfo, CardState, GpuSample, RigState, RigStatus,
-    Telemetry, UnitAssignment, WorkUnit,
+    decode, encode, Ack, CardInfo, CardState, GpuSample, RigState, RigStatus, Telemetry,
+    UnitAssignment, WorkUnit,
 };
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
@@ -142,7 +142,9 @@ pub async fn run(
         started_ms,
         config,
     };
-    rig.flush_batches().await?;
+    let key = rig.key.clone();
+    let max = rig.config.batch_max_receipts;
+    journal_op(&rig.journal, move |j| j.seal_pending(max, key.as_ref())).await?;
     let mut telemetry =
         tokio::time::interval(Duration::from_millis(rig.config.telemetry_interval_ms));
     let mut resend =
@@ -181,7 +183,6 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
         }
     }
-    rig.flush_batches().await?;
     rig.resend(false).await?;
     rig.publish_status(RigState::Offline);
     // Give the event loop a moment to hand the last publishes to the socket.
@@ -298,9 +299,12 @@ impl Rig {
             }
         }
         if !done.is_empty() {
-            let receipts = journal_op(&self.journal, move |j| j.record(&done)).await?;
-            tracing::debug!(receipts = receipts.len(), "receipts journaled");
-            self.flush_batches().await?;
+            let key = self.key.clone();
+            let max = self.config.batch_max_receipts;
+            let receipts =
+                journal_op(&self.journal, move |j| j.record(&done, max, key.as_ref())).await?;
+            tracing::debug!(receipts = receipts.len(), "receipts journaled and signed");
+            self.resend(false).await?;
         }
         Ok(())
     }
@@ -342,39 +346,6 @@ impl Rig {
             }
         }
         Ok(())
-    }
-
-    /// Signs every unbatched receipt into batches, stores and publishes them.
-    async fn flush_batches(&mut self) -> Result<(), RunError> {
-        loop {
-            let key = self.key.clone();
-            let rig = self.config.rig_id.clone();
-            let max = self.config.batch_max_receipts;
-            let batch = journal_op(&self.journal, move |j| {
-                let receipts = j.unbatched(max)?;
-                if receipts.is_empty() {
-                    return Ok(None);
-                }
-                let header =
-                    BatchHeader::over(&rig, &receipts).map_err(|reason| JournalError::Corrupt {
-                        what: "unbatched receipts".into(),
-                        reason,
-                    })?;
-                let signature = key.sign_digest(&header.signing_digest()).map_err(|e| {
-                    JournalError::Corrupt {
-                        what: "batch signature".into(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                j.store_batch(&header, &signature)?;
-                Ok(Some(header.first_seq))
-            })
-            .await?;
-            if batch.is_none() {
-                break;
-            }
-        }
-        self.resend(false).await
     }
 
     /// Publishes unacknowledged batches not sent within the resend interval (all of them
