@@ -304,7 +304,7 @@ fn an_expired_lease_goes_to_another_rig_and_the_late_result_still_counts_once() 
 }
 
 #[test]
-fn an_offline_rig_is_not_counted_and_its_units_go_to_others() {
+fn an_offline_rig_is_not_counted_and_its_units_go_to_others_when_their_leases_expire() {
     let f = Fixture::new(gemm(2));
     let mut engine = f.engine();
     let a = TestRig::new("rig-a", 1);
@@ -314,7 +314,11 @@ fn an_offline_rig_is_not_counted_and_its_units_go_to_others() {
     let gone = status(&a, 1, RigState::Offline);
     engine.handle(&topics::rig(&a.id, Channel::Status), &encode(&gone), 5);
     assert_eq!(engine.status(5).rigs_online, 0);
-    let given = units(&hello(&mut engine, &b, 1, 6), &b);
+    assert!(
+        units(&hello(&mut engine, &b, 1, 6), &b).is_empty(),
+        "a rig that went offline keeps its units while it may come back"
+    );
+    let given = units(&engine.tick(1_001), &b);
     assert_eq!(
         given
             .iter()
