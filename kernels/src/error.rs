@@ -49,6 +49,17 @@ pub enum KernelError {
     },
     /// A mean was requested over zero samples.
     EmptyBatch,
+    /// The NVIDIA driver library (`libcuda.so.1`) cannot be loaded, so no GPU
+    /// backend can run on this machine.
+    DriverUnavailable,
+    /// A CUDA driver call failed. After a launch failure the CUDA context may
+    /// be unusable: the worker process should exit and be restarted.
+    Device {
+        /// What the backend was doing.
+        during: &'static str,
+        /// The driver's error.
+        message: String,
+    },
 }
 
 impl fmt::Display for KernelError {
@@ -83,6 +94,13 @@ impl fmt::Display for KernelError {
                 write!(f, "batch of {samples} samples does not fit in a u32")
             }
             Self::EmptyBatch => f.write_str("batch is empty"),
+            Self::DriverUnavailable => f.write_str(
+                "the NVIDIA driver library libcuda.so.1 cannot be loaded: \
+                 install the NVIDIA driver or use the CPU backend",
+            ),
+            Self::Device { during, message } => {
+                write!(f, "CUDA error while {during}: {message}")
+            }
         }
     }
 }
@@ -127,5 +145,16 @@ mod tests {
         assert_eq!(e.to_string(), "m = 5000 is outside 0..=4096");
         let boxed: Box<dyn std::error::Error> = Box::new(KernelError::EmptyBatch);
         assert_eq!(boxed.to_string(), "batch is empty");
+        let e = KernelError::Device {
+            during: "launching gemm_i8",
+            message: "CUDA_ERROR_LAUNCH_FAILED".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "CUDA error while launching gemm_i8: CUDA_ERROR_LAUNCH_FAILED"
+        );
+        assert!(KernelError::DriverUnavailable
+            .to_string()
+            .contains("libcuda.so.1"));
     }
 }

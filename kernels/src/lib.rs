@@ -8,13 +8,17 @@
 //!   of a one-hidden-layer ReLU network over a shard of a generated data set
 //!   ([`BlobSpec`]), combined by the caller with [`sgd_step`].
 //!
-//! [`CpuKernels`] is the reference backend. Everything that feeds it
+//! [`CpuKernels`] is the reference backend; with the `cuda` feature,
+//! `CudaKernels` runs the same kernels from the committed PTX on an NVIDIA
+//! GPU. Everything that feeds it
 //! (matrices, data sets, initial parameters) is generated from a seed by the
 //! crate's own [`SplitMix64`] generator and transcendental functions written
 //! with basic IEEE operations only, so results are identical on every
 //! x86_64 machine.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod data;
 mod error;
 mod gemm;
@@ -24,6 +28,8 @@ pub mod rng;
 pub mod unit;
 
 pub use cpu::CpuKernels;
+#[cfg(feature = "cuda")]
+pub use cuda::{driver_present, CudaKernels};
 pub use data::BlobSpec;
 pub use error::KernelError;
 pub use gemm::{gemm_flops, gemm_inputs, GEMM_MAX_DIM};

@@ -190,13 +190,17 @@ pub(crate) fn mlp_loss_grad_cpu(
 /// Validated dimensions and parameter offsets of an [`MlpShape`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
-    input: usize,
-    hidden: usize,
-    output: usize,
-    b1: usize,
-    w2: usize,
-    b2: usize,
-    total: usize,
+    pub(crate) input: usize,
+    pub(crate) hidden: usize,
+    pub(crate) output: usize,
+    /// Offset of `b1` (`W1` starts at 0).
+    pub(crate) b1: usize,
+    /// Offset of `W2`.
+    pub(crate) w2: usize,
+    /// Offset of `b2`.
+    pub(crate) b2: usize,
+    /// Parameter count.
+    pub(crate) total: usize,
 }
 
 impl Layout {
