@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs the Debian packages the tests need when they are missing
 # (mosquitto: the integration tests start their own broker on a free loopback port), then
-# checks formatting and lints, builds every binary and runs every test.
+# checks formatting and lints, checks the committed PTX against its CUDA sources (NVRTC and
+# ptxas from pinned PyPI wheels, no GPU needed), builds every binary and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,6 +17,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+sh kernels/check_ptx.sh
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
