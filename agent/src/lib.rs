@@ -2,10 +2,12 @@
 //!
 //! [`run`] is the supervisor: it keeps the MQTT session ([`link`]), the durable
 //! [`journal`] (inbox, receipts, signed batches: the outbox), the receipt key ([`keys`]), the
-//! cards ([`gpu`]) and one worker process per card ([`cards`], [`worker`]).
+//! cards ([`gpu`]) and one worker process per card ([`cards`], [`worker`]). The thermal
+//! [`governor`] turns a card's telemetry into its fan speed, power limit and run permit.
 
 pub mod cards;
 pub mod config;
+pub mod governor;
 pub mod gpu;
 pub mod journal;
 pub mod keys;
