@@ -2,19 +2,23 @@
 //!
 //! The task spawns the worker on demand (pinned to its card through the environment), sends
 //! it one unit at a time and waits for the answer within a deadline. A worker that exits,
-//! answers garbage or stays silent past the deadline is killed; the unit goes back to the
-//! supervisor to be queued again, and the worker is restarted with exponential backoff.
+//! answers garbage, reports a sticky error or stays silent past the deadline is killed; the
+//! unit goes back to the supervisor to be queued again, and the worker is restarted with
+//! exponential backoff. The supervisor can also abort a running unit (thermal pause,
+//! quarantine): the worker is killed and the unit handed back.
 
+use crate::gpu::WorkerFault;
 use crate::journal::Completion;
-use crate::worker::{Reply, Request, MAX_WORKER_FRAME};
+use crate::worker::{Device, Reply, Request, MAX_WORKER_FRAME};
 use rigd_kernels::unit::work as unit_work;
 use rigd_protocol::{GpuUuid, WorkUnit};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// How to start a worker process.
@@ -24,6 +28,17 @@ pub struct WorkerCommand {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+}
+
+/// A unit handed to a card.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The unit.
+    pub unit: WorkUnit,
+    /// A fault the worker should act out (simulated cards only).
+    pub fault: Option<WorkerFault>,
+    /// The governor level the card runs at, for the receipt.
+    pub governor_level: u8,
 }
 
 /// What a card task reports to the supervisor.
@@ -45,7 +60,7 @@ pub enum CardEvent {
         /// Why.
         reason: String,
     },
-    /// The worker died or hung with the unit; it is being restarted.
+    /// The worker died, hung or reported a sticky error with the unit; it is restarted.
     Crashed {
         /// Card index.
         card: usize,
@@ -53,6 +68,13 @@ pub enum CardEvent {
         unit: WorkUnit,
         /// What happened.
         reason: String,
+    },
+    /// The supervisor aborted the unit; the worker was stopped.
+    Aborted {
+        /// Card index.
+        card: usize,
+        /// The unit it held.
+        unit: WorkUnit,
     },
 }
 
@@ -65,10 +87,19 @@ pub struct CardSettings {
     pub uuid: GpuUuid,
     /// Worker executable.
     pub command: WorkerCommand,
-    /// Simulated speed, for sim cards.
-    pub sim_gflops: Option<f64>,
+    /// Where the worker computes.
+    pub device: Device,
     /// Extra time allowed past a unit's expected duration before the worker counts as hung.
     pub hang_ms: u64,
+}
+
+/// The supervisor's end of a card task.
+#[derive(Debug, Clone)]
+pub struct CardHandle {
+    /// Units for the card, one at a time.
+    pub jobs: mpsc::Sender<Job>,
+    /// Wakes the task to abort its running unit.
+    pub abort: Arc<Notify>,
 }
 
 struct Worker {
@@ -124,8 +155,9 @@ impl Worker {
         postcard::from_bytes(&body).map_err(std::io::Error::other)
     }
 
-    fn pid(&self) -> Option<u32> {
-        self.child.id()
+    async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 }
 
@@ -134,30 +166,38 @@ pub fn restart_backoff(n: u32) -> Duration {
     Duration::from_millis((200u64 << n.min(6)).min(10_000))
 }
 
-/// Runs a card: takes units from `units`, reports on `events`, until `units` closes.
+enum Outcome {
+    Reply(std::io::Result<Reply>),
+    Silent,
+    Aborted,
+}
+
+/// Runs a card: takes jobs, reports on `events`, until the job channel closes.
 pub async fn run_card(
     s: CardSettings,
-    mut units: mpsc::Receiver<WorkUnit>,
+    mut jobs: mpsc::Receiver<Job>,
+    abort: Arc<Notify>,
     events: mpsc::Sender<CardEvent>,
     stop: CancellationToken,
 ) {
     let mut worker: Option<Worker> = None;
     let mut failures: u32 = 0;
-    while let Some(unit) = units.recv().await {
-        let w = match worker.take() {
+    while let Some(job) = jobs.recv().await {
+        let mut w = match worker.take() {
             Some(w) => w,
             None => match Worker::spawn(&s) {
                 Ok(w) => {
-                    tracing::info!(gpu = %s.uuid, pid = ?w.pid(), "worker started");
+                    tracing::info!(gpu = %s.uuid, pid = ?w.child.id(), "worker started");
                     w
                 }
                 Err(e) => {
                     failures += 1;
+                    let reason = format!("cannot start worker: {e}");
                     let _ = events
                         .send(CardEvent::Crashed {
                             card: s.index,
-                            unit,
-                            reason: format!("cannot start worker: {e}"),
+                            unit: job.unit,
+                            reason,
                         })
                         .await;
                     backoff(&stop, failures).await;
@@ -165,18 +205,28 @@ pub async fn run_card(
                 }
             },
         };
-        let mut w = w;
-        let expected_ms = s
-            .sim_gflops
-            .map(|g| (unit_work(&unit.kind) as f64 / (g * 1e6)) as u64)
-            .unwrap_or(0);
+        let expected_ms = match s.device {
+            Device::Sim { gflops } if gflops > 0.0 => {
+                (unit_work(&job.unit.kind) as f64 / (gflops * 1e6)) as u64
+            }
+            _ => 0,
+        };
         let deadline = Duration::from_millis(expected_ms.saturating_add(s.hang_ms));
         let req = Request {
-            unit: unit.clone(),
-            sim_gflops: s.sim_gflops,
+            unit: job.unit.clone(),
+            device: s.device,
+            fault: job.fault,
         };
-        match tokio::time::timeout(deadline, w.call(&req)).await {
-            Ok(Ok(Reply::Done {
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(deadline, w.call(&req)) => match r {
+                Ok(reply) => Outcome::Reply(reply),
+                Err(_) => Outcome::Silent,
+            },
+            _ = abort.notified() => Outcome::Aborted,
+        };
+        let unit = job.unit;
+        let event = match outcome {
+            Outcome::Reply(Ok(Reply::Done {
                 output,
                 work,
                 started_ms,
@@ -184,39 +234,43 @@ pub async fn run_card(
             })) => {
                 failures = 0;
                 worker = Some(w);
-                let completion = Box::new(Completion {
-                    unit,
-                    card: s.uuid.clone(),
-                    output,
-                    work,
-                    started_ms,
-                    finished_ms,
-                    governor_level: 0,
-                });
-                let _ = events
-                    .send(CardEvent::Done {
-                        card: s.index,
-                        completion,
-                    })
-                    .await;
-            }
-            Ok(Ok(Reply::Failed { reason })) => {
-                worker = Some(w);
-                let _ = events
-                    .send(CardEvent::Refused {
-                        card: s.index,
+                CardEvent::Done {
+                    card: s.index,
+                    completion: Box::new(Completion {
                         unit,
-                        reason,
-                    })
-                    .await;
+                        card: s.uuid.clone(),
+                        output,
+                        work,
+                        started_ms,
+                        finished_ms,
+                        governor_level: job.governor_level,
+                    }),
+                }
             }
-            outcome => {
-                let reason = match outcome {
-                    Ok(Err(e)) => format!("worker failed: {e}"),
+            Outcome::Reply(Ok(Reply::Failed { reason })) => {
+                worker = Some(w);
+                CardEvent::Refused {
+                    card: s.index,
+                    unit,
+                    reason,
+                }
+            }
+            Outcome::Aborted => {
+                w.kill().await;
+                CardEvent::Aborted {
+                    card: s.index,
+                    unit,
+                }
+            }
+            failed => {
+                let reason = match failed {
+                    Outcome::Reply(Ok(Reply::Sticky { reason })) => {
+                        format!("sticky error: {reason}")
+                    }
+                    Outcome::Reply(Err(e)) => format!("worker failed: {e}"),
                     _ => format!("worker silent for {} ms", deadline.as_millis()),
                 };
-                let _ = w.child.start_kill();
-                let _ = w.child.wait().await;
+                w.kill().await;
                 failures += 1;
                 let _ = events
                     .send(CardEvent::Crashed {
@@ -226,8 +280,13 @@ pub async fn run_card(
                     })
                     .await;
                 backoff(&stop, failures).await;
+                continue;
             }
-        }
+        };
+        let _ = events.send(event).await;
+    }
+    if let Some(w) = worker {
+        w.kill().await;
     }
 }
 

@@ -1,5 +1,7 @@
 //! `rig.conf`: TOML, every key known, every mistake named with its line.
 
+use crate::governor::ThermalOverrides;
+use crate::gpu::SimFault;
 use rigd_protocol::RigId;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,58 @@ pub enum ConfigError {
 pub enum GpuBackend {
     /// Simulated cards (thermal model, CPU reference kernels).
     Sim,
+    /// NVIDIA cards through NVML, computing with the PTX kernels through CUDA.
+    Nvml,
+}
+
+/// A fault to inject into a simulated card once it has been given `after_units` units.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimFaultConfig {
+    /// The card's index.
+    pub card: u32,
+    /// Units the card runs before the fault.
+    #[serde(default)]
+    pub after_units: u32,
+    /// The fault.
+    pub fault: SimFaultKind,
+    /// How long telemetry stays lost, ms (`lost_telemetry` only).
+    #[serde(default = "default_lost_ms")]
+    pub for_ms: u64,
+}
+
+/// The faults a simulated card can be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimFaultKind {
+    /// The worker process exits mid-unit.
+    Crash,
+    /// The worker stops answering.
+    Hang,
+    /// The worker reports a sticky error (poisoned context).
+    Sticky,
+    /// The worker returns a wrong result.
+    WrongResult,
+    /// The card falls off the bus (Xid 79).
+    FallenOffBus,
+    /// The card stops answering telemetry for `for_ms`.
+    LostTelemetry,
+}
+
+impl SimFaultConfig {
+    /// The fault as the sim takes it.
+    pub fn sim_fault(&self) -> SimFault {
+        match self.fault {
+            SimFaultKind::Crash => SimFault::Crash,
+            SimFaultKind::Hang => SimFault::Hang,
+            SimFaultKind::Sticky => SimFault::StickyError,
+            SimFaultKind::WrongResult => SimFault::WrongResult,
+            SimFaultKind::FallenOffBus => SimFault::FallenOffBus,
+            SimFaultKind::LostTelemetry => SimFault::LostTelemetry {
+                for_ms: self.for_ms,
+            },
+        }
+    }
 }
 
 /// The rig's configuration.
@@ -87,6 +141,24 @@ pub struct RigConfig {
     /// A worker silent for this long past its unit's expected time is killed, ms.
     #[serde(default = "default_hang_ms")]
     pub worker_hang_ms: u64,
+    /// Period of the thermal governor (read each card, decide, act), ms.
+    #[serde(default = "default_governor_ms")]
+    pub governor_interval_ms: u64,
+    /// Thermal limits overriding the defaults of each card model.
+    #[serde(default)]
+    pub thermal: ThermalOverrides,
+    /// Worker failures within `failure_window_ms` that quarantine a card.
+    #[serde(default = "default_failures")]
+    pub failures_to_quarantine: u32,
+    /// Window for `failures_to_quarantine`, ms.
+    #[serde(default = "default_failure_window_ms")]
+    pub failure_window_ms: u64,
+    /// Air temperature around simulated cards, C.
+    #[serde(default = "default_ambient")]
+    pub sim_ambient_c: f32,
+    /// Faults to inject into simulated cards (tests and demonstrations).
+    #[serde(default)]
+    pub sim_fault: Vec<SimFaultConfig>,
 }
 
 fn default_key() -> String {
@@ -115,6 +187,21 @@ fn default_max_unacked() -> u64 {
 }
 fn default_hang_ms() -> u64 {
     30_000
+}
+fn default_governor_ms() -> u64 {
+    1000
+}
+fn default_failures() -> u32 {
+    3
+}
+fn default_failure_window_ms() -> u64 {
+    600_000
+}
+fn default_ambient() -> f32 {
+    25.0
+}
+fn default_lost_ms() -> u64 {
+    5000
 }
 
 impl RigConfig {
@@ -163,6 +250,12 @@ impl RigConfig {
             resend_interval_ms: 1000,
             max_unacked_receipts: default_max_unacked(),
             worker_hang_ms: default_hang_ms(),
+            governor_interval_ms: default_governor_ms(),
+            thermal: ThermalOverrides::default(),
+            failures_to_quarantine: default_failures(),
+            failure_window_ms: default_failure_window_ms(),
+            sim_ambient_c: default_ambient(),
+            sim_fault: vec![],
         }
     }
 
@@ -208,6 +301,27 @@ impl RigConfig {
             return bad(
                 "telemetry_interval_ms",
                 "intervals must be at least 100 ms".into(),
+            );
+        }
+        if self.governor_interval_ms < 100 || self.governor_interval_ms > 2000 {
+            return bad(
+                "governor_interval_ms",
+                format!("{} is outside 100..=2000", self.governor_interval_ms),
+            );
+        }
+        if !(-20.0..=60.0).contains(&self.sim_ambient_c) {
+            return bad(
+                "sim_ambient_c",
+                format!("{} is outside -20..=60", self.sim_ambient_c),
+            );
+        }
+        if let Some(f) = self.sim_fault.iter().find(|f| f.card >= self.sim_gpus) {
+            return bad(
+                "sim_fault",
+                format!(
+                    "card {} does not exist (sim_gpus = {})",
+                    f.card, self.sim_gpus
+                ),
             );
         }
         if self.max_unacked_receipts == 0 {

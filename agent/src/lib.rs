@@ -13,6 +13,7 @@ pub mod journal;
 pub mod keys;
 pub mod link;
 mod rig;
+pub mod slots;
 pub mod worker;
 
 pub use cards::WorkerCommand;
@@ -28,6 +29,9 @@ pub enum RunError {
     /// The receipt key could not be opened.
     #[error(transparent)]
     Key(#[from] keys::KeyError),
+    /// The cards could not be set up.
+    #[error("cards: {0}")]
+    Hardware(String),
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
@@ -41,7 +45,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) => 2,
-            RunError::Key(_) => 3,
+            RunError::Key(_) | RunError::Hardware(_) => 3,
             RunError::Journal(_) | RunError::Runtime(_) => 1,
         }
     }

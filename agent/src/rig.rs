@@ -4,50 +4,66 @@
 //! them; finished units become receipts (group commit), receipts become signed batches, and
 //! batches go out through the outbox until the coordinator acknowledges them.
 
-use crate::cards::{run_card, CardEvent, CardSettings, WorkerCommand};
-use crate::config::RigConfig;
+use crate::cards::{run_card, CardEvent, CardHandle, CardSettings, WorkerCommand};
+use crate::config::{GpuBackend, RigConfig};
+use crate::gpu::nvml::NvmlGpu;
 use crate::gpu::{Gpu, SimGpu};
-use crate::journal::{Completion, Journal, JournalError};
+use crate::journal::{Completion, Journal, JournalError, JournalStats};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
-use crate::worker::unix_ms;
+use crate::slots::{FailurePolicy, Slots};
+use crate::worker::{unix_ms, Device};
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
-    decode, encode, Ack, CardInfo, CardState, GpuSample, RigState, RigStatus, Telemetry,
-    UnitAssignment, WorkUnit,
+    decode, encode, Ack, RigState, RigStatus, Telemetry, UnitAssignment, WorkUnit,
 };
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// How long a drain on shutdown waits for in-flight units.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
-struct Card {
-    info: CardInfo,
-    tx: mpsc::Sender<WorkUnit>,
-    unit: Option<WorkUnit>,
-    paused: bool,
-    done: u32,
-    restarts: u16,
-}
 
 struct Rig {
     config: RigConfig,
     journal: Arc<Mutex<Journal>>,
     key: Arc<dyn KeyStore>,
     link: Link,
-    gpu: Box<dyn Gpu>,
-    cards: Vec<Card>,
+    slots: Slots,
     queue: VecDeque<WorkUnit>,
     sent: HashMap<u64, Instant>,
+    stats: JournalStats,
     outbox_full: bool,
     started_ms: u64,
+}
+
+/// The cards of the configured backend. With `nvml` and no usable driver, the rig runs with
+/// no cards (and says so) rather than stopping.
+fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
+    match config.gpu {
+        GpuBackend::Sim => {
+            let mut sim = SimGpu::new(&config.rig_id, config.sim_gpus);
+            sim.set_ambient(config.sim_ambient_c);
+            (
+                Box::new(sim),
+                Device::Sim {
+                    gflops: config.sim_gflops,
+                },
+            )
+        }
+        GpuBackend::Nvml => match NvmlGpu::open() {
+            Ok(gpu) => (Box::new(gpu), Device::Cuda),
+            Err(e) => {
+                tracing::error!(error = %e, "no NVIDIA driver: running with no cards");
+                (Box::new(SimGpu::new(&config.rig_id, 0)), Device::Cuda)
+            }
+        },
+    }
 }
 
 async fn journal_op<R: Send + 'static>(
@@ -84,38 +100,45 @@ pub async fn run(
     )?);
     let journal = Journal::open(&config.state_dir.join("journal.db"), config.rig_id.clone())?;
     let queue: VecDeque<WorkUnit> = journal.queued_units()?.into();
-    let gpu: Box<dyn Gpu> = Box::new(SimGpu::new(&config.rig_id, config.sim_gpus));
+    let (gpu, device) = open_gpu(&config);
     let stop_cards = CancellationToken::new();
     let (events_tx, mut events) = mpsc::channel(64);
     let mut tasks = vec![];
-    let cards = gpu
+    let handles: Vec<CardHandle> = gpu
         .inventory()
         .into_iter()
         .map(|info| {
-            let (tx, rx) = mpsc::channel(1);
+            let (jobs, rx) = mpsc::channel(1);
+            let abort = Arc::new(Notify::new());
             let settings = CardSettings {
                 index: info.index as usize,
                 uuid: info.uuid.clone(),
                 command: worker.clone(),
-                sim_gflops: Some(config.sim_gflops),
+                device,
                 hang_ms: config.worker_hang_ms,
             };
             tasks.push(tokio::spawn(run_card(
                 settings,
                 rx,
+                abort.clone(),
                 events_tx.clone(),
                 stop_cards.clone(),
             )));
-            Card {
-                info,
-                tx,
-                unit: None,
-                paused: false,
-                done: 0,
-                restarts: 0,
-            }
+            CardHandle { jobs, abort }
         })
         .collect();
+    let failures = FailurePolicy {
+        count: config.failures_to_quarantine,
+        window: Duration::from_millis(config.failure_window_ms),
+    };
+    let slots = Slots::new(
+        gpu,
+        handles,
+        &config.thermal,
+        config.sim_fault.clone(),
+        failures,
+    )
+    .map_err(RunError::Hardware)?;
     drop(events_tx);
     let started_ms = unix_ms();
     let will = encode(&offline_status(&config, key.as_ref(), started_ms));
@@ -129,31 +152,37 @@ pub async fn run(
         },
         stop_link.clone(),
     );
-    tracing::info!(rig = %config.rig_id, cards = ?config.sim_gpus, queued = queue.len(), key = %key.describe(), "rigd started");
+    tracing::info!(rig = %config.rig_id, cards = slots.inventory().len(), queued = queue.len(), key = %key.describe(), "rigd started");
     let mut rig = Rig {
         journal: Arc::new(Mutex::new(journal)),
         key,
         link,
-        gpu,
-        cards,
+        slots,
         queue,
         sent: HashMap::new(),
+        stats: JournalStats::default(),
         outbox_full: false,
         started_ms,
         config,
     };
     let key = rig.key.clone();
     let max = rig.config.batch_max_receipts;
-    journal_op(&rig.journal, move |j| j.seal_pending(max, key.as_ref())).await?;
+    rig.stats = journal_op(&rig.journal, move |j| {
+        j.seal_pending(max, key.as_ref())?;
+        j.stats()
+    })
+    .await?;
+    let mut governor =
+        tokio::time::interval(Duration::from_millis(rig.config.governor_interval_ms));
     let mut telemetry =
         tokio::time::interval(Duration::from_millis(rig.config.telemetry_interval_ms));
     let mut resend =
         tokio::time::interval(Duration::from_millis(rig.config.resend_interval_ms / 2));
     let mut draining_since: Option<Instant> = None;
     loop {
-        rig.dispatch(draining_since.is_some()).await?;
+        let next_start = rig.dispatch(draining_since.is_some());
         if let Some(since) = draining_since {
-            let busy = rig.cards.iter().filter(|c| c.unit.is_some()).count();
+            let busy = rig.slots.running();
             if busy == 0 || since.elapsed() > DRAIN_TIMEOUT {
                 if busy > 0 {
                     tracing::warn!(
@@ -178,7 +207,9 @@ pub async fn run(
                 }
                 rig.on_cards(batch).await?;
             }
-            _ = telemetry.tick() => rig.publish_telemetry(draining_since.is_some()).await?,
+            _ = governor.tick() => rig.slots.govern(unix_ms()),
+            _ = telemetry.tick() => rig.publish_telemetry(draining_since.is_some()),
+            _ = tokio::time::sleep_until(next_start.unwrap_or_else(Instant::now).into()), if next_start.is_some() => {}
             _ = resend.tick() => rig.resend(false).await?,
             _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
         }
@@ -257,7 +288,11 @@ impl Rig {
                         for first in &ack.batches {
                             self.sent.remove(first);
                         }
-                        journal_op(&self.journal, move |j| j.ack(&ack.batches)).await?;
+                        self.stats = journal_op(&self.journal, move |j| {
+                            j.ack(&ack.batches)?;
+                            j.stats()
+                        })
+                        .await?;
                     }
                     Ok(ack) => {
                         tracing::warn!(%topic, other = %ack.rig, "refused an ack for another rig")
@@ -271,29 +306,26 @@ impl Rig {
     }
 
     async fn on_cards(&mut self, events: Vec<CardEvent>) -> Result<(), RunError> {
+        let now = Instant::now();
         let mut done: Vec<Completion> = vec![];
         for ev in events {
+            self.slots.finished(&ev, now);
             match ev {
-                CardEvent::Done { card, completion } => {
-                    if let Some(c) = self.cards.get_mut(card) {
-                        c.unit = None;
-                        c.done += 1;
-                    }
-                    done.push(*completion);
-                }
+                CardEvent::Done { completion, .. } => done.push(*completion),
                 CardEvent::Refused { card, unit, reason } => {
                     tracing::warn!(gpu = card, unit = unit.unit, %reason, "unit refused by the worker; dropped");
-                    if let Some(c) = self.cards.get_mut(card) {
-                        c.unit = None;
-                    }
                     journal_op(&self.journal, move |j| j.discard_unit(&unit)).await?;
                 }
                 CardEvent::Crashed { card, unit, reason } => {
                     tracing::warn!(gpu = card, unit = unit.unit, %reason, "worker failed; unit queued again, worker restarts");
-                    if let Some(c) = self.cards.get_mut(card) {
-                        c.unit = None;
-                        c.restarts = c.restarts.saturating_add(1);
-                    }
+                    self.queue.push_front(unit);
+                }
+                CardEvent::Aborted { card, unit } => {
+                    tracing::info!(
+                        gpu = card,
+                        unit = unit.unit,
+                        "unit stopped by the governor; queued again"
+                    );
                     self.queue.push_front(unit);
                 }
             }
@@ -301,22 +333,25 @@ impl Rig {
         if !done.is_empty() {
             let key = self.key.clone();
             let max = self.config.batch_max_receipts;
-            let receipts =
-                journal_op(&self.journal, move |j| j.record(&done, max, key.as_ref())).await?;
-            tracing::debug!(receipts = receipts.len(), "receipts journaled and signed");
+            let (receipts, stats) = journal_op(&self.journal, move |j| {
+                let receipts = j.record(&done, max, key.as_ref())?;
+                Ok((receipts.len(), j.stats()?))
+            })
+            .await?;
+            self.stats = stats;
+            tracing::debug!(receipts, "receipts journaled and signed");
             self.resend(false).await?;
         }
         Ok(())
     }
 
-    /// Hands queued units to idle cards, unless draining or the outbox is full.
-    async fn dispatch(&mut self, draining: bool) -> Result<(), RunError> {
+    /// Hands queued units to cards that may start one, unless draining or the outbox is
+    /// full. Returns when a duty-cycled card may start next, if one waits.
+    fn dispatch(&mut self, draining: bool) -> Option<Instant> {
         if draining {
-            return Ok(());
+            return None;
         }
-        let unacked = journal_op(&self.journal, |j| j.stats())
-            .await?
-            .unacked_receipts;
+        let unacked = self.stats.unacked_receipts;
         let full = unacked >= self.config.max_unacked_receipts;
         if full != self.outbox_full {
             if full {
@@ -330,22 +365,22 @@ impl Rig {
             self.outbox_full = full;
         }
         if full {
-            return Ok(());
+            return None;
         }
-        for card in self
-            .cards
-            .iter_mut()
-            .filter(|c| c.unit.is_none() && !c.paused)
-        {
+        let now = Instant::now();
+        for card in self.slots.ready(now) {
             let Some(unit) = self.queue.pop_front() else {
                 break;
             };
-            match card.tx.try_send(unit.clone()) {
-                Ok(()) => card.unit = Some(unit),
-                Err(_) => self.queue.push_front(unit),
+            if let Err(unit) = self.slots.start(card, unit) {
+                self.queue.push_front(unit);
             }
         }
-        Ok(())
+        if self.queue.is_empty() {
+            None
+        } else {
+            self.slots.next_start()
+        }
     }
 
     /// Publishes unacknowledged batches not sent within the resend interval (all of them
@@ -373,87 +408,47 @@ impl Rig {
     }
 
     fn state(&self) -> RigState {
-        if self.cards.iter().any(|c| c.unit.is_some()) {
+        if self.slots.running() > 0 {
             RigState::Working
         } else {
             RigState::Idle
         }
     }
 
-    fn status(&self, state: RigState, stats: crate::journal::JournalStats) -> RigStatus {
+    fn status(&self, state: RigState) -> RigStatus {
         let mut s = offline_status(&self.config, self.key.as_ref(), self.started_ms);
         s.state = state;
-        s.cards = self.cards.iter().map(|c| c.info.clone()).collect();
-        s.units_running = self.cards.iter().filter(|c| c.unit.is_some()).count() as u32;
+        s.cards = self.slots.inventory();
+        s.units_running = self.slots.running() as u32;
         s.units_queued = self.queue.len() as u32;
-        s.seq_journaled = stats.last_seq;
-        s.receipts_unacked = stats.unacked_receipts;
+        s.seq_journaled = self.stats.last_seq;
+        s.receipts_unacked = self.stats.unacked_receipts;
         s.sent_ms = unix_ms();
         s
     }
 
     fn publish_status(&self, state: RigState) {
-        let stats = self
-            .journal
-            .lock()
-            .ok()
-            .and_then(|j| j.stats().ok())
-            .unwrap_or_default();
         self.link.publish(
             Channel::Status,
             QoS::AtLeastOnce,
             true,
-            encode(&self.status(state, stats)),
+            encode(&self.status(state)),
         );
     }
 
-    async fn publish_telemetry(&mut self, draining: bool) -> Result<(), RunError> {
-        let now = unix_ms();
-        let mut gpus = vec![];
-        for (i, c) in self.cards.iter().enumerate() {
-            let busy = c.unit.is_some();
-            let Ok(r) = self.gpu.read(i, now, busy) else {
-                continue;
-            };
-            gpus.push(GpuSample {
-                uuid: c.info.uuid.clone(),
-                core_dc: (r.core_c * 10.0).round() as i16,
-                mem_dc: r.mem_c.map(|m| (m * 10.0).round() as i16),
-                power_w: r.power_w.round() as u16,
-                power_limit_w: r.power_limit_w.round() as u16,
-                fan_pct: r.fan_pct.round() as u8,
-                util_pct: r.util_pct.round() as u8,
-                sm_mhz: r.sm_mhz.min(u32::from(u16::MAX)) as u16,
-                governor_level: 0,
-                state: match (&c.unit, c.paused) {
-                    (Some(_), _) => CardState::Busy,
-                    (None, true) => CardState::Paused,
-                    (None, false) => CardState::Idle,
-                },
-                unit: c.unit.as_ref().map(|u| u.unit),
-                units_done: c.done,
-                worker_restarts: c.restarts,
-            });
-        }
+    fn publish_telemetry(&mut self, draining: bool) {
         let msg = Telemetry {
             rig: self.config.rig_id.clone(),
-            at_ms: now,
-            gpus,
+            at_ms: unix_ms(),
+            gpus: self.slots.samples(),
         };
         self.link
             .publish(Channel::Telemetry, QoS::AtMostOnce, true, encode(&msg));
-        let stats = journal_op(&self.journal, |j| j.stats()).await?;
         let state = if draining {
             RigState::Draining
         } else {
             self.state()
         };
-        self.link.publish(
-            Channel::Status,
-            QoS::AtLeastOnce,
-            true,
-            encode(&self.status(state, stats)),
-        );
-        Ok(())
+        self.publish_status(state);
     }
 }

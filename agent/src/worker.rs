@@ -3,9 +3,10 @@
 //! It owns the compute context of its card, so a sticky failure kills only this process,
 //! never the supervisor.
 
+use crate::gpu::WorkerFault;
 use rigd_kernels::unit::work as unit_work;
-use rigd_kernels::CpuKernels;
-use rigd_protocol::{UnitKind, UnitOutput, WorkUnit};
+use rigd_kernels::{CpuKernels, CudaKernels, KernelError};
+use rigd_protocol::{UnitOutput, WorkUnit};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -19,8 +20,24 @@ pub const MAX_WORKER_FRAME: usize = 32 << 20;
 pub struct Request {
     /// The unit to compute.
     pub unit: WorkUnit,
-    /// Simulated card speed: the unit takes at least `work / sim_gflops` (sim cards only).
-    pub sim_gflops: Option<f64>,
+    /// Where to compute it.
+    pub device: Device,
+    /// A fault to act out on this unit (simulated cards only).
+    pub fault: Option<WorkerFault>,
+}
+
+/// Where a worker computes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Device {
+    /// A simulated card: CPU reference kernels, and the unit takes at least
+    /// `work / gflops` seconds.
+    Sim {
+        /// Simulated speed, GFLOP/s.
+        gflops: f64,
+    },
+    /// The CUDA device the worker was pinned to (`CUDA_VISIBLE_DEVICES`), through the PTX
+    /// kernels.
+    Cuda,
 }
 
 /// Worker -> supervisor.
@@ -42,6 +59,12 @@ pub enum Reply {
         /// Why.
         reason: String,
     },
+    /// The compute context is poisoned (a sticky CUDA error): the worker exits after this
+    /// reply and must be restarted; the unit goes back to the queue.
+    Sticky {
+        /// The error.
+        reason: String,
+    },
 }
 
 /// Unix time now, ms.
@@ -50,12 +73,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Computes a unit with the CPU reference kernels.
-pub fn compute(kind: &UnitKind) -> Result<UnitOutput, String> {
-    kind.validate()?;
-    rigd_kernels::unit::compute(&CpuKernels, kind).map_err(|e| e.to_string())
 }
 
 /// Writes one length-prefixed frame.
@@ -89,39 +106,106 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> std::io::
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Answers one request: computes it and, on a sim card, waits out the simulated duration.
-pub fn handle(req: &Request) -> Reply {
-    let started_ms = unix_ms();
-    let t0 = Instant::now();
-    match compute(&req.unit.kind) {
-        Ok(output) => {
-            let work = unit_work(&req.unit.kind);
-            if let Some(gflops) = req.sim_gflops.filter(|g| *g > 0.0) {
+/// A worker's state across requests: the CUDA context, created on first use.
+#[derive(Default)]
+pub struct Worker {
+    cuda: Option<CudaKernels>,
+}
+
+impl Worker {
+    /// Answers one request; `None` when the worker must exit without answering (an injected
+    /// crash).
+    pub fn handle(&mut self, req: &Request) -> Option<Reply> {
+        let started_ms = unix_ms();
+        let t0 = Instant::now();
+        match req.fault {
+            Some(WorkerFault::Crash) => return None,
+            Some(WorkerFault::Hang) => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            Some(WorkerFault::StickyError) => {
+                return Some(Reply::Sticky {
+                    reason: "injected sticky error: illegal address".into(),
+                })
+            }
+            Some(WorkerFault::WrongResult) | None => {}
+        }
+        if let Err(reason) = req.unit.kind.validate() {
+            return Some(Reply::Failed { reason });
+        }
+        let output = match req.device {
+            Device::Sim { .. } => rigd_kernels::unit::compute(&CpuKernels, &req.unit.kind),
+            Device::Cuda => self
+                .cuda()
+                .and_then(|k| rigd_kernels::unit::compute(k, &req.unit.kind)),
+        };
+        let mut output = match output {
+            Ok(o) => o,
+            Err(e @ (KernelError::Device { .. } | KernelError::DriverUnavailable)) => {
+                return Some(Reply::Sticky {
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => {
+                return Some(Reply::Failed {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if req.fault == Some(WorkerFault::WrongResult) {
+            corrupt(&mut output);
+        }
+        let work = unit_work(&req.unit.kind);
+        if let Device::Sim { gflops } = req.device {
+            if gflops > 0.0 {
                 let target = Duration::from_secs_f64((work as f64 / (gflops * 1e9)).min(3600.0));
                 if let Some(rest) = target.checked_sub(t0.elapsed()) {
                     std::thread::sleep(rest);
                 }
             }
-            Reply::Done {
-                output,
-                work,
-                started_ms,
-                finished_ms: unix_ms(),
-            }
         }
-        Err(reason) => Reply::Failed { reason },
+        Some(Reply::Done {
+            output,
+            work,
+            started_ms,
+            finished_ms: unix_ms(),
+        })
+    }
+
+    fn cuda(&mut self) -> Result<&CudaKernels, KernelError> {
+        if self.cuda.is_none() {
+            self.cuda = Some(CudaKernels::new(0)?);
+        }
+        self.cuda.as_ref().ok_or(KernelError::DriverUnavailable)
     }
 }
 
-/// The worker process's main loop over stdin/stdout. Exits 0 when stdin closes.
+fn corrupt(output: &mut UnitOutput) {
+    match output {
+        UnitOutput::MlpGrad { loss_sum, .. } => *loss_sum += 1.0,
+        UnitOutput::GemmI8 { c_digest } => c_digest[0] ^= 1,
+    }
+}
+
+/// The worker process's main loop over stdin/stdout. Exits 0 when stdin closes, 1 after a
+/// sticky error (its context is poisoned), 101 on an injected crash.
 pub fn serve_stdio() -> ExitCode {
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
+    let mut worker = Worker::default();
     loop {
         match read_frame::<_, Request>(&mut input) {
             Ok(Some(req)) => {
-                if let Err(e) = write_frame(&mut output, &handle(&req)) {
+                let Some(reply) = worker.handle(&req) else {
+                    eprintln!("rigd worker: injected crash");
+                    return ExitCode::from(101);
+                };
+                let sticky = matches!(reply, Reply::Sticky { .. });
+                if let Err(e) = write_frame(&mut output, &reply) {
                     eprintln!("rigd worker: cannot answer: {e}");
+                    return ExitCode::from(1);
+                }
+                if sticky {
                     return ExitCode::from(1);
                 }
             }
@@ -137,7 +221,25 @@ pub fn serve_stdio() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rigd_protocol::JobId;
+    use rigd_protocol::{JobId, UnitKind};
+
+    fn request(m: u32, fault: Option<WorkerFault>) -> Request {
+        Request {
+            unit: WorkUnit {
+                job: JobId::new("j").unwrap_or_else(|_| unreachable!()),
+                unit: 1,
+                attempt: 0,
+                kind: UnitKind::GemmI8 {
+                    seed: 1,
+                    m,
+                    n: 4,
+                    k: 4,
+                },
+            },
+            device: Device::Sim { gflops: 0.0 },
+            fault,
+        }
+    }
 
     #[test]
     fn frames_round_trip_and_oversized_lengths_are_refused() {
@@ -153,7 +255,8 @@ mod tests {
                     k: 4,
                 },
             },
-            sim_gflops: None,
+            device: Device::Sim { gflops: 0.0 },
+            fault: None,
         };
         let mut buf = vec![];
         write_frame(&mut buf, &req).unwrap_or_else(|e| panic!("{e}"));
@@ -172,20 +275,35 @@ mod tests {
 
     #[test]
     fn an_invalid_unit_fails_without_killing_the_worker() {
-        let reply = handle(&Request {
-            unit: WorkUnit {
-                job: JobId::new("j").unwrap_or_else(|_| unreachable!()),
-                unit: 1,
-                attempt: 0,
-                kind: UnitKind::GemmI8 {
-                    seed: 1,
-                    m: 0,
-                    n: 4,
-                    k: 4,
-                },
-            },
-            sim_gflops: None,
-        });
-        assert!(matches!(reply, Reply::Failed { .. }));
+        let reply = Worker::default().handle(&request(0, None));
+        assert!(matches!(reply, Some(Reply::Failed { .. })));
+    }
+
+    #[test]
+    fn injected_faults_are_acted_out() {
+        let mut w = Worker::default();
+        let good = w.handle(&request(4, None));
+        let wrong = w.handle(&request(4, Some(WorkerFault::WrongResult)));
+        match (good, wrong) {
+            (Some(Reply::Done { output: a, .. }), Some(Reply::Done { output: b, .. })) => {
+                assert_ne!(a.digest(), b.digest())
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            w.handle(&request(4, Some(WorkerFault::StickyError))),
+            Some(Reply::Sticky { .. })
+        ));
+        assert!(w.handle(&request(4, Some(WorkerFault::Crash))).is_none());
+    }
+
+    #[test]
+    fn a_cuda_request_without_a_driver_is_a_sticky_error_not_a_panic() {
+        let mut req = request(4, None);
+        req.device = Device::Cuda;
+        assert!(matches!(
+            Worker::default().handle(&req),
+            Some(Reply::Sticky { .. })
+        ));
     }
 }

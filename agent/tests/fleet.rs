@@ -112,7 +112,7 @@ fn a_crashed_worker_is_restarted_and_its_unit_queued_again_not_lost_or_paid_twic
         broker.port,
         1,
         &dir.path().join("a"),
-        "sim_gflops = 0.004\n",
+        "sim_gflops = 0.004\nfailures_to_quarantine = 10\n",
     );
     for _ in 0..3 {
         let mut pids = vec![];

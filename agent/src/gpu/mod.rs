@@ -2,6 +2,7 @@
 //! events. The simulated backend ([`sim`]) models each card with two thermal nodes (die and
 //! heatsink) so telemetry moves as a real card's would under load, and takes injected faults.
 
+pub mod nvml;
 pub mod sim;
 pub mod sim_loop;
 
@@ -158,6 +159,17 @@ pub enum GpuError {
     /// The card does not let its fan be set (passively cooled, or no driver support).
     #[error("card {0} has no fan control; leave its fan alone")]
     NoFanControl(usize),
+    /// The driver refused a call.
+    #[error("card {index}: driver error: {reason}")]
+    Driver {
+        /// The card.
+        index: usize,
+        /// What the driver said.
+        reason: String,
+    },
+    /// Fault injection is for simulated cards only.
+    #[error("card {0} is not simulated; faults cannot be injected")]
+    NotSimulated(usize),
 }
 
 /// The cards of a rig.
@@ -175,4 +187,13 @@ pub trait Gpu: Send {
     fn set_fan(&mut self, index: usize, pct: Option<f32>) -> Result<(), GpuError>;
     /// Takes the Xid errors the card reported since the last call (79: fallen off the bus).
     fn take_xid_events(&mut self, index: usize) -> Result<Vec<u32>, GpuError>;
+    /// Injects a fault (simulated cards only).
+    fn inject(&mut self, index: usize, _fault: SimFault) -> Result<(), GpuError> {
+        Err(GpuError::NotSimulated(index))
+    }
+    /// Takes the fault the card's worker should act out on its next unit (simulated cards
+    /// only).
+    fn take_worker_fault(&mut self, _index: usize) -> Option<WorkerFault> {
+        None
+    }
 }

@@ -150,7 +150,7 @@ impl SimProfile {
 }
 
 /// What the worker of a card should do with its next unit (passed on by the supervisor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WorkerFault {
     /// Report a sticky compute error (the context is poisoned).
     StickyError,
@@ -522,6 +522,14 @@ impl Gpu for SimGpu {
 
     fn take_xid_events(&mut self, index: usize) -> Result<Vec<u32>, GpuError> {
         Ok(std::mem::take(&mut self.card(index)?.faults.xids))
+    }
+
+    fn inject(&mut self, index: usize, fault: SimFault) -> Result<(), GpuError> {
+        SimGpu::inject(self, index, fault)
+    }
+
+    fn take_worker_fault(&mut self, index: usize) -> Option<WorkerFault> {
+        SimGpu::take_worker_fault(self, index)
     }
 }
 
