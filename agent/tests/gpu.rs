@@ -1,0 +1,28 @@
+//! GPU backends as a rig owner meets them.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::{wait_until, Mosquitto, RigProcess};
+
+#[test]
+fn with_gpu_nvml_and_no_driver_rigd_says_so_and_keeps_running_with_no_cards() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rig = RigProcess::start(
+        "rig-nodriver",
+        broker.port,
+        1,
+        dir.path(),
+        "gpu = \"nvml\"\n",
+    );
+    wait_until("the missing driver logged", 20, || {
+        rig.log().contains("no NVIDIA driver")
+    });
+    wait_until("connected with no cards", 20, || {
+        rig.log().contains("rigd started") && rig.log().contains("cards=0")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(rig.alive(), "rigd stopped without a driver:\n{}", rig.log());
+    assert_eq!(rig.terminate(), Some(0), "{}", rig.log());
+}
