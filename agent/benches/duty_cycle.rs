@@ -7,83 +7,34 @@
 //! last finish; the rest is the gap between units (reply, journal, dispatch, request).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rigd_protocol::{JobId, Receipt};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Coordinator, Mosquitto, RigProcess};
+use rigd_protocol::Receipt;
 use std::collections::BTreeMap;
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const UNITS_PER_CARD: u64 = 10;
-const CARDS: u64 = 2;
+const CARDS: u32 = 2;
 const DIM: u32 = 64;
 
 fn main() {
-    let Some(mosquitto) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        println!("mosquitto is not installed");
-        return;
-    };
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.path().join("m.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-    )
-    .unwrap();
-    let mut broker = Command::new(mosquitto)
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    let units = UNITS_PER_CARD * CARDS;
-    let job = JobId::new("duty").unwrap();
-    let spec = rigd_coordinator::JobSpec::Gemm {
-        job: job.clone(),
-        units,
-        m: DIM,
-        n: DIM,
-        k: DIM,
-        seed: 3,
-    };
-    let db = dir.path().join("ledger.db");
-    let mut config = rigd_coordinator::CoordinatorConfig::new("127.0.0.1", port, db.clone(), spec);
-    config.verify_fraction = 0.0;
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    runtime.spawn(rigd_coordinator::run(config, stop.clone(), None));
-
-    let flops = 2.0 * f64::from(DIM).powi(3);
-    let gflops = flops / 1e9;
+    let units = UNITS_PER_CARD * u64::from(CARDS);
+    let _coordinator = Coordinator::gemm(broker.port, dir.path(), units, DIM, |c| {
+        c.verify_fraction = 0.0;
+    });
+    let gflops = 2.0 * f64::from(DIM).powi(3) / 1e9;
     let state = dir.path().join("rig");
-    std::fs::create_dir_all(&state).unwrap();
-    let rig_conf = state.join("rig.conf");
-    std::fs::write(
-        &rig_conf,
-        format!(
-            "rig_id = \"duty\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = {CARDS}\nsim_gflops = {gflops}\n",
-            state.display()
-        ),
-    )
-    .unwrap();
-    let mut rig = Command::new(env!("CARGO_BIN_EXE_rigd"))
-        .arg("--config")
-        .arg(&rig_conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let rig = RigProcess::start(
+        "duty",
+        broker.port,
+        CARDS,
+        &state,
+        &format!("sim_gflops = {gflops}\n"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60 + units * 2);
     let receipts = loop {
         let r = receipts(&state.join("journal.db"));
@@ -92,11 +43,7 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = rig.kill();
-    let _ = rig.wait();
-    stop.cancel();
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(rig);
 
     let mut per_card: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for r in &receipts {

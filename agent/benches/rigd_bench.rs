@@ -7,12 +7,15 @@
 //! - telemetry bytes per card sample, postcard frame beside JSON.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Mosquitto, RigProcess};
 use rigd::journal::{Completion, Journal};
 use rigd::keys;
 use rigd_protocol::{
     encode, CardState, GpuSample, GpuUuid, JobId, RigId, Telemetry, UnitKind, UnitOutput, WorkUnit,
 };
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn unit(n: u64) -> WorkUnit {
@@ -122,54 +125,17 @@ fn telemetry_sizes() -> (usize, usize) {
 }
 
 fn idle_rss_kib() -> Option<u64> {
-    let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.path().join("m.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-    )
-    .unwrap();
-    let mut broker = Command::new(mosquitto)
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rig_conf = dir.path().join("rig.conf");
-    std::fs::write(
-        &rig_conf,
-        format!(
-            "rig_id = \"bench\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = 8\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let mut rig = Command::new(env!("CARGO_BIN_EXE_rigd"))
-        .arg("--config")
-        .arg(&rig_conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(5));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", rig.id())).unwrap_or_default();
-    let rss = status
+    let rig = RigProcess::start("bench", broker.port, 8, dir.path(), "");
+    common::wait_until("rigd connected", 20, || rig.log().contains("rigd started"));
+    std::thread::sleep(Duration::from_secs(3));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", rig.pid())).unwrap_or_default();
+    status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok());
-    let _ = rig.kill();
-    let _ = rig.wait();
-    let _ = broker.kill();
-    let _ = broker.wait();
-    rss
+        .and_then(|v| v.parse().ok())
 }
 
 fn main() {
@@ -181,9 +147,11 @@ fn main() {
     let p256 = signatures_per_second("file:k2?curve=p256");
     println!("| figure | value | goal |");
     println!("|---|---|---|");
-    match rss {
-        Some(kib) => println!("| supervisor RSS, 8 sim cards, connected, idle | {:.1} MiB | <= 12 MiB |", kib as f64 / 1024.0),
-        None => println!("| supervisor RSS, 8 sim cards, connected, idle | (mosquitto not installed) | <= 12 MiB |"),
+    if let Some(kib) = rss {
+        println!(
+            "| supervisor RSS, 8 sim cards, connected, idle | {:.1} MiB | <= 12 MiB |",
+            kib as f64 / 1024.0
+        );
     }
     println!(
         "| agent overhead per unit, durable + signed, p50 | {} us | <= 200 us |",

@@ -39,6 +39,7 @@ struct Rig {
     sent: HashMap<u64, Instant>,
     stats: JournalStats,
     outbox_full: bool,
+    draining: bool,
     started_ms: u64,
 }
 
@@ -162,6 +163,7 @@ pub async fn run(
         sent: HashMap::new(),
         stats: JournalStats::default(),
         outbox_full: false,
+        draining: false,
         started_ms,
         config,
     };
@@ -180,7 +182,7 @@ pub async fn run(
         tokio::time::interval(Duration::from_millis(rig.config.resend_interval_ms / 2));
     let mut draining_since: Option<Instant> = None;
     loop {
-        let next_start = rig.dispatch(draining_since.is_some());
+        let next_start = rig.dispatch();
         if let Some(since) = draining_since {
             let busy = rig.slots.running();
             if busy == 0 || since.elapsed() > DRAIN_TIMEOUT {
@@ -197,6 +199,7 @@ pub async fn run(
             _ = shutdown.cancelled(), if draining_since.is_none() => {
                 tracing::info!("stopping: draining in-flight units");
                 draining_since = Some(Instant::now());
+                rig.draining = true;
                 rig.publish_status(RigState::Draining);
             }
             Some(ev) = link_events.recv() => rig.on_link(ev).await?,
@@ -330,6 +333,9 @@ impl Rig {
                 }
             }
         }
+        // Cards go back to work before the journal commit, so that the fsync and the
+        // signature never stand between two units of a card.
+        self.dispatch();
         if !done.is_empty() {
             let key = self.key.clone();
             let max = self.config.batch_max_receipts;
@@ -347,8 +353,8 @@ impl Rig {
 
     /// Hands queued units to cards that may start one, unless draining or the outbox is
     /// full. Returns when a duty-cycled card may start next, if one waits.
-    fn dispatch(&mut self, draining: bool) -> Option<Instant> {
-        if draining {
+    fn dispatch(&mut self) -> Option<Instant> {
+        if self.draining {
             return None;
         }
         let unacked = self.stats.unacked_receipts;
