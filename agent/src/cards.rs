@@ -14,11 +14,10 @@ use rigd_kernels::unit::work as unit_work;
 use rigd_protocol::{GpuUuid, WorkUnit};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How to start a worker process.
@@ -98,8 +97,9 @@ pub struct CardSettings {
 pub struct CardHandle {
     /// Units for the card, one at a time.
     pub jobs: mpsc::Sender<Job>,
-    /// Wakes the task to abort its running unit.
-    pub abort: Arc<Notify>,
+    /// Asks the task to abort its running unit (a request left over from a unit that has
+    /// since finished is dropped when the next unit starts).
+    pub abort: mpsc::Sender<()>,
 }
 
 struct Worker {
@@ -176,13 +176,14 @@ enum Outcome {
 pub async fn run_card(
     s: CardSettings,
     mut jobs: mpsc::Receiver<Job>,
-    abort: Arc<Notify>,
+    mut abort: mpsc::Receiver<()>,
     events: mpsc::Sender<CardEvent>,
     stop: CancellationToken,
 ) {
     let mut worker: Option<Worker> = None;
     let mut failures: u32 = 0;
     while let Some(job) = jobs.recv().await {
+        while abort.try_recv().is_ok() {}
         let mut w = match worker.take() {
             Some(w) => w,
             None => match Worker::spawn(&s) {
@@ -222,7 +223,7 @@ pub async fn run_card(
                 Ok(reply) => Outcome::Reply(reply),
                 Err(_) => Outcome::Silent,
             },
-            _ = abort.notified() => Outcome::Aborted,
+            Some(()) = abort.recv() => Outcome::Aborted,
         };
         let unit = job.unit;
         let event = match outcome {

@@ -23,7 +23,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How long a drain on shutdown waits for in-flight units.
@@ -110,7 +110,7 @@ pub async fn run(
         .into_iter()
         .map(|info| {
             let (jobs, rx) = mpsc::channel(1);
-            let abort = Arc::new(Notify::new());
+            let (abort, abort_rx) = mpsc::channel(1);
             let settings = CardSettings {
                 index: info.index as usize,
                 uuid: info.uuid.clone(),
@@ -121,7 +121,7 @@ pub async fn run(
             tasks.push(tokio::spawn(run_card(
                 settings,
                 rx,
-                abort.clone(),
+                abort_rx,
                 events_tx.clone(),
                 stop_cards.clone(),
             )));

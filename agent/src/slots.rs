@@ -174,7 +174,7 @@ impl Slots {
 
     fn abort(&mut self, i: usize) {
         if self.slots[i].unit.is_some() {
-            self.slots[i].handle.abort.notify_one();
+            let _ = self.slots[i].handle.abort.try_send(());
         }
     }
 

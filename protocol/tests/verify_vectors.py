@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Recomputes protocol/tests/vectors.json with implementations rigd did not write.
+
+From the raw receipt fields alone:
+  - every leaf (hashStruct(Receipt)), the domain separator, hashStruct(ReceiptBatch) and the
+    signing digest with eth-account's EIP-712 encoder (the type strings come from eth-account
+    too, from the field lists below, which restate protocol/src/receipt.rs);
+  - the Merkle root and every inclusion proof with the sorted-pair Keccak tree below
+    (OpenZeppelin's commutative hashing, an odd node carried up);
+  - the secp256k1 signer with eth-account's recovery (v must be 27/28, s low), and the
+    signature itself with eth-account's RFC 6979 signer and the test key;
+  - the P-256 signature with cryptography (OpenSSL) over the 32-byte digest as a prehash,
+    and the signature itself with OpenSSL's RFC 6979 signer and the test key (s made low);
+  - the SHA-256 unit input and output digests from the layouts in protocol/src/units.rs.
+
+Usage: verify_vectors.py [vectors.json]. Exits 1 naming every mismatch.
+"""
+
+import hashlib
+import json
+import struct
+import sys
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from eth_account import Account
+from eth_account.messages import _hash_eip191_message, encode_typed_data
+from eth_utils import keccak
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+DOMAIN = {"name": "rigd", "version": "1", "chainId": 1}
+TYPES = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+    ],
+    "Receipt": [
+        {"name": "rig", "type": "string"},
+        {"name": "seq", "type": "uint64"},
+        {"name": "card", "type": "string"},
+        {"name": "job", "type": "string"},
+        {"name": "unit", "type": "uint64"},
+        {"name": "attempt", "type": "uint32"},
+        {"name": "work", "type": "uint64"},
+        {"name": "inputDigest", "type": "bytes32"},
+        {"name": "outputDigest", "type": "bytes32"},
+        {"name": "startedMs", "type": "uint64"},
+        {"name": "finishedMs", "type": "uint64"},
+        {"name": "governorLevel", "type": "uint8"},
+    ],
+    "ReceiptBatch": [
+        {"name": "rig", "type": "string"},
+        {"name": "firstSeq", "type": "uint64"},
+        {"name": "count", "type": "uint32"},
+        {"name": "root", "type": "bytes32"},
+    ],
+}
+UINT_BITS = {"uint8": 8, "uint32": 32, "uint64": 64, "uint256": 256}
+
+errors: list[str] = []
+
+
+def check(what: str, recomputed, recorded) -> None:
+    if recomputed != recorded:
+        errors.append(f"{what}: vectors.json has {recorded!r}, recomputed {recomputed!r}")
+
+
+def require(what: str, ok: bool) -> None:
+    if not ok:
+        errors.append(f"{what}: no")
+
+
+def unhex(s: str) -> bytes:
+    if not s.startswith("0x"):
+        raise ValueError(f"{s!r} is not 0x-prefixed hex")
+    return bytes.fromhex(s[2:])
+
+
+def hx(b: bytes) -> str:
+    return "0x" + bytes(b).hex()
+
+
+def typed(primary: str, raw: dict):
+    """eth-account's SignableMessage (header = domain separator, body = hashStruct)."""
+    message = {}
+    for field in TYPES[primary]:
+        value = raw[field["name"]]
+        if field["type"] == "bytes32":
+            value = unhex(value)
+            if len(value) != 32:
+                raise ValueError(f"{field['name']} is {len(value)} bytes, not 32")
+        elif field["type"] in UINT_BITS:
+            if not isinstance(value, int) or not 0 <= value < 2 ** UINT_BITS[field["type"]]:
+                raise ValueError(f"{field['name']} = {value!r} is not a {field['type']}")
+        message[field["name"]] = value
+    types = {"EIP712Domain": TYPES["EIP712Domain"], primary: TYPES[primary]}
+    return encode_typed_data(
+        full_message={"types": types, "primaryType": primary, "domain": DOMAIN, "message": message}
+    )
+
+
+def node(a: bytes, b: bytes) -> bytes:
+    return keccak(a + b) if a <= b else keccak(b + a)
+
+
+def merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        lv = levels[-1]
+        levels.append([node(lv[i], lv[i + 1]) if i + 1 < len(lv) else lv[i] for i in range(0, len(lv), 2)])
+    return levels
+
+
+def merkle_proof(levels: list[list[bytes]], index: int) -> list[bytes]:
+    proof = []
+    for lv in levels[:-1]:
+        if index ^ 1 < len(lv):
+            proof.append(lv[index ^ 1])
+        index //= 2
+    return proof
+
+
+def f32(bits: str) -> bytes:
+    return struct.pack("<I", int(bits, 16))
+
+
+def check_types(v: dict) -> None:
+    # eth-account's own rendering of the type strings from the field lists above.
+    from eth_account._utils.encode_typed_data.encoding_and_hashing import encode_type
+
+    for name in ("Receipt", "ReceiptBatch"):
+        rendered = encode_type(name, TYPES)
+        check(f"{name} type string", rendered, v["types"][name]["typeString"])
+        check(f"{name} type hash", hx(keccak(text=rendered)), v["types"][name]["typeHash"])
+    rendered = encode_type("EIP712Domain", TYPES)
+    check("EIP712Domain type string", rendered, v["domain"]["typeString"])
+    check("EIP712Domain type hash", hx(keccak(text=rendered)), v["domain"]["typeHash"])
+    check("domain", DOMAIN, {k: v["domain"][k] for k in DOMAIN})
+    separator = typed("ReceiptBatch", {"rig": "", "firstSeq": 0, "count": 0, "root": "0x" + "00" * 32}).header
+    check("domain separator", hx(separator), v["domain"]["separator"])
+
+
+def check_keys(v: dict) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    k = v["keys"]
+    address = Account.from_key(unhex(k["secp256k1"]["privateKey"])).address.lower()
+    check("secp256k1 test key address", address, k["secp256k1"]["address"])
+    p_priv = ec.derive_private_key(int(k["p256"]["privateKey"], 16), ec.SECP256R1())
+    p_pub = p_priv.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    check("P-256 test public key", hx(p_pub), k["p256"]["publicKey"])
+    return address, p_priv
+
+
+def check_batch(b: dict, keys: dict, address: str, p_priv: ec.EllipticCurvePrivateKey) -> None:
+    name = f"batch {b['name']!r}"
+    receipts = b["receipts"]
+    leaves = []
+    for i, r in enumerate(receipts):
+        signable = typed("Receipt", r)
+        check(f"{name} receipt {i} domain separator", hx(signable.header), b["domainSeparator"])
+        leaves.append(bytes(signable.body))
+        check(f"{name} receipt {i} leaf", hx(signable.body), r["leaf"])
+        check(f"{name} receipt {i} seq", receipts[0]["seq"] + i, r["seq"])
+        check(f"{name} receipt {i} rig", b["header"]["rig"], r["rig"])
+    levels = merkle_levels(leaves)
+    root = levels[-1][0]
+    check(f"{name} root", hx(root), b["root"])
+    check(f"{name} header root", hx(root), b["header"]["root"])
+    check(f"{name} header firstSeq", receipts[0]["seq"], b["header"]["firstSeq"])
+    check(f"{name} header count", len(receipts), b["header"]["count"])
+    for i, r in enumerate(receipts):
+        proof = merkle_proof(levels, i)
+        check(f"{name} receipt {i} proof", [hx(p) for p in proof], r["proof"])
+        acc = unhex(r["leaf"])
+        for sibling in r["proof"]:
+            acc = node(acc, unhex(sibling))
+        check(f"{name} receipt {i} proof folds into the root", hx(acc), b["root"])
+
+    signable = typed("ReceiptBatch", b["header"])
+    check(f"{name} domain separator", hx(signable.header), b["domainSeparator"])
+    check(f"{name} batch struct hash", hx(signable.body), b["batchStructHash"])
+    digest = bytes(_hash_eip191_message(signable))
+    check(f"{name} signing digest", hx(digest), b["signingDigest"])
+
+    sig = unhex(b["secp256k1"]["signature"])
+    check(f"{name} secp256k1 signature length", 65, len(sig))
+    require(f"{name} secp256k1 v is 27 or 28", sig[64:] in (b"\x1b", b"\x1c"))
+    require(f"{name} secp256k1 s is low", int.from_bytes(sig[32:64], "big") <= SECP256K1_N // 2)
+    check(f"{name} secp256k1 address", address, b["secp256k1"]["address"])
+    try:
+        recovered = Account.recover_message(signable, signature=sig).lower()
+    except Exception as e:  # noqa: BLE001 - any failure is a mismatch to report
+        recovered = f"<recovery failed: {e}>"
+    check(f"{name} secp256k1 signer recovered from the signature", recovered, b["secp256k1"]["address"])
+    ours = Account.unsafe_sign_hash(digest, unhex(keys["secp256k1"]["privateKey"])).signature
+    check(f"{name} secp256k1 signature (eth-account's RFC 6979 signature)", hx(ours), hx(sig))
+
+    psig = unhex(b["p256"]["signature"])
+    check(f"{name} P-256 signature length", 64, len(psig))
+    p_pub = p_priv.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    check(f"{name} P-256 public key", hx(p_pub), b["p256"]["publicKey"])
+    r_int, s_int = int.from_bytes(psig[:32], "big"), int.from_bytes(psig[32:], "big")
+    require(f"{name} P-256 s is low", s_int <= P256_N // 2)
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), unhex(b["p256"]["publicKey"]))
+    try:
+        key.verify(
+            utils.encode_dss_signature(r_int, s_int), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+        )
+        ok = True
+    except InvalidSignature:
+        ok = False
+    require(f"{name} P-256 signature verifies over the signing digest", ok)
+    # OpenSSL's RFC 6979 signature with the test key, s then made low, is the same signature.
+    der = p_priv.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True))
+    r2, s2 = utils.decode_dss_signature(der)
+    ours = r2.to_bytes(32, "big") + min(s2, P256_N - s2).to_bytes(32, "big")
+    check(f"{name} P-256 signature (OpenSSL's RFC 6979 signature, low-s)", hx(ours), hx(psig))
+
+
+def check_unit(u: dict) -> None:
+    i, o, kind = u["input"], u["output"], u["kind"]
+    if kind == "mlp-grad":
+        buf = b"rigd/mlp-grad/in/v1" + struct.pack("<3I", *i["shape"])
+        buf += struct.pack("<Q", len(i["paramsBits"])) + b"".join(f32(p) for p in i["paramsBits"])
+        buf += struct.pack("<QI", i["dataSeed"], i["dataClasses"]) + f32(i["dataSpreadBits"])
+        buf += struct.pack("<QI", i["start"], i["count"])
+        check("mlp-grad input digest", hx(hashlib.sha256(buf).digest()), u["inputDigest"])
+        buf = b"rigd/mlp-grad/out/v1" + f32(o["lossSumBits"]) + struct.pack("<I", o["samples"])
+        buf += struct.pack("<Q", len(o["gradSumBits"])) + b"".join(f32(g) for g in o["gradSumBits"])
+        check("mlp-grad output digest", hx(hashlib.sha256(buf).digest()), u["outputDigest"])
+    elif kind == "gemm-i8":
+        buf = b"rigd/gemm-i8/in/v1" + struct.pack("<Q3I", i["seed"], i["m"], i["n"], i["k"])
+        check("gemm-i8 input digest", hx(hashlib.sha256(buf).digest()), u["inputDigest"])
+        check("gemm-i8 C entries (m * n)", i["m"] * i["n"], len(o["c"]))
+        c = b"rigd/gemm-i8/c/v1" + struct.pack(f"<{len(o['c'])}i", *o["c"])
+        check("gemm-i8 C digest", hx(hashlib.sha256(c).digest()), o["cDigest"])
+        buf = b"rigd/gemm-i8/out/v1" + unhex(o["cDigest"])
+        check("gemm-i8 output digest", hx(hashlib.sha256(buf).digest()), u["outputDigest"])
+    else:
+        errors.append(f"unknown unit kind {kind!r}")
+
+
+def main() -> int:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("vectors.json"))
+    v = json.loads(path.read_text())
+    try:
+        check_types(v)
+        address, p_priv = check_keys(v)
+        for b in v["batches"]:
+            check_batch(b, v["keys"], address, p_priv)
+        for u in v["units"]:
+            check_unit(u)
+        kinds = sorted({u["kind"] for u in v["units"]})
+        if kinds != ["gemm-i8", "mlp-grad"]:
+            errors.append(f"unit examples cover {kinds}, expected gemm-i8 and mlp-grad")
+    except (KeyError, ValueError, TypeError, struct.error) as e:
+        errors.append(f"malformed vectors: {type(e).__name__}: {e}")
+    if errors:
+        print(f"verify_vectors: {path}: {len(errors)} mismatch(es):", file=sys.stderr)
+        for e in errors:
+            print(f"  {e}", file=sys.stderr)
+        return 1
+    n = len(v["batches"])
+    leaves = sum(len(b["receipts"]) for b in v["batches"])
+    print(
+        f"{n} vectors ({leaves} receipts, {len(v['units'])} unit kinds): leaves, roots, proofs, "
+        "digests, secp256k1 recovery, P-256 verification all match"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
