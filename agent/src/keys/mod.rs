@@ -1,0 +1,150 @@
+//! Receipt signing keys behind the [`KeyStore`] trait, chosen by URI.
+//!
+//! Each backend lives in its own module; the private key never crosses the trait (a key
+//! handle is opaque). The development backend ([`file`]) keeps a secp256k1 or P-256 secret in
+//! a file under the state directory; it is refused unless `allow_software_key = true`, and it
+//! logs loudly that the key is not hardware-held. Every backend passes the same conformance
+//! checks (`conformance.rs`, tests only).
+
+pub mod file;
+
+use rigd_protocol::digest::Hash32;
+use rigd_protocol::{PublicKey, Signature};
+use std::path::{Path, PathBuf};
+
+/// Why a key store could not be opened or could not sign.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The URI names no known backend or is malformed.
+    #[error("key URI {uri:?}: {reason}")]
+    Uri {
+        /// The URI.
+        uri: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A software key without `allow_software_key = true`.
+    #[error("key {uri:?} is a software key; set allow_software_key = true in rig.conf to use it (development only)")]
+    SoftwareRefused {
+        /// The URI.
+        uri: String,
+    },
+    /// Reading or writing the key file failed.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The key file holds no valid key.
+    #[error("key file {path} holds no valid {curve} key")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The curve expected.
+        curve: &'static str,
+    },
+    /// The signer failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// A key that signs 32-byte digests and never shows its private part.
+pub trait KeyStore: Send + Sync {
+    /// The public key receipts are checked against.
+    fn public_key(&self) -> PublicKey;
+    /// Signs a prehashed digest (low-s, for secp256k1 with the recovery byte).
+    fn sign_digest(&self, digest: &Hash32) -> Result<Signature, KeyError>;
+    /// Where the key lives, for status and logs.
+    fn describe(&self) -> String;
+}
+
+/// Opens the key named by `uri`; relative `file:` paths are under `state_dir`.
+pub fn open(
+    uri: &str,
+    state_dir: &Path,
+    allow_software: bool,
+) -> Result<Box<dyn KeyStore>, KeyError> {
+    let bad = |reason: &str| KeyError::Uri {
+        uri: uri.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (scheme, rest) = uri
+        .split_once(':')
+        .ok_or_else(|| bad("no scheme (expected file:...)"))?;
+    match scheme {
+        "file" => {
+            if !allow_software {
+                return Err(KeyError::SoftwareRefused {
+                    uri: uri.to_owned(),
+                });
+            }
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let curve = match query {
+                "" | "curve=secp256k1" => file::Curve::Secp256k1,
+                "curve=p256" => file::Curve::P256,
+                _ => return Err(bad("query must be curve=secp256k1 or curve=p256")),
+            };
+            let path = match path.strip_prefix("//") {
+                Some(abs) if abs.starts_with('/') => PathBuf::from(abs),
+                Some(_) => return Err(bad("file:// must be followed by an absolute path")),
+                None if path.is_empty() => return Err(bad("no file name")),
+                None => state_dir.join(path),
+            };
+            let key = file::FileKey::open_or_create(&path, curve)?;
+            tracing::warn!(
+                key = %key.describe(),
+                "receipts are signed with a SOFTWARE key that is NOT hardware-held: development only"
+            );
+            Ok(Box::new(key))
+        }
+        "tpm" | "yubihsm" | "pkcs11" => {
+            Err(bad("this hardware backend is not built into this rigd"))
+        }
+        _ => Err(bad("unknown scheme")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_key_is_created_once_and_signs_verifiably() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for uri in ["file:k1", "file:k2?curve=p256"] {
+            conformance::check(&|| open(uri, dir.path(), true));
+        }
+    }
+
+    #[test]
+    fn a_software_key_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            open("file:k", dir.path(), false),
+            Err(KeyError::SoftwareRefused { .. })
+        ));
+        assert!(matches!(
+            open("nope:k", dir.path(), true),
+            Err(KeyError::Uri { .. })
+        ));
+        assert!(matches!(
+            open("file:k?curve=x", dir.path(), true),
+            Err(KeyError::Uri { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_key_file_is_an_error_not_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("k"), b"short").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            open("file:k", dir.path(), true),
+            Err(KeyError::Corrupt { .. })
+        ));
+    }
+}
