@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs the Debian packages the tests need when they are missing
-# (mosquitto: the integration tests start their own broker on a free loopback port), then
+# The whole test suite. Installs the Debian packages the build and the tests need when they
+# are missing (the tests start their own broker, TPM and token on loopback), then
 # checks formatting and lints, checks the committed PTX against its CUDA sources (NVRTC and
 # ptxas from pinned PyPI wheels, no GPU needed), checks the receipt test vectors with
 # implementations we did not write (eth-account, cryptography), builds every binary and runs
@@ -8,8 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# mosquitto: the broker the integration tests start; libtss2-dev, pkg-config: building the
+# TPM backend; swtpm, swtpm-tools: the TPM its tests start; softhsm2: the PKCS#11 token its
+# tests use.
 need=()
-[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
