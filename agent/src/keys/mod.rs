@@ -7,6 +7,9 @@
 //! checks (`conformance.rs`, tests only).
 
 pub mod file;
+pub mod pkcs11;
+pub mod tpm;
+pub mod yubihsm;
 
 use rigd_protocol::digest::Hash32;
 use rigd_protocol::{PublicKey, Signature};
@@ -99,9 +102,9 @@ pub fn open(
             );
             Ok(Box::new(key))
         }
-        "tpm" | "yubihsm" | "pkcs11" => {
-            Err(bad("this hardware backend is not built into this rigd"))
-        }
+        "tpm" => tpm::open(uri, rest).map(|k| Box::new(k) as Box<dyn KeyStore>),
+        "yubihsm" => yubihsm::YubiHsmKey::open(uri).map(|k| Box::new(k) as Box<dyn KeyStore>),
+        "pkcs11" => Ok(Box::new(pkcs11::open(uri)?)),
         _ => Err(bad("unknown scheme")),
     }
 }
