@@ -22,6 +22,19 @@ enum Cmd {
     /// Runs one card's worker over stdin/stdout (started by rigd itself).
     #[command(hide = true)]
     Worker,
+    /// The receipt key named in rig.conf.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Creates the key in its key store if it does not exist yet, then shows it.
+    Init,
+    /// Shows the public key (and Ethereum address for secp256k1) and where the key lives.
+    Show,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +58,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Cmd::Keys { action }) = &args.command {
+        return keys(&config, action);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -88,4 +104,26 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `rigd keys init|show`. Opening a key creates it where the backend creates keys on first
+/// use (TPM, PKCS#11 token, YubiHSM2, file), so `init` and `show` differ only in wording.
+fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
+    let key = match rigd::keys::open(&config.key, &config.state_dir, config.allow_software_key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("rigd: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let public = key.public_key();
+    if matches!(action, KeysAction::Init) {
+        println!("key ready");
+    }
+    println!("key:        {}", key.describe());
+    println!("public key: {public}");
+    if let Some(address) = public.eth_address() {
+        println!("address:    0x{}", hex::encode(address));
+    }
+    ExitCode::SUCCESS
 }

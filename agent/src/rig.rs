@@ -99,6 +99,16 @@ pub async fn run(
         &config.state_dir,
         config.allow_software_key,
     )?);
+    match keys::check_identity(&config.state_dir, &key.public_key())? {
+        keys::Identity::New => {
+            tracing::info!(key = %key.public_key(), "this key is now the rig's identity")
+        }
+        keys::Identity::Same => {}
+        keys::Identity::Changed { previous } => tracing::error!(
+            key = %key.public_key(), %previous,
+            "the rig's identity changed: its key store holds another key than before (replaced or cleared); the fleet must learn the new key before it credits these receipts"
+        ),
+    }
     let journal = Journal::open(&config.state_dir.join("journal.db"), config.rig_id.clone())?;
     let queue: VecDeque<WorkUnit> = journal.queued_units()?.into();
     let (gpu, device) = open_gpu(&config);

@@ -109,6 +109,44 @@ pub fn open(
     }
 }
 
+/// How the key compares with the identity this rig had before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// First start: the key is now the rig's identity.
+    New,
+    /// The same key as before.
+    Same,
+    /// Another key than before: the key store was replaced or cleared (a new TPM, a reset
+    /// HSM). Receipts signed from now on verify only against the new key, so the fleet must
+    /// learn it (re-provisioning).
+    Changed {
+        /// The key the rig had, as text.
+        previous: String,
+    },
+}
+
+/// Compares `key` with the identity recorded in `state_dir/rig-identity` and records it.
+pub fn check_identity(state_dir: &Path, key: &PublicKey) -> Result<Identity, KeyError> {
+    let path = state_dir.join("rig-identity");
+    let now = key.to_string();
+    let io = |source| KeyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let verdict = match std::fs::read_to_string(&path) {
+        Ok(previous) if previous.trim() == now => return Ok(Identity::Same),
+        Ok(previous) => Identity::Changed {
+            previous: previous.trim().to_owned(),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identity::New,
+        Err(e) => return Err(io(e)),
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{now}\n")).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(verdict)
+}
+
 #[cfg(test)]
 pub(crate) mod conformance;
 
@@ -122,6 +160,23 @@ mod tests {
         for uri in ["file:k1", "file:k2?curve=p256"] {
             conformance::check(&|| open(uri, dir.path(), true));
         }
+    }
+
+    #[test]
+    fn a_replaced_key_store_is_reported_as_a_changed_identity() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = PublicKey::P256(vec![2; 33]);
+        let b = PublicKey::P256(vec![3; 33]);
+        let check = |k: &PublicKey| check_identity(dir.path(), k).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check(&a), Identity::New);
+        assert_eq!(check(&a), Identity::Same);
+        assert_eq!(
+            check(&b),
+            Identity::Changed {
+                previous: a.to_string()
+            }
+        );
+        assert_eq!(check(&b), Identity::Same);
     }
 
     #[test]
