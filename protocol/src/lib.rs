@@ -7,6 +7,7 @@
 //! - [`messages`]: the messages carried on each topic.
 //! - [`receipt`]: the work receipt, its EIP-712 digest and the Merkle batch it is signed in.
 //! - [`crypto`]: public keys, signatures and their verification (secp256k1, P-256).
+//! - [`verify`]: checking one receipt with its proof, batch header, signature and key.
 
 pub mod crypto;
 pub mod digest;
@@ -17,6 +18,7 @@ pub mod messages;
 pub mod receipt;
 pub mod topics;
 pub mod units;
+pub mod verify;
 
 pub use crypto::{PublicKey, Signature, VerifyError};
 pub use frame::{decode, encode, Frame, FrameError, MAX_FRAME_BYTES, WIRE_VERSION};

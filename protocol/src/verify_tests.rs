@@ -1,0 +1,108 @@
+use super::*;
+use crate::ids::{GpuUuid, JobId, RigId};
+use k256::ecdsa::SigningKey;
+use proptest::prelude::*;
+
+fn key() -> (SigningKey, PublicKey) {
+    let sk = SigningKey::from_slice(&[5u8; 32]).unwrap_or_else(|_| unreachable!());
+    let pk = PublicKey::Secp256k1(
+        sk.verifying_key()
+            .to_encoded_point(true)
+            .as_bytes()
+            .to_vec(),
+    );
+    (sk, pk)
+}
+
+fn sign(sk: &SigningKey, digest: &Hash32) -> Signature {
+    let (sig, recid) = sk
+        .sign_prehash_recoverable(digest)
+        .unwrap_or_else(|_| unreachable!());
+    let mut bytes = sig.to_bytes().to_vec();
+    bytes.push(27 + recid.to_byte());
+    Signature(bytes)
+}
+
+fn receipts(rig: &RigId, first: u64, works: &[u64]) -> Vec<Receipt> {
+    works
+        .iter()
+        .enumerate()
+        .map(|(i, work)| Receipt {
+            rig: rig.clone(),
+            seq: first + i as u64,
+            card: GpuUuid::new(format!("GPU-{}", i % 3)).unwrap_or_else(|_| unreachable!()),
+            job: JobId::new("job").unwrap_or_else(|_| unreachable!()),
+            unit: i as u64,
+            attempt: 0,
+            work: *work,
+            input_digest: [i as u8; 32],
+            output_digest: [(i as u8) ^ 0xff; 32],
+            started_ms: 10,
+            finished_ms: 20,
+            governor_level: (i % 6) as u8,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn every_receipt_of_a_random_batch_verifies_and_every_tampering_is_refused(
+        first in 1u64..1_000_000,
+        works in proptest::collection::vec(any::<u64>(), 1..20),
+        pick in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let rig = RigId::new("rig-p").unwrap_or_else(|_| unreachable!());
+        let batch = receipts(&rig, first, &works);
+        let header = BatchHeader::over(&rig, &batch).unwrap_or_else(|e| panic!("{e}"));
+        let (sk, pk) = key();
+        let sig = sign(&sk, &header.signing_digest());
+        let leaves: Vec<Hash32> = batch.iter().map(Receipt::struct_hash).collect();
+        let i = pick.index(batch.len());
+        let proof = merkle::proof(&leaves, i).unwrap_or_default();
+        let r = &batch[i];
+        prop_assert!(verify_receipt(r, &proof, &header, &sig, &pk).is_ok());
+
+        let mut tampered = r.clone();
+        tampered.work = tampered.work.wrapping_add(1);
+        prop_assert_eq!(verify_receipt(&tampered, &proof, &header, &sig, &pk), Err(ReceiptError::NotIncluded));
+
+        if !proof.is_empty() {
+            let mut bad_proof = proof.clone();
+            let j = flip.index(bad_proof.len());
+            bad_proof[j][0] ^= 1;
+            prop_assert_eq!(verify_receipt(r, &bad_proof, &header, &sig, &pk), Err(ReceiptError::NotIncluded));
+        }
+
+        let mut bad_header = header.clone();
+        bad_header.count += 1;
+        let header_refused = matches!(verify_receipt(r, &proof, &bad_header, &sig, &pk), Err(ReceiptError::Signature(_)));
+        prop_assert!(header_refused, "a changed header is refused");
+        let mut bad_root = header.clone();
+        bad_root.root[31] ^= 1;
+        prop_assert_eq!(verify_receipt(r, &proof, &bad_root, &sig, &pk), Err(ReceiptError::NotIncluded));
+
+        let mut bad_sig = sig.clone();
+        bad_sig.0[10] ^= 1;
+        let sig_refused = matches!(verify_receipt(r, &proof, &header, &bad_sig, &pk), Err(ReceiptError::Signature(_)));
+        prop_assert!(sig_refused, "a changed signature is refused");
+
+        let other = SigningKey::from_slice(&[6u8; 32]).unwrap_or_else(|_| unreachable!());
+        let other_pk = PublicKey::Secp256k1(other.verifying_key().to_encoded_point(true).as_bytes().to_vec());
+        prop_assert_eq!(
+            verify_receipt(r, &proof, &header, &sig, &other_pk),
+            Err(ReceiptError::Signature(VerifyError::Mismatch))
+        );
+
+        let mut moved = r.clone();
+        moved.seq = header.first_seq + u64::from(header.count);
+        let outside = matches!(verify_receipt(&moved, &proof, &header, &sig, &pk), Err(ReceiptError::OutsideBatch { .. }));
+        prop_assert!(outside, "a receipt outside the batch is refused");
+        let mut foreign = r.clone();
+        foreign.rig = RigId::new("rig-q").unwrap_or_else(|_| unreachable!());
+        let foreign_refused = matches!(verify_receipt(&foreign, &proof, &header, &sig, &pk), Err(ReceiptError::WrongRig { .. }));
+        prop_assert!(foreign_refused, "a receipt of another rig is refused");
+    }
+}
