@@ -1,19 +1,36 @@
 //! SIGKILL a real rigd at random moments while it works; nothing is lost or paid twice.
-//! `RIGD_KILL_ROUNDS` sets the number of kills (default 50).
+//! `RIGD_KILL_ROUNDS` sets the number of kills (default 50; 20 with the TPM key).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
+use common::swtpm::Swtpm;
 use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
-#[test]
-fn sigkill_at_random_moments_loses_and_duplicates_no_receipt() {
-    let rounds: u64 = std::env::var("RIGD_KILL_ROUNDS")
+fn rounds(default: u64) -> u64 {
+    std::env::var("RIGD_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(default)
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_and_duplicates_no_receipt() {
+    kill_run(rounds(50), "");
+}
+
+/// The same with receipts signed in a TPM (swtpm): a kill can land between journaling,
+/// signing in the TPM and publishing.
+#[test]
+fn sigkill_while_a_tpm_signs_the_batches_loses_and_duplicates_no_receipt() {
+    let state = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(state.path());
+    kill_run(rounds(20), &format!("key = \"tpm:{}\"\n", tpm.rest()));
+}
+
+fn kill_run(rounds: u64, key_conf: &str) {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let units = rounds * 4 + 40;
@@ -26,7 +43,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_no_receipt() {
         broker.port,
         2,
         &dir.path().join("k"),
-        "sim_gflops = 0.01\n",
+        &format!("sim_gflops = 0.01\n{key_conf}"),
     );
     wait_until("first receipt", 30, || rig.journal().0 > 0);
     let mut rng = rand::thread_rng();
