@@ -50,6 +50,12 @@ pub enum Command {
         /// Only this rig.
         rig: Option<RigId>,
     },
+    /// Signed work receipts.
+    Receipts {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: ReceiptsCommand,
+    },
     /// Runs a broker, a coordinator and simulated rigs in this process and trains a small MLP
     /// across them until the held-out loss reaches the target (default 0.15) or the step
     /// budget runs out. Ignores --broker.
@@ -57,6 +63,22 @@ pub enum Command {
     /// Runs one card's worker over stdin/stdout (started by the devnet's rigs).
     #[command(hide = true)]
     Worker,
+}
+
+/// `rigctl receipts ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReceiptsCommand {
+    /// Checks every receipt of a saved batch (the payload of a `rig/{rig}/receipts` message):
+    /// inclusion proof, batch header digest and signature under the rig's key. Exits 1 when
+    /// any receipt fails.
+    Verify {
+        /// The saved frame.
+        file: PathBuf,
+        /// The rig's key (`secp256k1:HEX` or `p256:HEX`, as `rigd keys show` prints it);
+        /// without it, the key in the rig's retained status on the broker.
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 /// `rigctl devnet` options.

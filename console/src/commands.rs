@@ -1,9 +1,10 @@
-//! The subcommands that read the fleet's retained messages: `status`, `gpus`, `earnings`.
+//! The subcommands that read the fleet's retained messages (`status`, `gpus`, `earnings`)
+//! and check saved receipts (`receipts verify`).
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ReceiptsCommand};
 use crate::collect::{collect, now_ms, Collect, CollectError};
 use crate::devnet::{self, DevnetError};
-use crate::{report, table};
+use crate::{receipts, report, table};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::RigId;
 use serde::Serialize;
@@ -29,6 +30,20 @@ pub enum Error {
     /// The devnet failed.
     #[error(transparent)]
     Devnet(#[from] DevnetError),
+    /// The batch file could not be read or decoded.
+    #[error("{path}: {reason}")]
+    BatchFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// `--key` is not `secp256k1:HEX` or `p256:HEX`.
+    #[error("--key must be secp256k1:HEX or p256:HEX")]
+    BadKey,
+    /// At least one receipt did not verify (the report says which and why).
+    #[error("some receipts do not verify")]
+    Unverified,
     /// The hidden `worker` subcommand runs before the runtime starts; it cannot get here.
     #[error("the worker subcommand is run by the devnet's rigs, not through run()")]
     Worker,
@@ -79,6 +94,33 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             let view = collect(&opts, &[filter]).await?;
             let r = report::earnings(&view);
             emit(cli.json, &r, || table::earnings(&r))?;
+        }
+        Command::Receipts {
+            action: ReceiptsCommand::Verify { file, key },
+        } => {
+            let bad_file = |reason: String| Error::BatchFile {
+                path: file.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(&file).map_err(|e| bad_file(e.to_string()))?;
+            let batch = receipts::read_batch(&bytes).map_err(|e| bad_file(e.to_string()))?;
+            let key = match key {
+                Some(text) => receipts::parse_key(&text).ok_or(Error::BadKey)?,
+                None => {
+                    let rig = batch.header.rig.clone();
+                    let view = collect(&opts, &[topics::rig(&rig, Channel::Status)]).await?;
+                    view.rigs
+                        .get(&rig)
+                        .and_then(|r| r.status.as_ref())
+                        .map(|s| s.pubkey.clone())
+                        .ok_or(Error::NoSuchRig(rig))?
+                }
+            };
+            let r = receipts::verify_batch(&batch, &key);
+            emit(cli.json, &r, || receipts::table(&r))?;
+            if !r.all_ok() {
+                return Err(Error::Unverified);
+            }
         }
         Command::Devnet(args) => return Ok(devnet::run(&args).await?.exit_code()),
         Command::Worker => return Err(Error::Worker),

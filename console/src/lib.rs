@@ -12,6 +12,7 @@ pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod devnet;
+pub mod receipts;
 pub mod report;
 pub mod table;
 pub mod view;

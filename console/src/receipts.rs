@@ -1,0 +1,209 @@
+//! `rigctl receipts verify FILE`: checks every receipt of a saved batch frame (the payload
+//! of a `rig/{rig}/receipts` message) with the protocol's verifier: its inclusion proof, the
+//! batch header, the signature and the rig's key (given, or read from the rig's retained
+//! status on the broker).
+
+use rigd_protocol::digest::Hash32;
+use rigd_protocol::verify::verify_receipt;
+use rigd_protocol::{decode, merkle, PublicKey, Receipt, ReceiptBatch};
+use serde::Serialize;
+
+/// One receipt's verdict.
+#[derive(Debug, Serialize)]
+pub struct Line {
+    /// Sequence number.
+    pub seq: u64,
+    /// Unit.
+    pub unit: u64,
+    /// Card.
+    pub card: String,
+    /// Work, FLOPs.
+    pub work: u64,
+    /// `ok`, or why the receipt was refused.
+    pub verdict: String,
+}
+
+/// The verdicts of a batch.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The rig.
+    pub rig: String,
+    /// First sequence number.
+    pub first_seq: u64,
+    /// Receipts in the batch.
+    pub count: u32,
+    /// The key checked against.
+    pub key: String,
+    /// What was checked, in words.
+    pub checked: &'static str,
+    /// Per receipt.
+    pub receipts: Vec<Line>,
+}
+
+impl Report {
+    /// Whether every receipt verified.
+    pub fn all_ok(&self) -> bool {
+        self.receipts.iter().all(|l| l.verdict == "ok")
+    }
+}
+
+/// Decodes a saved batch frame.
+pub fn read_batch(bytes: &[u8]) -> Result<ReceiptBatch, rigd_protocol::FrameError> {
+    decode::<ReceiptBatch>(bytes)
+}
+
+/// Parses a key as `rigctl` and rigd print it: `secp256k1:HEX` or `p256:HEX`.
+pub fn parse_key(text: &str) -> Option<PublicKey> {
+    let (curve, hex_key) = text.split_once(':')?;
+    let bytes = hex::decode(hex_key).ok()?;
+    match curve {
+        "secp256k1" => Some(PublicKey::Secp256k1(bytes)),
+        "p256" => Some(PublicKey::P256(bytes)),
+        _ => None,
+    }
+}
+
+/// Checks every receipt of `batch` against `key`.
+pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
+    let receipts: Vec<&Receipt> = batch.items.iter().map(|i| &i.receipt).collect();
+    let leaves: Vec<Hash32> = receipts.iter().map(|r| r.struct_hash()).collect();
+    let lines = receipts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let proof = merkle::proof(&leaves, i).unwrap_or_default();
+            let verdict = match verify_receipt(r, &proof, &batch.header, &batch.signature, key) {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            Line {
+                seq: r.seq,
+                unit: r.unit,
+                card: r.card.to_string(),
+                work: r.work,
+                verdict,
+            }
+        })
+        .collect();
+    Report {
+        rig: batch.header.rig.to_string(),
+        first_seq: batch.header.first_seq,
+        count: batch.header.count,
+        key: key.to_string(),
+        checked: "each receipt's EIP-712 leaf and Merkle inclusion proof, the batch header's EIP-712 digest, and its signature under the rig's key",
+        receipts: lines,
+    }
+}
+
+/// The report as a table.
+pub fn table(r: &Report) -> String {
+    let mut out = format!(
+        "batch of rig {} seqs {}..{} ({} receipts)\nkey: {}\nchecked: {}\n{:>8}  {:>10}  {:<28}  {:>14}  VERDICT\n",
+        r.rig,
+        r.first_seq,
+        r.first_seq + u64::from(r.count),
+        r.count,
+        r.key,
+        r.checked,
+        "SEQ",
+        "UNIT",
+        "CARD",
+        "WORK"
+    );
+    for l in &r.receipts {
+        out.push_str(&format!(
+            "{:>8}  {:>10}  {:<28}  {:>14}  {}\n",
+            l.seq, l.unit, l.card, l.work, l.verdict
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigd_protocol::{
+        encode, BatchHeader, GpuUuid, JobId, ReceiptItem, RigId, Signature, UnitOutput,
+    };
+
+    fn batch(sign_with: u8) -> (ReceiptBatch, PublicKey) {
+        let sk =
+            k256::ecdsa::SigningKey::from_slice(&[sign_with; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let pk = PublicKey::Secp256k1(
+            sk.verifying_key()
+                .to_encoded_point(true)
+                .as_bytes()
+                .to_vec(),
+        );
+        let rig = RigId::new("rig-v").unwrap_or_else(|e| panic!("{e}"));
+        let items: Vec<ReceiptItem> = (1..=3)
+            .map(|seq| ReceiptItem {
+                receipt: Receipt {
+                    rig: rig.clone(),
+                    seq,
+                    card: GpuUuid::new("SIM-0").unwrap_or_else(|e| panic!("{e}")),
+                    job: JobId::new("job").unwrap_or_else(|e| panic!("{e}")),
+                    unit: seq,
+                    attempt: 0,
+                    work: 100,
+                    input_digest: [1; 32],
+                    output_digest: UnitOutput::GemmI8 {
+                        c_digest: [seq as u8; 32],
+                    }
+                    .digest(),
+                    started_ms: 1,
+                    finished_ms: 2,
+                    governor_level: 0,
+                },
+                output: UnitOutput::GemmI8 {
+                    c_digest: [seq as u8; 32],
+                },
+            })
+            .collect();
+        let receipts: Vec<Receipt> = items.iter().map(|i| i.receipt.clone()).collect();
+        let header = BatchHeader::over(&rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
+        let (sig, recid) = sk
+            .sign_prehash_recoverable(&header.signing_digest())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = sig.to_bytes().to_vec();
+        bytes.push(27 + recid.to_byte());
+        (
+            ReceiptBatch {
+                header,
+                signature: Signature(bytes),
+                items,
+            },
+            pk,
+        )
+    }
+
+    #[test]
+    fn a_saved_batch_verifies_and_a_wrong_key_or_tampered_receipt_is_named() {
+        let (b, pk) = batch(3);
+        let decoded = read_batch(&encode(&b)).unwrap_or_else(|e| panic!("{e}"));
+        let ok = verify_batch(&decoded, &pk);
+        assert!(ok.all_ok(), "{}", table(&ok));
+        assert_eq!(parse_key(&pk.to_string()), Some(pk));
+        let (_, other) = batch(4);
+        let wrong = verify_batch(&b, &other);
+        assert!(
+            wrong
+                .receipts
+                .iter()
+                .all(|l| l.verdict.contains("does not match")),
+            "{}",
+            table(&wrong)
+        );
+        let mut tampered = b.clone();
+        tampered.items[1].receipt.work += 1;
+        let r = verify_batch(
+            &tampered,
+            &parse_key(&ok.key).unwrap_or_else(|| unreachable!()),
+        );
+        assert_eq!(
+            r.receipts[1].verdict,
+            "the inclusion proof does not lead to the batch root"
+        );
+        assert!(read_batch(b"garbage").is_err());
+    }
+}
