@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::swtpm::Swtpm;
 use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rand::Rng;
 use std::time::{Duration, Instant};
@@ -24,9 +23,10 @@ fn sigkill_at_random_moments_loses_and_duplicates_no_receipt() {
 /// The same with receipts signed in a TPM (swtpm): a kill can land between journaling,
 /// signing in the TPM and publishing.
 #[test]
+#[cfg(feature = "tpm")]
 fn sigkill_while_a_tpm_signs_the_batches_loses_and_duplicates_no_receipt() {
     let state = tempfile::tempdir().unwrap();
-    let tpm = Swtpm::start(state.path());
+    let tpm = common::swtpm::Swtpm::start(state.path());
     kill_run(rounds(20), &format!("key = \"tpm:{}\"\n", tpm.rest()));
 }
 

@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod pkcs11;
+#[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod yubihsm;
 
@@ -102,7 +103,12 @@ pub fn open(
             );
             Ok(Box::new(key))
         }
+        #[cfg(feature = "tpm")]
         "tpm" => tpm::open(uri, rest).map(|k| Box::new(k) as Box<dyn KeyStore>),
+        #[cfg(not(feature = "tpm"))]
+        "tpm" => Err(bad(
+            "this rigd was built without TPM support (cargo feature `tpm`)",
+        )),
         "yubihsm" => yubihsm::YubiHsmKey::open(uri).map(|k| Box::new(k) as Box<dyn KeyStore>),
         "pkcs11" => Ok(Box::new(pkcs11::open(uri)?)),
         _ => Err(bad("unknown scheme")),
