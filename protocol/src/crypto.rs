@@ -134,12 +134,18 @@ fn verify_p256(key: &[u8], digest: &Hash32, sig: &[u8]) -> Result<(), VerifyErro
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k256::ecdsa::SigningKey;
 
-    fn k256_pair() -> (SigningKey, PublicKey) {
-        let sk = SigningKey::from_slice(&[7u8; 32]).unwrap_or_else(|_| unreachable!());
+    /// A fixed secp256k1 test key (seed byte 7) and its public key.
+    pub(crate) fn k256_pair() -> (SigningKey, PublicKey) {
+        k256_pair_from(7)
+    }
+
+    /// The secp256k1 test key with every secret byte `seed`, and its public key.
+    pub(crate) fn k256_pair_from(seed: u8) -> (SigningKey, PublicKey) {
+        let sk = SigningKey::from_slice(&[seed; 32]).unwrap_or_else(|_| unreachable!());
         let pk = PublicKey::Secp256k1(
             sk.verifying_key()
                 .to_encoded_point(true)
@@ -149,7 +155,8 @@ mod tests {
         (sk, pk)
     }
 
-    fn k256_sign(sk: &SigningKey, digest: &Hash32) -> Signature {
+    /// An Ethereum-style signature (r, s, v = 27 + recovery id) over a prehash.
+    pub(crate) fn k256_sign(sk: &SigningKey, digest: &Hash32) -> Signature {
         let (sig, recid) = sk
             .sign_prehash_recoverable(digest)
             .unwrap_or_else(|_| unreachable!());

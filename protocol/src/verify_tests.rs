@@ -1,26 +1,11 @@
 use super::*;
+use crate::crypto::tests::{k256_pair_from, k256_sign as sign};
 use crate::ids::{GpuUuid, JobId, RigId};
 use k256::ecdsa::SigningKey;
 use proptest::prelude::*;
 
 fn key() -> (SigningKey, PublicKey) {
-    let sk = SigningKey::from_slice(&[5u8; 32]).unwrap_or_else(|_| unreachable!());
-    let pk = PublicKey::Secp256k1(
-        sk.verifying_key()
-            .to_encoded_point(true)
-            .as_bytes()
-            .to_vec(),
-    );
-    (sk, pk)
-}
-
-fn sign(sk: &SigningKey, digest: &Hash32) -> Signature {
-    let (sig, recid) = sk
-        .sign_prehash_recoverable(digest)
-        .unwrap_or_else(|_| unreachable!());
-    let mut bytes = sig.to_bytes().to_vec();
-    bytes.push(27 + recid.to_byte());
-    Signature(bytes)
+    k256_pair_from(5)
 }
 
 fn receipts(rig: &RigId, first: u64, works: &[u64]) -> Vec<Receipt> {
@@ -89,8 +74,7 @@ proptest! {
         let sig_refused = matches!(verify_receipt(r, &proof, &header, &bad_sig, &pk), Err(ReceiptError::Signature(_)));
         prop_assert!(sig_refused, "a changed signature is refused");
 
-        let other = SigningKey::from_slice(&[6u8; 32]).unwrap_or_else(|_| unreachable!());
-        let other_pk = PublicKey::Secp256k1(other.verifying_key().to_encoded_point(true).as_bytes().to_vec());
+        let (_, other_pk) = k256_pair_from(6);
         prop_assert_eq!(
             verify_receipt(r, &proof, &header, &sig, &other_pk),
             Err(ReceiptError::Signature(VerifyError::Mismatch))
