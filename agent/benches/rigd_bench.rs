@@ -59,7 +59,7 @@ fn overhead_per_unit(units: u64) -> (Duration, Duration) {
         let t0 = Instant::now();
         j.add_units(std::slice::from_ref(&u)).unwrap();
         j.record(&[completion(&u)], 256, key.as_ref()).unwrap();
-        let batches = j.unacked_batches(1).unwrap();
+        let batches = j.unacked_batches(1, &Default::default()).unwrap();
         let bytes = batches.iter().map(|b| encode(b).len()).sum::<usize>();
         times.push(t0.elapsed());
         assert!(bytes > 0);

@@ -19,6 +19,7 @@ use rigd_protocol::{
     WorkUnit,
 };
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashSet;
 use std::path::Path;
 
 /// Why the journal failed.
@@ -237,12 +238,17 @@ impl Journal {
         Ok(())
     }
 
-    /// Up to `limit` unacknowledged batches, oldest first, as messages ready to send.
-    pub fn unacked_batches(&self, limit: u32) -> Result<Vec<ReceiptBatch>, JournalError> {
-        let mut stmt = self.db.prepare(
-            "SELECT first_seq, header, signature FROM batches WHERE acked = 0 ORDER BY first_seq LIMIT ?1",
+    /// Up to `limit` unacknowledged batches not in `skip`, oldest first, as messages ready to
+    /// send. Only the batches returned have their receipts and outputs read.
+    pub fn unacked_batches(
+        &self,
+        limit: usize,
+        skip: &HashSet<u64>,
+    ) -> Result<Vec<ReceiptBatch>, JournalError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT first_seq, header, signature FROM batches WHERE acked = 0 ORDER BY first_seq",
         )?;
-        let rows = stmt.query_map([limit], |r| {
+        let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
@@ -252,6 +258,12 @@ impl Journal {
         let mut heads = vec![];
         for row in rows {
             let (first, h, s) = row?;
+            if skip.contains(&(first as u64)) {
+                continue;
+            }
+            if heads.len() == limit {
+                break;
+            }
             let header: BatchHeader =
                 postcard::from_bytes(&h).map_err(|e| corrupt(format!("batch {first}"), e))?;
             heads.push((header, Signature(s)));

@@ -79,12 +79,30 @@ fn receipts_are_sealed_into_signed_batches_that_survive_reopen_until_acked() {
         assert_eq!(j.record(&c, 3, k.as_ref()).map(|r| r.len()).ok(), Some(5));
     }
     let mut j = journal(&dir);
-    let batches = j.unacked_batches(10).unwrap_or_default();
+    let batches = j
+        .unacked_batches(10, &Default::default())
+        .unwrap_or_default();
     let sizes: Vec<_> = batches
         .iter()
         .map(|b| (b.header.first_seq, b.items.len()))
         .collect();
     assert_eq!(sizes, vec![(1, 3), (4, 2)]);
+    let skipped = j
+        .unacked_batches(10, &std::collections::HashSet::from([1]))
+        .unwrap_or_default();
+    assert_eq!(
+        skipped
+            .iter()
+            .map(|b| b.header.first_seq)
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(
+        j.unacked_batches(1, &Default::default())
+            .map(|v| v.len())
+            .ok(),
+        Some(1)
+    );
     for b in &batches {
         assert_eq!(
             k.public_key()
@@ -103,7 +121,12 @@ fn receipts_are_sealed_into_signed_batches_that_survive_reopen_until_acked() {
     assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(5));
     assert_eq!(j.ack(&[1, 99]).ok(), Some(1));
     assert_eq!(j.ack(&[1]).ok(), Some(0), "second ack changes nothing");
-    assert_eq!(j.unacked_batches(10).map(|v| v.len()).ok(), Some(1));
+    assert_eq!(
+        j.unacked_batches(10, &Default::default())
+            .map(|v| v.len())
+            .ok(),
+        Some(1)
+    );
     assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(2));
 }
 

@@ -20,7 +20,7 @@ use rigd_protocol::{
 };
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -405,13 +405,16 @@ impl Rig {
         if all {
             self.sent.clear();
         }
-        let batches = journal_op(&self.journal, |j| j.unacked_batches(64)).await?;
         let every = Duration::from_millis(self.config.resend_interval_ms);
+        let recent: HashSet<u64> = self
+            .sent
+            .iter()
+            .filter(|(_, t)| t.elapsed() < every)
+            .map(|(first, _)| *first)
+            .collect();
+        let batches = journal_op(&self.journal, move |j| j.unacked_batches(64, &recent)).await?;
         for b in batches {
             let first = b.header.first_seq;
-            if self.sent.get(&first).is_some_and(|t| t.elapsed() < every) {
-                continue;
-            }
             if !self
                 .link
                 .publish(Channel::Receipts, QoS::AtLeastOnce, false, encode(&b))
