@@ -39,7 +39,8 @@ struct Rig {
     sent: HashMap<u64, Instant>,
     stats: JournalStats,
     outbox_full: bool,
-    draining: bool,
+    /// When a shutdown started draining the rig; no new units start from then on.
+    draining_since: Option<Instant>,
     started_ms: u64,
 }
 
@@ -173,7 +174,7 @@ pub async fn run(
         sent: HashMap::new(),
         stats: JournalStats::default(),
         outbox_full: false,
-        draining: false,
+        draining_since: None,
         started_ms,
         config,
     };
@@ -190,10 +191,9 @@ pub async fn run(
         tokio::time::interval(Duration::from_millis(rig.config.telemetry_interval_ms));
     let mut resend =
         tokio::time::interval(Duration::from_millis(rig.config.resend_interval_ms / 2));
-    let mut draining_since: Option<Instant> = None;
     loop {
         let next_start = rig.dispatch();
-        if let Some(since) = draining_since {
+        if let Some(since) = rig.draining_since {
             let busy = rig.slots.running();
             if busy == 0 || since.elapsed() > DRAIN_TIMEOUT {
                 if busy > 0 {
@@ -206,10 +206,9 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled(), if draining_since.is_none() => {
+            _ = shutdown.cancelled(), if rig.draining_since.is_none() => {
                 tracing::info!("stopping: draining in-flight units");
-                draining_since = Some(Instant::now());
-                rig.draining = true;
+                rig.draining_since = Some(Instant::now());
                 rig.publish_status(RigState::Draining);
             }
             Some(ev) = link_events.recv() => rig.on_link(ev).await?,
@@ -221,10 +220,10 @@ pub async fn run(
                 rig.on_cards(batch).await?;
             }
             _ = governor.tick() => rig.slots.govern(unix_ms()),
-            _ = telemetry.tick() => rig.publish_telemetry(draining_since.is_some()),
+            _ = telemetry.tick() => rig.publish_telemetry(),
             _ = tokio::time::sleep_until(next_start.unwrap_or_else(Instant::now).into()), if next_start.is_some() => {}
             _ = resend.tick() => rig.resend(false).await?,
-            _ = tokio::time::sleep(Duration::from_millis(100)), if draining_since.is_some() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)), if rig.draining_since.is_some() => {}
         }
     }
     rig.resend(false).await?;
@@ -364,7 +363,7 @@ impl Rig {
     /// Hands queued units to cards that may start one, unless draining or the outbox is
     /// full. Returns when a duty-cycled card may start next, if one waits.
     fn dispatch(&mut self) -> Option<Instant> {
-        if self.draining {
+        if self.draining_since.is_some() {
             return None;
         }
         let unacked = self.stats.unacked_receipts;
@@ -455,7 +454,7 @@ impl Rig {
         );
     }
 
-    fn publish_telemetry(&mut self, draining: bool) {
+    fn publish_telemetry(&mut self) {
         let msg = Telemetry {
             rig: self.config.rig_id.clone(),
             at_ms: unix_ms(),
@@ -463,7 +462,7 @@ impl Rig {
         };
         self.link
             .publish(Channel::Telemetry, QoS::AtMostOnce, true, encode(&msg));
-        let state = if draining {
+        let state = if self.draining_since.is_some() {
             RigState::Draining
         } else {
             self.state()
