@@ -6,9 +6,11 @@
 //! - [`ids`]: validated identifiers (`RigId`, `GpuUuid`, `JobId`).
 //! - [`messages`]: the messages carried on each topic.
 //! - [`receipt`]: the work receipt, its EIP-712 digest and the Merkle batch it is signed in.
+//! - [`command`]: signed operator commands and their replies.
 //! - [`crypto`]: public keys, signatures and their verification (secp256k1, P-256).
 //! - [`verify`]: checking one receipt with its proof, batch header, signature and key.
 
+pub mod command;
 pub mod crypto;
 pub mod digest;
 pub mod frame;
@@ -20,6 +22,7 @@ pub mod topics;
 pub mod units;
 pub mod verify;
 
+pub use command::{Action, ActionKind, Command, CommandReply, Outcome, Rejection};
 pub use crypto::{PublicKey, Signature, VerifyError};
 pub use frame::{decode, encode, Frame, FrameError, MAX_FRAME_BYTES, WIRE_VERSION};
 pub use ids::{GpuUuid, IdError, JobId, RigId};

@@ -24,17 +24,23 @@ pub enum Channel {
     Acks,
     /// coordinator -> all, retained: the rig's earnings.
     Earnings,
+    /// operator -> rig, QoS 1: signed commands (MQTT 5 response topic + correlation data).
+    Commands,
+    /// rig -> operator, QoS 1: command replies, with the command's correlation data.
+    Replies,
 }
 
 impl Channel {
     /// Every channel.
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 8] = [
         Channel::Status,
         Channel::Telemetry,
         Channel::Receipts,
         Channel::Units,
         Channel::Acks,
         Channel::Earnings,
+        Channel::Commands,
+        Channel::Replies,
     ];
 
     /// The last topic level.
@@ -46,6 +52,8 @@ impl Channel {
             Channel::Units => "units",
             Channel::Acks => "acks",
             Channel::Earnings => "earnings",
+            Channel::Commands => "commands",
+            Channel::Replies => "replies",
         }
     }
 }
