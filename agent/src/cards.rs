@@ -38,6 +38,8 @@ pub struct Job {
     pub fault: Option<WorkerFault>,
     /// The governor level the card runs at, for the receipt.
     pub governor_level: u8,
+    /// Kill the card's idle worker first, so the unit runs on a fresh one.
+    pub fresh_worker: bool,
 }
 
 /// What a card task reports to the supervisor.
@@ -184,6 +186,12 @@ pub async fn run_card(
     let mut failures: u32 = 0;
     while let Some(job) = jobs.recv().await {
         while abort.try_recv().is_ok() {}
+        if job.fresh_worker {
+            if let Some(w) = worker.take() {
+                tracing::info!(gpu = %s.uuid, pid = ?w.child.id(), "worker restarted on request");
+                w.kill().await;
+            }
+        }
         let mut w = match worker.take() {
             Some(w) => w,
             None => match Worker::spawn(&s) {

@@ -2,7 +2,7 @@
 
 use crate::governor::ThermalOverrides;
 use crate::gpu::SimFault;
-use rigd_protocol::RigId;
+use rigd_protocol::{ActionKind, RigId};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -159,6 +159,30 @@ pub struct RigConfig {
     /// Faults to inject into simulated cards (tests and demonstrations).
     #[serde(default)]
     pub sim_fault: Vec<SimFaultConfig>,
+    /// Operators whose signed commands the rig takes: Ed25519 public keys, 64 hex digits
+    /// each (`rigctl operator keygen` prints one).
+    #[serde(default)]
+    pub operator_keys: Vec<OperatorKey>,
+    /// The command actions the rig takes (`drain`, `pause`, `resume`, `set_power_limit`,
+    /// `set_thermal_limits`, `restart_worker`, `quarantine`, `release`, `rotate_logs`,
+    /// `diagnostics`); absent: all of them.
+    #[serde(default)]
+    pub allowed_commands: Option<Vec<ActionKind>>,
+}
+
+/// An operator's Ed25519 public key, written in rig.conf as 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct OperatorKey(pub [u8; 32]);
+
+impl TryFrom<String> for OperatorKey {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key)
+            .map_err(|_| format!("operator key {text:?} is not 64 hex digits"))?;
+        Ok(Self(key))
+    }
 }
 
 fn default_key() -> String {
@@ -256,7 +280,14 @@ impl RigConfig {
             failure_window_ms: default_failure_window_ms(),
             sim_ambient_c: default_ambient(),
             sim_fault: vec![],
+            operator_keys: vec![],
+            allowed_commands: None,
         }
+    }
+
+    /// The trusted operator keys.
+    pub fn operator_keys(&self) -> Vec<[u8; 32]> {
+        self.operator_keys.iter().map(|k| k.0).collect()
     }
 
     /// The broker split into host and port.
@@ -343,6 +374,33 @@ mod tests {
         let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.sim_gpus, 2);
         assert_eq!(c.broker_addr(), Some(("127.0.0.1", 1883)));
+        assert!(c.operator_keys().is_empty() && c.allowed_commands.is_none());
+    }
+
+    #[test]
+    fn operator_keys_and_allowed_commands_parse_and_bad_ones_are_named() {
+        let key = "ab".repeat(32);
+        let text = format!(
+            "{GOOD}operator_keys = [\"{key}\"]\nallowed_commands = [\"drain\", \"resume\"]\n"
+        );
+        let c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.operator_keys(), vec![[0xab; 32]]);
+        assert_eq!(
+            c.allowed_commands,
+            Some(vec![ActionKind::Drain, ActionKind::Resume])
+        );
+        for bad in [
+            "operator_keys = [\"abcd\"]\n",
+            "allowed_commands = [\"reboot\"]\n",
+        ] {
+            assert!(
+                matches!(
+                    RigConfig::parse(Path::new("rig.conf"), &format!("{GOOD}{bad}")),
+                    Err(ConfigError::Parse { line: 6, .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -307,6 +307,11 @@ impl Governor {
         &self.limits
     }
 
+    /// Replaces the limits (an operator's command); the ladder state is kept.
+    pub fn set_limits(&mut self, limits: ThermalLimits) {
+        self.limits = limits;
+    }
+
     /// Lifts a quarantine (an operator's decision); the card restarts paused until it reads
     /// cool, with its trip count cleared.
     pub fn release(&mut self) {

@@ -4,8 +4,10 @@
 //! [`journal`] (inbox, receipts, signed batches: the outbox), the receipt key ([`keys`]), the
 //! cards ([`gpu`]) and one worker process per card ([`cards`], [`worker`]). The thermal
 //! [`governor`] turns a card's telemetry into its fan speed, power limit and run permit.
+//! [`commands`] decides which signed operator commands the rig takes.
 
 pub mod cards;
+pub mod commands;
 pub mod config;
 pub mod governor;
 pub mod gpu;

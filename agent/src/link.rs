@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{RigId, MAX_FRAME_BYTES};
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::NetworkOptions;
@@ -93,6 +93,24 @@ impl Link {
         }
     }
 
+    /// Queues a command reply on the rig's own `replies` topic (QoS 1), echoing the
+    /// command's MQTT 5 correlation data; `false` when it could not be queued now.
+    pub fn reply(&self, payload: Vec<u8>, correlation: Option<Bytes>) -> bool {
+        let properties = PublishProperties {
+            correlation_data: correlation,
+            ..PublishProperties::default()
+        };
+        self.client
+            .try_publish_with_properties(
+                topics::rig(&self.rig, Channel::Replies),
+                QoS::AtLeastOnce,
+                false,
+                Bytes::from(payload),
+                properties,
+            )
+            .is_ok()
+    }
+
     /// Acknowledges a QoS 1 message after it was handled.
     pub fn ack(&self, publish: &Publish) {
         if let Err(e) = self.client.try_ack(publish) {
@@ -106,7 +124,7 @@ impl Link {
     }
 
     fn subscribe(&self) {
-        for ch in [Channel::Units, Channel::Acks] {
+        for ch in [Channel::Units, Channel::Acks, Channel::Commands] {
             if let Err(e) = self
                 .client
                 .try_subscribe(topics::rig(&self.rig, ch), QoS::AtLeastOnce)

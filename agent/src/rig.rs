@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+#[path = "rig_commands.rs"]
+mod commands;
+
 /// How long a drain on shutdown waits for in-flight units.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -42,6 +45,7 @@ struct Rig {
     /// When a shutdown started draining the rig; no new units start from then on.
     draining_since: Option<Instant>,
     started_ms: u64,
+    commands: commands::CommandState,
 }
 
 /// The cards of the configured backend. With `nvml` and no usable driver, the rig runs with
@@ -111,6 +115,7 @@ pub async fn run(
         ),
     }
     let journal = Journal::open(&config.state_dir.join("journal.db"), config.rig_id.clone())?;
+    let command_state = commands::CommandState::open(&config)?;
     let queue: VecDeque<WorkUnit> = journal.queued_units()?.into();
     let (gpu, device) = open_gpu(&config);
     let stop_cards = CancellationToken::new();
@@ -176,6 +181,7 @@ pub async fn run(
         outbox_full: false,
         draining_since: None,
         started_ms,
+        commands: command_state,
         config,
     };
     let key = rig.key.clone();
@@ -193,6 +199,7 @@ pub async fn run(
         tokio::time::interval(Duration::from_millis(rig.config.resend_interval_ms / 2));
     loop {
         let next_start = rig.dispatch();
+        rig.drain_progress();
         if let Some(since) = rig.draining_since {
             let busy = rig.slots.running();
             if busy == 0 || since.elapsed() > DRAIN_TIMEOUT {
@@ -312,6 +319,7 @@ impl Rig {
                     Err(e) => tracing::warn!(%topic, error = %e, "refused an ack"),
                 }
             }
+            Some((rig, Channel::Commands)) if rig == self.config.rig_id => self.on_command(p),
             _ => tracing::warn!(%topic, "message on an unexpected topic ignored"),
         }
         Ok(())
@@ -363,7 +371,7 @@ impl Rig {
     /// Hands queued units to cards that may start one, unless draining or the outbox is
     /// full. Returns when a duty-cycled card may start next, if one waits.
     fn dispatch(&mut self) -> Option<Instant> {
-        if self.draining_since.is_some() {
+        if self.draining_since.is_some() || self.commands.held {
             return None;
         }
         let unacked = self.stats.unacked_receipts;
@@ -426,7 +434,9 @@ impl Rig {
     }
 
     fn state(&self) -> RigState {
-        if self.slots.running() > 0 {
+        if self.slots.running() > 0 && self.commands.held {
+            RigState::Draining
+        } else if self.slots.running() > 0 {
             RigState::Working
         } else {
             RigState::Idle

@@ -11,7 +11,8 @@ use crate::cards::{CardEvent, CardHandle, Job};
 use crate::config::SimFaultConfig;
 use crate::governor::{Decision, Governor, RunPermit, ThermalLimits, ThermalOverrides};
 use crate::gpu::{Gpu, GpuError, Reading, XID_FALLEN_OFF_BUS};
-use rigd_protocol::{CardInfo, CardState, GpuSample, WorkUnit};
+use rigd_protocol::command::CardDiagnostics;
+use rigd_protocol::{CardInfo, CardState, GpuSample, GpuUuid, WorkUnit};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,12 @@ struct Slot {
     given: u32,
     done: u32,
     restarts: u16,
+    /// Held by an operator's pause: starts nothing until resumed.
+    held: bool,
+    /// The operator's power cap, W: the governor may go lower, never higher.
+    power_cap_w: Option<u32>,
+    /// The next unit starts on a fresh worker (an operator asked for a restart).
+    fresh_worker: bool,
 }
 
 /// Policy for worker failures.
@@ -88,6 +95,9 @@ impl Slots {
                 given: 0,
                 done: 0,
                 restarts: 0,
+                held: false,
+                power_cap_w: None,
+                fresh_worker: false,
             });
         }
         Ok(Self {
@@ -154,7 +164,11 @@ impl Slots {
     fn actuate(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         let uuid = slot.info.uuid.clone();
-        if let Some(watts) = slot.decision.power_limit_w {
+        let wanted = match (slot.decision.power_limit_w, slot.power_cap_w) {
+            (Some(governor), Some(cap)) => Some(governor.min(cap)),
+            (governor, cap) => governor.or(cap),
+        };
+        if let Some(watts) = wanted {
             if slot.applied_power_w != Some(watts) {
                 match self.gpu.set_power_limit(i, watts) {
                     Ok(()) => slot.applied_power_w = Some(watts),
@@ -194,6 +208,7 @@ impl Slots {
                 let s = &self.slots[i];
                 s.unit.is_none()
                     && s.quarantined.is_none()
+                    && !s.held
                     && match s.decision.run {
                         RunPermit::Run => true,
                         RunPermit::DutyCycle { .. } => s.resume_at.is_none_or(|t| t <= now),
@@ -221,9 +236,11 @@ impl Slots {
             unit: unit.clone(),
             fault,
             governor_level: slot.decision.level,
+            fresh_worker: slot.fresh_worker,
         };
         match slot.handle.jobs.try_send(job) {
             Ok(()) => {
+                slot.fresh_worker = false;
                 slot.given += 1;
                 slot.unit = Some(unit);
                 Ok(())
@@ -285,6 +302,91 @@ impl Slots {
         }
     }
 
+    /// The index of the card `uuid`.
+    pub fn find(&self, uuid: &GpuUuid) -> Option<usize> {
+        self.slots.iter().position(|s| &s.info.uuid == uuid)
+    }
+
+    /// Every card index.
+    pub fn indices(&self) -> std::ops::Range<usize> {
+        0..self.slots.len()
+    }
+
+    /// An operator's pause (`true`: the running unit goes back to the queue, nothing starts)
+    /// or resume of card `i`.
+    pub fn hold(&mut self, i: usize, held: bool) {
+        self.slots[i].held = held;
+        if held {
+            self.abort(i);
+        }
+    }
+
+    /// Lifts card `i`'s quarantine (an operator's decision): its governor restarts paused
+    /// until the card reads cool, its failure count is cleared. `false` if it was not
+    /// quarantined.
+    pub fn release(&mut self, i: usize) -> bool {
+        let slot = &mut self.slots[i];
+        let Some(reason) = slot.quarantined.take() else {
+            return false;
+        };
+        tracing::info!(gpu = %slot.info.uuid, %reason, "quarantine lifted by an operator");
+        slot.governor.release();
+        slot.failures.clear();
+        slot.restarting = false;
+        true
+    }
+
+    /// Caps card `i`'s power limit at `watts` (within what the card accepts) and applies it
+    /// now; the governor may still set it lower.
+    pub fn set_power_cap(&mut self, i: usize, watts: u32) -> Result<(), String> {
+        let model = self.gpu.model(i).map_err(|e| e.to_string())?;
+        let watts = model.check_power_limit(watts).map_err(|e| e.to_string())?;
+        self.slots[i].power_cap_w = Some(watts);
+        self.slots[i].applied_power_w = None;
+        self.actuate(i);
+        Ok(())
+    }
+
+    /// Replaces card `i`'s thermal limits with the model's defaults under `overrides`,
+    /// checked like rig.conf's `[thermal]`.
+    pub fn set_limits(&mut self, i: usize, overrides: &ThermalOverrides) -> Result<(), String> {
+        let model = self.gpu.model(i).map_err(|e| e.to_string())?;
+        let limits = ThermalLimits::with_overrides(&model, overrides).map_err(|e| e.to_string())?;
+        self.slots[i].governor.set_limits(limits);
+        Ok(())
+    }
+
+    /// Kills card `i`'s worker: a running unit goes back to the queue; the next unit starts
+    /// on a fresh worker.
+    pub fn restart_worker(&mut self, i: usize) {
+        self.slots[i].fresh_worker = true;
+        self.abort(i);
+    }
+
+    /// What `diagnostics` reports of each card.
+    pub fn diagnostics(&self) -> Vec<CardDiagnostics> {
+        self.samples()
+            .into_iter()
+            .zip(&self.slots)
+            .map(|(sample, s)| {
+                let limits = s.governor.limits();
+                CardDiagnostics {
+                    uuid: sample.uuid,
+                    name: s.info.name.clone(),
+                    state: sample.state,
+                    governor_level: sample.governor_level,
+                    power_cap_w: s.power_cap_w,
+                    target_c: limits.target_c.clamp(0.0, 255.0) as u8,
+                    critical_c: limits.critical_c.clamp(0.0, 255.0) as u8,
+                    operator_paused: s.held,
+                    quarantined: s.quarantined.clone(),
+                    units_done: s.done,
+                    worker_restarts: s.restarts,
+                }
+            })
+            .collect()
+    }
+
     /// Telemetry of every card from the latest readings.
     pub fn samples(&self) -> Vec<GpuSample> {
         self.slots
@@ -297,7 +399,8 @@ impl Slots {
                     CardState::Busy
                 } else if s.restarting {
                     CardState::Restarting
-                } else if matches!(s.decision.run, RunPermit::Pause)
+                } else if s.held
+                    || matches!(s.decision.run, RunPermit::Pause)
                     || s.resume_at.is_some_and(|t| t > Instant::now())
                 {
                     CardState::Paused
