@@ -1,15 +1,16 @@
 //! Command-line arguments.
 
 use clap::{Args, Parser, Subcommand};
-use rigd_protocol::RigId;
+use rigd_protocol::{GpuUuid, RigId};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    success (devnet: the loss target was reached)
-  1    other failure (devnet: the job ended above the loss target)
+  0    success (devnet: the loss target was reached; commands: every rig did it)
+  1    other failure (devnet: the job ended above the loss target; commands: a rig
+       refused, failed or did not answer in time)
   2    usage or argument error
   3    broker unreachable: connection refused, or no MQTT session within --wait-ms
   130  devnet interrupted with Ctrl-C";
@@ -63,6 +64,129 @@ pub enum Command {
     /// Runs one card's worker over stdin/stdout (started by the devnet's rigs).
     #[command(hide = true)]
     Worker,
+    /// The operator's Ed25519 key that signs commands.
+    Operator {
+        /// What to do.
+        #[command(subcommand)]
+        action: OperatorCommand,
+    },
+    /// The fleet: every rig's retained status as a table.
+    Rigs,
+    /// Drain rigs: running units finish and their receipts flush, no new unit starts; waits
+    /// until each rig reports it has drained.
+    Drain(SendArgs),
+    /// Pause rigs (running units go back to the queue), or one card with --gpu.
+    Pause(CardSendArgs),
+    /// Resume rigs after a drain or pause, or one card with --gpu.
+    Resume(CardSendArgs),
+    /// Card limits.
+    Limits {
+        /// What to do.
+        #[command(subcommand)]
+        action: LimitsCommand,
+    },
+    /// Quarantine a card: its running unit goes back to the queue, it takes no more.
+    Quarantine(OneCardArgs),
+    /// Lift a card's quarantine.
+    Release(OneCardArgs),
+    /// Kill a card's worker process; a fresh one takes the next unit.
+    RestartWorker(OneCardArgs),
+    /// Diagnostics of rigs: versions, cards, governor levels, journal figures.
+    Diag(SendArgs),
+}
+
+/// `rigctl operator ...`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Creates an Ed25519 key in FILE (PKCS#8, mode 0600) and prints its public key for
+    /// rig.conf's `operator_keys`.
+    Keygen {
+        /// Where to write it (an existing file is not overwritten).
+        file: PathBuf,
+    },
+    /// Prints the public key of --operator-key (or RIGCTL_OPERATOR_KEY).
+    Show {
+        /// The key file.
+        #[arg(long)]
+        operator_key: Option<PathBuf>,
+    },
+}
+
+/// Which rigs a command goes to, and how it is signed and waited for.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// The rigs.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub rigs: Vec<RigId>,
+    /// Every rig whose retained status is not offline.
+    #[arg(long)]
+    pub all: bool,
+    /// The operator's key file (default: RIGCTL_OPERATOR_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub operator_key: Option<PathBuf>,
+    /// How long to wait for each rig's final reply, ms (default 10000; 120000 for drain).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub timeout_ms: Option<u64>,
+    /// How long the signed command stays valid, ms.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub ttl_ms: u64,
+}
+
+/// A command for whole rigs or one card.
+#[derive(Debug, Clone, Args)]
+pub struct CardSendArgs {
+    /// Rigs and signing.
+    #[command(flatten)]
+    pub send: SendArgs,
+    /// Only this card.
+    #[arg(long)]
+    pub gpu: Option<GpuUuid>,
+}
+
+/// A command for one card.
+#[derive(Debug, Clone, Args)]
+pub struct OneCardArgs {
+    /// Rigs and signing.
+    #[command(flatten)]
+    pub send: SendArgs,
+    /// The card.
+    #[arg(long)]
+    pub gpu: GpuUuid,
+}
+
+/// `rigctl limits ...`.
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Sets a power cap and/or thermal limits (whole degrees C) on every card, or one with --gpu.
+    Set(LimitsSetArgs),
+}
+
+/// `rigctl limits set` options.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("limit").required(true).multiple(true)
+    .args(["power_w", "target_c", "critical_c", "hysteresis_c", "mem_limit_c", "mem_critical_c"])))]
+pub struct LimitsSetArgs {
+    /// Rigs, card and signing.
+    #[command(flatten)]
+    pub card: CardSendArgs,
+    /// Power cap, W (the governor may go lower).
+    #[arg(long)]
+    pub power_w: Option<u32>,
+    /// Core target temperature, C.
+    #[arg(long)]
+    pub target_c: Option<u8>,
+    /// Core critical temperature, C.
+    #[arg(long)]
+    pub critical_c: Option<u8>,
+    /// Cool-down below critical before work resumes, C.
+    #[arg(long)]
+    pub hysteresis_c: Option<u8>,
+    /// Memory target temperature, C.
+    #[arg(long)]
+    pub mem_limit_c: Option<u8>,
+    /// Memory critical temperature, C.
+    #[arg(long)]
+    pub mem_critical_c: Option<u8>,
 }
 
 /// `rigctl receipts ...`.

@@ -44,6 +44,20 @@ pub enum Error {
     /// At least one receipt did not verify (the report says which and why).
     #[error("some receipts do not verify")]
     Unverified,
+    /// The operator key is missing or unreadable.
+    #[error(transparent)]
+    OperatorKey(#[from] crate::operator::KeyError),
+    /// `--all` found no rig online.
+    #[error("no rig with a retained status other than offline on this broker")]
+    NoOnlineRigs,
+    /// Some rigs refused, failed or did not answer (the report says which).
+    #[error("{failed} of {of} commands were not carried out")]
+    CommandsFailed {
+        /// Commands not carried out.
+        failed: usize,
+        /// Commands sent.
+        of: usize,
+    },
     /// The hidden `worker` subcommand runs before the runtime starts; it cannot get here.
     #[error("the worker subcommand is run by the devnet's rigs, not through run()")]
     Worker,
@@ -54,6 +68,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Collect(CollectError::Unreachable { .. }) => 3,
+            Error::OperatorKey(crate::operator::KeyError::Missing) => 2,
             _ => 1,
         }
     }
@@ -124,12 +139,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Devnet(args) => return Ok(devnet::run(&args).await?.exit_code()),
         Command::Worker => return Err(Error::Worker),
+        cmd => return crate::control::run(cli.json, &opts, cmd).await,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints `report` as pretty JSON or as the text `text` renders.
-fn emit<T: Serialize>(json: bool, report: &T, text: impl FnOnce() -> String) -> Result<(), Error> {
+pub(crate) fn emit<T: Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce() -> String,
+) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, report)?;

@@ -6,12 +6,16 @@
 //! - [`broker`]: an embedded rumqttd broker on a free loopback port.
 //! - [`devnet`]: the one-command demo: broker, coordinator and simulated rigs in one process.
 //! - [`commands`]: the subcommands, [`cli`]: their arguments.
+//! - [`operator`], [`fleet`], [`control`]: signed operator commands to many rigs at once.
 
 pub mod broker;
 pub mod cli;
 pub mod collect;
 pub mod commands;
+pub mod control;
 pub mod devnet;
+pub mod fleet;
+pub mod operator;
 pub mod receipts;
 pub mod report;
 pub mod table;

@@ -2,6 +2,7 @@
 //! Text that came off the wire has its control characters replaced, so a hostile name cannot
 //! drive the terminal.
 
+use crate::fleet::FleetReport;
 use crate::report::{Amounts, CoordinatorLine, EarningsReport, GpusReport, StatusReport};
 use std::fmt::Display;
 
@@ -138,6 +139,27 @@ pub fn status(report: &StatusReport) -> String {
     }
     out.push_str(&t.render());
     out
+}
+
+/// A fleet command's per-rig results as text.
+pub fn fleet(report: &FleetReport) -> String {
+    let mut t = Table::new(&[
+        ("RIG", false),
+        ("ACTION", false),
+        ("OUTCOME", false),
+        ("TIME", true),
+        ("DETAIL", false),
+    ]);
+    for r in &report.rigs {
+        t.row(vec![
+            clean(&r.rig),
+            report.action.clone(),
+            r.outcome.to_string(),
+            opt(r.elapsed_ms.map(|ms| format!("{ms} ms"))),
+            clean(&r.detail),
+        ]);
+    }
+    t.render()
 }
 
 /// `rigctl gpus RIG` as text, `now_ms` for the age of the sample.
