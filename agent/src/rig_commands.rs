@@ -41,6 +41,11 @@ impl CommandState {
     pub(super) fn open(config: &RigConfig) -> Result<Self, RunError> {
         let nonces =
             NonceStore::open(&config.state_dir).map_err(|e| RunError::Runtime(e.to_string()))?;
+        tracing::info!(
+            operators = config.operator_keys.len(),
+            allowed = ?config.allowed_commands,
+            "signed commands: operator keys trusted"
+        );
         Ok(Self {
             verifier: Verifier::new(
                 config.rig_id.clone(),
@@ -67,46 +72,46 @@ impl Rig {
         let response = props.and_then(|p| p.response_topic.clone());
         let own = topics::rig(&self.config.rig_id, Channel::Replies);
         let decoded = decode::<Command>(&p.payload);
-        let mut to = ReplyTo {
+        let to = ReplyTo {
             correlation: props
                 .and_then(|p| p.correlation_data.clone())
                 .filter(|c| c.len() <= MAX_CORRELATION_BYTES),
             nonce: decoded.as_ref().map_or(0, |c| c.nonce),
             action: decoded.as_ref().ok().map(|c| c.action.kind()),
         };
-        let verdict = match &decoded {
-            Err(e) => Err(Rejection::Malformed(clipped(&e.to_string()))),
-            Ok(_) if response.as_ref().is_some_and(|t| *t != own) => Err(Rejection::ResponseTopic(
-                clipped(response.as_deref().unwrap_or_default()),
-            )),
-            Ok(cmd) => self.commands.verifier.check(
-                cmd,
-                unix_ms(),
-                self.commands.nonces.last(&cmd.operator),
-            ),
+        let checked = match decoded {
+            Err(e) => Err((Rejection::Malformed(clipped(&e.to_string())), None)),
+            Ok(cmd) => {
+                let verdict = match &response {
+                    Some(t) if *t != own => Err(Rejection::ResponseTopic(clipped(t))),
+                    _ => self.commands.verifier.check(
+                        &cmd,
+                        unix_ms(),
+                        self.commands.nonces.last(&cmd.operator),
+                    ),
+                };
+                match verdict {
+                    Ok(()) => Ok(cmd),
+                    Err(r) => Err((r, Some(cmd.operator))),
+                }
+            }
         };
-        let cmd = match (decoded, verdict) {
-            (Ok(cmd), Ok(())) => cmd,
-            (decoded, Err(reason)) => {
+        let cmd = match checked {
+            Ok(cmd) => cmd,
+            Err((reason, operator)) => {
                 self.commands.rejected += 1;
                 tracing::warn!(
                     nonce = to.nonce,
                     action = ?to.action,
-                    operator = decoded.as_ref().map(|c| hex::encode(c.operator)).unwrap_or_default(),
+                    operator = operator.map(hex::encode).unwrap_or_default(),
                     reason = %reason,
                     rejected = self.commands.rejected,
                     "command refused"
                 );
-                if response.is_some() {
-                    self.reply(&to, Outcome::Rejected(reason));
-                }
+                self.reply_if(&response, &to, Outcome::Rejected(reason));
                 return;
             }
-            (Err(_), Ok(())) => return,
         };
-        if response.is_none() {
-            to.correlation = None;
-        }
         if let Err(e) = self.commands.nonces.accept(cmd.operator, cmd.nonce) {
             tracing::error!(error = %e, "command not carried out: its nonce could not be recorded");
             self.reply_if(&response, &to, Outcome::Failed(clipped(&e.to_string())));

@@ -381,7 +381,7 @@ pub struct CardDiagnostics {
     pub governor_level: u8,
     /// The operator's power cap, W.
     pub power_cap_w: Option<u32>,
-    /// Thermal target and critical in force, C.
+    /// Thermal target in force, C.
     pub target_c: u8,
     /// Critical temperature in force, C.
     pub critical_c: u8,
