@@ -11,6 +11,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::NetworkOptions;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
@@ -119,6 +120,9 @@ pub async fn send(
         s.broker.host.clone(),
         s.broker.port,
     );
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     options
         .set_clean_start(true)
         .set_keep_alive(Duration::from_secs(10))
