@@ -206,7 +206,10 @@ impl Rig {
             }
             Action::RestartWorker { .. } => {
                 cards.iter().for_each(|&i| self.slots.restart_worker(i));
-                Outcome::Accepted("worker stopped; a fresh one takes the next unit".into())
+                Outcome::Accepted(
+                    "worker replaced: a running unit is queued again, the next unit starts on a fresh worker"
+                        .into(),
+                )
             }
             Action::Quarantine { .. } => {
                 cards

@@ -328,6 +328,17 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_and_resum
     let (out, json) = rigctl(broker.port, &key, &["resume", "rig-d"]);
     assert!(out.status.success(), "{out:?}\n{json}");
     assert_eq!(outcome(&json), "accepted", "{json}");
+    // Working again; a worker restarted mid-unit loses nothing (its unit runs again).
+    let before = rig.worker_pids();
+    let (out, json) = rigctl(
+        broker.port,
+        &key,
+        &["restart-worker", "rig-d", "--gpu", "SIM-rig-d-0"],
+    );
+    assert!(out.status.success(), "{out:?}\n{json}");
+    wait_until("a fresh worker", 20, || {
+        rig.worker_pids().iter().any(|p| !before.contains(p))
+    });
     wait_job_done(&coordinator, units, &[&rig], 60);
     coordinator.assert_exactly_once(units, &[&rig]);
 }
@@ -364,21 +375,39 @@ async fn card_commands_from_rigctl_show_in_telemetry_and_diagnostics() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path(), "op.key");
-    let _rig = RigProcess::start(
-        "rig-l",
-        broker.port,
-        1,
-        &dir.path().join("rig"),
-        &format!("operator_keys = [\"{public}\"]\n"),
-    );
+    let _rigs = ["rig-l", "rig-m"].map(|name| {
+        RigProcess::start(
+            name,
+            broker.port,
+            1,
+            &dir.path().join(name),
+            &format!("operator_keys = [\"{public}\"]\n"),
+        )
+    });
     let port = broker.port;
     let run = |args: &'static [&'static str]| {
         let key = key.clone();
         tokio::task::spawn_blocking(move || rigctl(port, &key, args))
     };
-    wait_until("the rig answering", 20, || {
-        outcome(&rigctl(port, &key, &["diag", "rig-l"]).1) == "diagnostics"
+    wait_until("both rigs answering", 20, || {
+        let (_, json) = rigctl(port, &key, &["diag", "--all"]);
+        json[0]["rigs"].as_array().is_some_and(|rigs| {
+            rigs.len() == 2 && rigs.iter().all(|r| r["outcome"] == "diagnostics")
+        })
     });
+    // A rig that does not answer times out on its own; the others still report.
+    let (out, json) = run(&["diag", "rig-l", "rig-ghost", "--timeout-ms", "1000"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(json[0]["rigs"][0]["outcome"], "diagnostics", "{json}");
+    assert_eq!(json[0]["rigs"][1]["outcome"], "timeout", "{json}");
+    let (out, json) = run(&["rotate-logs", "rig-l"]).await.unwrap();
+    assert_eq!(
+        (out.status.code(), outcome(&json)),
+        (Some(1), "unsupported"),
+        "{json}"
+    );
     let (out, json) = run(&["limits", "set", "rig-l", "--power-w", "250"])
         .await
         .unwrap();

@@ -93,6 +93,8 @@ pub enum Command {
     RestartWorker(OneCardArgs),
     /// Diagnostics of rigs: versions, cards, governor levels, journal figures.
     Diag(SendArgs),
+    /// Asks rigs to rotate their logs (rigd answers that journald rotates them).
+    RotateLogs(SendArgs),
 }
 
 /// `rigctl operator ...`.

@@ -1,5 +1,5 @@
 //! The fleet-control subcommands: `operator`, `rigs`, `drain`, `pause`, `resume`,
-//! `limits set`, `quarantine`, `release`, `restart-worker`, `diag`.
+//! `limits set`, `quarantine`, `release`, `restart-worker`, `diag`, `rotate-logs`.
 
 use crate::cli::{CardSendArgs, Command, LimitsCommand, OperatorCommand, SendArgs};
 use crate::collect::{collect, now_ms, Collect};
@@ -74,6 +74,7 @@ pub async fn run(json: bool, opts: &Collect, command: Command) -> Result<ExitCod
         Command::Release(a) => (a.send, vec![Action::Release { gpu: a.gpu }]),
         Command::RestartWorker(a) => (a.send, vec![Action::RestartWorker { gpu: a.gpu }]),
         Command::Diag(send) => (send, vec![Action::Diagnostics]),
+        Command::RotateLogs(send) => (send, vec![Action::RotateLogs]),
         _ => return Err(Error::Worker),
     };
     let key = OperatorKey::load(send.operator_key.as_deref())?;
