@@ -395,6 +395,15 @@ async fn card_commands_from_rigctl_show_in_telemetry_and_diagnostics() {
             rigs.len() == 2 && rigs.iter().all(|r| r["outcome"] == "diagnostics")
         })
     });
+    let out = std::process::Command::new(workspace_bin("rigctl"))
+        .args(["--broker", &format!("127.0.0.1:{port}"), "rigs"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("rig-l") && table.contains("rig-m"),
+        "{table}"
+    );
     // A rig that does not answer times out on its own; the others still report.
     let (out, json) = run(&["diag", "rig-l", "rig-ghost", "--timeout-ms", "1000"])
         .await
