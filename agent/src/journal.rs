@@ -287,12 +287,12 @@ impl Journal {
                 let receipt = postcard::from_bytes(&rb).map_err(|e| corrupt(what(), e))?;
                 let ob = ob.ok_or_else(|| corrupt(what(), "output missing"))?;
                 let output = postcard::from_bytes(&ob).map_err(|e| corrupt(what(), e))?;
-                items.push(ReceiptItem { receipt, output });
+                items.push((receipt, output));
             }
             out.push(ReceiptBatch {
                 header,
                 signature,
-                items,
+                items: ReceiptItem::with_proofs(items),
             });
         }
         Ok(out)

@@ -3,9 +3,8 @@
 //! batch header, the signature and the rig's key (given, or read from the rig's retained
 //! status on the broker).
 
-use rigd_protocol::digest::Hash32;
 use rigd_protocol::verify::verify_receipt;
-use rigd_protocol::{decode, merkle, PublicKey, Receipt, ReceiptBatch};
+use rigd_protocol::{decode, PublicKey, ReceiptBatch};
 use serde::Serialize;
 
 /// One receipt's verdict.
@@ -63,16 +62,15 @@ pub fn parse_key(text: &str) -> Option<PublicKey> {
     }
 }
 
-/// Checks every receipt of `batch` against `key`.
+/// Checks every receipt of `batch` against `key`, each with the inclusion proof it carries.
 pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
-    let receipts: Vec<&Receipt> = batch.items.iter().map(|i| &i.receipt).collect();
-    let leaves: Vec<Hash32> = receipts.iter().map(|r| r.struct_hash()).collect();
-    let lines = receipts
+    let lines = batch
+        .items
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let proof = merkle::proof(&leaves, i).unwrap_or_default();
-            let verdict = match verify_receipt(r, &proof, &batch.header, &batch.signature, key) {
+        .map(|item| {
+            let r = &item.receipt;
+            let verdict = match verify_receipt(r, &item.proof, &batch.header, &batch.signature, key)
+            {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => e.to_string(),
             };
@@ -90,7 +88,7 @@ pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
         first_seq: batch.header.first_seq,
         count: batch.header.count,
         key: key.to_string(),
-        checked: "each receipt's EIP-712 leaf and Merkle inclusion proof, the batch header's EIP-712 digest, and its signature under the rig's key",
+        checked: "each receipt's EIP-712 leaf and the Merkle inclusion proof it carries, the batch header's EIP-712 digest, and its signature under the rig's key",
         receipts: lines,
     }
 }
@@ -123,7 +121,7 @@ pub fn table(r: &Report) -> String {
 mod tests {
     use super::*;
     use rigd_protocol::{
-        encode, BatchHeader, GpuUuid, JobId, ReceiptItem, RigId, Signature, UnitOutput,
+        encode, BatchHeader, GpuUuid, JobId, Receipt, ReceiptItem, RigId, Signature, UnitOutput,
     };
 
     fn batch(sign_with: u8) -> (ReceiptBatch, PublicKey) {
@@ -136,30 +134,34 @@ mod tests {
                 .to_vec(),
         );
         let rig = RigId::new("rig-v").unwrap_or_else(|e| panic!("{e}"));
-        let items: Vec<ReceiptItem> = (1..=3)
-            .map(|seq| ReceiptItem {
-                receipt: Receipt {
-                    rig: rig.clone(),
-                    seq,
-                    card: GpuUuid::new("SIM-0").unwrap_or_else(|e| panic!("{e}")),
-                    job: JobId::new("job").unwrap_or_else(|e| panic!("{e}")),
-                    unit: seq,
-                    attempt: 0,
-                    work: 100,
-                    input_digest: [1; 32],
-                    output_digest: UnitOutput::GemmI8 {
-                        c_digest: [seq as u8; 32],
-                    }
-                    .digest(),
-                    started_ms: 1,
-                    finished_ms: 2,
-                    governor_level: 0,
-                },
-                output: UnitOutput::GemmI8 {
-                    c_digest: [seq as u8; 32],
-                },
-            })
-            .collect();
+        let items = ReceiptItem::with_proofs(
+            (1..=3)
+                .map(|seq| {
+                    (
+                        Receipt {
+                            rig: rig.clone(),
+                            seq,
+                            card: GpuUuid::new("SIM-0").unwrap_or_else(|e| panic!("{e}")),
+                            job: JobId::new("job").unwrap_or_else(|e| panic!("{e}")),
+                            unit: seq,
+                            attempt: 0,
+                            work: 100,
+                            input_digest: [1; 32],
+                            output_digest: UnitOutput::GemmI8 {
+                                c_digest: [seq as u8; 32],
+                            }
+                            .digest(),
+                            started_ms: 1,
+                            finished_ms: 2,
+                            governor_level: 0,
+                        },
+                        UnitOutput::GemmI8 {
+                            c_digest: [seq as u8; 32],
+                        },
+                    )
+                })
+                .collect(),
+        );
         let receipts: Vec<Receipt> = items.iter().map(|i| i.receipt.clone()).collect();
         let header = BatchHeader::over(&rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
         let (sig, recid) = sk
@@ -183,7 +185,7 @@ mod tests {
         let decoded = read_batch(&encode(&b)).unwrap_or_else(|e| panic!("{e}"));
         let ok = verify_batch(&decoded, &pk);
         assert!(ok.all_ok(), "{}", table(&ok));
-        assert_eq!(parse_key(&pk.to_string()), Some(pk));
+        assert_eq!(parse_key(&pk.to_string()), Some(pk.clone()));
         let (_, other) = batch(4);
         let wrong = verify_batch(&b, &other);
         assert!(
@@ -203,6 +205,18 @@ mod tests {
         assert_eq!(
             r.receipts[1].verdict,
             "the inclusion proof does not lead to the batch root"
+        );
+        let mut bad_proof = b.clone();
+        bad_proof.items[2].proof[0][7] ^= 1;
+        let r = verify_batch(&bad_proof, &pk);
+        assert_eq!(
+            r.receipts
+                .iter()
+                .map(|l| l.verdict == "ok")
+                .collect::<Vec<_>>(),
+            [true, true, false],
+            "{}",
+            table(&r)
         );
         assert!(read_batch(b"garbage").is_err());
     }
