@@ -5,6 +5,7 @@
 //! cards ([`gpu`]) and one worker process per card ([`cards`], [`worker`]). The thermal
 //! [`governor`] turns a card's telemetry into its fan speed, power limit and run permit.
 
+pub mod batcher;
 pub mod cards;
 pub mod config;
 pub mod governor;
