@@ -1,7 +1,8 @@
-//! `rigctl receipts verify FILE`: checks every receipt of a saved batch frame (the payload
-//! of a `rig/{rig}/receipts` message) with the protocol's verifier: its inclusion proof, the
-//! batch header, the signature and the rig's key (given, or read from the rig's retained
-//! status on the broker).
+//! `rigctl receipts verify FILE|RIG`: checks every receipt of a saved batch frame (the payload
+//! of a `rig/{rig}/receipts` message), or of every batch the rig publishes while rigctl
+//! listens, with the protocol's verifier: the inclusion proof each receipt carries, the batch
+//! header, the signature and the rig's key (given, or read from the rig's retained status on
+//! the broker).
 
 use rigd_protocol::verify::verify_receipt;
 use rigd_protocol::{decode, PublicKey, ReceiptBatch};
@@ -49,6 +50,36 @@ impl Report {
 /// Decodes a saved batch frame.
 pub fn read_batch(bytes: &[u8]) -> Result<ReceiptBatch, rigd_protocol::FrameError> {
     decode::<ReceiptBatch>(bytes)
+}
+
+/// The distinct batches of `rig` among `payloads` (a batch sent again is counted once), by
+/// first sequence number. Frames that do not decode, or name another rig, are logged and
+/// skipped.
+pub fn distinct_batches(rig: &rigd_protocol::RigId, payloads: &[Vec<u8>]) -> Vec<ReceiptBatch> {
+    let mut seen = std::collections::BTreeMap::new();
+    for bytes in payloads {
+        match read_batch(bytes) {
+            Ok(b) if &b.header.rig == rig => {
+                seen.entry(b.header.first_seq).or_insert(b);
+            }
+            Ok(b) => tracing::warn!(rig = %b.header.rig, "skipping a batch of another rig"),
+            Err(error) => tracing::warn!(%error, "skipping a frame that is not a receipt batch"),
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// One line over all reports: batches, receipts, failures.
+pub fn summary(reports: &[Report]) -> String {
+    let receipts: usize = reports.iter().map(|r| r.receipts.len()).sum();
+    let failed: usize = reports
+        .iter()
+        .map(|r| r.receipts.iter().filter(|l| l.verdict != "ok").count())
+        .sum();
+    format!(
+        "{} batch(es), {receipts} receipt(s) checked, {failed} refused\n",
+        reports.len()
+    )
 }
 
 /// Parses a key as `rigctl` and rigd print it: `secp256k1:HEX` or `p256:HEX`.
@@ -219,5 +250,21 @@ mod tests {
             table(&r)
         );
         assert!(read_batch(b"garbage").is_err());
+    }
+
+    #[test]
+    fn batches_heard_live_are_counted_once_and_foreign_or_bad_frames_are_skipped() {
+        let (b, pk) = batch(3);
+        let rig = b.header.rig.clone();
+        let mut other = b.clone();
+        other.header.rig = RigId::new("rig-w").unwrap_or_else(|e| panic!("{e}"));
+        let payloads = vec![encode(&b), b"garbage".to_vec(), encode(&b), encode(&other)];
+        let batches = distinct_batches(&rig, &payloads);
+        assert_eq!(batches, vec![b]);
+        let reports: Vec<Report> = batches.iter().map(|b| verify_batch(b, &pk)).collect();
+        assert_eq!(
+            summary(&reports),
+            "1 batch(es), 3 receipt(s) checked, 0 refused\n"
+        );
     }
 }
