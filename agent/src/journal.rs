@@ -7,7 +7,7 @@
 //! 2. [`Journal::record`]: the inbox row becomes a receipt with the next sequence number
 //!    (gap-free; many completions per transaction: group commit). The receipt is durable; no
 //!    key is involved, so a slow key never holds the commit.
-//! 3. [`Journal::next_batch`], then [`Journal::store_batch`]: the oldest unbatched receipts
+//! 3. [`seal_next`] ([`Journal::next_batch`], then [`Journal::store_batch`]): the oldest unbatched receipts
 //!    are cut into a batch, whose EIP-712 header the key signs outside any transaction (the
 //!    journal stays free meanwhile); the header and signature are stored in one transaction.
 //!    A kill before that leaves the receipts unbatched, and they are cut and signed again.
@@ -26,6 +26,7 @@ use rigd_protocol::{
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,9 @@ pub enum JournalError {
         /// First sequence number of the batch.
         first_seq: u64,
     },
+    /// A thread panicked while it held the journal.
+    #[error("the journal's lock was poisoned by a panic")]
+    Poisoned,
     /// A stored row does not decode.
     #[error("journal row {what} is corrupt: {reason}")]
     Corrupt {
@@ -82,6 +86,48 @@ pub struct JournalStats {
     pub sealed_seq: u64,
     /// Units waiting in the inbox.
     pub queued_units: u64,
+}
+
+/// A batch signed and stored by [`seal_next`].
+#[derive(Debug, Clone, Copy)]
+pub struct Sealed {
+    /// How long the key took to sign; `None` when no receipt waited for a batch.
+    pub took: Option<std::time::Duration>,
+    /// The journal's counters after storing it.
+    pub stats: JournalStats,
+}
+
+/// Cuts the next batch of at most `max` receipts from `journal`, signs it with `key` while the
+/// journal stays free for commits, and stores it.
+pub fn seal_next(
+    journal: &Mutex<Journal>,
+    key: &dyn KeyStore,
+    max: u32,
+) -> Result<Sealed, JournalError> {
+    let lock = || journal.lock().map_err(|_| JournalError::Poisoned);
+    let next = lock()?.next_batch(max)?;
+    let Some(header) = next else {
+        return Ok(Sealed {
+            took: None,
+            stats: lock()?.stats()?,
+        });
+    };
+    tracing::debug!(
+        first_seq = header.first_seq,
+        count = header.count,
+        "signing a receipt batch"
+    );
+    let started = std::time::Instant::now();
+    let signature = key
+        .sign_digest(&header.signing_digest())
+        .map_err(|e| JournalError::Sign(e.to_string()))?;
+    let took = started.elapsed();
+    let mut j = lock()?;
+    j.store_batch(&header, &signature)?;
+    Ok(Sealed {
+        took: Some(took),
+        stats: j.stats()?,
+    })
 }
 
 /// The journal of one rig.

@@ -217,3 +217,24 @@ fn receipts_are_durable_before_signing_and_a_batch_cut_before_a_kill_is_cut_agai
         assert!(rigd_protocol::verify::verify_batch(b, &k.public_key()).is_ok());
     }
 }
+
+#[test]
+fn seal_next_signs_the_oldest_waiting_receipts_and_says_when_none_wait() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let k = key(&dir);
+    let j = std::sync::Mutex::new(journal(&dir));
+    let nothing = seal_next(&j, k.as_ref(), 2).unwrap_or_else(|e| panic!("{e}"));
+    assert!(nothing.took.is_none());
+    let units: Vec<_> = (1..=3).map(unit).collect();
+    let c: Vec<_> = units.iter().map(done).collect();
+    {
+        let mut g = j.lock().unwrap_or_else(|e| panic!("{e}"));
+        let _ = g.add_units(&units);
+        assert_eq!(g.record(&c).map(|r| r.len()).ok(), Some(3));
+    }
+    let first = seal_next(&j, k.as_ref(), 2).unwrap_or_else(|e| panic!("{e}"));
+    assert!(first.took.is_some());
+    assert_eq!((first.stats.sealed_seq, first.stats.last_seq), (2, 3));
+    let second = seal_next(&j, k.as_ref(), 2).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second.stats.sealed_seq, 3);
+}

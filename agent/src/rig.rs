@@ -11,7 +11,7 @@ use crate::cards::{run_card, CardEvent, CardHandle, CardSettings, WorkerCommand}
 use crate::config::{GpuBackend, RigConfig};
 use crate::gpu::nvml::NvmlGpu;
 use crate::gpu::{Gpu, SimGpu};
-use crate::journal::{Completion, Journal, JournalError, JournalStats};
+use crate::journal::{self, Completion, Journal, JournalError, JournalStats, Sealed};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
 use crate::slots::{FailurePolicy, Slots};
@@ -73,47 +73,6 @@ fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
             }
         },
     }
-}
-
-/// A batch signed and stored off the commit path.
-struct Sealed {
-    /// How long the key took to sign; `None` when there was nothing to seal.
-    took: Option<Duration>,
-    /// The journal's counters after storing it.
-    stats: JournalStats,
-}
-
-/// Cuts the next batch of at most `max` receipts, signs it without holding the journal, and
-/// stores it.
-fn seal_one(journal: &Mutex<Journal>, key: &dyn KeyStore, max: u32) -> Result<Sealed, RunError> {
-    let lock = || {
-        journal
-            .lock()
-            .map_err(|_| RunError::Runtime("journal lock poisoned".into()))
-    };
-    let Some(header) = lock()?.next_batch(max)? else {
-        tracing::debug!("nothing to seal");
-        return Ok(Sealed {
-            took: None,
-            stats: lock()?.stats()?,
-        });
-    };
-    tracing::debug!(
-        first_seq = header.first_seq,
-        count = header.count,
-        "signing a receipt batch"
-    );
-    let t = Instant::now();
-    let signature = key
-        .sign_digest(&header.signing_digest())
-        .map_err(|e| JournalError::Sign(e.to_string()))?;
-    let took = t.elapsed();
-    let mut j = lock()?;
-    j.store_batch(&header, &signature)?;
-    Ok(Sealed {
-        took: Some(took),
-        stats: j.stats()?,
-    })
 }
 
 async fn journal_op<R: Send + 'static>(
@@ -447,12 +406,11 @@ impl Rig {
                     self.sealed_tx.clone(),
                 );
                 tokio::spawn(async move {
-                    let done =
-                        tokio::task::spawn_blocking(move || seal_one(&journal, key.as_ref(), max))
-                            .await
-                            .unwrap_or_else(|e| {
-                                Err(RunError::Runtime(format!("signing task: {e}")))
-                            });
+                    let done = tokio::task::spawn_blocking(move || {
+                        journal::seal_next(&journal, key.as_ref(), max).map_err(RunError::from)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(RunError::Runtime(format!("signing task: {e}"))));
                     let _ = tx.send(done).await;
                 });
             }
