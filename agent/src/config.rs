@@ -131,6 +131,10 @@ pub struct RigConfig {
     /// Most receipts signed together in one batch.
     #[serde(default = "default_batch_max")]
     pub batch_max_receipts: u32,
+    /// Longest a journaled receipt waits for its batch to be sealed and signed while the batch
+    /// is smaller than the size the key's measured signing rate calls for, ms.
+    #[serde(default = "default_batch_age_ms")]
+    pub batch_max_age_ms: u64,
     /// Unacknowledged batches are sent again after this long, ms.
     #[serde(default = "default_resend_ms")]
     pub resend_interval_ms: u64,
@@ -203,6 +207,9 @@ fn default_telemetry_ms() -> u64 {
 fn default_batch_max() -> u32 {
     256
 }
+fn default_batch_age_ms() -> u64 {
+    1000
+}
 fn default_resend_ms() -> u64 {
     3000
 }
@@ -271,6 +278,7 @@ impl RigConfig {
             sim_gflops: default_sim_gflops(),
             telemetry_interval_ms: 500,
             batch_max_receipts: default_batch_max(),
+            batch_max_age_ms: default_batch_age_ms(),
             resend_interval_ms: 1000,
             max_unacked_receipts: default_max_unacked(),
             worker_hang_ms: default_hang_ms(),
@@ -326,6 +334,12 @@ impl RigConfig {
                     self.batch_max_receipts,
                     rigd_protocol::MAX_BATCH
                 ),
+            );
+        }
+        if self.batch_max_age_ms == 0 || self.batch_max_age_ms > 60_000 {
+            return bad(
+                "batch_max_age_ms",
+                format!("{} is outside 1..=60000", self.batch_max_age_ms),
             );
         }
         if self.telemetry_interval_ms < 100 || self.resend_interval_ms < 100 {

@@ -5,9 +5,14 @@
 //! nothing:
 //! 1. [`Journal::add_units`]: the unit is in the inbox before the broker is acknowledged.
 //! 2. [`Journal::record`]: the inbox row becomes a receipt with the next sequence number
-//!    (gap-free; many completions per transaction: group commit), and the new receipts are
-//!    sealed into batches whose EIP-712 header the key signs, in the same transaction.
-//! 3. [`Journal::ack`]: the coordinator recorded the batch; its outputs are dropped.
+//!    (gap-free; many completions per transaction: group commit). The receipt is durable; no
+//!    key is involved, so a slow key never holds the commit.
+//! 3. [`seal_next`] ([`Journal::next_batch`], then [`Journal::store_batch`]): the oldest unbatched receipts
+//!    are cut into a batch, whose EIP-712 header the key signs outside any transaction (the
+//!    journal stays free meanwhile); the header and signature are stored in one transaction.
+//!    A kill before that leaves the receipts unbatched, and they are cut and signed again.
+//!    When to seal and how many is the [`crate::batcher`]'s decision.
+//! 4. [`Journal::ack`]: the coordinator recorded the batch; its outputs are dropped.
 //!
 //! Unacknowledged batches are the outbox: [`Journal::unacked_batches`] rebuilds their
 //! messages for (re)sending. Everything read back from disk is decoded with errors, never
@@ -21,6 +26,7 @@ use rigd_protocol::{
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,15 @@ pub enum JournalError {
     /// The key store refused to sign a batch.
     #[error("cannot sign a receipt batch: {0}")]
     Sign(String),
+    /// A signed batch no longer matches the unbatched receipts (another batch took them).
+    #[error("batch at seq {first_seq} does not match the unbatched receipts")]
+    Stale {
+        /// First sequence number of the batch.
+        first_seq: u64,
+    },
+    /// A thread panicked while it held the journal.
+    #[error("the journal's lock was poisoned by a panic")]
+    Poisoned,
     /// A stored row does not decode.
     #[error("journal row {what} is corrupt: {reason}")]
     Corrupt {
@@ -67,8 +82,52 @@ pub struct JournalStats {
     pub last_seq: u64,
     /// Receipts not yet acknowledged by the coordinator.
     pub unacked_receipts: u64,
+    /// Highest sequence number in a signed batch.
+    pub sealed_seq: u64,
     /// Units waiting in the inbox.
     pub queued_units: u64,
+}
+
+/// A batch signed and stored by [`seal_next`].
+#[derive(Debug, Clone, Copy)]
+pub struct Sealed {
+    /// How long the key took to sign; `None` when no receipt waited for a batch.
+    pub took: Option<std::time::Duration>,
+    /// The journal's counters after storing it.
+    pub stats: JournalStats,
+}
+
+/// Cuts the next batch of at most `max` receipts from `journal`, signs it with `key` while the
+/// journal stays free for commits, and stores it.
+pub fn seal_next(
+    journal: &Mutex<Journal>,
+    key: &dyn KeyStore,
+    max: u32,
+) -> Result<Sealed, JournalError> {
+    let lock = || journal.lock().map_err(|_| JournalError::Poisoned);
+    let next = lock()?.next_batch(max)?;
+    let Some(header) = next else {
+        return Ok(Sealed {
+            took: None,
+            stats: lock()?.stats()?,
+        });
+    };
+    tracing::debug!(
+        first_seq = header.first_seq,
+        count = header.count,
+        "signing a receipt batch"
+    );
+    let started = std::time::Instant::now();
+    let signature = key
+        .sign_digest(&header.signing_digest())
+        .map_err(|e| JournalError::Sign(e.to_string()))?;
+    let took = started.elapsed();
+    let mut j = lock()?;
+    j.store_batch(&header, &signature)?;
+    Ok(Sealed {
+        took: Some(took),
+        stats: j.stats()?,
+    })
 }
 
 /// The journal of one rig.
@@ -165,16 +224,10 @@ impl Journal {
         Ok(out)
     }
 
-    /// Turns completions into receipts with the next sequence numbers and seals every
-    /// receipt not yet in a batch into signed batches of at most `batch_max`, all in one
-    /// transaction: a kill leaves either the units in the inbox or the receipts signed and
-    /// ready to send. A completion whose unit already has a receipt is skipped.
-    pub fn record(
-        &mut self,
-        done: &[Completion],
-        batch_max: u32,
-        key: &dyn KeyStore,
-    ) -> Result<Vec<Receipt>, JournalError> {
+    /// Turns completions into receipts with the next sequence numbers, in one transaction: a
+    /// kill leaves either the units in the inbox or the receipts journaled. A completion whose
+    /// unit already has a receipt is skipped. Nothing is signed here.
+    pub fn record(&mut self, done: &[Completion]) -> Result<Vec<Receipt>, JournalError> {
         let tx = self.db.transaction()?;
         let mut seq: u64 = tx
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM receipts")?
@@ -217,16 +270,77 @@ impl Journal {
                 .execute(params![u.job.as_str(), u.unit as i64, u.attempt])?;
             out.push(receipt);
         }
-        seal(&tx, &self.rig, batch_max, key)?;
         tx.commit()?;
         Ok(out)
     }
 
-    /// Seals receipts left outside a batch (none unless a batch could not be signed).
-    pub fn seal_pending(&mut self, batch_max: u32, key: &dyn KeyStore) -> Result<(), JournalError> {
+    /// The header of a batch over the oldest (at most `max`) receipts not yet in a batch, for
+    /// the key to sign; `None` when every receipt is batched. Reads only.
+    pub fn next_batch(&self, max: u32) -> Result<Option<BatchHeader>, JournalError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT seq, receipt FROM receipts WHERE batch IS NULL ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([max], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut receipts: Vec<Receipt> = vec![];
+        for row in rows {
+            let (seq, body) = row?;
+            receipts.push(
+                postcard::from_bytes(&body).map_err(|e| corrupt(format!("receipt {seq}"), e))?,
+            );
+        }
+        if receipts.is_empty() {
+            return Ok(None);
+        }
+        BatchHeader::over(&self.rig, &receipts)
+            .map(Some)
+            .map_err(|reason| corrupt("unbatched receipts", reason))
+    }
+
+    /// Stores a batch cut by [`Self::next_batch`] with the key's signature over its header,
+    /// in one transaction. Refused ([`JournalError::Stale`]) unless all its receipts are still
+    /// unbatched.
+    pub fn store_batch(
+        &mut self,
+        header: &BatchHeader,
+        signature: &Signature,
+    ) -> Result<(), JournalError> {
         let tx = self.db.transaction()?;
-        seal(&tx, &self.rig, batch_max, key)?;
+        let end = header.first_seq + u64::from(header.count);
+        let n = tx
+            .prepare_cached(
+                "UPDATE receipts SET batch = ?1 WHERE seq >= ?1 AND seq < ?2 AND batch IS NULL",
+            )?
+            .execute(params![header.first_seq as i64, end as i64])?;
+        if n != header.count as usize {
+            return Err(JournalError::Stale {
+                first_seq: header.first_seq,
+            });
+        }
+        let hbytes = postcard::to_allocvec(header).map_err(|e| corrupt("new batch", e))?;
+        tx.prepare_cached(
+            "INSERT INTO batches (first_seq, count, header, signature) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            header.first_seq as i64,
+            header.count,
+            hbytes,
+            signature.0
+        ])?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Seals every unbatched receipt into signed batches of at most `max`, signing in turn
+    /// (used where nothing else runs: shutdown, tools and benchmarks).
+    pub fn seal_all(&mut self, max: u32, key: &dyn KeyStore) -> Result<(), JournalError> {
+        while let Some(header) = self.next_batch(max)? {
+            let signature = key
+                .sign_digest(&header.signing_digest())
+                .map_err(|e| JournalError::Sign(e.to_string()))?;
+            self.store_batch(&header, &signature)?;
+        }
         Ok(())
     }
 
@@ -287,12 +401,12 @@ impl Journal {
                 let receipt = postcard::from_bytes(&rb).map_err(|e| corrupt(what(), e))?;
                 let ob = ob.ok_or_else(|| corrupt(what(), "output missing"))?;
                 let output = postcard::from_bytes(&ob).map_err(|e| corrupt(what(), e))?;
-                items.push(ReceiptItem { receipt, output });
+                items.push((receipt, output));
             }
             out.push(ReceiptBatch {
                 header,
                 signature,
-                items,
+                items: ReceiptItem::with_proofs(items),
             });
         }
         Ok(out)
@@ -330,60 +444,20 @@ impl Journal {
         let queued: i64 = self
             .db
             .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?;
+        let sealed: i64 = self
+            .db
+            .prepare_cached(
+                "SELECT first_seq + count - 1 FROM batches ORDER BY first_seq DESC LIMIT 1",
+            )?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
         Ok(JournalStats {
             last_seq: last_seq as u64,
             unacked_receipts: (last_seq - acked).max(0) as u64,
+            sealed_seq: sealed.max(0) as u64,
             queued_units: queued as u64,
         })
-    }
-}
-
-/// Seals every receipt not yet in a batch into signed batches of at most `batch_max`.
-fn seal(
-    tx: &rusqlite::Transaction<'_>,
-    rig: &RigId,
-    batch_max: u32,
-    key: &dyn KeyStore,
-) -> Result<(), JournalError> {
-    loop {
-        let receipts: Vec<Receipt> = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT seq, receipt FROM receipts WHERE batch IS NULL ORDER BY seq LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([batch_max], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            let mut out = vec![];
-            for row in rows {
-                let (seq, body) = row?;
-                out.push(
-                    postcard::from_bytes(&body)
-                        .map_err(|e| corrupt(format!("receipt {seq}"), e))?,
-                );
-            }
-            out
-        };
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        let header = BatchHeader::over(rig, &receipts)
-            .map_err(|reason| corrupt("unbatched receipts", reason))?;
-        let signature = key
-            .sign_digest(&header.signing_digest())
-            .map_err(|e| JournalError::Sign(e.to_string()))?;
-        let hbytes = postcard::to_allocvec(&header).map_err(|e| corrupt("new batch", e))?;
-        tx.prepare_cached(
-            "INSERT INTO batches (first_seq, count, header, signature) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
-            header.first_seq as i64,
-            header.count,
-            hbytes,
-            signature.0
-        ])?;
-        let end = header.first_seq + u64::from(header.count);
-        tx.prepare_cached("UPDATE receipts SET batch = ?1 WHERE seq >= ?1 AND seq < ?2")?
-            .execute(params![header.first_seq as i64, end as i64])?;
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`governor`] turns a card's telemetry into its fan speed, power limit and run permit.
 //! [`commands`] decides which signed operator commands the rig takes.
 
+pub mod batcher;
 pub mod cards;
 pub mod commands;
 pub mod config;

@@ -35,6 +35,9 @@ enum KeysAction {
     Init,
     /// Shows the public key (and Ethereum address for secp256k1) and where the key lives.
     Show,
+    /// Shows the key and what its key store vouches for: for a TPM, the persistent handle,
+    /// the key's TPM name and the attributes that keep it inside the TPM.
+    Attest,
 }
 
 fn main() -> ExitCode {
@@ -106,7 +109,7 @@ async fn wait_for_signal() {
     }
 }
 
-/// `rigd keys init|show`. Opening a key creates it where the backend creates keys on first
+/// `rigd keys init|show|attest`. Opening a key creates it where the backend creates keys on first
 /// use (TPM, PKCS#11 token, YubiHSM2, file), so `init` and `show` differ only in wording.
 fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
     let key = match rigd::keys::open(&config.key, &config.state_dir, config.allow_software_key) {
@@ -124,6 +127,22 @@ fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
     println!("public key: {public}");
     if let Some(address) = public.eth_address() {
         println!("address:    0x{}", hex::encode(address));
+    }
+    if matches!(action, KeysAction::Attest) {
+        match key.attest() {
+            Ok(lines) if lines.is_empty() => {
+                println!("attestation: none (this key store attests nothing about its keys)")
+            }
+            Ok(lines) => {
+                for (label, value) in lines {
+                    println!("{:<11} {value}", format!("{label}:"));
+                }
+            }
+            Err(e) => {
+                eprintln!("rigd: {e}");
+                return ExitCode::from(3);
+            }
+        }
     }
     ExitCode::SUCCESS
 }

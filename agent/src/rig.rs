@@ -1,14 +1,17 @@
 //! The supervisor: joins the link, the journal, the key, the cards and their workers.
 //!
 //! Units arrive on the link, are journaled, then acknowledged to the broker; idle cards take
-//! them; finished units become receipts (group commit), receipts become signed batches, and
-//! batches go out through the outbox until the coordinator acknowledges them.
+//! them; finished units become receipts (group commit); the [`crate::batcher`] decides when
+//! journaled receipts are sealed into a batch, which the key signs off the journal's commit
+//! path (one signature in flight, cards and journaling go on meanwhile); signed batches go
+//! out through the outbox until the coordinator acknowledges them.
 
+use crate::batcher::{Batcher, Decision};
 use crate::cards::{run_card, CardEvent, CardHandle, CardSettings, WorkerCommand};
 use crate::config::{GpuBackend, RigConfig};
 use crate::gpu::nvml::NvmlGpu;
 use crate::gpu::{Gpu, SimGpu};
-use crate::journal::{Completion, Journal, JournalError, JournalStats};
+use crate::journal::{self, Completion, Journal, JournalError, JournalStats, Sealed};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
 use crate::slots::{FailurePolicy, Slots};
@@ -42,6 +45,10 @@ struct Rig {
     sent: HashMap<u64, Instant>,
     stats: JournalStats,
     outbox_full: bool,
+    batcher: Batcher,
+    /// When the batcher wants to be asked again (a batch's age bound, a retry).
+    seal_at: Option<Instant>,
+    sealed_tx: mpsc::Sender<Result<Sealed, RunError>>,
     /// When a shutdown started draining the rig; no new units start from then on.
     draining_since: Option<Instant>,
     started_ms: u64,
@@ -170,27 +177,32 @@ pub async fn run(
         stop_link.clone(),
     );
     tracing::info!(rig = %config.rig_id, cards = slots.inventory().len(), queued = queue.len(), key = %key.describe(), "rigd started");
+    let stats = journal.stats()?;
+    let (sealed_tx, mut sealed) = mpsc::channel(1);
     let mut rig = Rig {
+        batcher: Batcher::new(
+            config.batch_max_receipts,
+            Duration::from_millis(config.batch_max_age_ms),
+            stats.sealed_seq,
+            stats.last_seq,
+            Instant::now(),
+        ),
+        seal_at: None,
+        sealed_tx,
         journal: Arc::new(Mutex::new(journal)),
         key,
         link,
         slots,
         queue,
         sent: HashMap::new(),
-        stats: JournalStats::default(),
+        stats,
         outbox_full: false,
         draining_since: None,
         started_ms,
         commands: command_state,
         config,
     };
-    let key = rig.key.clone();
-    let max = rig.config.batch_max_receipts;
-    rig.stats = journal_op(&rig.journal, move |j| {
-        j.seal_pending(max, key.as_ref())?;
-        j.stats()
-    })
-    .await?;
+    rig.start_seal();
     let mut governor =
         tokio::time::interval(Duration::from_millis(rig.config.governor_interval_ms));
     let mut telemetry =
@@ -230,7 +242,27 @@ pub async fn run(
             _ = telemetry.tick() => rig.publish_telemetry(),
             _ = tokio::time::sleep_until(next_start.unwrap_or_else(Instant::now).into()), if next_start.is_some() => {}
             _ = resend.tick() => rig.resend(false).await?,
+            Some(done) = sealed.recv() => rig.on_sealed(done).await?,
+            _ = tokio::time::sleep_until(rig.seal_at.unwrap_or_else(Instant::now).into()), if rig.seal_at.is_some() => rig.start_seal(),
             _ = tokio::time::sleep(Duration::from_millis(100)), if rig.draining_since.is_some() => {}
+        }
+    }
+    // Sign what is journaled before leaving: the signature in flight first, then the rest.
+    if rig.batcher.signing() {
+        if let Some(done) = sealed.recv().await {
+            rig.on_sealed(done).await?;
+        }
+    }
+    let (key, max) = (rig.key.clone(), rig.config.batch_max_receipts);
+    match journal_op(&rig.journal, move |j| {
+        j.seal_all(max, key.as_ref())?;
+        j.stats()
+    })
+    .await
+    {
+        Ok(stats) => rig.stats = stats,
+        Err(e) => {
+            tracing::error!(error = %e, "receipts left unsigned at shutdown; they are signed at the next start")
         }
     }
     rig.resend(false).await?;
@@ -354,17 +386,72 @@ impl Rig {
         // signature never stand between two units of a card.
         self.dispatch();
         if !done.is_empty() {
-            let key = self.key.clone();
-            let max = self.config.batch_max_receipts;
             let (receipts, stats) = journal_op(&self.journal, move |j| {
-                let receipts = j.record(&done, max, key.as_ref())?;
+                let receipts = j.record(&done)?;
                 Ok((receipts.len(), j.stats()?))
             })
             .await?;
             self.stats = stats;
-            tracing::debug!(receipts, "receipts journaled and signed");
-            self.resend(false).await?;
+            self.batcher.journaled(stats.last_seq, Instant::now());
+            tracing::debug!(
+                receipts,
+                waiting = self.batcher.waiting(),
+                "receipts journaled"
+            );
+            self.start_seal();
         }
+        Ok(())
+    }
+
+    /// Asks the batcher what to do and, when a batch is due, signs it in the background.
+    fn start_seal(&mut self) {
+        self.seal_at = None;
+        match self.batcher.poll(Instant::now()) {
+            Decision::Seal(max) => {
+                let (journal, key, tx) = (
+                    self.journal.clone(),
+                    self.key.clone(),
+                    self.sealed_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    let done = tokio::task::spawn_blocking(move || {
+                        journal::seal_next(&journal, key.as_ref(), max).map_err(RunError::from)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(RunError::Runtime(format!("signing task: {e}"))));
+                    let _ = tx.send(done).await;
+                });
+            }
+            Decision::WaitUntil(at) => self.seal_at = Some(at),
+            Decision::Idle => {}
+        }
+    }
+
+    /// A background signature finished: a signed batch goes out; a key that failed is asked
+    /// again later while the receipts stay journaled.
+    async fn on_sealed(&mut self, done: Result<Sealed, RunError>) -> Result<(), RunError> {
+        let now = Instant::now();
+        match done {
+            Ok(sealed) => {
+                self.stats = sealed.stats;
+                let took = sealed.took.or(self.batcher.sign_time()).unwrap_or_default();
+                self.batcher.signed(sealed.stats.sealed_seq, took, now);
+                tracing::debug!(
+                    sealed_through = sealed.stats.sealed_seq,
+                    sign_ms = took.as_secs_f64() * 1e3,
+                    waiting = self.batcher.waiting(),
+                    target = self.batcher.target(),
+                    "receipt batch signed"
+                );
+                self.resend(false).await?;
+            }
+            Err(RunError::Journal(JournalError::Sign(e))) => {
+                self.batcher.failed(now);
+                tracing::error!(error = %e, waiting = self.batcher.waiting(), "the key could not sign a receipt batch; the receipts stay journaled and are signed later");
+            }
+            Err(e) => return Err(e),
+        }
+        self.start_seal();
         Ok(())
     }
 

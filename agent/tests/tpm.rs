@@ -79,3 +79,58 @@ fn a_rig_signing_with_a_tpm_key_gets_every_receipt_verified_and_credited() {
     assert!(log.contains("tpm P-256 handle 0x81010001"), "{log}");
     assert!(!log.contains("SOFTWARE key"), "{log}");
 }
+
+/// The job `rigctl devnet` runs (MLP training until the held-out loss reaches 0.15), by two
+/// rigd processes whose receipts are signed in their own swtpm.
+#[test]
+fn the_devnet_mlp_job_signed_in_tpms_reaches_its_loss_and_every_receipt_is_credited_once() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::mlp(broker.port, dir.path(), 60, 0.15);
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let tpms: Vec<_> = states
+        .iter()
+        .map(|s| common::swtpm::Swtpm::start(s.path()))
+        .collect();
+    let rigs: Vec<RigProcess> = tpms
+        .iter()
+        .enumerate()
+        .map(|(i, tpm)| {
+            RigProcess::start(
+                &format!("rig-mlp-{i}"),
+                broker.port,
+                1 + i as u32,
+                &dir.path().join(format!("r{i}")),
+                &format!("key = \"tpm:{}\"\n", tpm.rest()),
+            )
+        })
+        .collect();
+    common::wait_until("the job finished", 120, || {
+        coordinator.status().is_some_and(|s| s.finished)
+    });
+    let status = coordinator.status().unwrap();
+    assert!(
+        status.loss.is_some_and(|l| l <= 0.15),
+        "the loss target was not reached: {status:?}"
+    );
+    let units = coordinator.credited().len() as u64;
+    assert_eq!(
+        units,
+        status.step * 8,
+        "every unit of every step credited: {status:?}"
+    );
+    let refs: Vec<&RigProcess> = rigs.iter().collect();
+    common::wait_until("every outbox drained", 60, || {
+        refs.iter().all(|r| r.journal().1 == 0)
+    });
+    coordinator.assert_exactly_once(units, &refs);
+    for rig in &rigs {
+        let log = rig.log();
+        assert!(log.contains("tpm P-256 handle 0x81010001"), "{log}");
+        assert!(!log.contains("SOFTWARE key"), "{log}");
+    }
+    println!(
+        "MLP job signed in two swtpms: loss {:?} after {} steps, {units} units credited once",
+        status.loss, status.step
+    );
+}

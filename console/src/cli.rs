@@ -194,12 +194,13 @@ pub struct LimitsSetArgs {
 /// `rigctl receipts ...`.
 #[derive(Debug, Subcommand)]
 pub enum ReceiptsCommand {
-    /// Checks every receipt of a saved batch (the payload of a `rig/{rig}/receipts` message):
-    /// inclusion proof, batch header digest and signature under the rig's key. Exits 1 when
-    /// any receipt fails.
+    /// Checks every receipt of a saved batch (the payload of a `rig/{rig}/receipts` message),
+    /// or of every batch a rig publishes within --wait-ms: inclusion proof, batch header
+    /// digest and signature under the rig's key. Exits 1 when any receipt fails, or when a
+    /// rig published no batch in that time.
     Verify {
-        /// The saved frame.
-        file: PathBuf,
+        /// A saved frame, or (when no such file exists) the id of a rig to listen to.
+        target: PathBuf,
         /// The rig's key (`secp256k1:HEX` or `p256:HEX`, as `rigd keys show` prints it);
         /// without it, the key in the rig's retained status on the broker.
         #[arg(long)]

@@ -128,6 +128,60 @@ pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, Co
     Ok(view)
 }
 
+/// Subscribes to `topic` and returns the payload of every message received until the wait is
+/// over (live messages, unlike [`collect`], which stops once the retained ones are in).
+pub async fn listen(opts: &Collect, topic: &str) -> Result<Vec<Vec<u8>>, CollectError> {
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let mut options = MqttOptions::new(client_id(), opts.host.clone(), opts.port);
+    options
+        .set_clean_start(true)
+        .set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(Some(MAX_PACKET_BYTES))
+        .set_outgoing_inflight_upper_limit(100)
+        .set_connection_timeout(opts.wait.as_secs().max(1));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client
+        .subscribe(topic, QoS::AtMostOnce)
+        .await
+        .map_err(|e| CollectError::Subscribe(e.to_string()))?;
+    let deadline = Instant::now() + opts.wait;
+    let (mut payloads, mut connected) = (vec![], false);
+    loop {
+        match timeout_at(deadline, eventloop.poll()).await {
+            Err(_) if connected => break,
+            Err(_) => {
+                return Err(CollectError::Unreachable {
+                    addr,
+                    reason: format!("no session within {} ms", opts.wait.as_millis()),
+                })
+            }
+            Ok(Err(e)) if connected => {
+                return Err(CollectError::Lost {
+                    addr,
+                    source: Box::new(e),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(CollectError::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => connected = true,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => payloads.push(p.payload.to_vec()),
+            Ok(Ok(_)) => {}
+        }
+    }
+    if client.try_disconnect().is_ok() {
+        let _ = timeout_at(
+            Instant::now() + Duration::from_millis(100),
+            eventloop.poll(),
+        )
+        .await;
+    }
+    Ok(payloads)
+}
+
 /// The current time, Unix ms.
 pub fn now_ms() -> u64 {
     SystemTime::now()

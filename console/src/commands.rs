@@ -2,7 +2,7 @@
 //! and check saved receipts (`receipts verify`).
 
 use crate::cli::{Cli, Command, ReceiptsCommand};
-use crate::collect::{collect, now_ms, Collect, CollectError};
+use crate::collect::{collect, listen, now_ms, Collect, CollectError};
 use crate::devnet::{self, DevnetError};
 use crate::{receipts, report, table};
 use rigd_protocol::topics::{self, Channel};
@@ -58,6 +58,17 @@ pub enum Error {
         /// Commands sent.
         of: usize,
     },
+    /// Neither a file nor a rig id.
+    #[error("{0} is neither a batch file nor a rig id")]
+    NoSuchTarget(String),
+    /// The rig published no receipt batch while rigctl listened.
+    #[error("rig {rig} published no receipt batch within {wait_ms} ms (a longer --wait-ms, or is it working?)")]
+    NoBatch {
+        /// The rig.
+        rig: RigId,
+        /// How long rigctl listened.
+        wait_ms: u64,
+    },
     /// The hidden `worker` subcommand runs before the runtime starts; it cannot get here.
     #[error("the worker subcommand is run by the devnet's rigs, not through run()")]
     Worker,
@@ -111,29 +122,52 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             emit(cli.json, &r, || table::earnings(&r))?;
         }
         Command::Receipts {
-            action: ReceiptsCommand::Verify { file, key },
+            action: ReceiptsCommand::Verify { target, key },
         } => {
-            let bad_file = |reason: String| Error::BatchFile {
-                path: file.display().to_string(),
-                reason,
-            };
-            let bytes = std::fs::read(&file).map_err(|e| bad_file(e.to_string()))?;
-            let batch = receipts::read_batch(&bytes).map_err(|e| bad_file(e.to_string()))?;
-            let key = match key {
-                Some(text) => receipts::parse_key(&text).ok_or(Error::BadKey)?,
-                None => {
-                    let rig = batch.header.rig.clone();
-                    let view = collect(&opts, &[topics::rig(&rig, Channel::Status)]).await?;
-                    view.rigs
-                        .get(&rig)
-                        .and_then(|r| r.status.as_ref())
-                        .map(|s| s.pubkey.clone())
-                        .ok_or(Error::NoSuchRig(rig))?
+            let key = key
+                .map(|text| receipts::parse_key(&text).ok_or(Error::BadKey))
+                .transpose()?;
+            let reports = if target.is_file() {
+                let bad_file = |reason: String| Error::BatchFile {
+                    path: target.display().to_string(),
+                    reason,
+                };
+                let bytes = std::fs::read(&target).map_err(|e| bad_file(e.to_string()))?;
+                let batch = receipts::read_batch(&bytes).map_err(|e| bad_file(e.to_string()))?;
+                let key = match key {
+                    Some(key) => key,
+                    None => rig_key(&opts, &batch.header.rig).await?,
+                };
+                vec![receipts::verify_batch(&batch, &key)]
+            } else {
+                let rig = RigId::new(target.to_string_lossy())
+                    .map_err(|_| Error::NoSuchTarget(target.display().to_string()))?;
+                let key = match key {
+                    Some(key) => key,
+                    None => rig_key(&opts, &rig).await?,
+                };
+                let payloads = listen(&opts, &topics::rig(&rig, Channel::Receipts)).await?;
+                let batches = receipts::distinct_batches(&rig, &payloads);
+                if batches.is_empty() {
+                    return Err(Error::NoBatch {
+                        rig,
+                        wait_ms: cli.wait_ms,
+                    });
                 }
+                batches
+                    .iter()
+                    .map(|b| receipts::verify_batch(b, &key))
+                    .collect()
             };
-            let r = receipts::verify_batch(&batch, &key);
-            emit(cli.json, &r, || receipts::table(&r))?;
-            if !r.all_ok() {
+            emit(cli.json, &reports, || {
+                reports
+                    .iter()
+                    .map(receipts::table)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + &receipts::summary(&reports)
+            })?;
+            if !reports.iter().all(receipts::Report::all_ok) {
                 return Err(Error::Unverified);
             }
         }
@@ -142,6 +176,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         cmd => return crate::control::run(cli.json, &opts, cmd).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rig's key from its retained status.
+async fn rig_key(opts: &Collect, rig: &RigId) -> Result<rigd_protocol::PublicKey, Error> {
+    let view = collect(opts, &[topics::rig(rig, Channel::Status)]).await?;
+    view.rigs
+        .get(rig)
+        .and_then(|r| r.status.as_ref())
+        .map(|s| s.pubkey.clone())
+        .ok_or_else(|| Error::NoSuchRig(rig.clone()))
 }
 
 /// Prints `report` as pretty JSON or as the text `text` renders.

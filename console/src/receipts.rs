@@ -1,11 +1,11 @@
-//! `rigctl receipts verify FILE`: checks every receipt of a saved batch frame (the payload
-//! of a `rig/{rig}/receipts` message) with the protocol's verifier: its inclusion proof, the
-//! batch header, the signature and the rig's key (given, or read from the rig's retained
-//! status on the broker).
+//! `rigctl receipts verify FILE|RIG`: checks every receipt of a saved batch frame (the payload
+//! of a `rig/{rig}/receipts` message), or of every batch the rig publishes while rigctl
+//! listens, with the protocol's verifier: the inclusion proof each receipt carries, the batch
+//! header, the signature and the rig's key (given, or read from the rig's retained status on
+//! the broker).
 
-use rigd_protocol::digest::Hash32;
 use rigd_protocol::verify::verify_receipt;
-use rigd_protocol::{decode, merkle, PublicKey, Receipt, ReceiptBatch};
+use rigd_protocol::{decode, PublicKey, ReceiptBatch};
 use serde::Serialize;
 
 /// One receipt's verdict.
@@ -52,6 +52,36 @@ pub fn read_batch(bytes: &[u8]) -> Result<ReceiptBatch, rigd_protocol::FrameErro
     decode::<ReceiptBatch>(bytes)
 }
 
+/// The distinct batches of `rig` among `payloads` (a batch sent again is counted once), by
+/// first sequence number. Frames that do not decode, or name another rig, are logged and
+/// skipped.
+pub fn distinct_batches(rig: &rigd_protocol::RigId, payloads: &[Vec<u8>]) -> Vec<ReceiptBatch> {
+    let mut seen = std::collections::BTreeMap::new();
+    for bytes in payloads {
+        match read_batch(bytes) {
+            Ok(b) if &b.header.rig == rig => {
+                seen.entry(b.header.first_seq).or_insert(b);
+            }
+            Ok(b) => tracing::warn!(rig = %b.header.rig, "skipping a batch of another rig"),
+            Err(error) => tracing::warn!(%error, "skipping a frame that is not a receipt batch"),
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// One line over all reports: batches, receipts, failures.
+pub fn summary(reports: &[Report]) -> String {
+    let receipts: usize = reports.iter().map(|r| r.receipts.len()).sum();
+    let failed: usize = reports
+        .iter()
+        .map(|r| r.receipts.iter().filter(|l| l.verdict != "ok").count())
+        .sum();
+    format!(
+        "{} batch(es), {receipts} receipt(s) checked, {failed} refused\n",
+        reports.len()
+    )
+}
+
 /// Parses a key as `rigctl` and rigd print it: `secp256k1:HEX` or `p256:HEX`.
 pub fn parse_key(text: &str) -> Option<PublicKey> {
     let (curve, hex_key) = text.split_once(':')?;
@@ -63,16 +93,15 @@ pub fn parse_key(text: &str) -> Option<PublicKey> {
     }
 }
 
-/// Checks every receipt of `batch` against `key`.
+/// Checks every receipt of `batch` against `key`, each with the inclusion proof it carries.
 pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
-    let receipts: Vec<&Receipt> = batch.items.iter().map(|i| &i.receipt).collect();
-    let leaves: Vec<Hash32> = receipts.iter().map(|r| r.struct_hash()).collect();
-    let lines = receipts
+    let lines = batch
+        .items
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let proof = merkle::proof(&leaves, i).unwrap_or_default();
-            let verdict = match verify_receipt(r, &proof, &batch.header, &batch.signature, key) {
+        .map(|item| {
+            let r = &item.receipt;
+            let verdict = match verify_receipt(r, &item.proof, &batch.header, &batch.signature, key)
+            {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => e.to_string(),
             };
@@ -90,7 +119,7 @@ pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
         first_seq: batch.header.first_seq,
         count: batch.header.count,
         key: key.to_string(),
-        checked: "each receipt's EIP-712 leaf and Merkle inclusion proof, the batch header's EIP-712 digest, and its signature under the rig's key",
+        checked: "each receipt's EIP-712 leaf and the Merkle inclusion proof it carries, the batch header's EIP-712 digest, and its signature under the rig's key",
         receipts: lines,
     }
 }
@@ -123,7 +152,7 @@ pub fn table(r: &Report) -> String {
 mod tests {
     use super::*;
     use rigd_protocol::{
-        encode, BatchHeader, GpuUuid, JobId, ReceiptItem, RigId, Signature, UnitOutput,
+        encode, BatchHeader, GpuUuid, JobId, Receipt, ReceiptItem, RigId, Signature, UnitOutput,
     };
 
     fn batch(sign_with: u8) -> (ReceiptBatch, PublicKey) {
@@ -136,30 +165,34 @@ mod tests {
                 .to_vec(),
         );
         let rig = RigId::new("rig-v").unwrap_or_else(|e| panic!("{e}"));
-        let items: Vec<ReceiptItem> = (1..=3)
-            .map(|seq| ReceiptItem {
-                receipt: Receipt {
-                    rig: rig.clone(),
-                    seq,
-                    card: GpuUuid::new("SIM-0").unwrap_or_else(|e| panic!("{e}")),
-                    job: JobId::new("job").unwrap_or_else(|e| panic!("{e}")),
-                    unit: seq,
-                    attempt: 0,
-                    work: 100,
-                    input_digest: [1; 32],
-                    output_digest: UnitOutput::GemmI8 {
-                        c_digest: [seq as u8; 32],
-                    }
-                    .digest(),
-                    started_ms: 1,
-                    finished_ms: 2,
-                    governor_level: 0,
-                },
-                output: UnitOutput::GemmI8 {
-                    c_digest: [seq as u8; 32],
-                },
-            })
-            .collect();
+        let items = ReceiptItem::with_proofs(
+            (1..=3)
+                .map(|seq| {
+                    (
+                        Receipt {
+                            rig: rig.clone(),
+                            seq,
+                            card: GpuUuid::new("SIM-0").unwrap_or_else(|e| panic!("{e}")),
+                            job: JobId::new("job").unwrap_or_else(|e| panic!("{e}")),
+                            unit: seq,
+                            attempt: 0,
+                            work: 100,
+                            input_digest: [1; 32],
+                            output_digest: UnitOutput::GemmI8 {
+                                c_digest: [seq as u8; 32],
+                            }
+                            .digest(),
+                            started_ms: 1,
+                            finished_ms: 2,
+                            governor_level: 0,
+                        },
+                        UnitOutput::GemmI8 {
+                            c_digest: [seq as u8; 32],
+                        },
+                    )
+                })
+                .collect(),
+        );
         let receipts: Vec<Receipt> = items.iter().map(|i| i.receipt.clone()).collect();
         let header = BatchHeader::over(&rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
         let (sig, recid) = sk
@@ -183,7 +216,7 @@ mod tests {
         let decoded = read_batch(&encode(&b)).unwrap_or_else(|e| panic!("{e}"));
         let ok = verify_batch(&decoded, &pk);
         assert!(ok.all_ok(), "{}", table(&ok));
-        assert_eq!(parse_key(&pk.to_string()), Some(pk));
+        assert_eq!(parse_key(&pk.to_string()), Some(pk.clone()));
         let (_, other) = batch(4);
         let wrong = verify_batch(&b, &other);
         assert!(
@@ -204,6 +237,34 @@ mod tests {
             r.receipts[1].verdict,
             "the inclusion proof does not lead to the batch root"
         );
+        let mut bad_proof = b.clone();
+        bad_proof.items[2].proof[0][7] ^= 1;
+        let r = verify_batch(&bad_proof, &pk);
+        assert_eq!(
+            r.receipts
+                .iter()
+                .map(|l| l.verdict == "ok")
+                .collect::<Vec<_>>(),
+            [true, true, false],
+            "{}",
+            table(&r)
+        );
         assert!(read_batch(b"garbage").is_err());
+    }
+
+    #[test]
+    fn batches_heard_live_are_counted_once_and_foreign_or_bad_frames_are_skipped() {
+        let (b, pk) = batch(3);
+        let rig = b.header.rig.clone();
+        let mut other = b.clone();
+        other.header.rig = RigId::new("rig-w").unwrap_or_else(|e| panic!("{e}"));
+        let payloads = vec![encode(&b), b"garbage".to_vec(), encode(&b), encode(&other)];
+        let batches = distinct_batches(&rig, &payloads);
+        assert_eq!(batches, vec![b]);
+        let reports: Vec<Report> = batches.iter().map(|b| verify_batch(b, &pk)).collect();
+        assert_eq!(
+            summary(&reports),
+            "1 batch(es), 3 receipt(s) checked, 0 refused\n"
+        );
     }
 }

@@ -59,13 +59,16 @@ impl TestRig {
                 finished_ms: 2,
                 governor_level: 0,
             },
+            proof: vec![],
             output: output.clone(),
         }
     }
 
-    /// Signs a batch over `items` (which must be consecutive).
+    /// Signs a batch over `items` (which must be consecutive), giving each its proof.
     pub fn batch(&self, items: Vec<ReceiptItem>) -> ReceiptBatch {
         let receipts: Vec<Receipt> = items.iter().map(|i| i.receipt.clone()).collect();
+        let items =
+            ReceiptItem::with_proofs(items.into_iter().map(|i| (i.receipt, i.output)).collect());
         let header = BatchHeader::over(&self.id, &receipts).unwrap_or_else(|e| panic!("{e}"));
         let (sig, recid) = self
             .key

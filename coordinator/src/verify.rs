@@ -1,9 +1,11 @@
 //! Checks on receipt batches and results. Pure: no I/O.
 //!
 //! A batch is first authenticated as a whole ([`authenticate`]): the topic's rig is the
-//! header's, the Merkle root over the items' receipt struct hashes is the header's, and the
-//! signature over `header.signing_digest()` verifies with the rig's pinned key. Then each
-//! receipt is checked against the unit as it was assigned ([`check_receipt`]), and a sample
+//! header's, and the protocol's verifier ([`rigd_protocol::verify::verify_batch`], the code
+//! `rigctl receipts verify` and any owner use) accepts every receipt with the inclusion proof
+//! it carries and the signature over `header.signing_digest()` with the rig's pinned key.
+//! Then each receipt is checked against the unit as it was assigned ([`check_receipt`]), and a
+//! sample
 //! of results is recomputed on the CPU ([`recompute`], [`outputs_agree`]).
 //!
 //! # Float tolerance
@@ -14,9 +16,8 @@
 
 use crate::job::Expected;
 use rigd_kernels::{CpuKernels, KernelError};
-use rigd_protocol::{
-    BatchHeader, PublicKey, Receipt, ReceiptBatch, RigId, UnitKind, UnitOutput, VerifyError,
-};
+use rigd_protocol::verify::{verify_batch, BatchError};
+use rigd_protocol::{PublicKey, Receipt, ReceiptBatch, RigId, UnitKind, UnitOutput};
 use std::hash::{BuildHasher, Hash, Hasher};
 
 /// Why a batch could not be attributed to its rig. Such a batch is dropped unrecorded:
@@ -31,12 +32,9 @@ pub enum AuthError {
         /// Rig of the header.
         header: RigId,
     },
-    /// The Merkle root over the items is not the header's.
-    #[error("Merkle root over the receipts does not match the header")]
-    Root,
-    /// The signature does not verify with the pinned key.
-    #[error("batch signature: {0}")]
-    Signature(#[from] VerifyError),
+    /// The protocol's verifier refused the batch (a receipt, its proof or the signature).
+    #[error("{0}")]
+    Batch(#[from] BatchError),
 }
 
 /// Why a receipt was refused; its text is what the ledger records.
@@ -92,12 +90,7 @@ pub fn authenticate(
             header: header.rig.clone(),
         });
     }
-    let receipts: Vec<Receipt> = batch.items.iter().map(|i| i.receipt.clone()).collect();
-    match BatchHeader::over(&header.rig, &receipts) {
-        Ok(built) if built == *header => {}
-        _ => return Err(AuthError::Root),
-    }
-    key.verify(&header.signing_digest(), &batch.signature)?;
+    verify_batch(batch, key)?;
     Ok(())
 }
 

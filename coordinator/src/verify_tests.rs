@@ -1,6 +1,7 @@
 use super::*;
 use crate::test_support::{job_id, rig_id, TestRig};
 use rigd_kernels::MlpShape;
+use rigd_protocol::verify::ReceiptError;
 use rigd_protocol::WorkUnit;
 
 fn gemm_unit() -> WorkUnit {
@@ -48,14 +49,14 @@ fn a_batch_signed_by_another_key_is_refused() {
     let other = TestRig::new("rig-1", 6);
     assert!(matches!(
         authenticate(&other.id, &batch, &other.pubkey()),
-        Err(AuthError::Signature(_))
+        Err(AuthError::Batch(BatchError::Signature(_)))
     ));
     let mut garbled = batch.clone();
     garbled.signature.0.truncate(3);
     let (rig, _) = signed();
     assert!(matches!(
         authenticate(&rig.id, &garbled, &rig.pubkey()),
-        Err(AuthError::Signature(_))
+        Err(AuthError::Batch(BatchError::Signature(_)))
     ));
 }
 
@@ -65,7 +66,19 @@ fn a_receipt_changed_after_signing_breaks_the_root() {
     batch.items[1].receipt.work += 1;
     assert_eq!(
         authenticate(&rig.id, &batch, &rig.pubkey()),
-        Err(AuthError::Root)
+        Err(AuthError::Batch(BatchError::Receipt {
+            index: 1,
+            reason: ReceiptError::NotIncluded
+        }))
+    );
+    let (rig, mut batch) = signed();
+    batch.items[0].proof[0][0] ^= 1;
+    assert_eq!(
+        authenticate(&rig.id, &batch, &rig.pubkey()),
+        Err(AuthError::Batch(BatchError::Receipt {
+            index: 0,
+            reason: ReceiptError::NotIncluded
+        }))
     );
     let (rig, mut batch) = signed();
     batch.header.root[0] ^= 1;

@@ -3,6 +3,10 @@
 
 use crate::digest::{keccak256, Hash32};
 
+/// The longest inclusion proof a decoder accepts: a tree of up to 2^32 leaves (a batch holds at
+/// most [`crate::messages::MAX_BATCH`], a proof of 12 hashes).
+pub const MAX_PROOF: usize = 32;
+
 fn node(a: &Hash32, b: &Hash32) -> Hash32 {
     if a <= b {
         keccak256(&[a, b])
@@ -50,6 +54,23 @@ pub fn proof(leaves: &[Hash32], index: usize) -> Option<Vec<Hash32>> {
     Some(out)
 }
 
+/// The inclusion proof of every leaf, in order; the levels are built once (`n log n` hashes).
+pub fn proofs(leaves: &[Hash32]) -> Vec<Vec<Hash32>> {
+    let mut out = vec![vec![]; leaves.len()];
+    let mut level = leaves.to_vec();
+    let mut width = 1usize;
+    while level.len() > 1 {
+        for (i, proof) in out.iter_mut().enumerate() {
+            if let Some(sibling) = level.get((i / width) ^ 1) {
+                proof.push(*sibling);
+            }
+        }
+        level = next_level(&level);
+        width *= 2;
+    }
+    out
+}
+
 /// Whether `proof` links `leaf` to `root`.
 pub fn verify(leaf: &Hash32, proof: &[Hash32], root: &Hash32) -> bool {
     proof.iter().fold(*leaf, |acc, sib| node(&acc, sib)) == *root
@@ -65,8 +86,11 @@ mod tests {
         fn every_leaf_proves_into_the_root(n in 1usize..70, seed in any::<u8>()) {
             let leaves: Vec<Hash32> = (0..n).map(|i| keccak256(&[&[seed], &i.to_le_bytes()])).collect();
             let r = root(&leaves);
+            let all = proofs(&leaves);
+            prop_assert_eq!(all.len(), n);
             for (i, leaf) in leaves.iter().enumerate() {
                 let p = proof(&leaves, i).unwrap_or_default();
+                prop_assert_eq!(&all[i], &p);
                 prop_assert!(verify(leaf, &p, &r));
                 let mut bad = *leaf;
                 bad[0] ^= 1;

@@ -185,7 +185,7 @@ pub struct ReceiptBatch {
     pub header: BatchHeader,
     /// Signature over `header.signing_digest()`.
     pub signature: Signature,
-    /// The receipts, in sequence order, with outputs.
+    /// The receipts, in sequence order, each with its inclusion proof and output.
     pub items: Vec<ReceiptItem>,
 }
 
@@ -209,6 +209,7 @@ impl Frame for ReceiptBatch {
                     r.rig, r.seq
                 ));
             }
+            cap("proof", item.proof.len(), crate::merkle::MAX_PROOF)?;
             item.output.validate()?;
         }
         Ok(())

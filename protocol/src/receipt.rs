@@ -143,13 +143,35 @@ pub fn domain_separator() -> Hash32 {
     ])
 }
 
-/// A receipt with the output it vouches for.
+/// A receipt with its inclusion proof and the output it vouches for. With the batch's header
+/// and signature, `receipt` and `proof` are all anyone needs to check the receipt (see
+/// [`crate::verify::verify_receipt`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReceiptItem {
     /// The receipt.
     pub receipt: Receipt,
+    /// Its Merkle inclusion proof in the batch: the sibling at each level, bottom up (at most
+    /// [`merkle::MAX_PROOF`] hashes).
+    pub proof: Vec<Hash32>,
     /// The unit's output; its digest is `receipt.output_digest`.
     pub output: UnitOutput,
+}
+
+impl ReceiptItem {
+    /// The items of the batch over `receipts` (consecutive, see [`BatchHeader::over`]), each
+    /// with its inclusion proof.
+    pub fn with_proofs(receipts: Vec<(Receipt, UnitOutput)>) -> Vec<Self> {
+        let leaves: Vec<Hash32> = receipts.iter().map(|(r, _)| r.struct_hash()).collect();
+        receipts
+            .into_iter()
+            .zip(merkle::proofs(&leaves))
+            .map(|((receipt, output), proof)| Self {
+                receipt,
+                proof,
+                output,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

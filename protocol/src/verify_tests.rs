@@ -90,3 +90,95 @@ proptest! {
         prop_assert!(foreign_refused, "a receipt of another rig is refused");
     }
 }
+
+fn signed_batch(rig: &RigId, first: u64, works: &[u64]) -> ReceiptBatch {
+    let receipts = receipts(rig, first, works);
+    let header = BatchHeader::over(rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
+    let (sk, _) = key();
+    let signature = sign(&sk, &header.signing_digest());
+    let output = crate::UnitOutput::GemmI8 { c_digest: [0; 32] };
+    ReceiptBatch {
+        header,
+        signature,
+        items: crate::ReceiptItem::with_proofs(
+            receipts.into_iter().map(|r| (r, output.clone())).collect(),
+        ),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn a_random_batch_verifies_with_its_carried_proofs_and_every_tampering_names_the_receipt(
+        first in 1u64..1_000_000,
+        works in proptest::collection::vec(any::<u64>(), 1..40),
+        pick in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let rig = RigId::new("rig-b").unwrap_or_else(|_| unreachable!());
+        let batch = signed_batch(&rig, first, &works);
+        let (_, pk) = key();
+        let checked = verify_batch(&batch, &pk).unwrap_or_else(|e| panic!("{e}"));
+        prop_assert_eq!(checked.len(), works.len());
+        let i = pick.index(works.len());
+        // Each carried proof is also what verify_receipt accepts on its own.
+        let item = &batch.items[i];
+        prop_assert!(verify_receipt(&item.receipt, &item.proof, &batch.header, &batch.signature, &pk).is_ok());
+
+        let mut t = batch.clone();
+        t.items[i].receipt.work = t.items[i].receipt.work.wrapping_add(1);
+        prop_assert_eq!(verify_batch(&t, &pk), Err(BatchError::Receipt { index: i, reason: ReceiptError::NotIncluded }));
+
+        if !batch.items[i].proof.is_empty() {
+            let mut t = batch.clone();
+            let j = flip.index(t.items[i].proof.len());
+            t.items[i].proof[j][5] ^= 1;
+            prop_assert_eq!(verify_batch(&t, &pk), Err(BatchError::Receipt { index: i, reason: ReceiptError::NotIncluded }));
+            let mut t = batch.clone();
+            t.items[i].proof = vec![[0; 32]; merkle::MAX_PROOF + 1];
+            prop_assert_eq!(verify_batch(&t, &pk), Err(BatchError::Receipt { index: i, reason: ReceiptError::NotIncluded }));
+        }
+
+        if works.len() > 1 {
+            let mut t = batch.clone();
+            let j = (i + 1) % works.len();
+            t.items.swap(i, j);
+            let refused = matches!(verify_batch(&t, &pk), Err(BatchError::Receipt { reason: ReceiptError::OutOfOrder { .. }, .. }));
+            prop_assert!(refused, "swapped receipts are refused");
+        }
+
+        let mut t = batch.clone();
+        t.items.remove(i);
+        let short = matches!(verify_batch(&t, &pk), Err(BatchError::Count { .. }));
+        prop_assert!(short, "a dropped receipt is refused");
+
+        let mut t = batch.clone();
+        t.signature.0[3] ^= 1;
+        let bad_sig = matches!(verify_batch(&t, &pk), Err(BatchError::Signature(_)));
+        prop_assert!(bad_sig, "a changed signature is refused");
+        let (_, other_pk) = k256_pair_from(6);
+        prop_assert_eq!(verify_batch(&batch, &other_pk), Err(BatchError::Signature(VerifyError::Mismatch)));
+
+        let mut t = batch.clone();
+        t.header.root[0] ^= 1;
+        let bad_root = matches!(verify_batch(&t, &pk), Err(BatchError::Signature(_)));
+        prop_assert!(bad_root, "a changed header is refused");
+    }
+}
+
+#[test]
+fn a_batch_frame_round_trips_its_proofs_and_an_overlong_proof_is_refused_on_decode() {
+    let rig = RigId::new("rig-f").unwrap_or_else(|_| unreachable!());
+    let batch = signed_batch(&rig, 7, &[1, 2, 3, 4, 5]);
+    let decoded = crate::decode::<ReceiptBatch>(&crate::encode(&batch));
+    assert_eq!(decoded.as_ref(), Ok(&batch));
+    let mut long = batch;
+    long.items[2].proof = vec![[1; 32]; merkle::MAX_PROOF + 1];
+    match crate::decode::<ReceiptBatch>(&crate::encode(&long)) {
+        Err(crate::FrameError::Invalid { reason, .. }) => {
+            assert!(reason.contains("proof"), "{reason}")
+        }
+        other => panic!("an overlong proof decoded: {other:?}"),
+    }
+}

@@ -15,7 +15,8 @@ use rigd_protocol::digest::{keccak256, Hash32};
 use rigd_protocol::receipt::{domain_separator, BATCH_TYPE, CHAIN_ID, DOMAIN_TYPE, RECEIPT_TYPE};
 use rigd_protocol::units::gemm_c_digest;
 use rigd_protocol::{
-    merkle, BatchHeader, GpuUuid, JobId, PublicKey, Receipt, RigId, Signature, UnitKind, UnitOutput,
+    merkle, BatchHeader, GpuUuid, JobId, PublicKey, Receipt, ReceiptItem, RigId, Signature,
+    UnitKind, UnitOutput,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -170,6 +171,13 @@ fn batch_json(name: &str, receipts: &[Receipt]) -> Value {
     assert_eq!(k_pub.verify(&digest, &Signature(k_sig.clone())), Ok(()));
     let p_pub = PublicKey::P256(p256_public(true));
     assert_eq!(p_pub.verify(&digest, &Signature(p_sig.clone())), Ok(()));
+    // The proofs a batch message carries are the ones written here.
+    let carried = ReceiptItem::with_proofs(
+        receipts
+            .iter()
+            .map(|r| (r.clone(), UnitOutput::GemmI8 { c_digest: [0; 32] }))
+            .collect(),
+    );
     let items: Vec<Value> = receipts
         .iter()
         .zip(&leaves)
@@ -177,6 +185,7 @@ fn batch_json(name: &str, receipts: &[Receipt]) -> Value {
         .map(|(i, (r, leaf))| {
             let proof = merkle::proof(&leaves, i).unwrap();
             assert!(merkle::verify(leaf, &proof, &header.root));
+            assert_eq!(carried[i].proof, proof);
             receipt_json(r, leaf, &proof)
         })
         .collect();

@@ -15,6 +15,7 @@ pub mod yubihsm;
 use rigd_protocol::digest::Hash32;
 use rigd_protocol::{PublicKey, Signature};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Why a key store could not be opened or could not sign.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,15 @@ pub enum KeyError {
         /// The curve expected.
         curve: &'static str,
     },
+    /// The key store (TPM, HSM, token) cannot be reached or refused to open the key: the
+    /// hardware is missing, unreachable, locked or holds something else at the key's place.
+    #[error("key store {store} cannot be used: {reason}")]
+    Unavailable {
+        /// The key store, as the URI names it (never with a PIN).
+        store: String,
+        /// What failed and what to check.
+        reason: String,
+    },
     /// The signer failed.
     #[error("signing failed: {0}")]
     Sign(String),
@@ -62,6 +72,37 @@ pub trait KeyStore: Send + Sync {
     fn sign_digest(&self, digest: &Hash32) -> Result<Signature, KeyError>;
     /// Where the key lives, for status and logs.
     fn describe(&self) -> String;
+    /// What the key store itself vouches for about the key (`rigd keys attest`), as labelled
+    /// lines; empty where the backend has nothing to attest.
+    fn attest(&self) -> Result<Vec<(&'static str, String)>, KeyError> {
+        Ok(vec![])
+    }
+}
+
+/// A key whose every signature takes `delay` longer: a software stand-in for a slow hardware
+/// key (a real TPM signs a few times per second), from the `file:` URI's `sign_delay_ms=N`.
+pub struct Slow {
+    /// The key that signs.
+    pub inner: Box<dyn KeyStore>,
+    /// Added to every signature.
+    pub delay: Duration,
+}
+
+impl KeyStore for Slow {
+    fn public_key(&self) -> PublicKey {
+        self.inner.public_key()
+    }
+    fn sign_digest(&self, digest: &Hash32) -> Result<Signature, KeyError> {
+        std::thread::sleep(self.delay);
+        self.inner.sign_digest(digest)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{}, each signature slowed by {} ms",
+            self.inner.describe(),
+            self.delay.as_millis()
+        )
+    }
 }
 
 /// Opens the key named by `uri`; relative `file:` paths are under `state_dir`.
@@ -85,11 +126,27 @@ pub fn open(
                 });
             }
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let curve = match query {
-                "" | "curve=secp256k1" => file::Curve::Secp256k1,
-                "curve=p256" => file::Curve::P256,
-                _ => return Err(bad("query must be curve=secp256k1 or curve=p256")),
-            };
+            let mut curve = file::Curve::Secp256k1;
+            let mut delay = None;
+            for part in query.split('&').filter(|p| !p.is_empty()) {
+                match part.split_once('=') {
+                    Some(("curve", "secp256k1")) => curve = file::Curve::Secp256k1,
+                    Some(("curve", "p256")) => curve = file::Curve::P256,
+                    Some(("sign_delay_ms", ms)) => {
+                        let ms = ms
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|ms| *ms <= 60_000)
+                            .ok_or_else(|| bad("sign_delay_ms must be 0..=60000"))?;
+                        delay = Some(Duration::from_millis(ms));
+                    }
+                    _ => {
+                        return Err(bad(
+                            "query may hold curve=secp256k1|p256 and sign_delay_ms=N, joined by &",
+                        ))
+                    }
+                }
+            }
             let path = match path.strip_prefix("//") {
                 Some(abs) if abs.starts_with('/') => PathBuf::from(abs),
                 Some(_) => return Err(bad("file:// must be followed by an absolute path")),
@@ -101,7 +158,13 @@ pub fn open(
                 key = %key.describe(),
                 "receipts are signed with a SOFTWARE key that is NOT hardware-held: development only"
             );
-            Ok(Box::new(key))
+            Ok(match delay {
+                Some(delay) => Box::new(Slow {
+                    inner: Box::new(key),
+                    delay,
+                }),
+                None => Box::new(key),
+            })
         }
         #[cfg(feature = "tpm")]
         "tpm" => tpm::open(uri, rest).map(|k| Box::new(k) as Box<dyn KeyStore>),
@@ -169,6 +232,23 @@ mod tests {
     }
 
     #[test]
+    fn a_slowed_file_key_signs_the_same_after_its_delay() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let uri = "file:k3?curve=p256&sign_delay_ms=30";
+        conformance::check(&|| open(uri, dir.path(), true));
+        let slow = open(uri, dir.path(), true).unwrap_or_else(|e| panic!("{e}"));
+        let t = std::time::Instant::now();
+        let sig = slow.sign_digest(&[9; 32]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert_eq!(slow.public_key().verify(&[9; 32], &sig), Ok(()));
+        assert!(
+            slow.describe().contains("slowed by 30 ms"),
+            "{}",
+            slow.describe()
+        );
+    }
+
+    #[test]
     fn a_replaced_key_store_is_reported_as_a_changed_identity() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let a = PublicKey::P256(vec![2; 33]);
@@ -198,6 +278,10 @@ mod tests {
         ));
         assert!(matches!(
             open("file:k?curve=x", dir.path(), true),
+            Err(KeyError::Uri { .. })
+        ));
+        assert!(matches!(
+            open("file:k?sign_delay_ms=soon", dir.path(), true),
             Err(KeyError::Uri { .. })
         ));
     }

@@ -108,6 +108,10 @@ pub fn open(uri: &str) -> Result<Pkcs11Key, KeyError> {
         reason,
     };
     let parsed = parse(uri).map_err(&bad)?;
+    let unavailable = |reason: String| KeyError::Unavailable {
+        store: shown.to_owned(),
+        reason,
+    };
     let pin = match &parsed.pin {
         Pin::Value(pin) => pin.clone(),
         Pin::Source(path) => std::fs::read_to_string(path)
@@ -118,12 +122,12 @@ pub fn open(uri: &str) -> Result<Pkcs11Key, KeyError> {
             .trim_end_matches(['\r', '\n'])
             .to_owned(),
     };
-    let ctx = module(&parsed.module).map_err(&bad)?;
-    let slot = find_token(&ctx, &parsed.token).map_err(&bad)?;
+    let ctx = module(&parsed.module).map_err(&unavailable)?;
+    let slot = find_token(&ctx, &parsed.token).map_err(&unavailable)?;
     let (token, object) = (&parsed.token, &parsed.object);
     let session = ctx
         .open_rw_session(slot)
-        .map_err(|e| bad(format!("cannot open a session on token {token:?}: {e}")))?;
+        .map_err(|e| unavailable(format!("cannot open a session on token {token:?}: {e}")))?;
     use RvError::{PinIncorrect, PinInvalid, PinLenRange, PinLocked, UserAlreadyLoggedIn};
     let refused = match session.login(UserType::User, Some(&AuthPin::from(pin))) {
         // Login state is per token and process: another open of this token already did it.
@@ -137,23 +141,23 @@ pub fn open(uri: &str) -> Result<Pkcs11Key, KeyError> {
         Err(e) => Some(format!("login to token {token:?} failed: {e}")),
     };
     if let Some(reason) = refused {
-        return Err(bad(reason));
+        return Err(unavailable(reason));
     }
     let (private, public) = {
         // One find-or-generate at a time in this process, so two opens cannot make two keys.
         static OPENING: Mutex<()> = Mutex::new(());
         let _one = OPENING.lock().unwrap_or_else(PoisonError::into_inner);
-        match find_key(&session, object).map_err(&bad)? {
+        match find_key(&session, object).map_err(&unavailable)? {
             Some(pair) => pair,
             None => {
-                let pair = generate(&session, &parsed).map_err(&bad)?;
+                let pair = generate(&session, &parsed).map_err(&unavailable)?;
                 let curve = parsed.curve;
                 tracing::info!(%token, %object, ?curve, "created a new rig identity key");
                 pair
             }
         }
     };
-    let verifier = read_public(&session, public, parsed.curve).map_err(&bad)?;
+    let verifier = read_public(&session, public, parsed.curve).map_err(&unavailable)?;
     let curve = verifier.public().curve();
     let described = format!("pkcs11 {curve} token {token} object {object} (hardware-held)");
     Ok(Pkcs11Key {
@@ -454,6 +458,16 @@ mod tests {
         }
     }
 
+    /// Why the token could not be used; panics unless opening `uri` failed with
+    /// [`KeyError::Unavailable`].
+    fn unavailable(uri: &str) -> String {
+        match open(uri) {
+            Err(KeyError::Unavailable { reason, .. }) => reason,
+            Err(e) => panic!("expected an unavailable key store, got {e}"),
+            Ok(key) => panic!("expected an error, opened {}", key.describe()),
+        }
+    }
+
     /// The conformance checks, through `keys::open` with software keys refused.
     fn conforms(label: &str, curve: &str) -> Pkcs11Key {
         token(label);
@@ -513,9 +527,9 @@ mod tests {
         let why = wrong.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(why.contains("refused the user PIN"), "{why}");
         assert!(!why.contains("not-the-pin"), "{why}");
-        let why = refusal(&uri("unknown", "pin-value=1"));
+        let why = unavailable(&uri("unknown", "pin-value=1"));
         assert!(why.contains("no initialized token labelled"), "{why}");
-        let why = refusal(&uri("known", "pin-value=1").replace(MODULE, "/no/p11.so"));
+        let why = unavailable(&uri("known", "pin-value=1").replace(MODULE, "/no/p11.so"));
         assert!(why.contains("cannot load PKCS#11 module"), "{why}");
     }
 
@@ -524,7 +538,7 @@ mod tests {
         token("curves");
         let p256 = format!("pin-value={PIN}&curve=p256");
         ok(open(&uri("curves", &p256)));
-        let why = refusal(&uri("curves", &format!("pin-value={PIN}")));
+        let why = unavailable(&uri("curves", &format!("pin-value={PIN}")));
         assert!(why.contains("not a Secp256k1 key"), "{why}");
     }
 

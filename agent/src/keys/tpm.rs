@@ -42,6 +42,7 @@ use tss_esapi::structures::{
     CapabilityData, Digest, EccParameter, EccScheme, HashScheme, Public, SignatureScheme,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::Marshall;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
@@ -134,20 +135,24 @@ struct Tpm {
 /// persisting it on first boot.
 pub fn open(uri: &str, rest: &str) -> Result<TpmKey, KeyError> {
     let location = TpmLocation::parse(uri, rest)?;
-    let fail = |what: &str, e: tss_esapi::Error| KeyError::Uri {
-        uri: uri.to_owned(),
+    let fail = |what: &str, e: tss_esapi::Error| KeyError::Unavailable {
+        store: uri.to_owned(),
         reason: format!("{what} (TPM via {}): {e}", location.tcti),
     };
-    let tcti = TctiNameConf::from_str(&location.tcti)
-        .map_err(|e| fail("the TCTI is not understood", e))?;
+    let tcti = TctiNameConf::from_str(&location.tcti).map_err(|e| KeyError::Uri {
+        uri: uri.to_owned(),
+        reason: format!("the TCTI {:?} is not understood: {e}", location.tcti),
+    })?;
     let mut context = Context::new(tcti).map_err(|e| {
         fail(
             "cannot reach the TPM; check that it exists and rigd may use it",
             e,
         )
     })?;
-    let persistent = PersistentTpmHandle::new(location.handle)
-        .map_err(|e| fail("the handle is not a persistent handle", e))?;
+    let persistent = PersistentTpmHandle::new(location.handle).map_err(|e| KeyError::Uri {
+        uri: uri.to_owned(),
+        reason: format!("0x{:08x} is not a persistent handle: {e}", location.handle),
+    })?;
 
     let object = if is_persistent_present(&mut context, location.handle)
         .map_err(|e| fail("cannot list the persistent handles", e))?
@@ -171,8 +176,8 @@ pub fn open(uri: &str, rest: &str) -> Result<TpmKey, KeyError> {
     let (public, _, _) = context
         .execute_without_session(|ctx| ctx.read_public(key))
         .map_err(|e| fail("cannot read the rig key's public part", e))?;
-    let verifying = p256_public(&public).map_err(|reason| KeyError::Uri {
-        uri: uri.to_owned(),
+    let verifying = p256_public(&public).map_err(|reason| KeyError::Unavailable {
+        store: uri.to_owned(),
         reason: format!(
             "handle 0x{:08x} holds {reason}; it is not the rig key: name another handle",
             location.handle
@@ -274,6 +279,61 @@ impl TpmKey {
     }
 }
 
+/// The TPM's name of a public area: its name algorithm (SHA-256, `0x000b`) and the SHA-256 of
+/// the marshalled `TPMT_PUBLIC`.
+fn sha256_name(public: &Public) -> tss_esapi::Result<Vec<u8>> {
+    let area = public.marshall()?;
+    let mut name = vec![0x00, 0x0b];
+    name.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &area).as_ref());
+    Ok(name)
+}
+
+/// The attestation lines of a key's public area and the name the TPM gave it.
+fn attestation(
+    handle: u32,
+    public: &Public,
+    name: &[u8],
+) -> Result<Vec<(&'static str, String)>, String> {
+    let computed =
+        sha256_name(public).map_err(|e| format!("cannot marshal the public area: {e}"))?;
+    if computed != name {
+        return Err("the TPM's name of the key does not match its public area".into());
+    }
+    let a = public.object_attributes();
+    let flags = [
+        ("fixedTPM", a.fixed_tpm()),
+        ("fixedParent", a.fixed_parent()),
+        ("sensitiveDataOrigin", a.sensitive_data_origin()),
+        ("userWithAuth", a.user_with_auth()),
+        ("sign", a.sign_encrypt()),
+        ("restricted", a.restricted()),
+        ("decrypt", a.decrypt()),
+    ];
+    let set: Vec<&str> = flags
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| *f)
+        .collect();
+    let sealed = a.fixed_tpm() && a.fixed_parent() && a.sensitive_data_origin();
+    Ok(vec![
+        ("handle", format!("0x{handle:08x} (persistent)")),
+        ("name", format!("0x{}", hex::encode(name))),
+        ("attributes", set.join(" ")),
+        (
+            "exportable",
+            if sealed {
+                "no: generated inside this TPM (sensitiveDataOrigin), bound to it (fixedTPM, fixedParent)".into()
+            } else {
+                "YES: the key may leave this TPM".into()
+            },
+        ),
+        (
+            "checked",
+            "the name is SHA-256 of the public area read from the TPM, which carries the attributes above".into(),
+        ),
+    ])
+}
+
 impl KeyStore for TpmKey {
     fn public_key(&self) -> PublicKey {
         self.public.clone()
@@ -327,6 +387,21 @@ impl KeyStore for TpmKey {
             "tpm P-256 handle 0x{:08x} via {} (hardware-held)",
             self.location.handle, self.location.tcti
         )
+    }
+
+    fn attest(&self) -> Result<Vec<(&'static str, String)>, KeyError> {
+        let unavailable = |reason: String| KeyError::Unavailable {
+            store: format!("TPM via {}", self.location.tcti),
+            reason,
+        };
+        let (public, name, _) = {
+            let mut tpm = self.tpm.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = tpm.key;
+            tpm.context
+                .execute_without_session(|ctx| ctx.read_public(key))
+                .map_err(|e| unavailable(format!("cannot read the rig key's public area: {e}")))?
+        };
+        attestation(self.location.handle, &public, name.value()).map_err(unavailable)
     }
 }
 
@@ -412,6 +487,7 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("opening an unreachable TPM succeeded"));
         let text = err.to_string();
+        assert!(matches!(err, KeyError::Unavailable { .. }), "{text}");
         assert!(text.contains("cannot reach the TPM"), "{text}");
         assert!(text.contains(&format!("port={port}")), "{text}");
     }

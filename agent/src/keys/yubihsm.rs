@@ -268,10 +268,9 @@ impl YubiHsmKey {
         key_id: object::Id,
         via: String,
     ) -> Result<Self, KeyError> {
-        let hsm = |what: &str, e: &dyn fmt::Display| {
-            KeyError::Sign(format!(
-                "YubiHSM2 via {via}, key {key_id:#06x}: {what}: {e}"
-            ))
+        let hsm = |what: &str, e: &dyn fmt::Display| KeyError::Unavailable {
+            store: format!("YubiHSM2 via {via}, key {key_id:#06x}"),
+            reason: format!("{what}: {e}"),
         };
         // `reconnect = true` keeps the credentials so an idle session that the device closed
         // (after 30 s) is reopened on the next signature.

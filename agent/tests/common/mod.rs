@@ -199,6 +199,11 @@ impl RigProcess {
         self.spawn();
     }
 
+    /// Starts rigd again after [`Self::kill9`] or [`Self::terminate`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// SIGTERM and wait for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
@@ -241,6 +246,23 @@ impl RigProcess {
         (last as u64, (last - acked).max(0) as u64)
     }
 
+    /// Receipts journaled but in no signed batch yet, and signed batches not acknowledged yet
+    /// (read from the journal, as a kill left it).
+    pub fn unsigned_and_unacked(&self) -> (u64, u64) {
+        let path = self.dir.join("journal.db");
+        let Ok(db) = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return (0, 0);
+        };
+        let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0) as u64;
+        (
+            count("SELECT COUNT(*) FROM receipts WHERE batch IS NULL"),
+            count("SELECT COUNT(*) FROM batches WHERE acked = 0"),
+        )
+    }
+
     /// Worker processes of this rigd (children in /proc).
     pub fn worker_pids(&self) -> Vec<u32> {
         let me = self.pid().to_string();
@@ -277,6 +299,7 @@ pub struct Coordinator {
     pub job: rigd_protocol::JobId,
     stop: tokio_util::sync::CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
+    progress: std::sync::Arc<std::sync::Mutex<Option<rigd_protocol::CoordinatorStatus>>>,
 }
 
 impl Coordinator {
@@ -297,6 +320,39 @@ impl Coordinator {
             k: dim,
             seed: 11,
         };
+        Self::start(port, dir, spec, tune)
+    }
+
+    /// Starts the MLP training job `rigctl devnet` runs (16-32-4, 8 shards of 128 samples a
+    /// step) until the held-out loss reaches `loss_target` or `max_steps` pass.
+    pub fn mlp(port: u16, dir: &Path, max_steps: u64, loss_target: f32) -> Self {
+        let spec = rigd_coordinator::JobSpec::TrainMlp {
+            job: rigd_protocol::JobId::new("devnet-mlp").expect("job id"),
+            shape: [16, 32, 4],
+            data_seed: 7,
+            data_spread: 1.0,
+            shards_per_step: 8,
+            samples_per_shard: 128,
+            lr: 0.5,
+            max_steps,
+            loss_target,
+            eval_samples: 1024,
+        };
+        Self::start(port, dir, spec, |_| {})
+    }
+
+    /// The coordinator's latest progress report.
+    pub fn status(&self) -> Option<rigd_protocol::CoordinatorStatus> {
+        self.progress.lock().ok().and_then(|p| p.clone())
+    }
+
+    fn start(
+        port: u16,
+        dir: &Path,
+        spec: rigd_coordinator::JobSpec,
+        tune: impl FnOnce(&mut rigd_coordinator::CoordinatorConfig),
+    ) -> Self {
+        let job = spec.id().clone();
         let db = dir.join("ledger.db");
         let mut config =
             rigd_coordinator::CoordinatorConfig::new("127.0.0.1", port, db.clone(), spec);
@@ -311,8 +367,18 @@ impl Coordinator {
             .expect("runtime");
         let stop = tokio_util::sync::CancellationToken::new();
         let s = stop.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let latest = progress.clone();
         runtime.spawn(async move {
-            if let Err(e) = rigd_coordinator::run(config, s, None).await {
+            while let Some(status) = rx.recv().await {
+                if let Ok(mut p) = latest.lock() {
+                    *p = Some(status);
+                }
+            }
+        });
+        runtime.spawn(async move {
+            if let Err(e) = rigd_coordinator::run(config, s, Some(tx)).await {
                 panic!("coordinator failed: {e}");
             }
         });
@@ -321,6 +387,7 @@ impl Coordinator {
             job,
             stop,
             runtime: Some(runtime),
+            progress,
         }
     }
 
