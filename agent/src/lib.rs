@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod journal;
 pub mod keys;
 pub mod link;
+pub mod notify;
 mod rig;
 pub mod slots;
 pub mod worker;
