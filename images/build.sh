@@ -88,9 +88,10 @@ if [ ! -s "$tarball" ]; then
   echo "build.sh: mmdebstrap (not cached: $tarball)"
   mmdebstrap "${mmdebstrap_args[@]}" "$tarball.part" "${sources[@]}"
   mv "$tarball.part" "$tarball"
-  # Older roots of other package lists are not needed any more.
-  find "$cache" -name 'root-*.tar' ! -name "root-$key.tar" -delete
 fi
+# Roots nobody built from for a week go.
+touch "$tarball"
+find "$cache" -maxdepth 1 -name 'root-*.tar' -mtime +7 -delete
 t1=$(date +%s)
 
 root="$out/root"
@@ -113,9 +114,9 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\trig\n::1\tlocalhost ip6-localhost ip6-l
 # First boot: an empty machine-id makes systemd generate one (ConditionFirstBoot).
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
-systemd-sysusers --root="$root"
+systemd-sysusers --root="$root" >/dev/null
 systemctl --root="$root" enable rigd.service systemd-networkd.service systemd-resolved.service \
-  systemd-timesyncd.service >/dev/null
+  systemd-timesyncd.service 2>/dev/null
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 # Nobody logs in: root stays locked; the serial console shows boot and rigd's state.
 rm -rf "$root/var/cache/apt/"* "$root/var/lib/apt/lists/"* "$root/var/log/"*.log
