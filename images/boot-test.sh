@@ -7,12 +7,13 @@
 #   3. writes rig.conf into the image's RIGCONFIG partition with configure.sh, reads it back
 #      from that FAT partition (mtools) and boots the image's root with
 #      `systemd-nspawn --boot`, a sim GPU and a mosquitto on 127.0.0.1, then checks:
-#      rigd READY and on the broker; a hung supervisor loop (test hook) killed by the watchdog
-#      and restarted; `systemctl stop` drains and exits 0; rig.conf gone -> failed, no restart;
+#      rigd READY and on the broker; units from a coordinator run by the sandboxed workers;
+#      `systemctl stop` during work drains and exits 0; a hung supervisor loop (test hook)
+#      killed by the watchdog and restarted; rig.conf gone -> failed, no restart;
 #   4. boots again with a broken rig.conf on the partition: the rig boots, rigd is failed with
 #      the reason in `systemctl status` and the journal, and is not restarted.
 #
-#   images/boot-test.sh [--rigd PATH]
+#   images/boot-test.sh [--rigd PATH]      (coordinator: $RIGD_COORDINATOR or beside rigd)
 #
 # The kernel here has no vfat, so the FAT partition's rig.conf reaches the container as a
 # read-only bind mount at /etc/rig-config (owner 850, mode 0400, as the vfat mount makes it);
@@ -20,8 +21,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
-rigd="${CARGO_TARGET_DIR:-$repo/target}/debug/rigd"
+bin="${CARGO_TARGET_DIR:-$repo/target}/debug"
+rigd="$bin/rigd"
 [ "${1:-}" = "--rigd" ] && rigd="$2"
+coordinator="${RIGD_COORDINATOR:-$bin/coordinator}"
 
 skip() { echo "boot-test: SKIPPED: $*"; exit 0; }
 [ "$(id -u)" -eq 0 ] || skip "needs root (mmdebstrap, systemd-nspawn)"
@@ -49,8 +52,10 @@ awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || { echo "$security";
 work="$(mktemp -d)"
 nspawn_pid=""
 broker_pid=""
+coordinator_pid=""
 cleanup() {
   [ -n "$nspawn_pid" ] && kill "$nspawn_pid" 2>/dev/null && wait "$nspawn_pid" 2>/dev/null
+  [ -n "$coordinator_pid" ] && kill "$coordinator_pid" 2>/dev/null
   [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null
   rm -rf "$work"
 }
@@ -143,6 +148,24 @@ mosquitto_sub -p "$port" -h 127.0.0.1 -t 'rigd/v1/rig/nspawn-rig/status' -C 1 -W
   || fail "no retained status from the rig on the broker"
 echo "rig status retained on the broker"
 
+echo "== work inside the sandbox, then systemctl stop (SIGTERM) during work: drains, exits 0"
+"$coordinator" --broker "127.0.0.1:$port" --db "$work/ledger.db" --job gemm --units 1000 \
+  > "$work/coordinator.log" 2>&1 &
+coordinator_pid=$!
+working() { prop StatusText | grep -q '^working: .* receipts journaled to seq [1-9]'; }
+wait_for "receipts from units run by the sandboxed workers" 60 working
+echo "status: $(prop StatusText)"
+in_rig systemctl stop rigd
+[ "$(prop ExecMainStatus)" = 0 ] && [ "$(prop Result)" = success ] \
+  || fail "rigd did not stop cleanly: status $(prop ExecMainStatus), result $(prop Result)"
+journal="$(in_rig journalctl -u rigd --no-pager -o cat)"
+grep -q 'stopping: draining in-flight units' <<< "$journal" || fail "no drain in the journal"
+grep -q 'rigd stopped' <<< "$journal" || fail "no 'rigd stopped' in the journal"
+grep -q 'drain timed out' <<< "$journal" && fail "the drain timed out"
+echo "stopped during work: drained, exit status 0, result success"
+kill "$coordinator_pid"
+coordinator_pid=""
+
 echo "== watchdog: a hung supervisor loop is killed and restarted"
 in_rig mkdir -p /run/systemd/system/rigd.service.d
 printf '[Service]\nWatchdogSec=3s\nRestartSec=1s\nEnvironment=RIGD_TEST_HANG_FILE=/run/rigd-hang\n' \
@@ -161,13 +184,7 @@ echo "watchdog killed the hung rigd ($(grep -m1 'Watchdog timeout' <<< "$journal
 in_rig rm /run/systemd/system/rigd.service.d/50-test.conf
 in_rig systemctl daemon-reload
 
-echo "== systemctl stop: drains, exits 0"
 in_rig systemctl stop rigd
-[ "$(prop ExecMainStatus)" = 0 ] && [ "$(prop Result)" = success ] \
-  || fail "rigd did not stop cleanly: status $(prop ExecMainStatus), result $(prop Result)"
-journal="$(in_rig journalctl -u rigd --no-pager -o cat)"
-grep -q 'rigd stopped' <<< "$journal" || fail "no 'rigd stopped' in the journal"
-echo "stopped: exit status 0, result success"
 
 echo "== rig.conf missing: failed with the reason, no restart"
 rm "$work/rig-config/rig.conf"
