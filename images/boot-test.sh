@@ -36,19 +36,6 @@ unshare -m true 2>/dev/null || skip "cannot make a mount namespace here (no CAP_
 t_start=$(date +%s.%N)
 # A fixed build time keeps the cached mmdebstrap root valid from one commit to the next.
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1767225600}"
-out="${RIGD_IMAGE_CACHE:-$HOME/.cache/rigd-image}/test"
-"$here/build.sh" --rigd "$rigd" --out "$out" 2>&1 | tail -1
-root="$out/root"
-
-echo "== systemd-analyze verify (units in the image's root)"
-systemd-analyze verify --man=no --root="$root" rigd.service
-echo "== systemd-analyze security rigd.service"
-security="$(systemd-analyze security --offline=yes --root="$root" --threshold=20 rigd.service 2>&1)"
-score="$(sed -n 's/.*Overall exposure level for rigd.service: \([0-9.]*\).*/\1/p' <<< "$security")"
-grep '✗' <<< "$security" || true
-echo "rigd.service exposure: $score (must be <= 2.0)"
-awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || { echo "$security"; exit 1; }
-
 work="$(mktemp -d)"
 nspawn_pid=""
 broker_pid=""
@@ -60,6 +47,19 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+out="$work/image"
+"$here/build.sh" --rigd "$rigd" --out "$out" 2>&1 | tail -1
+root="$out/root"
+
+echo "== systemd-analyze verify (units in the image's root)"
+systemd-analyze verify --man=no --root="$root" rigd.service
+echo "== systemd-analyze security rigd.service"
+security="$(systemd-analyze security --offline=yes --root="$root" --threshold=20 rigd.service 2>&1)"
+score="$(sed -n 's/.*Overall exposure level for rigd.service: \([0-9.]*\).*/\1/p' <<< "$security")"
+grep '✗' <<< "$security" || true
+echo "rigd.service exposure: $score (must be <= 2.0)"
+awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || { echo "$security"; exit 1; }
 
 fail() {
   echo "boot-test: FAILED: $*" >&2
@@ -134,8 +134,7 @@ poweroff() {
   pid1=""
 }
 
-image="$work/rig.img"
-cp --sparse=always "$out/rig.img" "$image"
+image="$out/rig.img"
 "$here/configure.sh" "$image" --rig-id nspawn-rig --broker "127.0.0.1:$port" \
   --set 'key="file:receipt-key"' --set allow_software_key=true --set 'gpu="sim"'
 rig_config "$image"

@@ -174,6 +174,16 @@ root_mib=$(( used_mib * 5 / 4 + 64 ))
 rm -f "$work/root.img"
 E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" mkfs.ext4 -q -L rigroot -U "$(uuid rootfs)" \
   -E "hash_seed=$(uuid hashseed),root_owner=0:0" -d "$root" "$work/root.img" "${root_mib}M"
+# mkfs.ext4 -d (1.47.0) copies each file's ctime and atime, which are when this script wrote
+# and read it; set both to the build time on every inode.
+(cd "$root" && find . -xdev -printf '%P\n') \
+  | awk -v t="$SOURCE_DATE_EPOCH" '{ gsub(/"/, "\\\"");
+      print "sif \"/" $0 "\" ctime @" t; print "sif \"/" $0 "\" atime @" t }' > "$work/ctime.cmds"
+E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" debugfs -w -f "$work/ctime.cmds" "$work/root.img" > "$work/ctime.log" 2>&1
+if grep -v '^debugfs' "$work/ctime.log" | grep -q .; then
+  cat "$work/ctime.log" >&2
+  exit 1
+fi
 
 # GPT: fixed identifiers, partitions at 1 MiB boundaries.
 img="$out/rig.img"
