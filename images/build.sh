@@ -126,7 +126,6 @@ chroot "$root" dpkg-query -W -f '${Package}\t${Version}\n' > "$out/packages.txt"
 
 # Deterministic identifiers from SOURCE_DATE_EPOCH.
 uuid() { printf '%s-%s' "$SOURCE_DATE_EPOCH" "$1" | sha256sum | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12}).*/\1-\2-4\3-8\4-\5/'; }
-volid() { printf '%s-%s' "$SOURCE_DATE_EPOCH" "$1" | sha256sum | cut -c1-8; }
 mib=$((1024 * 1024))
 mtime() { touch -h -d "@$SOURCE_DATE_EPOCH" "$@"; }
 
@@ -152,7 +151,7 @@ options root=LABEL=rigroot ro rootwait console=tty0 console=ttyS0,115200
 EOF
 mtime "$work"/esp/*
 rm -f "$work/esp.img"
-mkfs.vfat -F 32 -n RIGESP -i "$(volid esp)" --invariant -C "$work/esp.img" $((esp_mib * 1024)) >/dev/null
+mkfs.vfat -F 32 -n RIGESP --invariant -C "$work/esp.img" $((esp_mib * 1024)) >/dev/null
 export MTOOLS_SKIP_CHECK=1
 mmd -i "$work/esp.img" ::EFI ::EFI/BOOT ::loader ::loader/entries
 mcopy -m -i "$work/esp.img" "$work/esp/BOOTX64.EFI" ::EFI/BOOT/BOOTX64.EFI
@@ -165,7 +164,7 @@ cfg_mib=8
 cp "$here/rig.conf.template" "$work/rig.conf"
 mtime "$work/rig.conf"
 rm -f "$work/config.img"
-mkfs.vfat -n RIGCONFIG -i "$(volid config)" --invariant -C "$work/config.img" $((cfg_mib * 1024)) >/dev/null
+mkfs.vfat -n RIGCONFIG --invariant -C "$work/config.img" $((cfg_mib * 1024)) >/dev/null
 mcopy -m -i "$work/config.img" "$work/rig.conf" ::rig.conf
 
 # Root: ext4 filled from the directory, a quarter free.
