@@ -167,22 +167,9 @@ rm -f "$work/config.img"
 mkfs.vfat -n RIGCONFIG --invariant -C "$work/config.img" $((cfg_mib * 1024)) >/dev/null
 mcopy -m -i "$work/config.img" "$work/rig.conf" ::rig.conf
 
-# Root: ext4 filled from the directory, a quarter free.
+# Root: a quarter free.
 used_mib=$(( $(du -sx --block-size=1M "$root" | cut -f1) ))
 root_mib=$(( used_mib * 5 / 4 + 64 ))
-rm -f "$work/root.img"
-E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" mkfs.ext4 -q -L rigroot -U "$(uuid rootfs)" \
-  -E "hash_seed=$(uuid hashseed),root_owner=0:0" -d "$root" "$work/root.img" "${root_mib}M"
-# mkfs.ext4 -d (1.47.0) copies each file's ctime and atime, which are when this script wrote
-# and read it; set both to the build time on every inode.
-(cd "$root" && find . -xdev -printf '%P\n') \
-  | awk -v t="$SOURCE_DATE_EPOCH" '{ gsub(/"/, "\\\"");
-      print "sif \"/" $0 "\" ctime @" t; print "sif \"/" $0 "\" atime @" t }' > "$work/ctime.cmds"
-E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" debugfs -w -f "$work/ctime.cmds" "$work/root.img" > "$work/ctime.log" 2>&1
-if grep -v '^debugfs' "$work/ctime.log" | grep -q .; then
-  cat "$work/ctime.log" >&2
-  exit 1
-fi
 
 # GPT: fixed identifiers, partitions at 1 MiB boundaries.
 img="$out/rig.img"
@@ -201,7 +188,25 @@ size=$((root_mib * 2048)), type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=$(uui
 EOF
 dd if="$work/esp.img" of="$img" bs=1M seek=1 conv=notrunc,sparse status=none
 dd if="$work/config.img" of="$img" bs=1M seek=$((1 + esp_mib)) conv=notrunc,sparse status=none
-dd if="$work/root.img" of="$img" bs=1M seek=$((1 + esp_mib + cfg_mib)) conv=notrunc,sparse status=none
+rm "$work/esp.img" "$work/config.img"
+
+# The root file system, made in place at its partition's offset and filled from the directory.
+root_at=$(( (1 + esp_mib + cfg_mib) * mib ))
+E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" mkfs.ext4 -q -F -L rigroot -U "$(uuid rootfs)" \
+  -E "offset=$root_at,nodiscard,hash_seed=$(uuid hashseed),root_owner=0:0" -d "$root" \
+  "$img" "${root_mib}M"
+# mkfs.ext4 -d (1.47.0) copies each file's ctime and atime, which are when this script wrote
+# and read it; set both to the build time on every inode.
+(cd "$root" && find . -xdev -printf '%P\n') \
+  | awk -v t="$SOURCE_DATE_EPOCH" '{ gsub(/"/, "\\\"");
+      print "sif \"/" $0 "\" ctime @" t; print "sif \"/" $0 "\" atime @" t }' > "$work/ctime.cmds"
+E2FSPROGS_FAKE_TIME="$SOURCE_DATE_EPOCH" debugfs -w -f "$work/ctime.cmds" \
+  "$img?offset=$root_at" > "$work/ctime.log" 2>&1
+if grep -v '^debugfs' "$work/ctime.log" | grep -q .; then
+  cat "$work/ctime.log" >&2
+  exit 1
+fi
+
 rm -rf "$work"
 t2=$(date +%s)
 
