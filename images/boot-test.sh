@@ -17,7 +17,11 @@
 #
 # The kernel here has no vfat, so the FAT partition's rig.conf reaches the container as a
 # read-only bind mount at /etc/rig-config (owner 850, mode 0400, as the vfat mount makes it);
-# the real mount is exercised by images/qemu-boot.sh.
+# the real mount is exercised by images/qemu-boot.sh. Other limits of this machine (a
+# container without systemd as PID 1): /run is not a tmpfs (nspawn gets its own, in a private
+# mount namespace); no machined (--register=no; commands reach the container through nsenter);
+# no BPF device control, so DeviceAllow= is not enforced inside the container; and
+# systemd-remount-fs fails there (fstab's root entry), so the container's state is "degraded".
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
