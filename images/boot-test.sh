@@ -128,7 +128,8 @@ boot() {
     [ "$(cat "/proc/$nspawn_pid/comm" 2>/dev/null)" = systemd-nspawn ] || continue
     pid1=$(pgrep -P "$nspawn_pid" || true)
   done
-  wait_for "multi-user.target" 60 in_rig systemctl is-active multi-user.target
+  # basic.target does not wait for rigd (multi-user.target does, for its READY).
+  wait_for "basic.target" 60 in_rig systemctl is-active basic.target
 }
 
 poweroff() {
@@ -204,6 +205,7 @@ echo "== boot with a broken rig.conf on the partition"
 rig_config "$image"
 boot broken
 wait_for "rigd failed" 30 is_prop ActiveState failed
+wait_for "multi-user.target" 30 in_rig systemctl is-active multi-user.target
 sleep 3
 [ "$(prop ExecMainStatus)" = 2 ] && [ "$(prop NRestarts)" = 0 ] \
   || fail "expected exit 2 and no restart: $(prop ExecMainStatus) $(prop NRestarts)"
