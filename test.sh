@@ -10,9 +10,11 @@ cd "$(dirname "$0")"
 
 # mosquitto: the broker the integration tests start; libtss2-dev, pkg-config: building the
 # TPM backend; swtpm, swtpm-tools: the TPM its tests start; softhsm2: the PKCS#11 token its
-# tests use.
+# tests use; the rig image's boot test: mmdebstrap, mtools, dosfstools, fdisk (building the
+# image), systemd-container (systemd-nspawn), mosquitto-clients (reading the rig's status).
 need=()
-for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2; do
+for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2 \
+  mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -32,3 +34,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# The rig image built from this rigd and booted with systemd-nspawn (images/boot-test.sh).
+bash images/boot-test.sh

@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod journal;
 pub mod keys;
 pub mod link;
+pub mod notify;
 mod rig;
 pub mod slots;
 pub mod worker;

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "rig.conf refused");
             eprintln!("rigd: {e}");
+            rigd::notify::status_line(&format!("rig.conf refused: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "rigd stopped");
             eprintln!("rigd: {e}");
+            rigd::notify::status_line(&format!("stopped: {e}"));
             ExitCode::from(e.exit_code())
         }
     }

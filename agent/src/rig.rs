@@ -14,6 +14,7 @@ use crate::gpu::{Gpu, SimGpu};
 use crate::journal::{self, Completion, Journal, JournalError, JournalStats, Sealed};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
+use crate::notify::Notifier;
 use crate::slots::{FailurePolicy, Slots};
 use crate::worker::{unix_ms, Device};
 use crate::RunError;
@@ -209,6 +210,10 @@ pub async fn run(
         tokio::time::interval(Duration::from_millis(rig.config.telemetry_interval_ms));
     let mut resend =
         tokio::time::interval(Duration::from_millis(rig.config.resend_interval_ms / 2));
+    let notifier = Notifier::from_env();
+    let mut watchdog =
+        tokio::time::interval(notifier.ping_every().unwrap_or(Duration::from_secs(3600)));
+    notifier.ready(&rig.status(rig.state()));
     loop {
         let next_start = rig.dispatch();
         rig.drain_progress();
@@ -229,6 +234,7 @@ pub async fn run(
                 tracing::info!("stopping: draining in-flight units");
                 rig.draining_since = Some(Instant::now());
                 rig.publish_status(RigState::Draining);
+                notifier.stopping();
             }
             Some(ev) = link_events.recv() => rig.on_link(ev).await?,
             Some(ev) = events.recv() => {
@@ -239,7 +245,13 @@ pub async fn run(
                 rig.on_cards(batch).await?;
             }
             _ = governor.tick() => rig.slots.govern(unix_ms()),
-            _ = telemetry.tick() => rig.publish_telemetry(),
+            _ = telemetry.tick() => {
+                rig.publish_telemetry();
+                if rig.draining_since.is_none() {
+                    notifier.status(&rig.status(rig.state()));
+                }
+            }
+            _ = watchdog.tick(), if notifier.ping_every().is_some() => notifier.watchdog(),
             _ = tokio::time::sleep_until(next_start.unwrap_or_else(Instant::now).into()), if next_start.is_some() => {}
             _ = resend.tick() => rig.resend(false).await?,
             Some(done) = sealed.recv() => rig.on_sealed(done).await?,
