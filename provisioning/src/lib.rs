@@ -1,0 +1,5 @@
+//! `rig-provisioner`: the fleet CA, the broker's mTLS + ACL configuration, the rig registry
+//! and the claim service that turns a claim token and a CSR into a rig identity.
+
+pub mod broker;
+pub mod ca;

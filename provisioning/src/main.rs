@@ -1,0 +1,135 @@
+//! `rig-provisioner`: the fleet CA, the broker configuration and the claim service.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rigd_provisioning::broker::{self, BrokerSettings};
+use rigd_provisioning::ca::{self, Ca, Role};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// rig-provisioner: fleet CA, broker mTLS + ACL configuration, rig registry and claims.
+/// Exit codes: 0 done, 1 failure, 2 bad arguments.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Creates the fleet CA (ca.pem, ca-key.pem) in DIR.
+    CaInit {
+        /// CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Common name of the CA.
+        #[arg(long, default_value = "rigd fleet CA")]
+        name: String,
+    },
+    /// Issues a client certificate and key (coordinator, provisioner, operator, claim).
+    Issue {
+        /// CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Common name: `fleet:coordinator`, `fleet:provisioner`, `fleet:claim`,
+        /// `operator:NAME` (or a rig id, for rigs with a fixed identity).
+        #[arg(long)]
+        name: String,
+        /// Writes OUT.pem (certificate) and OUT-key.pem (key, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Writes mosquitto.conf, the ACL, the server certificate and an empty CRL into OUT.
+    BrokerConfig {
+        /// CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// TLS listener port.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Host names or addresses clients use (server certificate SANs); repeatable.
+        #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        hosts: Vec<String>,
+        /// Operator names allowed to control the fleet (certificate CN `operator:NAME`).
+        #[arg(long = "operator")]
+        operators: Vec<String>,
+        /// Directory for mosquitto's persistence file (none when left out).
+        #[arg(long)]
+        persistence: Option<PathBuf>,
+        /// User mosquitto drops root privileges to; it must be able to read the server key.
+        #[arg(long, default_value = "mosquitto")]
+        run_as: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rig-provisioner: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Cmd::CaInit { ca, name } => {
+            Ca::init(&ca, &name).context("creating the CA")?;
+            println!("CA written to {}", ca.display());
+        }
+        Cmd::Issue { ca, name, out } => {
+            let ca = Ca::load(&ca).context("loading the CA")?;
+            let issued = ca.issue(&name, Role::Client, &[])?;
+            write_pair(&out, &issued)?;
+            println!("{name}: serial {}", issued.serial);
+        }
+        Cmd::BrokerConfig {
+            ca,
+            out,
+            port,
+            bind,
+            hosts,
+            operators,
+            persistence,
+            run_as,
+        } => {
+            let ca = Ca::load(&ca).context("loading the CA")?;
+            let settings = BrokerSettings {
+                bind,
+                port,
+                hosts,
+                persistence_dir: persistence,
+                run_as,
+            };
+            let conf = broker::write(&ca, &settings, &operators, &out)?;
+            println!("broker configuration written: mosquitto -c {}", conf.display());
+        }
+    }
+    Ok(())
+}
+
+fn write_pair(out: &Path, issued: &ca::Issued) -> anyhow::Result<()> {
+    let cert = out.with_extension("pem");
+    let key = PathBuf::from(format!("{}-key.pem", out.display()));
+    ca::write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
+    if let Some(k) = &issued.key_pem {
+        ca::write_file(&key, k.as_bytes(), 0o600)?;
+    }
+    Ok(())
+}
