@@ -159,6 +159,25 @@ pub struct RigConfig {
     /// Faults to inject into simulated cards (tests and demonstrations).
     #[serde(default)]
     pub sim_fault: Vec<SimFaultConfig>,
+    /// Mutual TLS to the broker (`[tls]`): without it the link is plain TCP.
+    #[serde(default)]
+    pub tls: Option<RigTls>,
+    /// Key URI of the TLS client key; defaults to `key`. TLS has no secp256k1: a rig whose
+    /// receipt key is secp256k1 names a P-256 key here (for example `file:tls-key?curve=p256`
+    /// or a TPM key). The key signs the handshake inside its store.
+    #[serde(default)]
+    pub tls_key: Option<String>,
+}
+
+/// `[tls]` in rig.conf: the fleet CA and this rig's certificate. The private key is the one
+/// named by `tls_key` (or `key`) and never leaves its key store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RigTls {
+    /// PEM file of the fleet CA the broker's certificate is checked against.
+    pub ca: PathBuf,
+    /// PEM file of this rig's certificate (common name = rig id), leaf first.
+    pub cert: PathBuf,
 }
 
 fn default_key() -> String {
@@ -256,6 +275,8 @@ impl RigConfig {
             failure_window_ms: default_failure_window_ms(),
             sim_ambient_c: default_ambient(),
             sim_fault: vec![],
+            tls: None,
+            tls_key: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod link;
 mod rig;
 pub mod slots;
+pub mod tls;
 pub mod worker;
 
 pub use cards::WorkerCommand;

@@ -154,6 +154,7 @@ pub async fn run(
     drop(events_tx);
     let started_ms = unix_ms();
     let will = encode(&offline_status(&config, key.as_ref(), started_ms));
+    let tls = crate::tls::client_config(&config, &key)?;
     let stop_link = CancellationToken::new();
     let (link, mut link_events) = Link::start(
         LinkSettings {
@@ -161,6 +162,7 @@ pub async fn run(
             host,
             port,
             will,
+            tls,
         },
         stop_link.clone(),
     );

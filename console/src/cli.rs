@@ -30,6 +30,9 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 1500,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub wait_ms: u64,
+    /// Mutual TLS to the broker (an operator certificate, CN `operator:NAME`).
+    #[command(flatten)]
+    pub tls: rigd_tls::TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

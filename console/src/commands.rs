@@ -44,6 +44,9 @@ pub enum Error {
     /// At least one receipt did not verify (the report says which and why).
     #[error("some receipts do not verify")]
     Unverified,
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] rigd_tls::TlsError),
     /// The hidden `worker` subcommand runs before the runtime starts; it cannot get here.
     #[error("the worker subcommand is run by the devnet's rigs, not through run()")]
     Worker,
@@ -65,6 +68,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         host: cli.broker.host.clone(),
         port: cli.broker.port,
         wait: Duration::from_millis(cli.wait_ms),
+        tls: match cli.tls.files() {
+            Some(files) => Some(rigd_tls::client_config_from_files(&files)?),
+            None => None,
+        },
     };
     match cli.command {
         Command::Status => {

@@ -140,10 +140,7 @@ pub fn operator_acl(operators: &[String]) -> String {
 pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
     let p = |f: &str| dir.join(f).display().to_string();
     let persistence = match &settings.persistence_dir {
-        Some(d) => format!(
-            "persistence true\npersistence_location {}/\n",
-            d.display()
-        ),
+        Some(d) => format!("persistence true\npersistence_location {}/\n", d.display()),
         None => "persistence false\n".to_owned(),
     };
     format!(
@@ -213,4 +210,42 @@ pub fn write(
     let conf = out.join(CONF_FILE);
     ca::write_file(&conf, mosquitto_conf(settings, out).as_bytes(), 0o644)?;
     Ok(conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_acl_names_identities_by_certificate_name_only() {
+        let acl = acl() + &operator_acl(&["alice".into()]);
+        for line in acl.lines().filter(|l| l.contains("%c")) {
+            assert_eq!(line, "pattern read rigd/v1/provision/reply/%c");
+        }
+        assert!(acl.contains("pattern write rigd/v1/rig/%u/receipts"));
+        assert!(acl.contains("pattern read rigd/v1/rig/%u/commands"));
+        assert!(!acl.contains("pattern write rigd/v1/rig/%u/units"));
+        assert!(acl.contains("user operator:alice"));
+    }
+
+    #[test]
+    fn the_broker_requires_fleet_certificates() {
+        let settings = BrokerSettings {
+            bind: "127.0.0.1".into(),
+            port: 8883,
+            hosts: vec![],
+            persistence_dir: None,
+            run_as: "mosquitto".into(),
+        };
+        let conf = mosquitto_conf(&settings, Path::new("/etc/rigd-broker"));
+        for line in [
+            "allow_anonymous false",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "crlfile /etc/rigd-broker/crl.pem",
+            "acl_file /etc/rigd-broker/acl",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line} missing:\n{conf}");
+        }
+    }
 }

@@ -15,8 +15,8 @@
 //! | the claim identity shipped in rig images | `fleet:claim` |
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData,
     RevokedCertParams, SanType, SerialNumber,
 };
 use std::path::{Path, PathBuf};
@@ -272,5 +272,31 @@ impl Ca {
             key_identifier_method: KeyIdMethod::Sha256,
         };
         Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+    }
+}
+
+/// A P-256 public key (SEC1 point) to issue a certificate for.
+pub struct P256Public(Vec<u8>);
+
+impl P256Public {
+    /// From a SEC1 point, compressed or not; stored uncompressed as X.509 carries it.
+    pub fn from_sec1(bytes: &[u8]) -> Result<Self, CaError> {
+        let key = p256::PublicKey::from_sec1_bytes(bytes)
+            .map_err(|_| CaError::X509(rcgen::Error::CouldNotParseKeyPair))?;
+        Ok(Self(
+            p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key, false)
+                .as_bytes()
+                .to_vec(),
+        ))
+    }
+}
+
+impl PublicKeyData for P256Public {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
     }
 }

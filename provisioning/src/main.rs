@@ -118,7 +118,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 run_as,
             };
             let conf = broker::write(&ca, &settings, &operators, &out)?;
-            println!("broker configuration written: mosquitto -c {}", conf.display());
+            println!(
+                "broker configuration written: mosquitto -c {}",
+                conf.display()
+            );
         }
     }
     Ok(())

@@ -229,3 +229,28 @@ pub fn der_signature(rs: &[u8; 64]) -> Result<Vec<u8>, rustls::Error> {
         .map(|s| s.to_der().as_bytes().to_vec())
         .map_err(|_| rustls::Error::General("key store returned an invalid P-256 signature".into()))
 }
+
+/// Command-line TLS flags shared by the fleet's tools (`--tls-ca`, `--tls-cert`, `--tls-key`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM file of the fleet CA: connect to the broker with mutual TLS.
+    #[arg(long, global = true, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of this client's certificate (with --tls-ca).
+    #[arg(long, global = true, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of this client's private key (with --tls-ca).
+    #[arg(long, global = true, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files named, or `None` for a plain TCP connection.
+    pub fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            ca: self.tls_ca.clone()?,
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone(),
+        })
+    }
+}

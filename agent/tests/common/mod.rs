@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod swtpm;
+pub mod tls;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With mutual TLS and the fleet ACL: the CA directory.
+    tls_ca: Option<PathBuf>,
 }
 
 fn mosquitto_bin() -> PathBuf {
@@ -48,11 +51,22 @@ fn mosquitto_bin() -> PathBuf {
 impl Mosquitto {
     /// Starts a broker on a free loopback port, retrying on a clash.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a broker with mutual TLS and the fleet ACL written by `rig-provisioner
+    /// broker-config` for the CA in `ca_dir`.
+    pub fn start_tls(ca_dir: &Path) -> Self {
+        Self::start_with(Some(ca_dir.to_owned()))
+    }
+
+    fn start_with(tls_ca: Option<PathBuf>) -> Self {
         for _ in 0..5 {
             let mut m = Mosquitto {
                 port: free_port(),
                 dir: tempfile::tempdir().expect("tempdir"),
                 child: None,
+                tls_ca: tls_ca.clone(),
             };
             if m.spawn() {
                 return m;
@@ -62,20 +76,19 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) -> bool {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n",
-                self.port
-            ),
-        )
-        .expect("write mosquitto.conf");
+        let conf = match &self.tls_ca {
+            Some(ca) => tls::broker_config(ca, self.port, self.dir.path()),
+            None => self.plain_config(),
+        };
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join("mosquitto.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("spawn mosquitto");
         self.child = Some(child);
@@ -90,6 +103,39 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// The broker's log (errors; with TLS also warnings and notices).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP: mosquitto reloads its ACL and (2.0) its TLS files.
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// The directory of the broker's configuration files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn plain_config(&self) -> PathBuf {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        conf
     }
 
     /// Kills the broker (an outage).
