@@ -103,7 +103,9 @@ impl SimFaultConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RigConfig {
-    /// The rig's identity (one topic level: letters, digits, `.`, `_`, `-`).
+    /// The rig's identity (one topic level: letters, digits, `.`, `_`, `-`). Left out when
+    /// the rig provisions itself (`[provision]`): the provisioner assigns it.
+    #[serde(default = "unprovisioned")]
     pub rig_id: RigId,
     /// MQTT broker, `host:port`.
     pub broker: String,
@@ -167,6 +169,38 @@ pub struct RigConfig {
     /// or a TPM key). The key signs the handshake inside its store.
     #[serde(default)]
     pub tls_key: Option<String>,
+    /// Zero-touch provisioning (`[provision]`): claim an identity from the fleet instead of
+    /// a fixed `rig_id` and `[tls]`.
+    #[serde(default)]
+    pub provision: Option<ProvisionConfig>,
+}
+
+/// `[provision]` in rig.conf: the claim token and the fleet-wide claim credential shipped
+/// with the image. The rig's own TLS key is `tls_key` (or `key`), never a file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    /// The claim token (`rigctl claims create` prints it).
+    pub claim: String,
+    /// PEM file of the fleet CA.
+    pub ca: PathBuf,
+    /// PEM file of the fleet's claim certificate (CN `fleet:claim`).
+    pub claim_cert: PathBuf,
+    /// PEM file of the claim certificate's key (low privilege: it can only send claims).
+    pub claim_key: PathBuf,
+    /// How long to wait for the provisioner's answer to one claim, ms.
+    #[serde(default = "default_claim_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The `rig_id` of a rig that has not been provisioned yet.
+pub const UNPROVISIONED: &str = "unprovisioned";
+
+fn unprovisioned() -> RigId {
+    RigId::new(UNPROVISIONED).unwrap_or_else(|_| unreachable!("a valid rig id"))
+}
+fn default_claim_timeout_ms() -> u64 {
+    5000
 }
 
 /// `[tls]` in rig.conf: the fleet CA and this rig's certificate. The private key is the one
@@ -277,6 +311,7 @@ impl RigConfig {
             sim_fault: vec![],
             tls: None,
             tls_key: None,
+            provision: None,
         }
     }
 
@@ -296,6 +331,28 @@ impl RigConfig {
         };
         if self.broker_addr().is_none() {
             return bad("broker", format!("{:?} is not host:port", self.broker));
+        }
+        match (&self.provision, self.rig_id.as_str() == UNPROVISIONED) {
+            (None, true) => {
+                return bad(
+                    "rig_id",
+                    "missing: give a rig_id, or a [provision] claim to be assigned one".into(),
+                )
+            }
+            (Some(_), false) => {
+                return bad(
+                    "rig_id",
+                    "a provisioned rig is assigned its id: leave rig_id out with [provision]"
+                        .into(),
+                )
+            }
+            (Some(_), true) if self.tls.is_some() => {
+                return bad(
+                    "tls",
+                    "[provision] writes the rig's certificate itself: leave [tls] out".into(),
+                )
+            }
+            _ => {}
         }
         if !(1..=16).contains(&self.sim_gpus) {
             return bad("sim_gpus", format!("{} is outside 1..=16", self.sim_gpus));

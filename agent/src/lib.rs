@@ -6,12 +6,14 @@
 //! [`governor`] turns a card's telemetry into its fan speed, power limit and run permit.
 
 pub mod cards;
+pub mod claim;
 pub mod config;
 pub mod governor;
 pub mod gpu;
 pub mod journal;
 pub mod keys;
 pub mod link;
+pub mod provision;
 mod rig;
 pub mod slots;
 pub mod tls;

@@ -79,6 +79,13 @@ fn main() -> ExitCode {
             wait_for_signal().await;
             stop.cancel();
         });
+        // With [provision], claim an identity first (a no-op once provisioned). The operator
+        // keys granted are the ones signed commands are checked against.
+        let (config, operator_keys) = rigd::claim::provision(config, &shutdown).await?;
+        tracing::debug!(
+            operator_keys = operator_keys.len(),
+            "operator keys from provisioning"
+        );
         rigd::run(config, worker, shutdown).await
     });
     match result {

@@ -46,7 +46,7 @@ struct Rig {
 
 /// The cards of the configured backend. With `nvml` and no usable driver, the rig runs with
 /// no cards (and says so) rather than stopping.
-fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
+pub(crate) fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
     match config.gpu {
         GpuBackend::Sim => {
             let mut sim = SimGpu::new(&config.rig_id, config.sim_gpus);

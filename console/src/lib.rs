@@ -7,6 +7,7 @@
 //! - [`devnet`]: the one-command demo: broker, coordinator and simulated rigs in one process.
 //! - [`commands`]: the subcommands, [`cli`]: their arguments.
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod collect;

@@ -11,15 +11,7 @@ use crate::ca::{self, Ca, CaError, Role, CLAIM_CN, COORDINATOR_CN, PROVISIONER_C
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Topic claimants publish their ClaimRequest on (the provisioner reads it).
-pub const CLAIM_TOPIC: &str = "rigd/v1/provision/claim";
-/// Prefix of the claim mailboxes: a claimant connects with a random client id and reads
-/// only `rigd/v1/provision/reply/{client id}`.
-pub const REPLY_PREFIX: &str = "rigd/v1/provision/reply";
-/// Topic operators publish provisioner requests on (claims, revocations).
-pub const ADMIN_TOPIC: &str = "rigd/v1/provision/admin";
-/// Prefix of the operators' reply mailboxes, one per client id.
-pub const ADMIN_REPLY_PREFIX: &str = "rigd/v1/provision/admin-reply";
+use rigd_protocol::claim::{ADMIN_REPLY_PREFIX, ADMIN_TOPIC, CLAIM_TOPIC, REPLY_PREFIX};
 
 /// File names written by [`write`].
 pub const CONF_FILE: &str = "mosquitto.conf";
@@ -152,6 +144,7 @@ pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
          acl_file {acl}\n\
          {persistence}\
          max_queued_messages 100000\n\
+         max_packet_size {max_packet}\n\
          max_inflight_messages 100\n\
          log_dest stderr\n\
          log_type error\n\
@@ -166,6 +159,9 @@ pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
          use_identity_as_username true\n\
          tls_version tlsv1.2\n",
         run_as = settings.run_as,
+        // A frame's cap plus room for topic and properties: larger packets are refused by
+        // the broker before any client has to read them.
+        max_packet = rigd_protocol::MAX_FRAME_BYTES + 8192,
         acl = p(ACL_FILE),
         port = settings.port,
         bind = settings.bind,

@@ -3,3 +3,6 @@
 
 pub mod broker;
 pub mod ca;
+pub mod provisioner;
+pub mod registry;
+pub mod service;

@@ -4,8 +4,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rigd_provisioning::broker::{self, BrokerSettings};
 use rigd_provisioning::ca::{self, Ca, Role};
+use rigd_provisioning::provisioner::Provisioner;
+use rigd_provisioning::registry::Registry;
+use rigd_provisioning::service::{self, ServiceSettings};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 /// rig-provisioner: fleet CA, broker mTLS + ACL configuration, rig registry and claims.
 /// Exit codes: 0 done, 1 failure, 2 bad arguments.
@@ -67,6 +71,31 @@ enum Cmd {
         #[arg(long, default_value = "mosquitto")]
         run_as: String,
     },
+    /// Serves claims and operator requests over MQTT 5 until SIGTERM or SIGINT.
+    Serve {
+        /// CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Registry database (SQLite).
+        #[arg(long)]
+        db: PathBuf,
+        /// Broker, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:8883")]
+        broker: String,
+        #[command(flatten)]
+        tls: rigd_tls::TlsArgs,
+        /// The broker's CRL file (its `crlfile`), rewritten on every revocation.
+        #[arg(long)]
+        crl: Option<PathBuf>,
+        /// Command that makes the broker reload the CRL, e.g. "systemctl reload mosquitto"
+        /// (split on spaces, run without a shell).
+        #[arg(long)]
+        reload_command: Option<String>,
+        /// Ed25519 public key (64 hex digits) of an operator whose commands rigs obey;
+        /// repeatable. Sent to every rig in its ClaimResponse.
+        #[arg(long = "operator-key")]
+        operator_keys: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,7 +152,74 @@ fn run(args: Args) -> anyhow::Result<()> {
                 conf.display()
             );
         }
+        Cmd::Serve {
+            ca,
+            db,
+            broker,
+            tls,
+            crl,
+            reload_command,
+            operator_keys,
+        } => serve(&ca, &db, &broker, &tls, crl, reload_command, &operator_keys)?,
     }
+    Ok(())
+}
+
+fn serve(
+    ca: &Path,
+    db: &Path,
+    broker: &str,
+    tls: &rigd_tls::TlsArgs,
+    crl: Option<PathBuf>,
+    reload_command: Option<String>,
+    operator_keys: &[String],
+) -> anyhow::Result<()> {
+    let (host, port) = broker
+        .rsplit_once(':')
+        .context("--broker must be HOST:PORT")?;
+    let port: u16 = port.parse().context("--broker port")?;
+    let keys = operator_keys
+        .iter()
+        .map(|k| {
+            hex::decode(k)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .with_context(|| format!("--operator-key {k:?} is not 64 hex digits"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tls = match tls.files() {
+        Some(f) => Some(rigd_tls::client_config_from_files(&f)?),
+        None => None,
+    };
+    let ca = Ca::load(ca).context("loading the CA")?;
+    let registry = Registry::open(db).context("opening the registry")?;
+    let mut provisioner = Provisioner::new(ca, registry, keys, crl)?;
+    provisioner.write_crl()?;
+    let settings = ServiceSettings {
+        host: host.to_owned(),
+        port,
+        tls,
+        reload_command: reload_command.map(|c| c.split_whitespace().map(str::to_owned).collect()),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            s.cancel();
+        });
+        let s = stop.clone();
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::spawn(async move {
+                term.recv().await;
+                s.cancel();
+            });
+        }
+        service::serve(settings, provisioner, stop).await;
+    });
     Ok(())
 }
 

@@ -254,3 +254,79 @@ impl TlsArgs {
         })
     }
 }
+
+/// One MQTT 5 request/response exchange on a fresh session: subscribes to `mailbox`,
+/// publishes `payload` on `topic` with `mailbox` as response topic and random correlation
+/// data, and returns the payload of the first message on `mailbox` carrying that correlation
+/// data. `opts` must name a client id the broker lets read `mailbox`.
+pub async fn request(
+    opts: rumqttc::v5::MqttOptions,
+    topic: &str,
+    mailbox: &str,
+    payload: Vec<u8>,
+    timeout: std::time::Duration,
+) -> Result<bytes::Bytes, String> {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event};
+    let correlation = bytes::Bytes::from(rand::random::<[u8; 16]>().to_vec());
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let exchange = async {
+        loop {
+            match eventloop.poll().await.map_err(|e| e.to_string())? {
+                Event::Incoming(Packet::ConnAck(_)) => client
+                    .try_subscribe(mailbox, QoS::AtLeastOnce)
+                    .map_err(|e| e.to_string())?,
+                Event::Incoming(Packet::SubAck(_)) => client
+                    .try_publish_with_properties(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                        PublishProperties {
+                            response_topic: Some(mailbox.to_owned()),
+                            correlation_data: Some(correlation.clone()),
+                            ..PublishProperties::default()
+                        },
+                    )
+                    .map_err(|e| e.to_string())?,
+                Event::Incoming(Packet::Publish(m))
+                    if m.topic == mailbox.as_bytes()
+                        && m.properties
+                            .as_ref()
+                            .and_then(|p| p.correlation_data.as_ref())
+                            == Some(&correlation) =>
+                {
+                    return Ok(m.payload);
+                }
+                _ => {}
+            }
+        }
+    };
+    let out = tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+    let _ = client.try_disconnect();
+    out
+}
+
+/// The common name of the first certificate in a PEM file (the MQTT user name the broker
+/// gives that client).
+pub fn common_name(cert: &Path) -> Result<String, TlsError> {
+    let bad = |reason: &str| TlsError::Pem {
+        what: "certificate file",
+        path: cert.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let certs = load_certs(cert)?;
+    let leaf = certs.first().ok_or_else(|| bad("empty"))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|_| bad("not an X.509 certificate"))?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| bad("no common name"))?;
+    Ok(cn.to_owned())
+}

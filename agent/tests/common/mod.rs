@@ -120,6 +120,11 @@ impl Mosquitto {
         }
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// The directory of the broker's configuration files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -188,16 +193,29 @@ pub struct RigProcess {
 impl RigProcess {
     /// Writes rig.conf (plus `extra` lines) under `dir` and starts rigd.
     pub fn start(rig: &str, port: u16, gpus: u32, dir: &Path, extra: &str) -> Self {
-        std::fs::create_dir_all(dir).expect("state dir");
-        let conf = dir.join("rig.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "rig_id = \"{rig}\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = {gpus}\ntelemetry_interval_ms = 200\nresend_interval_ms = 500\n{extra}",
-                dir.display()
+        Self::start_conf(
+            rig,
+            dir,
+            &format!(
+                "rig_id = \"{rig}\"\n{}",
+                Self::base_conf(port, gpus, dir, extra)
             ),
         )
-        .expect("write rig.conf");
+    }
+
+    /// rig.conf without `rig_id` (for rigs that provision themselves).
+    pub fn base_conf(port: u16, gpus: u32, dir: &Path, extra: &str) -> String {
+        format!(
+            "broker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = {gpus}\ntelemetry_interval_ms = 200\nresend_interval_ms = 500\n{extra}",
+            dir.display()
+        )
+    }
+
+    /// Writes `text` as rig.conf under `dir` and starts rigd; `rig` names it in the test.
+    pub fn start_conf(rig: &str, dir: &Path, text: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("state dir");
+        let conf = dir.join("rig.conf");
+        std::fs::write(&conf, text).expect("write rig.conf");
         let mut p = RigProcess {
             rig: rig.into(),
             dir: dir.to_owned(),

@@ -150,3 +150,162 @@ pub async fn next<T>(
     .await
     .map_err(|_| "nothing within 5 s".to_string())?
 }
+
+/// A `rig-provisioner serve` process with its registry in `dir`.
+pub struct ProvisionerProcess {
+    pub dir: PathBuf,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl ProvisionerProcess {
+    /// Starts the provisioner against the broker on `port`, writing the CRL into the
+    /// broker's directory and reloading it with SIGHUP to `broker_pid`.
+    pub fn start(pki: &Pki, port: u16, broker_dir: &Path, broker_pid: u32, dir: &Path) -> Self {
+        let tls = pki.client("fleet:provisioner");
+        std::fs::create_dir_all(dir).expect("dir");
+        let args = vec![
+            "serve".into(),
+            "--ca".into(),
+            pki.ca_dir().display().to_string(),
+            "--db".into(),
+            dir.join("registry.db").display().to_string(),
+            "--broker".into(),
+            format!("127.0.0.1:{port}"),
+            "--tls-ca".into(),
+            tls.ca.display().to_string(),
+            "--tls-cert".into(),
+            tls.cert.display().to_string(),
+            "--tls-key".into(),
+            tls.key.expect("key").display().to_string(),
+            "--crl".into(),
+            broker_dir.join("crl.pem").display().to_string(),
+            "--reload-command".into(),
+            format!("kill -HUP {broker_pid}"),
+            "--operator-key".into(),
+            OPERATOR_KEY_HEX.into(),
+        ];
+        let mut p = ProvisionerProcess {
+            dir: dir.to_owned(),
+            args,
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("provisioner.log"))
+            .expect("log");
+        let child = std::process::Command::new(super::workspace_bin("rig-provisioner"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rig-provisioner");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("provisioner.log")).unwrap_or_default()
+    }
+
+    /// Waits until it has connected (`n`-th time since the log began).
+    pub fn wait_serving(&self, n: usize) {
+        super::wait_until("provisioner serving", 20, || {
+            self.log().matches("serving claims").count() >= n
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Rigs in the registry: (id, owner, state, serial).
+    pub fn rigs(&self) -> Vec<(String, String, String, String)> {
+        let Ok(db) = rusqlite::Connection::open_with_flags(
+            self.dir.join("registry.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return vec![];
+        };
+        let Ok(mut st) = db.prepare("SELECT id, owner, state, serial FROM rigs ORDER BY id") else {
+            return vec![];
+        };
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map(|rows| rows.flatten().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ProvisionerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The operator Ed25519 public key the test provisioner hands to rigs.
+pub const OPERATOR_KEY_HEX: &str =
+    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+/// Runs rigctl as operator `alice` against the broker on `port`; returns (exit code, stdout).
+pub fn rigctl(pki: &Pki, port: u16, args: &[&str]) -> (i32, String) {
+    let op = pki.client("operator:alice");
+    let out = std::process::Command::new(super::workspace_bin("rigctl"))
+        .args(["--broker", &format!("127.0.0.1:{port}")])
+        .args(["--tls-ca", &op.ca.display().to_string()])
+        .args(["--tls-cert", &op.cert.display().to_string()])
+        .args(["--tls-key", &op.key.expect("key").display().to_string()])
+        .args(args)
+        .output()
+        .expect("run rigctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `[provision]` lines for rig.conf using the fleet claim certificate.
+pub fn provision_conf(pki: &Pki, token: &str) -> String {
+    let claim = pki.client("fleet:claim");
+    format!(
+        "key = \"file:receipt-key?curve=p256\"\n[provision]\nclaim = \"{token}\"\nca = \"{}\"\nclaim_cert = \"{}\"\nclaim_key = \"{}\"\ntimeout_ms = 2000\n",
+        claim.ca.display(),
+        claim.cert.display(),
+        claim.key.expect("key").display()
+    )
+}
+
+/// Creates a claim through rigctl; returns the token.
+pub fn create_claim(pki: &Pki, port: u16, owner: &str, uses: u32) -> String {
+    let (code, out) = rigctl(
+        pki,
+        port,
+        &[
+            "--json",
+            "claims",
+            "create",
+            "--owner",
+            owner,
+            "--uses",
+            &uses.to_string(),
+            "--expires",
+            "1h",
+        ],
+    );
+    assert_eq!(code, 0, "rigctl claims create: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    v["token"].as_str().expect("token").to_owned()
+}
