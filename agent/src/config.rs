@@ -448,4 +448,26 @@ mod tests {
             Err(ConfigError::Value { key: "broker", .. })
         ));
     }
+
+    #[test]
+    fn a_rig_has_either_a_fixed_id_or_a_claim() {
+        let parse = |t: &str| RigConfig::parse(Path::new("rig.conf"), t);
+        let base = GOOD.replace("rig_id = \"rig-1\"\n", "");
+        assert!(matches!(
+            parse(&base),
+            Err(ConfigError::Value { key: "rig_id", .. })
+        ));
+        let provision =
+            "[provision]\nclaim = \"rc_x\"\nca = \"/c\"\nclaim_cert = \"/a\"\nclaim_key = \"/b\"\n";
+        let c = parse(&format!("{base}{provision}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.provision.map(|p| p.timeout_ms), Some(5000));
+        assert!(matches!(
+            parse(&format!("{GOOD}{provision}")),
+            Err(ConfigError::Value { key: "rig_id", .. })
+        ));
+        assert!(matches!(
+            parse(&format!("{base}tls_key = \"file:t?curve=p256\"\n[tls]\nca = \"/c\"\ncert = \"/r\"\n{provision}")),
+            Err(ConfigError::Value { key: "tls", .. })
+        ));
+    }
 }

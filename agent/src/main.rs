@@ -132,5 +132,14 @@ fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
     if let Some(address) = public.eth_address() {
         println!("address:    0x{}", hex::encode(address));
     }
+    if let Some(uri) = config.tls_key.as_ref().filter(|u| **u != config.key) {
+        match rigd::keys::open(uri, &config.state_dir, config.allow_software_key) {
+            Ok(k) => println!("tls key:    {} ({})", k.public_key(), k.describe()),
+            Err(e) => {
+                eprintln!("rigd: tls_key: {e}");
+                return ExitCode::from(3);
+            }
+        }
+    }
     ExitCode::SUCCESS
 }

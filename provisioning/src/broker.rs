@@ -145,6 +145,7 @@ pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
          {persistence}\
          max_queued_messages 100000\n\
          max_packet_size {max_packet}\n\
+         set_tcp_nodelay true\n\
          max_inflight_messages 100\n\
          log_dest stderr\n\
          log_type error\n\

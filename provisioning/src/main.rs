@@ -43,6 +43,10 @@ enum Cmd {
         /// Writes OUT.pem (certificate) and OUT-key.pem (key, mode 0600).
         #[arg(long)]
         out: PathBuf,
+        /// Issue for this public key instead of a new key pair: `p256:HEX`, as `rigd keys
+        /// show` prints it (a rig with a fixed rig_id whose TLS key stays in its key store).
+        #[arg(long)]
+        public_key: Option<String>,
     },
     /// Writes mosquitto.conf, the ACL, the server certificate and an empty CRL into OUT.
     BrokerConfig {
@@ -122,9 +126,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ca::init(&ca, &name).context("creating the CA")?;
             println!("CA written to {}", ca.display());
         }
-        Cmd::Issue { ca, name, out } => {
+        Cmd::Issue {
+            ca,
+            name,
+            out,
+            public_key,
+        } => {
             let ca = Ca::load(&ca).context("loading the CA")?;
-            let issued = ca.issue(&name, Role::Client, &[])?;
+            let issued = match public_key {
+                Some(k) => {
+                    let sec1 = k
+                        .strip_prefix("p256:")
+                        .and_then(|h| hex::decode(h).ok())
+                        .context("--public-key must be p256:HEX (TLS has no secp256k1)")?;
+                    ca.issue_for(&name, &ca::P256Public::from_sec1(&sec1)?)?
+                }
+                None => ca.issue(&name, Role::Client, &[])?,
+            };
             write_pair(&out, &issued)?;
             println!("{name}: serial {}", issued.serial);
         }

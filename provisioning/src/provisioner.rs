@@ -209,3 +209,114 @@ impl Provisioner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigd_protocol::claim::Inventory;
+    use rigd_protocol::{encode, PublicKey};
+
+    fn csr_for(key: &rcgen::KeyPair) -> Vec<u8> {
+        rcgen::CertificateParams::default()
+            .serialize_request(key)
+            .map(|c| c.der().to_vec())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn p256() -> rcgen::KeyPair {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn request(token: &str, tls_key: &[u8], csr_der: Vec<u8>) -> Vec<u8> {
+        encode(&ClaimRequest {
+            token: token.into(),
+            tls_key: tls_key.to_vec(),
+            csr_der,
+            inventory: Inventory {
+                cards: vec![],
+                driver: "sim".into(),
+                agent_version: "0.1.0".into(),
+                receipt_key: PublicKey::P256(tls_key.to_vec()),
+            },
+        })
+    }
+
+    #[test]
+    fn a_csr_must_be_well_signed_and_for_the_declared_key() {
+        let (a, b) = (p256(), p256());
+        let good = csr_for(&a);
+        assert!(check_csr(a.public_key_raw(), &good).is_ok());
+        assert_eq!(
+            check_csr(b.public_key_raw(), &good).err(),
+            Some(Refusal::KeyMismatch)
+        );
+        let mut tampered = good.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(
+            check_csr(a.public_key_raw(), &tampered).err(),
+            Some(Refusal::BadCsr)
+        );
+        // The subject changed after signing: the signature no longer covers it.
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "aaaaaaaa");
+        let mut forged = params
+            .serialize_request(&a)
+            .map(|c| c.der().to_vec())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = forged
+            .windows(8)
+            .position(|w| w == b"aaaaaaaa")
+            .unwrap_or_else(|| panic!("subject not found"));
+        forged[at..at + 8].copy_from_slice(b"bbbbbbbb");
+        assert_eq!(
+            check_csr(a.public_key_raw(), &forged).err(),
+            Some(Refusal::BadCsr)
+        );
+        assert_eq!(
+            check_csr(&[4; 65], &csr_for(&a)).err(),
+            Some(Refusal::KeyMismatch)
+        );
+        let ed =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            check_csr(a.public_key_raw(), &csr_for(&ed)).err(),
+            Some(Refusal::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn a_claim_with_a_good_csr_is_granted_a_chain_to_the_fleet_ca() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ca = Ca::init(&dir.path().join("ca"), "t").unwrap_or_else(|e| panic!("{e}"));
+        let mut registry =
+            Registry::open(&dir.path().join("r.db")).unwrap_or_else(|e| panic!("{e}"));
+        let claim = registry
+            .create_claim("alice", 2, u64::MAX / 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut p =
+            Provisioner::new(ca, registry, vec![[5; 32]], None).unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = (p256(), p256());
+        let refused = |r: ClaimResponse| match r {
+            ClaimResponse::Refused { reason, .. } => Some(reason),
+            ClaimResponse::Granted(_) => None,
+        };
+        assert_eq!(
+            refused(p.claim(&request(&claim.token, b.public_key_raw(), csr_for(&a)), 0)),
+            Some(Refusal::KeyMismatch)
+        );
+        assert_eq!(refused(p.claim(b"\x01\x0a", 0)), Some(Refusal::Malformed));
+        let ClaimResponse::Granted(g) =
+            p.claim(&request(&claim.token, a.public_key_raw(), csr_for(&a)), 0)
+        else {
+            panic!("refused")
+        };
+        assert_eq!(g.owner, "alice");
+        assert_eq!(g.operator_keys, vec![[5; 32]]);
+        assert_eq!(g.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    }
+}

@@ -57,6 +57,9 @@ pub async fn serve(
     if let Some(tls) = settings.tls.clone() {
         opts.set_transport(rigd_tls::transport(tls));
     }
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    opts.set_network_options(network);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut failures: u32 = 0;
     loop {

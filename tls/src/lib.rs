@@ -260,7 +260,7 @@ impl TlsArgs {
 /// data, and returns the payload of the first message on `mailbox` carrying that correlation
 /// data. `opts` must name a client id the broker lets read `mailbox`.
 pub async fn request(
-    opts: rumqttc::v5::MqttOptions,
+    mut opts: rumqttc::v5::MqttOptions,
     topic: &str,
     mailbox: &str,
     payload: Vec<u8>,
@@ -270,6 +270,10 @@ pub async fn request(
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event};
     let correlation = bytes::Bytes::from(rand::random::<[u8; 16]>().to_vec());
+    // A handful of small packets each way: without TCP_NODELAY each waits on a delayed ACK.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    opts.set_network_options(network);
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let exchange = async {
         loop {
