@@ -182,6 +182,27 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Spawns `cmd` with its stderr appended to `log` and its stdout discarded.
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    cmd.stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn a workspace binary")
+}
+
+/// SIGKILLs the child, if any, and reaps it.
+pub fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// A rigd process with its own state directory.
 pub struct RigProcess {
     pub rig: String,
@@ -227,23 +248,12 @@ impl RigProcess {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("rigd.log"))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rigd"))
-            .arg("--config")
-            .arg(&self.conf)
-            .env(
-                "RUST_LOG",
-                std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rigd");
-        self.child = Some(child);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rigd"));
+        cmd.arg("--config").arg(&self.conf).env(
+            "RUST_LOG",
+            std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
+        );
+        self.child = Some(spawn_logged(cmd, &self.dir.join("rigd.log")));
     }
 
     pub fn pid(&self) -> u32 {
@@ -252,10 +262,7 @@ impl RigProcess {
 
     /// SIGKILL, then wait for it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9(&mut self.child);
     }
 
     pub fn restart(&mut self) {

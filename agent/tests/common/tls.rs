@@ -195,19 +195,9 @@ impl ProvisionerProcess {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("provisioner.log"))
-            .expect("log");
-        let child = std::process::Command::new(super::workspace_bin("rig-provisioner"))
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rig-provisioner");
-        self.child = Some(child);
+        let mut cmd = std::process::Command::new(super::workspace_bin("rig-provisioner"));
+        cmd.args(&self.args).env("RUST_LOG", "info");
+        self.child = Some(super::spawn_logged(cmd, &self.dir.join("provisioner.log")));
     }
 
     pub fn log(&self) -> String {
@@ -222,10 +212,7 @@ impl ProvisionerProcess {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::kill9(&mut self.child);
     }
 
     pub fn restart(&mut self) {
