@@ -12,6 +12,8 @@ use common::tls::{
     OPERATOR_KEY_HEX,
 };
 use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::QoS;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -188,6 +190,19 @@ fn used_up_and_revoked_claims_and_revoked_rigs_are_refused() {
         connect("probe-1"),
         "rig a's identity works before revocation"
     );
+    // A connection of rig a that stays open across the revocation.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let open = options_with_signer(
+        "probe-open",
+        port,
+        &fleet.pki.ca_cert(),
+        &cert,
+        signer.clone(),
+    );
+    let (client, mut events) = rt.block_on(common::tls::connect(open)).unwrap();
     let (code, out) = rigctl(&fleet.pki, port, &["rigs", "revoke", &a_id]);
     assert_eq!(code, 0, "{out}");
     let (_, listed) = rigctl(&fleet.pki, port, &["rigs", "registry"]);
@@ -195,6 +210,20 @@ fn used_up_and_revoked_claims_and_revoked_rigs_are_refused() {
     wait_until("the broker refuses the revoked rig", 10, || {
         !connect("probe-2")
     });
+    // The open connection is cut off from its topics by the reloaded ACL.
+    let own = format!("rigd/v1/rig/{a_id}/receipts");
+    let reason = rt.block_on(async {
+        client
+            .publish(own, QoS::AtLeastOnce, false, "after revocation")
+            .await
+            .unwrap();
+        common::tls::next(&mut events, |p| match p {
+            Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await
+    });
+    assert_eq!(reason, Ok(PubAckReason::NotAuthorized));
 }
 
 #[test]

@@ -135,8 +135,14 @@ fn main() {
         let d = tempfile::tempdir().unwrap();
         let mut r = Registry::open(&d.path().join("r.db")).unwrap();
         let t = r.create_claim("core", 50, u64::MAX / 2).unwrap().token;
-        let mut p =
-            Provisioner::new(Ca::load(&dir.path().join("ca")).unwrap(), r, vec![], None).unwrap();
+        let mut p = Provisioner::new(
+            Ca::load(&dir.path().join("ca")).unwrap(),
+            r,
+            vec![],
+            None,
+            None,
+        )
+        .unwrap();
         let requests: Vec<_> = (0..50).map(|_| request(&t)).collect();
         let start = Instant::now();
         for req in &requests {
@@ -148,6 +154,7 @@ fn main() {
         Ca::load(&dir.path().join("ca")).unwrap(),
         registry,
         vec![],
+        None,
         None,
     )
     .unwrap();

@@ -128,6 +128,23 @@ pub fn operator_acl(operators: &[String]) -> String {
     s
 }
 
+/// The line after which the provisioner keeps the revoked rigs in the ACL file.
+pub const REVOKED_MARKER: &str =
+    "# Revoked rigs: rewritten by rig-provisioner serve on every revocation.";
+
+/// `acl` with its revoked-rigs section replaced by one denying every topic to each of `rigs`.
+/// With a reload (SIGHUP) mosquitto 2.0 applies it to connections already open: a revoked
+/// rig still connected can neither publish nor receive; the CRL keeps it from connecting
+/// again.
+pub fn with_revoked(acl: &str, rigs: &[String]) -> String {
+    let base = acl.split(REVOKED_MARKER).next().unwrap_or(acl).trim_end();
+    let mut s = format!("{base}\n\n{REVOKED_MARKER}\n");
+    for rig in rigs {
+        let _ = writeln!(s, "user {rig}\ntopic deny #");
+    }
+    s
+}
+
 /// `mosquitto.conf` for files in `dir`.
 pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
     let p = |f: &str| dir.join(f).display().to_string();
@@ -223,6 +240,17 @@ mod tests {
         assert!(acl.contains("pattern read rigd/v1/rig/%u/commands"));
         assert!(!acl.contains("pattern write rigd/v1/rig/%u/units"));
         assert!(acl.contains("user operator:alice"));
+    }
+
+    #[test]
+    fn the_revoked_section_is_replaced_not_appended() {
+        let base = acl();
+        let once = with_revoked(&base, &["rig-a".into()]);
+        let twice = with_revoked(&once, &["rig-a".into(), "rig-b".into()]);
+        assert_eq!(twice.matches(REVOKED_MARKER).count(), 1);
+        assert_eq!(twice.matches("user rig-a\ntopic deny #").count(), 1);
+        assert!(twice.contains("user rig-b\ntopic deny #"));
+        assert!(twice.starts_with(base.trim_end()));
     }
 
     #[test]

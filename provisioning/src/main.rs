@@ -91,6 +91,10 @@ enum Cmd {
         /// The broker's CRL file (its `crlfile`), rewritten on every revocation.
         #[arg(long)]
         crl: Option<PathBuf>,
+        /// The broker's ACL file: revoked rigs are denied every topic there, which cuts off
+        /// a revoked rig that is still connected once the broker reloads.
+        #[arg(long)]
+        acl: Option<PathBuf>,
         /// Command that makes the broker reload the CRL, e.g. "systemctl reload mosquitto"
         /// (split on spaces, run without a shell).
         #[arg(long)]
@@ -176,9 +180,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             broker,
             tls,
             crl,
+            acl,
             reload_command,
             operator_keys,
-        } => serve(&ca, &db, &broker, &tls, crl, reload_command, &operator_keys)?,
+        } => serve(
+            &ca,
+            &db,
+            &broker,
+            &tls,
+            [crl, acl],
+            reload_command,
+            &operator_keys,
+        )?,
     }
     Ok(())
 }
@@ -188,7 +201,7 @@ fn serve(
     db: &Path,
     broker: &str,
     tls: &rigd_tls::TlsArgs,
-    crl: Option<PathBuf>,
+    [crl, acl]: [Option<PathBuf>; 2],
     reload_command: Option<String>,
     operator_keys: &[String],
 ) -> anyhow::Result<()> {
@@ -211,8 +224,8 @@ fn serve(
     };
     let ca = Ca::load(ca).context("loading the CA")?;
     let registry = Registry::open(db).context("opening the registry")?;
-    let mut provisioner = Provisioner::new(ca, registry, keys, crl)?;
-    provisioner.write_crl()?;
+    let mut provisioner = Provisioner::new(ca, registry, keys, crl, acl)?;
+    provisioner.write_revocations()?;
     let settings = ServiceSettings {
         host: host.to_owned(),
         port,

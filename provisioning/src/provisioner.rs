@@ -19,6 +19,8 @@ pub struct Provisioner {
     operator_keys: Vec<[u8; 32]>,
     /// Where the CRL goes (the broker's `crlfile`), if revocations are to reach a broker.
     crl_path: Option<PathBuf>,
+    /// The broker's ACL file, whose revoked-rigs section is rewritten on revocation.
+    acl_path: Option<PathBuf>,
 }
 
 /// Why the provisioner could not start or act.
@@ -60,6 +62,7 @@ impl Provisioner {
         registry: Registry,
         operator_keys: Vec<[u8; 32]>,
         crl_path: Option<PathBuf>,
+        acl_path: Option<PathBuf>,
     ) -> Result<Provisioner, ProvisionerError> {
         let ca_pem = std::fs::read_to_string(ca.cert_path()).map_err(|source| CaError::Io {
             path: ca.cert_path(),
@@ -71,6 +74,7 @@ impl Provisioner {
             registry,
             operator_keys,
             crl_path,
+            acl_path,
         })
     }
 
@@ -189,23 +193,32 @@ impl Provisioner {
     /// Revokes `rig` and rewrites the CRL; returns the certificate's serial.
     pub fn revoke_rig(&mut self, rig: &str) -> Result<String, ProvisionerError> {
         let serial = self.registry.revoke_rig(rig)?;
-        self.write_crl()?;
+        self.write_revocations()?;
         tracing::warn!(%rig, %serial, "rig revoked");
         Ok(serial)
     }
 
-    /// Writes the CRL of every revoked rig to the broker's `crlfile`.
-    pub fn write_crl(&mut self) -> Result<(), ProvisionerError> {
-        let Some(path) = &self.crl_path else {
-            return Ok(());
-        };
-        let revoked = self.registry.revoked_serials()?;
-        // Seconds since the epoch: increasing across restarts, as CRL numbers must.
-        let number = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs());
-        let crl = self.ca.crl(number, &revoked, 3650)?;
-        crate::ca::write_file(path, crl.as_bytes(), 0o644)?;
+    /// Writes the CRL of every revoked rig to the broker's `crlfile` and denies them every
+    /// topic in its ACL file; the broker applies both on its next reload.
+    pub fn write_revocations(&mut self) -> Result<(), ProvisionerError> {
+        if let Some(path) = &self.crl_path {
+            let revoked = self.registry.revoked_serials()?;
+            // Seconds since the epoch: increasing across restarts, as CRL numbers must.
+            let number = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs());
+            let crl = self.ca.crl(number, &revoked, 3650)?;
+            crate::ca::write_file(path, crl.as_bytes(), 0o644)?;
+        }
+        if let Some(path) = &self.acl_path {
+            let io = |source| CaError::Io {
+                path: path.clone(),
+                source,
+            };
+            let acl = std::fs::read_to_string(path).map_err(io)?;
+            let acl = crate::broker::with_revoked(&acl, &self.registry.revoked_rigs()?);
+            crate::ca::write_file(path, acl.as_bytes(), 0o644)?;
+        }
         Ok(())
     }
 }
@@ -298,8 +311,8 @@ mod tests {
         let claim = registry
             .create_claim("alice", 2, u64::MAX / 2)
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut p =
-            Provisioner::new(ca, registry, vec![[5; 32]], None).unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Provisioner::new(ca, registry, vec![[5; 32]], None, None)
+            .unwrap_or_else(|e| panic!("{e}"));
         let (a, b) = (p256(), p256());
         let refused = |r: ClaimResponse| match r {
             ClaimResponse::Refused { reason, .. } => Some(reason),

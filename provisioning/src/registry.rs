@@ -266,6 +266,15 @@ impl Registry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Ids of every revoked rig.
+    pub fn revoked_rigs(&self) -> Result<Vec<String>, RegistryError> {
+        let mut st = self
+            .db
+            .prepare("SELECT id FROM rigs WHERE state = 'revoked' ORDER BY id")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every rig: (id, owner, state, serial).
     pub fn rigs(&self) -> Result<Vec<RigRecord>, RegistryError> {
         let mut st = self
@@ -362,6 +371,10 @@ mod tests {
             Some(Refusal::RigRevoked)
         );
         assert_eq!(r.revoked_serials().unwrap_or_default(), vec![serial]);
+        assert_eq!(
+            r.revoked_rigs().unwrap_or_default(),
+            vec![first.record.rig.to_string()]
+        );
         assert_eq!(r.rigs().unwrap_or_default().len(), 1);
     }
 }

@@ -180,6 +180,8 @@ impl ProvisionerProcess {
             tls.key.expect("key").display().to_string(),
             "--crl".into(),
             broker_dir.join("crl.pem").display().to_string(),
+            "--acl".into(),
+            broker_dir.join("acl").display().to_string(),
             "--reload-command".into(),
             format!("kill -HUP {broker_pid}"),
             "--operator-key".into(),
