@@ -272,3 +272,44 @@ fn malformed_and_oversized_claims_are_refused_and_the_provisioner_keeps_serving(
     let a = fleet.rig("a", &token);
     wait_until("rig a provisioned", 30, || provisioned_id(&a.dir).is_some());
 }
+
+/// The serial of the first certificate in `path`, hex, as the registry keeps it.
+fn leaf_serial(path: &Path) -> String {
+    let chain = rigd_tls::load_certs(path).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    hex::encode(cert.raw_serial())
+}
+
+#[test]
+fn kill_9_of_the_provisioner_while_it_handles_queued_claims_leaves_one_rig_and_one_certificate() {
+    let mut fleet = Fleet::start();
+    let token = create_claim(&fleet.pki, fleet.broker.port, "alice", 1);
+    // With the provisioner down the rig's claims wait in the provisioner's persistent
+    // session on the broker; each restart receives them at once, and is killed 0, 3, 6, ...
+    // ms after it connects: before, during and after handling them.
+    fleet.provisioner.kill9();
+    let rig = fleet.rig("r", &token);
+    wait_until("two claims without an answer", 20, || {
+        rig.log().matches("claim got no answer").count() >= 2
+    });
+    let mut starts = 1;
+    for round in 0..10u64 {
+        fleet.provisioner.restart();
+        starts += 1;
+        fleet.provisioner.wait_serving(starts);
+        std::thread::sleep(std::time::Duration::from_millis(3 * round));
+        fleet.provisioner.kill9();
+    }
+    fleet.provisioner.restart();
+    wait_until("the rig is provisioned", 30, || {
+        provisioned_id(&rig.dir).is_some() && rig.dir.join("rig-cert.pem").exists()
+    });
+    let rigs = fleet.provisioner.rigs();
+    assert_eq!(rigs.len(), 1, "one rig: {rigs:?}");
+    assert_eq!(Some(rigs[0].0.clone()), provisioned_id(&rig.dir));
+    assert_eq!(
+        rigs[0].3,
+        leaf_serial(&rig.dir.join("rig-cert.pem")),
+        "the rig holds the one certificate the registry recorded"
+    );
+}
