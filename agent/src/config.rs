@@ -103,7 +103,9 @@ impl SimFaultConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RigConfig {
-    /// The rig's identity (one topic level: letters, digits, `.`, `_`, `-`).
+    /// The rig's identity (one topic level: letters, digits, `.`, `_`, `-`). Left out when
+    /// the rig provisions itself (`[provision]`): the provisioner assigns it.
+    #[serde(default = "unprovisioned")]
     pub rig_id: RigId,
     /// MQTT broker, `host:port`.
     pub broker: String,
@@ -172,6 +174,18 @@ pub struct RigConfig {
     /// `diagnostics`); absent: all of them.
     #[serde(default)]
     pub allowed_commands: Option<Vec<ActionKind>>,
+    /// Mutual TLS to the broker (`[tls]`): without it the link is plain TCP.
+    #[serde(default)]
+    pub tls: Option<RigTls>,
+    /// Key URI of the TLS client key; defaults to `key`. TLS has no secp256k1: a rig whose
+    /// receipt key is secp256k1 names a P-256 key here (for example `file:tls-key?curve=p256`
+    /// or a TPM key). The key signs the handshake inside its store.
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// Zero-touch provisioning (`[provision]`): claim an identity from the fleet instead of
+    /// a fixed `rig_id` and `[tls]`.
+    #[serde(default)]
+    pub provision: Option<ProvisionConfig>,
 }
 
 /// An operator's Ed25519 public key, written in rig.conf as 64 hex digits.
@@ -187,6 +201,45 @@ impl TryFrom<String> for OperatorKey {
             .map_err(|_| format!("operator key {text:?} is not 64 hex digits"))?;
         Ok(Self(key))
     }
+}
+
+/// `[provision]` in rig.conf: the claim token and the fleet-wide claim credential shipped
+/// with the image. The rig's own TLS key is `tls_key` (or `key`), never a file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    /// The claim token (`rigctl claims create` prints it).
+    pub claim: String,
+    /// PEM file of the fleet CA.
+    pub ca: PathBuf,
+    /// PEM file of the fleet's claim certificate (CN `fleet:claim`).
+    pub claim_cert: PathBuf,
+    /// PEM file of the claim certificate's key (low privilege: it can only send claims).
+    pub claim_key: PathBuf,
+    /// How long to wait for the provisioner's answer to one claim, ms.
+    #[serde(default = "default_claim_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The `rig_id` of a rig that has not been provisioned yet.
+pub const UNPROVISIONED: &str = "unprovisioned";
+
+fn unprovisioned() -> RigId {
+    RigId::new(UNPROVISIONED).unwrap_or_else(|_| unreachable!("a valid rig id"))
+}
+fn default_claim_timeout_ms() -> u64 {
+    5000
+}
+
+/// `[tls]` in rig.conf: the fleet CA and this rig's certificate. The private key is the one
+/// named by `tls_key` (or `key`) and never leaves its key store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RigTls {
+    /// PEM file of the fleet CA the broker's certificate is checked against.
+    pub ca: PathBuf,
+    /// PEM file of this rig's certificate (common name = rig id), leaf first.
+    pub cert: PathBuf,
 }
 
 fn default_key() -> String {
@@ -290,12 +343,24 @@ impl RigConfig {
             sim_fault: vec![],
             operator_keys: vec![],
             allowed_commands: None,
+            tls: None,
+            tls_key: None,
+            provision: None,
         }
     }
 
     /// The trusted operator keys.
     pub fn operator_keys(&self) -> Vec<[u8; 32]> {
         self.operator_keys.iter().map(|k| k.0).collect()
+    }
+
+    /// Adds operator keys granted at provisioning to those rig.conf lists, each once.
+    pub fn trust_operators(&mut self, keys: impl IntoIterator<Item = [u8; 32]>) {
+        for key in keys {
+            if !self.operator_keys.iter().any(|k| k.0 == key) {
+                self.operator_keys.push(OperatorKey(key));
+            }
+        }
     }
 
     /// The broker split into host and port.
@@ -314,6 +379,28 @@ impl RigConfig {
         };
         if self.broker_addr().is_none() {
             return bad("broker", format!("{:?} is not host:port", self.broker));
+        }
+        match (&self.provision, self.rig_id.as_str() == UNPROVISIONED) {
+            (None, true) => {
+                return bad(
+                    "rig_id",
+                    "missing: give a rig_id, or a [provision] claim to be assigned one".into(),
+                )
+            }
+            (Some(_), false) => {
+                return bad(
+                    "rig_id",
+                    "a provisioned rig is assigned its id: leave rig_id out with [provision]"
+                        .into(),
+                )
+            }
+            (Some(_), true) if self.tls.is_some() => {
+                return bad(
+                    "tls",
+                    "[provision] writes the rig's certificate itself: leave [tls] out".into(),
+                )
+            }
+            _ => {}
         }
         if !(1..=16).contains(&self.sim_gpus) {
             return bad("sim_gpus", format!("{} is outside 1..=16", self.sim_gpus));
@@ -392,6 +479,16 @@ mod tests {
     }
 
     #[test]
+    fn operator_keys_granted_at_provisioning_join_rig_conf_ones_once() {
+        let key = "ab".repeat(32);
+        let text = format!("{GOOD}operator_keys = [\"{key}\"]\n");
+        let mut c =
+            RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
+        c.trust_operators([[0xab; 32], [0xcd; 32], [0xcd; 32]]);
+        assert_eq!(c.operator_keys(), vec![[0xab; 32], [0xcd; 32]]);
+    }
+
+    #[test]
     fn operator_keys_and_allowed_commands_parse_and_bad_ones_are_named() {
         let key = "ab".repeat(32);
         let text = format!(
@@ -440,6 +537,28 @@ mod tests {
         assert!(matches!(
             RigConfig::parse(Path::new("rig.conf"), &text),
             Err(ConfigError::Value { key: "broker", .. })
+        ));
+    }
+
+    #[test]
+    fn a_rig_has_either_a_fixed_id_or_a_claim() {
+        let parse = |t: &str| RigConfig::parse(Path::new("rig.conf"), t);
+        let base = GOOD.replace("rig_id = \"rig-1\"\n", "");
+        assert!(matches!(
+            parse(&base),
+            Err(ConfigError::Value { key: "rig_id", .. })
+        ));
+        let provision =
+            "[provision]\nclaim = \"rc_x\"\nca = \"/c\"\nclaim_cert = \"/a\"\nclaim_key = \"/b\"\n";
+        let c = parse(&format!("{base}{provision}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.provision.map(|p| p.timeout_ms), Some(5000));
+        assert!(matches!(
+            parse(&format!("{GOOD}{provision}")),
+            Err(ConfigError::Value { key: "rig_id", .. })
+        ));
+        assert!(matches!(
+            parse(&format!("{base}tls_key = \"file:t?curve=p256\"\n[tls]\nca = \"/c\"\ncert = \"/r\"\n{provision}")),
+            Err(ConfigError::Value { key: "tls", .. })
         ));
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod cards;
+pub mod claim;
 pub mod commands;
 pub mod config;
 pub mod governor;
@@ -16,8 +17,10 @@ pub mod journal;
 pub mod keys;
 pub mod link;
 pub mod notify;
+pub mod provision;
 mod rig;
 pub mod slots;
+pub mod tls;
 pub mod worker;
 
 pub use cards::WorkerCommand;

@@ -48,6 +48,8 @@ pub struct LinkSettings {
     pub port: u16,
     /// Last will, published retained on the rig's status topic if the rig vanishes.
     pub will: Vec<u8>,
+    /// Mutual TLS settings; `None` for plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Link {
@@ -57,6 +59,9 @@ impl Link {
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
         opts.set_network_options(network);
+        if let Some(tls) = s.tls {
+            opts.set_transport(rigd_tls::transport(tls));
+        }
         opts.set_keep_alive(Duration::from_secs(10))
             .set_clean_start(false)
             .set_session_expiry_interval(Some(7 * 24 * 3600))

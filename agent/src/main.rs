@@ -83,6 +83,10 @@ fn main() -> ExitCode {
             wait_for_signal().await;
             stop.cancel();
         });
+        // With [provision], claim an identity first (a no-op once provisioned). The operator
+        // keys granted are the ones signed commands are checked against.
+        let (mut config, operator_keys) = rigd::claim::provision(config, &shutdown).await?;
+        config.trust_operators(operator_keys);
         rigd::run(config, worker, shutdown).await
     });
     match result {
@@ -142,6 +146,15 @@ fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("rigd: {e}");
+                return ExitCode::from(3);
+            }
+        }
+    }
+    if let Some(uri) = config.tls_key.as_ref().filter(|u| **u != config.key) {
+        match rigd::keys::open(uri, &config.state_dir, config.allow_software_key) {
+            Ok(k) => println!("tls key:    {} ({})", k.public_key(), k.describe()),
+            Err(e) => {
+                eprintln!("rigd: tls_key: {e}");
                 return ExitCode::from(3);
             }
         }

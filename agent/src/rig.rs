@@ -58,7 +58,7 @@ struct Rig {
 
 /// The cards of the configured backend. With `nvml` and no usable driver, the rig runs with
 /// no cards (and says so) rather than stopping.
-fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
+pub(crate) fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
     match config.gpu {
         GpuBackend::Sim => {
             let mut sim = SimGpu::new(&config.rig_id, config.sim_gpus);
@@ -167,6 +167,7 @@ pub async fn run(
     drop(events_tx);
     let started_ms = unix_ms();
     let will = encode(&offline_status(&config, key.as_ref(), started_ms));
+    let tls = crate::tls::client_config(&config, &key)?;
     let stop_link = CancellationToken::new();
     let (link, mut link_events) = Link::start(
         LinkSettings {
@@ -174,6 +175,7 @@ pub async fn run(
             host,
             port,
             will,
+            tls,
         },
         stop_link.clone(),
     );

@@ -31,6 +31,9 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 1500,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub wait_ms: u64,
+    /// Mutual TLS to the broker (an operator certificate, CN `operator:NAME`).
+    #[command(flatten)]
+    pub tls: rigd_tls::TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -57,6 +60,20 @@ pub enum Command {
         #[command(subcommand)]
         action: ReceiptsCommand,
     },
+    /// Claim tokens for zero-touch provisioning, through the provisioner (needs an operator
+    /// certificate: --tls-ca, --tls-cert, --tls-key).
+    Claims {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClaimsCommand,
+    },
+    /// The fleet: every rig's retained status as a table; `rigs revoke` and `rigs registry`
+    /// go to the provisioner's registry (they need an operator certificate).
+    Rigs {
+        /// What to do; none prints the fleet table.
+        #[command(subcommand)]
+        action: Option<RigsCommand>,
+    },
     /// Runs a broker, a coordinator and simulated rigs in this process and trains a small MLP
     /// across them until the held-out loss reaches the target (default 0.15) or the step
     /// budget runs out. Ignores --broker.
@@ -70,8 +87,6 @@ pub enum Command {
         #[command(subcommand)]
         action: OperatorCommand,
     },
-    /// The fleet: every rig's retained status as a table.
-    Rigs,
     /// Drain rigs: running units finish and their receipts flush, no new unit starts; waits
     /// until each rig reports it has drained.
     Drain(SendArgs),
@@ -206,6 +221,59 @@ pub enum ReceiptsCommand {
         #[arg(long)]
         key: Option<String>,
     },
+}
+
+/// `rigctl claims ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClaimsCommand {
+    /// Creates a claim token; prints it once (the provisioner keeps only its hash).
+    Create {
+        /// Owner the rigs are credited to.
+        #[arg(long)]
+        owner: String,
+        /// How many rigs may use it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays valid: a number with s, m, h or d (e.g. 7d).
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        expires: std::time::Duration,
+    },
+    /// Revokes a claim token: rigs not yet provisioned with it are refused.
+    Revoke {
+        /// The token.
+        token: String,
+    },
+}
+
+/// `rigctl rigs ...`.
+#[derive(Debug, Subcommand)]
+pub enum RigsCommand {
+    /// Revokes a rig: its certificate goes on the broker's CRL and it cannot connect again.
+    Revoke {
+        /// The rig.
+        rig: RigId,
+    },
+    /// Lists the rigs the provisioner registered (id, owner, state, certificate serial).
+    Registry,
+}
+
+/// `30s`, `15m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and s, m, h or d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .filter(|&t| t > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: out of range"))
 }
 
 /// `rigctl devnet` options.

@@ -25,6 +25,8 @@ pub struct Collect {
     pub port: u16,
     /// How long to wait for retained messages at most.
     pub wait: Duration,
+    /// Mutual TLS settings; `None` for plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Why collecting failed.
@@ -63,6 +65,9 @@ pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, Co
         .set_max_packet_size(Some(MAX_PACKET_BYTES))
         .set_outgoing_inflight_upper_limit(100)
         .set_connection_timeout(opts.wait.as_secs().max(1));
+    if let Some(tls) = &opts.tls {
+        options.set_transport(rigd_tls::transport(tls.clone()));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let subs: Vec<Filter> = filters
         .iter()

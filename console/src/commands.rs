@@ -1,10 +1,12 @@
 //! The subcommands that read the fleet's retained messages (`status`, `gpus`, `earnings`)
 //! and check saved receipts (`receipts verify`).
 
-use crate::cli::{Cli, Command, ReceiptsCommand};
+use crate::admin::{self, AdminError};
+use crate::cli::{ClaimsCommand, Cli, Command, ReceiptsCommand, RigsCommand};
 use crate::collect::{collect, listen, now_ms, Collect, CollectError};
 use crate::devnet::{self, DevnetError};
 use crate::{receipts, report, table};
+use rigd_protocol::claim::{AdminRequest, AdminResponse};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::RigId;
 use serde::Serialize;
@@ -69,6 +71,12 @@ pub enum Error {
         /// How long rigctl listened.
         wait_ms: u64,
     },
+    /// The provisioner request failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] rigd_tls::TlsError),
     /// The hidden `worker` subcommand runs before the runtime starts; it cannot get here.
     #[error("the worker subcommand is run by the devnet's rigs, not through run()")]
     Worker,
@@ -91,6 +99,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         host: cli.broker.host.clone(),
         port: cli.broker.port,
         wait: Duration::from_millis(cli.wait_ms),
+        tls: match cli.tls.files() {
+            Some(files) => Some(rigd_tls::client_config_from_files(&files)?),
+            None => None,
+        },
     };
     match cli.command {
         Command::Status => {
@@ -171,6 +183,32 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 return Err(Error::Unverified);
             }
         }
+        Command::Claims { action } => {
+            let request = match action {
+                ClaimsCommand::Create {
+                    owner,
+                    uses,
+                    expires,
+                } => AdminRequest::CreateClaim {
+                    owner,
+                    uses,
+                    expires_ms: now_ms().saturating_add(expires.as_millis() as u64),
+                },
+                ClaimsCommand::Revoke { token } => AdminRequest::RevokeClaim { token },
+            };
+            admin_command(cli.json, &cli.tls, &opts, &request).await?;
+        }
+        Command::Rigs {
+            action: Some(action),
+        } => {
+            let request = match action {
+                RigsCommand::Revoke { rig } => AdminRequest::RevokeRig {
+                    rig: rig.to_string(),
+                },
+                RigsCommand::Registry => AdminRequest::Rigs,
+            };
+            admin_command(cli.json, &cli.tls, &opts, &request).await?;
+        }
         Command::Devnet(args) => return Ok(devnet::run(&args).await?.exit_code()),
         Command::Worker => return Err(Error::Worker),
         cmd => return crate::control::run(cli.json, &opts, cmd).await,
@@ -186,6 +224,32 @@ async fn rig_key(opts: &Collect, rig: &RigId) -> Result<rigd_protocol::PublicKey
         .and_then(|r| r.status.as_ref())
         .map(|s| s.pubkey.clone())
         .ok_or_else(|| Error::NoSuchRig(rig.clone()))
+}
+
+/// Sends an admin request to the provisioner and prints its answer.
+async fn admin_command(
+    json: bool,
+    tls: &rigd_tls::TlsArgs,
+    opts: &Collect,
+    request: &AdminRequest,
+) -> Result<(), Error> {
+    let cert = tls.tls_cert.clone().ok_or(AdminError::NoCertificate)?;
+    let answer = admin::request(opts, &cert, request).await?;
+    emit(json, &answer, || match &answer {
+        AdminResponse::Claim { token, id } => {
+            format!("claim {id} created; put this in rig.conf [provision]:\nclaim = \"{token}\"\n")
+        }
+        AdminResponse::Done { message } | AdminResponse::Error { message } => {
+            format!("{message}\n")
+        }
+        AdminResponse::Rigs { rigs } => {
+            let mut t = format!("{:<22} {:<16} {:<8} SERIAL\n", "RIG", "OWNER", "STATE");
+            for (rig, owner, state, serial) in rigs {
+                t.push_str(&format!("{rig:<22} {owner:<16} {state:<8} {serial}\n"));
+            }
+            t
+        }
+    })
 }
 
 /// Prints `report` as pretty JSON or as the text `text` renders.

@@ -34,7 +34,7 @@ pub async fn run(json: bool, opts: &Collect, command: Command) -> Result<ExitCod
             println!("{}", hex::encode(key.public()));
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Rigs => {
+        Command::Rigs { action: None } => {
             let filters = [
                 topics::all_rigs(Channel::Status),
                 topics::all_rigs(Channel::Telemetry),

@@ -129,6 +129,9 @@ pub async fn send(
         .set_max_packet_size(Some(MAX_PACKET_BYTES))
         .set_outgoing_inflight_upper_limit(100)
         .set_connection_timeout(s.broker.wait.as_secs().max(1));
+    if let Some(tls) = &s.broker.tls {
+        options.set_transport(rigd_tls::transport(tls.clone()));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, rigs.len() + 16);
     let filter = match rigs {
         [one] => topics::rig(one, Channel::Replies),

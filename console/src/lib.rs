@@ -8,6 +8,7 @@
 //! - [`commands`]: the subcommands, [`cli`]: their arguments.
 //! - [`operator`], [`fleet`], [`control`]: signed operator commands to many rigs at once.
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod collect;

@@ -64,6 +64,8 @@ pub struct CoordinatorConfig {
     pub micros_per_mflop: u64,
     /// Tolerance for float results: `|got - want| <= tol * max(|want|, 1)` elementwise.
     pub float_rel_tolerance: f32,
+    /// Mutual TLS to the broker (certificate CN `fleet:coordinator`); `None` for plain TCP.
+    pub tls: Option<rigd_tls::TlsFiles>,
 }
 
 impl CoordinatorConfig {
@@ -87,6 +89,7 @@ impl CoordinatorConfig {
             verify_fraction: 0.05,
             micros_per_mflop: 10_000,
             float_rel_tolerance: 1e-4,
+            tls: None,
         }
     }
 }
@@ -178,7 +181,14 @@ pub async fn run(
             "verify_fraction must be between 0 and 1".into(),
         ));
     }
+    let tls = match &config.tls {
+        Some(files) => Some(
+            rigd_tls::client_config_from_files(files)
+                .map_err(|e| CoordinatorError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let engine = Engine::open(&config, mqtt::now_ms())?;
-    mqtt::serve(&config, engine, shutdown, progress).await;
+    mqtt::serve(&config, tls, engine, shutdown, progress).await;
     Ok(())
 }

@@ -89,6 +89,8 @@ struct Args {
     /// GEMM seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    tls: rigd_tls::TlsArgs,
 }
 
 fn three(v: &[u32], what: &str) -> anyhow::Result<[u32; 3]> {
@@ -128,6 +130,7 @@ fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
         }
     };
     let mut config = CoordinatorConfig::new(host, port, args.db, spec);
+    config.tls = args.tls.files();
     config.client_id = args.client_id;
     config.lease_ms = args.lease_ms;
     config.units_per_card = args.units_per_card;

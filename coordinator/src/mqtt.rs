@@ -35,11 +35,17 @@ enum FromBroker {
     Message(String, Bytes),
 }
 
-fn options(config: &CoordinatorConfig) -> MqttOptions {
+fn options(
+    config: &CoordinatorConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> MqttOptions {
     let mut opts = MqttOptions::new(&config.client_id, &config.broker_host, config.broker_port);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     opts.set_network_options(network);
+    if let Some(tls) = tls {
+        opts.set_transport(rigd_tls::transport(tls));
+    }
     opts.set_clean_start(false)
         .set_session_expiry_interval(Some(3600))
         .set_keep_alive(Duration::from_secs(10))
@@ -51,11 +57,12 @@ fn options(config: &CoordinatorConfig) -> MqttOptions {
 /// Runs the engine against the broker until `shutdown` is cancelled.
 pub(crate) async fn serve(
     config: &CoordinatorConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     mut engine: Engine,
     shutdown: CancellationToken,
     progress: Option<mpsc::Sender<CoordinatorStatus>>,
 ) {
-    let (client, eventloop) = AsyncClient::new(options(config), REQUEST_CAPACITY);
+    let (client, eventloop) = AsyncClient::new(options(config, tls), REQUEST_CAPACITY);
     let (tx, mut rx) = mpsc::channel(INBOUND_CAPACITY);
     let mut poller = tokio::spawn(poll(eventloop, client.clone(), tx));
     let mut tick = tokio::time::interval(TICK);

@@ -162,11 +162,13 @@ mod tests {
         let _ = decode::<CoordinatorStatus>(bytes);
         let _ = decode::<crate::command::Command>(bytes);
         let _ = decode::<crate::command::CommandReply>(bytes);
+        let _ = decode::<crate::claim::ClaimRequest>(bytes);
+        let _ = decode::<crate::claim::ClaimResponse>(bytes);
     }
 
     proptest! {
         #[test]
-        fn no_decoder_panics_on_random_bytes(body in proptest::collection::vec(any::<u8>(), 0..512), kind in 1u8..10) {
+        fn no_decoder_panics_on_random_bytes(body in proptest::collection::vec(any::<u8>(), 0..512), kind in 1u8..12) {
             let mut bytes = vec![WIRE_VERSION, kind];
             bytes.extend_from_slice(&body);
             never_panics(&bytes);

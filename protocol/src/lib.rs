@@ -10,6 +10,7 @@
 //! - [`crypto`]: public keys, signatures and their verification (secp256k1, P-256).
 //! - [`verify`]: checking one receipt with its proof, batch header, signature and key.
 
+pub mod claim;
 pub mod command;
 pub mod crypto;
 pub mod digest;

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod swtpm;
+pub mod tls;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With mutual TLS and the fleet ACL: the CA directory.
+    tls_ca: Option<PathBuf>,
 }
 
 fn mosquitto_bin() -> PathBuf {
@@ -48,11 +51,22 @@ fn mosquitto_bin() -> PathBuf {
 impl Mosquitto {
     /// Starts a broker on a free loopback port, retrying on a clash.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a broker with mutual TLS and the fleet ACL written by `rig-provisioner
+    /// broker-config` for the CA in `ca_dir`.
+    pub fn start_tls(ca_dir: &Path) -> Self {
+        Self::start_with(Some(ca_dir.to_owned()))
+    }
+
+    fn start_with(tls_ca: Option<PathBuf>) -> Self {
         for _ in 0..5 {
             let mut m = Mosquitto {
                 port: free_port(),
                 dir: tempfile::tempdir().expect("tempdir"),
                 child: None,
+                tls_ca: tls_ca.clone(),
             };
             if m.spawn() {
                 return m;
@@ -62,20 +76,19 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) -> bool {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n",
-                self.port
-            ),
-        )
-        .expect("write mosquitto.conf");
+        let conf = match &self.tls_ca {
+            Some(ca) => tls::broker_config(ca, self.port, self.dir.path()),
+            None => self.plain_config(),
+        };
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join("mosquitto.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("spawn mosquitto");
         self.child = Some(child);
@@ -90,6 +103,44 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// The broker's log (errors; with TLS also warnings and notices).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP: mosquitto reloads its ACL and (2.0) its TLS files.
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The directory of the broker's configuration files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn plain_config(&self) -> PathBuf {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        conf
     }
 
     /// Kills the broker (an outage).
@@ -131,6 +182,27 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Spawns `cmd` with its stderr appended to `log` and its stdout discarded.
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    cmd.stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn a workspace binary")
+}
+
+/// SIGKILLs the child, if any, and reaps it.
+pub fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// A rigd process with its own state directory.
 pub struct RigProcess {
     pub rig: String,
@@ -142,16 +214,29 @@ pub struct RigProcess {
 impl RigProcess {
     /// Writes rig.conf (plus `extra` lines) under `dir` and starts rigd.
     pub fn start(rig: &str, port: u16, gpus: u32, dir: &Path, extra: &str) -> Self {
-        std::fs::create_dir_all(dir).expect("state dir");
-        let conf = dir.join("rig.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "rig_id = \"{rig}\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = {gpus}\ntelemetry_interval_ms = 200\nresend_interval_ms = 500\n{extra}",
-                dir.display()
+        Self::start_conf(
+            rig,
+            dir,
+            &format!(
+                "rig_id = \"{rig}\"\n{}",
+                Self::base_conf(port, gpus, dir, extra)
             ),
         )
-        .expect("write rig.conf");
+    }
+
+    /// rig.conf without `rig_id` (for rigs that provision themselves).
+    pub fn base_conf(port: u16, gpus: u32, dir: &Path, extra: &str) -> String {
+        format!(
+            "broker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\nsim_gpus = {gpus}\ntelemetry_interval_ms = 200\nresend_interval_ms = 500\n{extra}",
+            dir.display()
+        )
+    }
+
+    /// Writes `text` as rig.conf under `dir` and starts rigd; `rig` names it in the test.
+    pub fn start_conf(rig: &str, dir: &Path, text: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("state dir");
+        let conf = dir.join("rig.conf");
+        std::fs::write(&conf, text).expect("write rig.conf");
         let mut p = RigProcess {
             rig: rig.into(),
             dir: dir.to_owned(),
@@ -163,23 +248,12 @@ impl RigProcess {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("rigd.log"))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rigd"))
-            .arg("--config")
-            .arg(&self.conf)
-            .env(
-                "RUST_LOG",
-                std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rigd");
-        self.child = Some(child);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rigd"));
+        cmd.arg("--config").arg(&self.conf).env(
+            "RUST_LOG",
+            std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
+        );
+        self.child = Some(spawn_logged(cmd, &self.dir.join("rigd.log")));
     }
 
     pub fn pid(&self) -> u32 {
@@ -188,10 +262,7 @@ impl RigProcess {
 
     /// SIGKILL, then wait for it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9(&mut self.child);
     }
 
     pub fn restart(&mut self) {

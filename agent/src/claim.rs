@@ -1,0 +1,264 @@
+//! The provisioning shell around [`crate::provision`]: loads and persists the state, sends
+//! claims over MQTT 5 with the fleet's claim certificate, and hands rigd its identity.
+//!
+//! The state lives in `state_dir/provision.json`, written atomically (temporary file, fsync,
+//! rename, fsync of the directory) after every transition. The CSR is made for the TLS key
+//! in the key store (rcgen with a remote key: the key store signs).
+
+use crate::config::{ProvisionConfig, RigTls};
+use crate::keys::{self, KeyStore};
+use crate::provision::{State, Step};
+use crate::{RigConfig, RunError};
+use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
+use rigd_protocol::{decode, encode, PublicKey, MAX_FRAME_BYTES};
+use rigd_tls::ClientIdentity;
+use rumqttc::v5::MqttOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// File of the provisioning state in the state directory.
+pub const STATE_FILE: &str = "provision.json";
+/// File the granted certificate chain is written to for the link.
+pub const CERT_FILE: &str = "rig-cert.pem";
+
+fn runtime(what: &str, e: impl std::fmt::Display) -> RunError {
+    RunError::Runtime(format!("{what}: {e}"))
+}
+
+/// Reads the persisted state (`Unprovisioned` when there is none).
+pub fn load_state(state_dir: &Path) -> Result<State, RunError> {
+    let path = state_dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| runtime(&format!("{} is corrupt", path.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::Unprovisioned),
+        Err(e) => Err(runtime(&path.display().to_string(), e)),
+    }
+}
+
+/// The operator keys of a provisioned rig (empty before provisioning): the Ed25519 public
+/// keys whose signed commands the rig obeys.
+pub fn operator_keys(state_dir: &Path) -> Result<Vec<[u8; 32]>, RunError> {
+    Ok(match load_state(state_dir)? {
+        State::Provisioned(p) => p.operator_keys,
+        _ => vec![],
+    })
+}
+
+/// Writes `data` to `path` atomically and durably.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
+    use std::io::Write;
+    let err = |e| runtime(&path.display().to_string(), e);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn save_state(state_dir: &Path, state: &State) -> Result<(), RunError> {
+    let json = serde_json::to_vec_pretty(state).map_err(|e| runtime("provisioning state", e))?;
+    write_atomic(&state_dir.join(STATE_FILE), &json)
+}
+
+/// The key store's P-256 TLS key as rcgen's remote key: the CSR is signed in the store.
+struct StoreKeyPair {
+    key: Arc<dyn KeyStore>,
+    point: Vec<u8>,
+}
+
+impl rcgen::RemoteKeyPair for StoreKeyPair {
+    fn public_key(&self) -> &[u8] {
+        &self.point
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let sig = self
+            .key
+            .sign_digest(&rigd_tls::sha256(msg))
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        let rs =
+            <[u8; 64]>::try_from(sig.0.as_slice()).map_err(|_| rcgen::Error::RemoteKeyError)?;
+        rigd_tls::der_signature(&rs).map_err(|_| rcgen::Error::RemoteKeyError)
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// The uncompressed SEC1 point of a P-256 key (as X.509 and CSRs carry it).
+fn uncompressed(sec1: &[u8]) -> Option<Vec<u8>> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let key = p256::PublicKey::from_sec1_bytes(sec1).ok()?;
+    Some(key.to_encoded_point(false).as_bytes().to_vec())
+}
+
+/// A CSR for `key` (P-256), signed by the key store.
+pub fn csr(key: Arc<dyn KeyStore>) -> Result<Vec<u8>, RunError> {
+    let PublicKey::P256(sec1) = key.public_key() else {
+        return Err(runtime("CSR", "the TLS key is not P-256"));
+    };
+    let point = uncompressed(&sec1).ok_or_else(|| runtime("CSR", "invalid P-256 key"))?;
+    let pair = rcgen::KeyPair::from_remote(Box::new(StoreKeyPair { key, point }))
+        .map_err(|e| runtime("CSR", e))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, crate::config::UNPROVISIONED);
+    let csr = params
+        .serialize_request(&pair)
+        .map_err(|e| runtime("CSR", e))?;
+    Ok(csr.der().to_vec())
+}
+
+/// Whether the first certificate of `chain_pem` is for the P-256 key `sec1`.
+pub fn chain_is_for(chain_pem: &str, sec1: &[u8]) -> bool {
+    let Ok(chain) = rigd_tls::parse_certs(chain_pem) else {
+        return false;
+    };
+    let Some(leaf) = chain.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    let spki = &cert.tbs_certificate.subject_pki.subject_public_key.data;
+    uncompressed(sec1).is_some_and(|p| spki.as_ref() == p.as_slice())
+}
+
+/// One claim: connect with the claim certificate and a fresh random client id (whose
+/// mailbox only it may read), send the request, wait for the answer.
+async fn claim_once(
+    p: &ProvisionConfig,
+    host: &str,
+    port: u16,
+    request: Vec<u8>,
+) -> Result<ClaimResponse, String> {
+    let tls = rigd_tls::client_config(
+        &p.ca,
+        ClientIdentity::KeyFile {
+            cert: p.claim_cert.clone(),
+            key: p.claim_key.clone(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let client_id = format!("claim-{}", hex::encode(rand::random::<[u8; 16]>()));
+    let mailbox = reply_topic(&client_id);
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(Duration::from_secs(10))
+        .set_clean_start(true)
+        .set_max_packet_size(Some((MAX_FRAME_BYTES + 4096) as u32))
+        .set_outgoing_inflight_upper_limit(10)
+        .set_transport(rigd_tls::transport(tls));
+    let timeout = Duration::from_millis(p.timeout_ms);
+    let answer = rigd_tls::request(opts, CLAIM_TOPIC, &mailbox, request, timeout).await?;
+    decode::<ClaimResponse>(&answer).map_err(|e| e.to_string())
+}
+
+/// Provisions the rig if rig.conf asks for it: returns the configuration with the assigned
+/// `rig_id` and `[tls]`, and the operator keys granted. Without `[provision]` the
+/// configuration is returned as it is, with no operator keys.
+pub async fn provision(
+    mut config: RigConfig,
+    stop: &CancellationToken,
+) -> Result<(RigConfig, Vec<[u8; 32]>), RunError> {
+    let Some(p) = config.provision.clone() else {
+        return Ok((config, vec![]));
+    };
+    let (host, port) = config
+        .broker_addr()
+        .map(|(h, p)| (h.to_owned(), p))
+        .ok_or_else(|| RunError::Runtime("broker is not host:port".into()))?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| runtime(&config.state_dir.display().to_string(), e))?;
+    let receipt_key: Arc<dyn KeyStore> = Arc::from(keys::open(
+        &config.key,
+        &config.state_dir,
+        config.allow_software_key,
+    )?);
+    let tls_key = crate::tls::open_key(&config, &receipt_key)?;
+    let PublicKey::P256(sec1) = tls_key.public_key() else {
+        return Err(runtime("TLS key", "not P-256"));
+    };
+    let started = Instant::now();
+    let (mut state, mut step) = load_state(&config.state_dir)?.start(&sec1);
+    loop {
+        save_state(&config.state_dir, &state)?;
+        tracing::info!(status = %state.describe(), "provisioning");
+        match step {
+            Step::Ready(p_rec) => {
+                let cert: PathBuf = config.state_dir.join(CERT_FILE);
+                write_atomic(&cert, p_rec.chain_pem.as_bytes())?;
+                config.rig_id = rigd_protocol::RigId::new(&p_rec.rig)
+                    .map_err(|e| runtime("assigned rig id", e))?;
+                config.tls = Some(RigTls {
+                    ca: p.ca.clone(),
+                    cert,
+                });
+                tracing::info!(rig = %p_rec.rig, owner = %p_rec.owner, elapsed_ms = started.elapsed().as_millis() as u64, "provisioned: ready");
+                return Ok((config, p_rec.operator_keys));
+            }
+            Step::Stop => {
+                return Err(RunError::Runtime(
+                    "this rig's identity was revoked by the fleet; it will not connect".into(),
+                ))
+            }
+            Step::Retry(wait) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Err(RunError::Runtime("stopped while provisioning".into())),
+                }
+            }
+            Step::Claim => {}
+        }
+        let (cards, driver) = {
+            let (gpu, _) = crate::rig::open_gpu(&config);
+            let driver = match config.gpu {
+                crate::config::GpuBackend::Sim => "sim",
+                crate::config::GpuBackend::Nvml => "nvidia",
+            };
+            (gpu.inventory(), driver.to_owned())
+        };
+        let request = ClaimRequest {
+            token: p.claim.clone(),
+            tls_key: sec1.clone(),
+            csr_der: csr(tls_key.clone())?,
+            inventory: Inventory {
+                cards,
+                driver,
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                receipt_key: receipt_key.public_key(),
+            },
+        };
+        let answer = tokio::select! {
+            a = claim_once(&p, &host, port, encode(&request)) => a,
+            _ = stop.cancelled() => return Err(RunError::Runtime("stopped while provisioning".into())),
+        };
+        (state, step) = match answer {
+            Ok(response) => {
+                if let ClaimResponse::Refused { reason, message } = &response {
+                    tracing::warn!(?reason, %message, "claim refused");
+                }
+                let matches = match &response {
+                    ClaimResponse::Granted(g) => chain_is_for(&g.chain_pem, &sec1),
+                    ClaimResponse::Refused { .. } => false,
+                };
+                state.on_response(response, &sec1, matches)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim got no answer");
+                state.on_failure()
+            }
+        };
+    }
+}

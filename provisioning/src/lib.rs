@@ -1,0 +1,8 @@
+//! `rig-provisioner`: the fleet CA, the broker's mTLS + ACL configuration, the rig registry
+//! and the claim service that turns a claim token and a CSR into a rig identity.
+
+pub mod broker;
+pub mod ca;
+pub mod provisioner;
+pub mod registry;
+pub mod service;

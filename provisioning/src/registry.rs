@@ -1,0 +1,380 @@
+//! The registry: claims and rigs in SQLite (WAL, `synchronous=FULL`).
+//!
+//! A claim is checked, its use counted, the rig's certificate recorded and the rig created in
+//! one transaction, so a crash leaves either nothing or all of it. The rig id is derived from
+//! the TLS key, and a key seen again gets the certificate already recorded back: a rig that
+//! crashed before it received its answer, or whose answer was lost with the provisioner,
+//! claims again and gets the same identity, with no second rig, no second certificate and no
+//! second use of the claim.
+
+use rigd_protocol::claim::{Inventory, Refusal};
+use rigd_protocol::RigId;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+
+/// Why the registry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// SQLite failed.
+    #[error("registry database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// No rig by that id.
+    #[error("no rig {0} in the registry")]
+    NoSuchRig(String),
+}
+
+/// A claim as created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClaim {
+    /// The token to put in rig.conf; only its hash is stored.
+    pub token: String,
+    /// The claim's number.
+    pub id: i64,
+}
+
+/// A provisioned rig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RigRecord {
+    /// Its id.
+    pub rig: RigId,
+    /// Its owner.
+    pub owner: String,
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// The certificate's serial, hex.
+    pub serial: String,
+    /// `active` or `revoked`.
+    pub state: String,
+}
+
+/// What a successful claim gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The rig.
+    pub record: RigRecord,
+    /// Whether this request created it (false: a repeat of an earlier claim by this key).
+    pub created: bool,
+}
+
+/// The registry database.
+pub struct Registry {
+    db: Connection,
+}
+
+/// The rig id for a TLS key: `rig-` and 16 hex digits of its SHA-256.
+pub fn rig_id_for(tls_key: &[u8]) -> RigId {
+    let h = rigd_tls::sha256(tls_key);
+    // 16 hex digits and a dash are always a valid rig id.
+    RigId::new(format!("rig-{}", hex::encode(&h[..8])))
+        .unwrap_or_else(|_| unreachable!("rig-<hex> is a valid rig id"))
+}
+
+/// SHA-256 of a claim token, as stored.
+fn token_hash(token: &str) -> Vec<u8> {
+    rigd_tls::sha256(token.as_bytes()).to_vec()
+}
+
+impl Registry {
+    /// Opens (creating) the registry at `path`.
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS claims (
+                id INTEGER PRIMARY KEY,
+                token_hash BLOB NOT NULL UNIQUE,
+                owner TEXT NOT NULL,
+                uses_left INTEGER NOT NULL,
+                expires_ms INTEGER NOT NULL,
+                revoked INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS rigs (
+                id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                tls_key BLOB NOT NULL UNIQUE,
+                receipt_key TEXT NOT NULL,
+                cert_pem TEXT NOT NULL,
+                serial TEXT NOT NULL UNIQUE,
+                inventory TEXT NOT NULL,
+                state TEXT NOT NULL,
+                claim INTEGER NOT NULL REFERENCES claims(id),
+                created_ms INTEGER NOT NULL
+            );",
+        )?;
+        Ok(Registry { db })
+    }
+
+    /// Creates a claim for `owner`, usable `uses` times until `expires_ms`.
+    pub fn create_claim(
+        &mut self,
+        owner: &str,
+        uses: u32,
+        expires_ms: u64,
+    ) -> Result<NewClaim, RegistryError> {
+        let token = format!(
+            "rc_{}{}",
+            hex::encode(rand::random::<[u8; 16]>()),
+            hex::encode(rand::random::<[u8; 8]>())
+        );
+        self.db.execute(
+            "INSERT INTO claims (token_hash, owner, uses_left, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash(&token), owner, uses, expires_ms as i64],
+        )?;
+        Ok(NewClaim {
+            token,
+            id: self.db.last_insert_rowid(),
+        })
+    }
+
+    /// Revokes the claim with `token`; `false` when there is none.
+    pub fn revoke_claim(&mut self, token: &str) -> Result<bool, RegistryError> {
+        Ok(self.db.execute(
+            "UPDATE claims SET revoked = 1 WHERE token_hash = ?1",
+            params![token_hash(token)],
+        )? == 1)
+    }
+
+    /// Checks a claim and, in the same transaction, records the rig with the certificate
+    /// `issue` makes for it. `issue` runs only for a new rig.
+    pub fn claim<E>(
+        &mut self,
+        token: &str,
+        tls_key: &[u8],
+        inventory: &Inventory,
+        now_ms: u64,
+        issue: impl FnOnce(&RigId) -> Result<(String, String), E>,
+    ) -> Result<Result<Claimed, Refusal>, RegistryError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing = tx
+            .query_row(
+                "SELECT id, owner, cert_pem, serial, state FROM rigs WHERE tls_key = ?1",
+                params![tls_key],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        if let Some((id, owner, cert_pem, serial, state)) = existing {
+            if state != "active" {
+                return Ok(Err(Refusal::RigRevoked));
+            }
+            let rig = RigId::new(id).map_err(|_| rusqlite::Error::InvalidQuery)?;
+            return Ok(Ok(Claimed {
+                record: RigRecord {
+                    rig,
+                    owner,
+                    cert_pem,
+                    serial,
+                    state,
+                },
+                created: false,
+            }));
+        }
+        let claim = tx
+            .query_row(
+                "SELECT id, owner, uses_left, expires_ms, revoked FROM claims WHERE token_hash = ?1",
+                params![token_hash(token)],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, bool>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((claim_id, owner, uses_left, expires_ms, revoked)) = claim else {
+            return Ok(Err(Refusal::UnknownClaim));
+        };
+        if revoked {
+            return Ok(Err(Refusal::Revoked));
+        }
+        if expires_ms <= now_ms as i64 {
+            return Ok(Err(Refusal::Expired));
+        }
+        if uses_left <= 0 {
+            return Ok(Err(Refusal::UsedUp));
+        }
+        let rig = rig_id_for(tls_key);
+        let Ok((cert_pem, serial)) = issue(&rig) else {
+            return Ok(Err(Refusal::Internal));
+        };
+        let inventory_text = serde_json::to_string(inventory).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO rigs (id, owner, tls_key, receipt_key, cert_pem, serial, inventory, state, claim, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'active', ?8, ?9)",
+            params![
+                rig.as_str(),
+                owner,
+                tls_key,
+                inventory.receipt_key.to_string(),
+                cert_pem,
+                serial,
+                inventory_text,
+                claim_id,
+                now_ms as i64
+            ],
+        )?;
+        tx.execute(
+            "UPDATE claims SET uses_left = uses_left - 1 WHERE id = ?1",
+            params![claim_id],
+        )?;
+        tx.commit()?;
+        Ok(Ok(Claimed {
+            record: RigRecord {
+                rig,
+                owner,
+                cert_pem,
+                serial,
+                state: "active".into(),
+            },
+            created: true,
+        }))
+    }
+
+    /// Marks `rig` revoked; returns its certificate serial.
+    pub fn revoke_rig(&mut self, rig: &str) -> Result<String, RegistryError> {
+        let serial: Option<String> = self
+            .db
+            .query_row(
+                "UPDATE rigs SET state = 'revoked' WHERE id = ?1 RETURNING serial",
+                params![rig],
+                |r| r.get(0),
+            )
+            .optional()?;
+        serial.ok_or_else(|| RegistryError::NoSuchRig(rig.to_owned()))
+    }
+
+    /// Serials of every revoked rig certificate (for the CRL).
+    pub fn revoked_serials(&self) -> Result<Vec<String>, RegistryError> {
+        let mut st = self
+            .db
+            .prepare("SELECT serial FROM rigs WHERE state = 'revoked' ORDER BY serial")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ids of every revoked rig.
+    pub fn revoked_rigs(&self) -> Result<Vec<String>, RegistryError> {
+        let mut st = self
+            .db
+            .prepare("SELECT id FROM rigs WHERE state = 'revoked' ORDER BY id")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every rig: (id, owner, state, serial).
+    pub fn rigs(&self) -> Result<Vec<RigRecord>, RegistryError> {
+        let mut st = self
+            .db
+            .prepare("SELECT id, owner, cert_pem, serial, state FROM rigs ORDER BY id")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (id, owner, cert_pem, serial, state) = row?;
+            if let Ok(rig) = RigId::new(id) {
+                out.push(RigRecord {
+                    rig,
+                    owner,
+                    cert_pem,
+                    serial,
+                    state,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigd_protocol::PublicKey;
+
+    fn inventory() -> Inventory {
+        Inventory {
+            cards: vec![],
+            driver: "none".into(),
+            agent_version: "0.1.0".into(),
+            receipt_key: PublicKey::P256(vec![2; 33]),
+        }
+    }
+
+    fn issue(rig: &RigId) -> Result<(String, String), ()> {
+        Ok((format!("cert of {rig}"), format!("serial-{rig}")))
+    }
+
+    #[test]
+    fn a_claim_is_refused_when_unknown_expired_revoked_or_used_up() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut r = Registry::open(&dir.path().join("r.db")).unwrap_or_else(|e| panic!("{e}"));
+        let claim = |r: &mut Registry, token: &str, key: &[u8], now: u64| {
+            r.claim(token, key, &inventory(), now, issue)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(
+            claim(&mut r, "nope", b"k0", 0).err(),
+            Some(Refusal::UnknownClaim)
+        );
+        let c = r
+            .create_claim("alice", 1, 1000)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            claim(&mut r, &c.token, b"k1", 1000).err(),
+            Some(Refusal::Expired)
+        );
+        let first = claim(&mut r, &c.token, b"k1", 999).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(first.created);
+        assert_eq!(first.record.owner, "alice");
+        assert_eq!(
+            claim(&mut r, &c.token, b"k2", 999).err(),
+            Some(Refusal::UsedUp)
+        );
+        // The same key again: the same rig and certificate, no use counted.
+        let again = claim(&mut r, &c.token, b"k1", 999).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!again.created);
+        assert_eq!(again.record, first.record);
+        let d = r
+            .create_claim("bob", 5, 1000)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.revoke_claim(&d.token).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            claim(&mut r, &d.token, b"k3", 0).err(),
+            Some(Refusal::Revoked)
+        );
+        let serial = r
+            .revoke_rig(first.record.rig.as_str())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(serial, first.record.serial);
+        assert_eq!(
+            claim(&mut r, &c.token, b"k1", 999).err(),
+            Some(Refusal::RigRevoked)
+        );
+        assert_eq!(r.revoked_serials().unwrap_or_default(), vec![serial]);
+        assert_eq!(
+            r.revoked_rigs().unwrap_or_default(),
+            vec![first.record.rig.to_string()]
+        );
+        assert_eq!(r.rigs().unwrap_or_default().len(), 1);
+    }
+}
