@@ -5,7 +5,7 @@ use crate::view::FleetView;
 use rigd_protocol::MAX_FRAME_BYTES;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{timeout_at, Instant};
 
@@ -58,17 +58,7 @@ pub enum CollectError {
 /// are logged and skipped.
 pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, CollectError> {
     let addr = format!("{}:{}", opts.host, opts.port);
-    let mut options = MqttOptions::new(client_id(), opts.host.clone(), opts.port);
-    options
-        .set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(Some(MAX_PACKET_BYTES))
-        .set_outgoing_inflight_upper_limit(100)
-        .set_connection_timeout(opts.wait.as_secs().max(1));
-    if let Some(tls) = &opts.tls {
-        options.set_transport(rigd_tls::transport(tls.clone()));
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let (client, mut eventloop) = connect(opts);
     let subs: Vec<Filter> = filters
         .iter()
         .map(|f| Filter::new(f.clone(), QoS::AtMostOnce))
@@ -85,27 +75,9 @@ pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, Co
     let mut quiet_until: Option<Instant> = None;
     loop {
         let until = quiet_until.map_or(deadline, |q| q.min(deadline));
-        let event = match timeout_at(until, eventloop.poll()).await {
-            Err(_) if connected => break,
-            Err(_) => {
-                return Err(CollectError::Unreachable {
-                    addr,
-                    reason: format!("no session within {} ms", opts.wait.as_millis()),
-                })
-            }
-            Ok(Err(e)) if connected => {
-                return Err(CollectError::Lost {
-                    addr,
-                    source: Box::new(e),
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(CollectError::Unreachable {
-                    addr,
-                    reason: e.to_string(),
-                })
-            }
-            Ok(Ok(event)) => event,
+        let Some(event) = poll_before(&mut eventloop, until, connected, &addr, opts.wait).await?
+        else {
+            break;
         };
         match event {
             Event::Incoming(Packet::ConnAck(_)) => connected = true,
@@ -122,14 +94,7 @@ pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, Co
             _ => {}
         }
     }
-    // Best effort: the broker drops the session when the socket closes anyway.
-    if client.try_disconnect().is_ok() {
-        let _ = timeout_at(
-            Instant::now() + Duration::from_millis(100),
-            eventloop.poll(),
-        )
-        .await;
-    }
+    disconnect(&client, &mut eventloop).await;
     Ok(view)
 }
 
@@ -137,6 +102,28 @@ pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, Co
 /// over (live messages, unlike [`collect`], which stops once the retained ones are in).
 pub async fn listen(opts: &Collect, topic: &str) -> Result<Vec<Vec<u8>>, CollectError> {
     let addr = format!("{}:{}", opts.host, opts.port);
+    let (client, mut eventloop) = connect(opts);
+    client
+        .subscribe(topic, QoS::AtMostOnce)
+        .await
+        .map_err(|e| CollectError::Subscribe(e.to_string()))?;
+    let deadline = Instant::now() + opts.wait;
+    let (mut payloads, mut connected) = (vec![], false);
+    while let Some(event) =
+        poll_before(&mut eventloop, deadline, connected, &addr, opts.wait).await?
+    {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => connected = true,
+            Event::Incoming(Packet::Publish(p)) => payloads.push(p.payload.to_vec()),
+            _ => {}
+        }
+    }
+    disconnect(&client, &mut eventloop).await;
+    Ok(payloads)
+}
+
+/// A fresh MQTT 5 client for `opts` (TLS when set); nothing is sent until it is polled.
+fn connect(opts: &Collect) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(client_id(), opts.host.clone(), opts.port);
     options
         .set_clean_start(true)
@@ -144,39 +131,41 @@ pub async fn listen(opts: &Collect, topic: &str) -> Result<Vec<Vec<u8>>, Collect
         .set_max_packet_size(Some(MAX_PACKET_BYTES))
         .set_outgoing_inflight_upper_limit(100)
         .set_connection_timeout(opts.wait.as_secs().max(1));
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    client
-        .subscribe(topic, QoS::AtMostOnce)
-        .await
-        .map_err(|e| CollectError::Subscribe(e.to_string()))?;
-    let deadline = Instant::now() + opts.wait;
-    let (mut payloads, mut connected) = (vec![], false);
-    loop {
-        match timeout_at(deadline, eventloop.poll()).await {
-            Err(_) if connected => break,
-            Err(_) => {
-                return Err(CollectError::Unreachable {
-                    addr,
-                    reason: format!("no session within {} ms", opts.wait.as_millis()),
-                })
-            }
-            Ok(Err(e)) if connected => {
-                return Err(CollectError::Lost {
-                    addr,
-                    source: Box::new(e),
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(CollectError::Unreachable {
-                    addr,
-                    reason: e.to_string(),
-                })
-            }
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => connected = true,
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => payloads.push(p.payload.to_vec()),
-            Ok(Ok(_)) => {}
-        }
+    if let Some(tls) = &opts.tls {
+        options.set_transport(rigd_tls::transport(tls.clone()));
     }
+    AsyncClient::new(options, 16)
+}
+
+/// One event from the broker before `until`: `Ok(None)` when the time passes on a live
+/// session; an error when no session came up (`Unreachable`) or it was lost (`Lost`).
+async fn poll_before(
+    eventloop: &mut EventLoop,
+    until: Instant,
+    connected: bool,
+    addr: &str,
+    wait: Duration,
+) -> Result<Option<Event>, CollectError> {
+    match timeout_at(until, eventloop.poll()).await {
+        Err(_) if connected => Ok(None),
+        Err(_) => Err(CollectError::Unreachable {
+            addr: addr.to_owned(),
+            reason: format!("no session within {} ms", wait.as_millis()),
+        }),
+        Ok(Err(e)) if connected => Err(CollectError::Lost {
+            addr: addr.to_owned(),
+            source: Box::new(e),
+        }),
+        Ok(Err(e)) => Err(CollectError::Unreachable {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        }),
+        Ok(Ok(event)) => Ok(Some(event)),
+    }
+}
+
+/// Best effort: the broker drops the session when the socket closes anyway.
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
     if client.try_disconnect().is_ok() {
         let _ = timeout_at(
             Instant::now() + Duration::from_millis(100),
@@ -184,7 +173,6 @@ pub async fn listen(opts: &Collect, topic: &str) -> Result<Vec<Vec<u8>>, Collect
         )
         .await;
     }
-    Ok(payloads)
 }
 
 /// The current time, Unix ms.
