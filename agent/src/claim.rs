@@ -23,6 +23,27 @@ pub const STATE_FILE: &str = "provision.json";
 /// File the granted certificate chain is written to for the link.
 pub const CERT_FILE: &str = "rig-cert.pem";
 
+/// Test-only hook: names a step of provisioning at which rigd aborts, as a crash or power
+/// loss there would: `claiming` (state persisted, CSR made, request not sent), `answered`
+/// (answer received, not persisted), `provisioned` (identity persisted, certificate file
+/// not written). The provisioning tests use it to crash at every step; nothing else sets it.
+pub const TEST_CRASH_ENV: &str = "RIGD_TEST_CRASH_AT";
+
+/// Reads [`TEST_CRASH_ENV`], loudly.
+fn test_crash_at() -> Option<String> {
+    let at = std::env::var(TEST_CRASH_ENV).ok()?;
+    tracing::warn!(step = %at, "{TEST_CRASH_ENV} is set: rigd aborts at this provisioning step (tests only)");
+    Some(at)
+}
+
+/// Aborts the process if `crash_at` names `step`.
+fn crash_point(crash_at: &Option<String>, step: &str) {
+    if crash_at.as_deref() == Some(step) {
+        tracing::error!(step, "{TEST_CRASH_ENV}: aborting");
+        std::process::abort();
+    }
+}
+
 fn runtime(what: &str, e: impl std::fmt::Display) -> RunError {
     RunError::Runtime(format!("{what}: {e}"))
 }
@@ -190,6 +211,7 @@ pub async fn provision(
     let PublicKey::P256(sec1) = tls_key.public_key() else {
         return Err(runtime("TLS key", "not P-256"));
     };
+    let crash_at = test_crash_at();
     let started = Instant::now();
     let (mut state, mut step) = load_state(&config.state_dir)?.start(&sec1);
     loop {
@@ -197,6 +219,7 @@ pub async fn provision(
         tracing::info!(status = %state.describe(), "provisioning");
         match step {
             Step::Ready(p_rec) => {
+                crash_point(&crash_at, "provisioned");
                 let cert: PathBuf = config.state_dir.join(CERT_FILE);
                 write_atomic(&cert, p_rec.chain_pem.as_bytes())?;
                 config.rig_id = rigd_protocol::RigId::new(&p_rec.rig)
@@ -240,12 +263,14 @@ pub async fn provision(
                 receipt_key: receipt_key.public_key(),
             },
         };
+        crash_point(&crash_at, "claiming");
         let answer = tokio::select! {
             a = claim_once(&p, &host, port, encode(&request)) => a,
             _ = stop.cancelled() => return Err(RunError::Runtime("stopped while provisioning".into())),
         };
         (state, step) = match answer {
             Ok(response) => {
+                crash_point(&crash_at, "answered");
                 if let ClaimResponse::Refused { reason, message } = &response {
                     tracing::warn!(?reason, %message, "claim refused");
                 }

@@ -8,8 +8,8 @@
 mod common;
 
 use common::tls::{
-    create_claim, options_with_signer, provision_conf, rigctl, Pki, ProvisionerProcess,
-    OPERATOR_KEY_HEX,
+    create_claim, create_claim_expiring, options_with_signer, provision_conf, rigctl, Pki,
+    ProvisionerProcess, OPERATOR_KEY_HEX,
 };
 use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
@@ -46,10 +46,31 @@ impl Fleet {
     }
 
     fn rig(&self, name: &str, token: &str) -> RigProcess {
+        self.rig_env(name, token, &[])
+    }
+
+    /// A rig whose first start has the extra environment variables `env`.
+    fn rig_env(&self, name: &str, token: &str, env: &[(&str, &str)]) -> RigProcess {
         let dir = self.work.path().join(name);
         let conf =
             RigProcess::base_conf(self.broker.port, 1, &dir, &provision_conf(&self.pki, token));
-        RigProcess::start_conf(name, &dir, &conf)
+        RigProcess::start_conf_env(name, &dir, &conf, env)
+    }
+
+    /// Uses left on the claims of `owner`, from the registry.
+    fn uses_left(&self, owner: &str) -> Vec<i64> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.provisioner.dir.join("registry.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut st = db
+            .prepare("SELECT uses_left FROM claims WHERE owner = ?1")
+            .unwrap();
+        st.query_map([owner], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 }
 
@@ -169,9 +190,11 @@ fn provisioning_completes_after_kill_9_of_the_provisioner_or_the_rig() {
 }
 
 #[test]
-fn used_up_and_revoked_claims_and_revoked_rigs_are_refused() {
+fn used_up_expired_and_revoked_claims_and_revoked_rigs_are_refused() {
     let fleet = Fleet::start();
     let port = fleet.broker.port;
+    let expiring = create_claim_expiring(&fleet.pki, port, "carol", 5, "1s");
+    let expired_at = std::time::Instant::now() + std::time::Duration::from_secs(1);
     let token = create_claim(&fleet.pki, port, "alice", 1);
     let a = fleet.rig("a", &token);
     wait_until("rig a provisioned", 30, || provisioned_id(&a.dir).is_some());
@@ -196,6 +219,17 @@ fn used_up_and_revoked_claims_and_revoked_rigs_are_refused() {
     wait_until("rig d refused: unknown claim", 30, || {
         state(&d.dir).contains("UnknownClaim")
     });
+    // An expired claim too, though it has uses left: the rig gets no identity.
+    std::thread::sleep(expired_at.saturating_duration_since(std::time::Instant::now()));
+    let e = fleet.rig("e", &expiring);
+    wait_until("rig e refused: expired claim", 30, || {
+        state(&e.dir).contains("Expired")
+    });
+    assert!(e.log().contains("claim refused"), "{}", e.log());
+    assert_eq!(provisioned_id(&e.dir), None);
+    assert!(!e.dir.join("rig-cert.pem").exists());
+    assert!(fleet.provisioner.rigs().iter().all(|r| r.1 != "carol"));
+    assert_eq!(fleet.uses_left("carol"), vec![5]);
 
     // Rig a's key and certificate get in before revocation and not after.
     let key: Arc<dyn rigd::keys::KeyStore> =
@@ -337,4 +371,102 @@ fn kill_9_of_the_provisioner_while_it_handles_queued_claims_leaves_one_rig_and_o
         leaf_serial(&rig.dir.join("rig-cert.pem")),
         "the rig holds the one certificate the registry recorded"
     );
+}
+
+/// Steps at which `RIGD_TEST_CRASH_AT` aborts rigd (see `rigd::claim::TEST_CRASH_ENV`).
+const RIG_CRASH_STEPS: [&str; 3] = ["claiming", "answered", "provisioned"];
+/// Steps at which `RIG_PROVISIONER_TEST_CRASH_AT` aborts the provisioner.
+const PROVISIONER_CRASH_STEPS: [&str; 2] = ["issued", "recorded"];
+
+#[test]
+fn provisioning_completes_after_a_crash_of_the_rig_or_the_provisioner_at_every_step() {
+    let mut fleet = Fleet::start();
+    let mut serving = 1;
+    let mut crashes = 0;
+    let steps = RIG_CRASH_STEPS
+        .iter()
+        .map(|s| (true, *s))
+        .chain(PROVISIONER_CRASH_STEPS.iter().map(|s| (false, *s)));
+    for (rig_crashes, step) in steps {
+        let owner = format!("owner-{step}");
+        let token = create_claim(&fleet.pki, fleet.broker.port, &owner, 1);
+        let mut rig = if rig_crashes {
+            let mut rig = fleet.rig_env(
+                &format!("rig-{step}"),
+                &token,
+                &[("RIGD_TEST_CRASH_AT", step)],
+            );
+            assert!(
+                rig.wait_exit(30),
+                "rigd did not crash at {step}: {}",
+                rig.log()
+            );
+            assert!(
+                rig.log().contains("RIGD_TEST_CRASH_AT: aborting"),
+                "{}",
+                rig.log()
+            );
+            rig.start_again();
+            rig
+        } else {
+            fleet
+                .provisioner
+                .restart_env(&[("RIG_PROVISIONER_TEST_CRASH_AT", step)]);
+            serving += 1;
+            fleet.provisioner.wait_serving(serving);
+            let rig = fleet.rig(&format!("rig-{step}"), &token);
+            assert!(
+                fleet.provisioner.wait_exit(30),
+                "the provisioner did not crash at {step}: {}",
+                fleet.provisioner.log()
+            );
+            crashes += 1;
+            assert_eq!(
+                fleet
+                    .provisioner
+                    .log()
+                    .matches("RIG_PROVISIONER_TEST_CRASH_AT: aborting")
+                    .count(),
+                crashes,
+                "{step}"
+            );
+            fleet.provisioner.restart();
+            serving += 1;
+            fleet.provisioner.wait_serving(serving);
+            rig
+        };
+        wait_until(
+            &format!("rig provisioned after a crash at {step}"),
+            30,
+            || {
+                provisioned_id(&rig.dir).is_some()
+                    && rig.log().matches("connected to broker").count() >= 1
+            },
+        );
+        let id = provisioned_id(&rig.dir).unwrap();
+        assert!(rig.alive(), "{step}: {}", rig.log());
+        let of_owner: Vec<_> = fleet
+            .provisioner
+            .rigs()
+            .into_iter()
+            .filter(|r| r.1 == owner)
+            .collect();
+        assert_eq!(
+            of_owner.len(),
+            1,
+            "{step}: one rig for the claim: {of_owner:?}"
+        );
+        assert_eq!(of_owner[0].0, id, "{step}");
+        assert_eq!(
+            of_owner[0].3,
+            leaf_serial(&rig.dir.join("rig-cert.pem")),
+            "{step}: the rig holds the one certificate the registry recorded"
+        );
+        assert_eq!(
+            fleet.uses_left(&owner),
+            vec![0],
+            "{step}: the claim is spent once"
+        );
+        rig.kill9();
+    }
 }

@@ -21,6 +21,8 @@ pub struct Provisioner {
     crl_path: Option<PathBuf>,
     /// The broker's ACL file, whose revoked-rigs section is rewritten on revocation.
     acl_path: Option<PathBuf>,
+    /// The step [`TEST_CRASH_ENV`] names, if set.
+    crash_at: Option<String>,
 }
 
 /// Why the provisioner could not start or act.
@@ -46,6 +48,27 @@ pub fn check_csr(tls_key: &[u8], der: &[u8]) -> Result<P256Public, Refusal> {
         return Err(Refusal::KeyMismatch);
     }
     Ok(key)
+}
+
+/// Test-only hook: names a step of a claim at which the provisioner aborts, as a crash or
+/// power loss there would: `issued` (certificate signed, registry transaction not
+/// committed), `recorded` (committed, answer not sent). The provisioning tests use it to
+/// crash at every step; nothing else sets it.
+pub const TEST_CRASH_ENV: &str = "RIG_PROVISIONER_TEST_CRASH_AT";
+
+/// Reads [`TEST_CRASH_ENV`], loudly.
+fn test_crash_at() -> Option<String> {
+    let at = std::env::var(TEST_CRASH_ENV).ok()?;
+    tracing::warn!(step = %at, "{TEST_CRASH_ENV} is set: the provisioner aborts at this claim step (tests only)");
+    Some(at)
+}
+
+/// Aborts the process if `crash_at` names `step`.
+fn crash_point(crash_at: &Option<String>, step: &str) {
+    if crash_at.as_deref() == Some(step) {
+        tracing::error!(step, "{TEST_CRASH_ENV}: aborting");
+        std::process::abort();
+    }
 }
 
 fn refused(reason: Refusal, message: impl Into<String>) -> ClaimResponse {
@@ -75,6 +98,7 @@ impl Provisioner {
             operator_keys,
             crl_path,
             acl_path,
+            crash_at: test_crash_at(),
         })
     }
 
@@ -89,14 +113,17 @@ impl Provisioner {
             Err(r) => return refused(r, "the CSR must be signed by the key in tls_key (P-256)"),
         };
         let ca = &self.ca;
+        let crash_at = &self.crash_at;
         let outcome =
             self.registry
                 .claim(&req.token, &req.tls_key, &req.inventory, now_ms, |rig| {
-                    ca.issue_for(rig.as_str(), &key)
-                        .map(|i| (i.cert_pem, i.serial))
+                    let issued = ca.issue_for(rig.as_str(), &key);
+                    crash_point(crash_at, "issued");
+                    issued.map(|i| (i.cert_pem, i.serial))
                 });
         match outcome {
             Ok(Ok(claimed)) => {
+                crash_point(&self.crash_at, "recorded");
                 tracing::info!(rig = %claimed.record.rig, owner = %claimed.record.owner, new = claimed.created, "rig provisioned");
                 ClaimResponse::Granted(Grant {
                     rig: claimed.record.rig,

@@ -203,6 +203,22 @@ pub fn kill9(child: &mut Option<Child>) {
     }
 }
 
+/// Waits up to `secs` for the child to exit by itself and reaps it; whether it did.
+pub fn wait_exit(child: &mut Option<Child>, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        match child.as_mut().map(|c| c.try_wait()) {
+            None => return true,
+            Some(Ok(Some(_))) => {
+                *child = None;
+                return true;
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
 /// A rigd process with its own state directory.
 pub struct RigProcess {
     pub rig: String,
@@ -234,6 +250,11 @@ impl RigProcess {
 
     /// Writes `text` as rig.conf under `dir` and starts rigd; `rig` names it in the test.
     pub fn start_conf(rig: &str, dir: &Path, text: &str) -> Self {
+        Self::start_conf_env(rig, dir, text, &[])
+    }
+
+    /// [`Self::start_conf`] with extra environment variables for this first start only.
+    pub fn start_conf_env(rig: &str, dir: &Path, text: &str, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(dir).expect("state dir");
         let conf = dir.join("rig.conf");
         std::fs::write(&conf, text).expect("write rig.conf");
@@ -243,16 +264,21 @@ impl RigProcess {
             conf,
             child: None,
         };
-        p.spawn();
+        p.spawn_env(env);
         p
     }
 
     fn spawn(&mut self) {
+        self.spawn_env(&[]);
+    }
+
+    fn spawn_env(&mut self, env: &[(&str, &str)]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rigd"));
         cmd.arg("--config").arg(&self.conf).env(
             "RUST_LOG",
             std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
         );
+        cmd.envs(env.iter().copied());
         self.child = Some(spawn_logged(cmd, &self.dir.join("rigd.log")));
     }
 
@@ -287,6 +313,11 @@ impl RigProcess {
 
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits up to `secs` for rigd to exit by itself; whether it did.
+    pub fn wait_exit(&mut self, secs: u64) -> bool {
+        wait_exit(&mut self.child, secs)
     }
 
     pub fn log(&self) -> String {

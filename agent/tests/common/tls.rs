@@ -197,8 +197,13 @@ impl ProvisionerProcess {
     }
 
     fn spawn(&mut self) {
+        self.spawn_env(&[]);
+    }
+
+    fn spawn_env(&mut self, env: &[(&str, &str)]) {
         let mut cmd = std::process::Command::new(super::workspace_bin("rig-provisioner"));
         cmd.args(&self.args).env("RUST_LOG", "info");
+        cmd.envs(env.iter().copied());
         self.child = Some(super::spawn_logged(cmd, &self.dir.join("provisioner.log")));
     }
 
@@ -218,8 +223,18 @@ impl ProvisionerProcess {
     }
 
     pub fn restart(&mut self) {
+        self.restart_env(&[]);
+    }
+
+    /// [`Self::restart`] with extra environment variables for this start only.
+    pub fn restart_env(&mut self, env: &[(&str, &str)]) {
         self.kill9();
-        self.spawn();
+        self.spawn_env(env);
+    }
+
+    /// Waits up to `secs` for it to exit by itself; whether it did.
+    pub fn wait_exit(&mut self, secs: u64) -> bool {
+        super::wait_exit(&mut self.child, secs)
     }
 
     /// Rigs in the registry: (id, owner, state, serial).
@@ -279,6 +294,17 @@ pub fn provision_conf(pki: &Pki, token: &str) -> String {
 
 /// Creates a claim through rigctl; returns the token.
 pub fn create_claim(pki: &Pki, port: u16, owner: &str, uses: u32) -> String {
+    create_claim_expiring(pki, port, owner, uses, "1h")
+}
+
+/// Creates a claim through rigctl valid for `expires` (rigctl's syntax, e.g. `1s`).
+pub fn create_claim_expiring(
+    pki: &Pki,
+    port: u16,
+    owner: &str,
+    uses: u32,
+    expires: &str,
+) -> String {
     let (code, out) = rigctl(
         pki,
         port,
@@ -291,7 +317,7 @@ pub fn create_claim(pki: &Pki, port: u16, owner: &str, uses: u32) -> String {
             "--uses",
             &uses.to_string(),
             "--expires",
-            "1h",
+            expires,
         ],
     );
     assert_eq!(code, 0, "rigctl claims create: {out}");
