@@ -15,9 +15,9 @@
 mod common;
 
 use rigd::batcher::{Batcher, Decision};
-use rigd::journal::{Completion, Journal};
+use rigd::journal::Journal;
 use rigd::keys::{self, KeyStore};
-use rigd_protocol::{GpuUuid, JobId, RigId, UnitKind, UnitOutput, WorkUnit};
+use rigd_protocol::RigId;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
@@ -26,34 +26,6 @@ use std::time::{Duration, Instant};
 
 const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "bench-pin-1234";
-
-fn unit(n: u64) -> WorkUnit {
-    WorkUnit {
-        job: JobId::new("bench").unwrap(),
-        unit: n,
-        attempt: 0,
-        kind: UnitKind::GemmI8 {
-            seed: n,
-            m: 64,
-            n: 64,
-            k: 64,
-        },
-    }
-}
-
-fn completion(u: &WorkUnit) -> Completion {
-    Completion {
-        unit: u.clone(),
-        card: GpuUuid::new("SIM-bench-0").unwrap(),
-        output: UnitOutput::GemmI8 {
-            c_digest: [u.unit as u8; 32],
-        },
-        work: 524_288,
-        started_ms: 1,
-        finished_ms: 2,
-        governor_level: 0,
-    }
-}
 
 fn signatures_per_second(key: &dyn KeyStore, n: u32) -> f64 {
     let t0 = Instant::now();
@@ -68,9 +40,9 @@ fn signatures_per_second(key: &dyn KeyStore, n: u32) -> f64 {
 fn receipts_per_second(key: Arc<dyn KeyStore>, total: u64, batch_max: u32) -> (f64, u64, u32) {
     let dir = tempfile::tempdir().unwrap();
     let mut j = Journal::open(&dir.path().join("j.db"), RigId::new("bench").unwrap()).unwrap();
-    let units: Vec<_> = (0..total).map(unit).collect();
+    let units: Vec<_> = (0..total).map(common::bench_unit).collect();
     j.add_units(&units).unwrap();
-    let done: Vec<_> = units.iter().map(completion).collect();
+    let done: Vec<_> = units.iter().map(common::bench_completion).collect();
     let journal = Arc::new(Mutex::new(j));
     let (tx, rx) = mpsc::channel::<u64>();
     let t0 = Instant::now();

@@ -11,38 +11,10 @@
 mod common;
 
 use common::{Mosquitto, RigProcess};
-use rigd::journal::{Completion, Journal};
+use rigd::journal::Journal;
 use rigd::keys;
-use rigd_protocol::{
-    encode, CardState, GpuSample, GpuUuid, JobId, RigId, Telemetry, UnitKind, UnitOutput, WorkUnit,
-};
+use rigd_protocol::{encode, CardState, GpuSample, GpuUuid, RigId, Telemetry};
 use std::time::{Duration, Instant};
-
-fn unit(n: u64) -> WorkUnit {
-    WorkUnit {
-        job: JobId::new("bench").unwrap(),
-        unit: n,
-        attempt: 0,
-        kind: UnitKind::GemmI8 {
-            seed: n,
-            m: 64,
-            n: 64,
-            k: 64,
-        },
-    }
-}
-
-fn completion(u: &WorkUnit) -> Completion {
-    Completion {
-        unit: u.clone(),
-        card: GpuUuid::new("SIM-bench-0").unwrap(),
-        output: UnitOutput::GemmI8 { c_digest: [7; 32] },
-        work: 524_288,
-        started_ms: 1,
-        finished_ms: 2,
-        governor_level: 0,
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -55,10 +27,10 @@ fn overhead_per_unit(units: u64) -> (Duration, Duration) {
     let mut j = Journal::open(&dir.path().join("j.db"), rig.clone()).unwrap();
     let mut times = vec![];
     for n in 0..units {
-        let u = unit(n);
+        let u = common::bench_unit(n);
         let t0 = Instant::now();
         j.add_units(std::slice::from_ref(&u)).unwrap();
-        j.record(&[completion(&u)]).unwrap();
+        j.record(&[common::bench_completion(&u)]).unwrap();
         j.seal_all(256, key.as_ref()).unwrap();
         let batches = j.unacked_batches(1, &Default::default()).unwrap();
         let bytes = batches.iter().map(|b| encode(b).len()).sum::<usize>();
@@ -86,9 +58,9 @@ fn group_commit_rate(total: u64, group: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let key = keys::open("file:key", dir.path(), true).unwrap();
     let mut j = Journal::open(&dir.path().join("j.db"), RigId::new("bench").unwrap()).unwrap();
-    let units: Vec<_> = (0..total).map(unit).collect();
+    let units: Vec<_> = (0..total).map(common::bench_unit).collect();
     j.add_units(&units).unwrap();
-    let done: Vec<_> = units.iter().map(completion).collect();
+    let done: Vec<_> = units.iter().map(common::bench_completion).collect();
     let t0 = Instant::now();
     for chunk in done.chunks(group as usize) {
         j.record(chunk).unwrap();

@@ -553,3 +553,33 @@ pub fn wait_job_done(c: &Coordinator, units: u64, rigs: &[&RigProcess], secs: u6
         rigs.iter().all(|r| r.journal().1 == 0)
     });
 }
+
+/// Unit `n` of job "bench": a 64x64x64 int8 GEMM (benches).
+pub fn bench_unit(n: u64) -> rigd_protocol::WorkUnit {
+    rigd_protocol::WorkUnit {
+        job: rigd_protocol::JobId::new("bench").unwrap(),
+        unit: n,
+        attempt: 0,
+        kind: rigd_protocol::UnitKind::GemmI8 {
+            seed: n,
+            m: 64,
+            n: 64,
+            k: 64,
+        },
+    }
+}
+
+/// `unit` finished on card SIM-bench-0, as the supervisor journals it (benches).
+pub fn bench_completion(unit: &rigd_protocol::WorkUnit) -> rigd::journal::Completion {
+    rigd::journal::Completion {
+        unit: unit.clone(),
+        card: rigd_protocol::GpuUuid::new("SIM-bench-0").unwrap(),
+        output: rigd_protocol::UnitOutput::GemmI8 {
+            c_digest: [unit.unit as u8; 32],
+        },
+        work: 524_288,
+        started_ms: 1,
+        finished_ms: 2,
+        governor_level: 0,
+    }
+}
