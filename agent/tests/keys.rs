@@ -5,13 +5,15 @@ mod common;
 
 use std::path::Path;
 
-/// Writes a rig.conf naming `key` in `dir` and returns a runner of `rigd keys ACTION`.
-fn keys_cli(dir: &Path, key: &str) -> impl Fn(&str) -> String {
+/// Writes a rig.conf naming `key` (none: the default key) in `dir` and returns a runner of
+/// `rigd keys ACTION`.
+fn keys_cli(dir: &Path, key: Option<&str>) -> impl Fn(&str) -> String {
+    let key = key.map_or(String::new(), |key| format!("key = \"{key}\"\n"));
     let conf = dir.join("rig.conf");
     std::fs::write(
         &conf,
         format!(
-            "rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"{}\"\nallow_software_key = true\nkey = \"{key}\"\n",
+            "rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"{}\"\nallow_software_key = true\n{key}",
             dir.display()
         ),
     )
@@ -42,7 +44,7 @@ fn rigd_keys_attest_shows_the_tpm_handle_name_and_that_the_key_cannot_leave_the_
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let tpm = common::swtpm::Swtpm::start(state.path());
-    let run = keys_cli(dir.path(), &format!("tpm:{}", tpm.rest()));
+    let run = keys_cli(dir.path(), Some(&format!("tpm:{}", tpm.rest())));
     let show = run("show");
     let attest = run("attest");
     assert_eq!(
@@ -90,7 +92,7 @@ fn rigd_keys_attest_shows_the_tpm_handle_name_and_that_the_key_cannot_leave_the_
 #[test]
 fn rigd_keys_attest_of_a_software_key_attests_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let attest = keys_cli(dir.path(), "file:k")("attest");
+    let attest = keys_cli(dir.path(), Some("file:k"))("attest");
     assert!(attest.contains("attestation: none"), "{attest}");
     assert!(attest.contains("software, not hardware-held"), "{attest}");
 }
@@ -98,38 +100,13 @@ fn rigd_keys_attest_of_a_software_key_attests_nothing() {
 #[test]
 fn rigd_keys_init_creates_the_key_and_show_prints_the_same_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("rig.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"{}\"\nallow_software_key = true\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let run = |action: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rigd"))
-            .args(["--config", conf.to_str().unwrap(), "keys", action])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = keys_cli(dir.path(), None);
     let init = run("init");
     let show = run("show");
     assert!(
         init.contains("key ready") && init.contains("address:    0x"),
         "{init}"
     );
-    let line = |text: &str, what: &str| {
-        text.lines()
-            .find(|l| l.starts_with(what))
-            .map(str::to_owned)
-    };
     assert_eq!(line(&init, "public key"), line(&show, "public key"));
     assert!(show.contains("software, not hardware-held"), "{show}");
 }
