@@ -326,43 +326,34 @@ impl RigProcess {
 
     /// (highest journaled seq, receipts not acknowledged), read from the journal.
     pub fn journal(&self) -> (u64, u64) {
-        let path = self.dir.join("journal.db");
-        let Ok(db) = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        ) else {
-            return (0, 0);
-        };
-        let last: i64 = db
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM receipts", [], |r| {
-                r.get(0)
-            })
-            .unwrap_or(0);
-        let acked: i64 = db
-            .query_row(
+        self.read_journal(|db| {
+            let last = scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM receipts");
+            let acked = scalar(
+                db,
                 "SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap_or(0);
-        (last as u64, (last - acked).max(0) as u64)
+            );
+            (last as u64, (last - acked).max(0) as u64)
+        })
     }
 
     /// Receipts journaled but in no signed batch yet, and signed batches not acknowledged yet
     /// (read from the journal, as a kill left it).
     pub fn unsigned_and_unacked(&self) -> (u64, u64) {
-        let path = self.dir.join("journal.db");
-        let Ok(db) = rusqlite::Connection::open_with_flags(
-            &path,
+        self.read_journal(|db| {
+            (
+                scalar(db, "SELECT COUNT(*) FROM receipts WHERE batch IS NULL") as u64,
+                scalar(db, "SELECT COUNT(*) FROM batches WHERE acked = 0") as u64,
+            )
+        })
+    }
+
+    /// `read` over the journal opened read-only; (0, 0) while there is no journal yet.
+    fn read_journal(&self, read: impl FnOnce(&rusqlite::Connection) -> (u64, u64)) -> (u64, u64) {
+        rusqlite::Connection::open_with_flags(
+            self.dir.join("journal.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        ) else {
-            return (0, 0);
-        };
-        let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0) as u64;
-        (
-            count("SELECT COUNT(*) FROM receipts WHERE batch IS NULL"),
-            count("SELECT COUNT(*) FROM batches WHERE acked = 0"),
         )
+        .map_or((0, 0), |db| read(&db))
     }
 
     /// Worker processes of this rigd (children in /proc).
@@ -582,4 +573,9 @@ pub fn bench_completion(unit: &rigd_protocol::WorkUnit) -> rigd::journal::Comple
         finished_ms: 2,
         governor_level: 0,
     }
+}
+
+/// The one integer `sql` returns; 0 when the query fails (a journal still being created).
+fn scalar(db: &rusqlite::Connection, sql: &str) -> i64 {
+    db.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
 }
