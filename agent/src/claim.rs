@@ -6,7 +6,7 @@
 //! in the key store (rcgen with a remote key: the key store signs).
 
 use crate::config::{ProvisionConfig, RigTls};
-use crate::keys::{self, KeyStore};
+use crate::keys::KeyStore;
 use crate::provision::{State, Step};
 use crate::{RigConfig, RunError};
 use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
@@ -202,11 +202,7 @@ pub async fn provision(
         .ok_or_else(|| RunError::Runtime("broker is not host:port".into()))?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| runtime(&config.state_dir.display().to_string(), e))?;
-    let receipt_key: Arc<dyn KeyStore> = Arc::from(keys::open(
-        &config.key,
-        &config.state_dir,
-        config.allow_software_key,
-    )?);
+    let receipt_key: Arc<dyn KeyStore> = Arc::new(config.open_key(&config.key)?);
     let tls_key = crate::tls::open_key(&config, &receipt_key)?;
     let PublicKey::P256(sec1) = tls_key.public_key() else {
         return Err(runtime("TLS key", "not P-256"));

@@ -115,6 +115,10 @@ pub struct RigConfig {
     /// optionally `?curve=secp256k1|p256`.
     #[serde(default = "default_key")]
     pub key: String,
+    /// The longest one call into a key store (open, signature) may take before rigd gives up
+    /// on it, drops its connection and reopens it with backoff, ms.
+    #[serde(default = "default_key_timeout_ms")]
+    pub key_timeout_ms: u64,
     /// Must be `true` for a `file:` key: software keys are for development only.
     #[serde(default)]
     pub allow_software_key: bool,
@@ -245,6 +249,9 @@ pub struct RigTls {
 fn default_key() -> String {
     "file:receipt-key".into()
 }
+fn default_key_timeout_ms() -> u64 {
+    10_000
+}
 fn default_gpu() -> GpuBackend {
     GpuBackend::Sim
 }
@@ -325,6 +332,7 @@ impl RigConfig {
             broker: format!("{broker_host}:{broker_port}"),
             state_dir,
             key: default_key(),
+            key_timeout_ms: default_key_timeout_ms(),
             allow_software_key: true,
             gpu: GpuBackend::Sim,
             sim_gpus: gpus,
@@ -347,6 +355,20 @@ impl RigConfig {
             tls_key: None,
             provision: None,
         }
+    }
+
+    /// Opens the key named by `uri` as rigd holds its keys: every call bounded by
+    /// `key_timeout_ms`, the store reopened after a failure.
+    pub fn open_key(
+        &self,
+        uri: &str,
+    ) -> Result<crate::keys::guard::GuardedKey, crate::keys::KeyError> {
+        crate::keys::open_guarded(
+            uri,
+            &self.state_dir,
+            self.allow_software_key,
+            std::time::Duration::from_millis(self.key_timeout_ms),
+        )
     }
 
     /// The trusted operator keys.
@@ -454,6 +476,12 @@ impl RigConfig {
                     "card {} does not exist (sim_gpus = {})",
                     f.card, self.sim_gpus
                 ),
+            );
+        }
+        if !(100..=600_000).contains(&self.key_timeout_ms) {
+            return bad(
+                "key_timeout_ms",
+                format!("{} is outside 100..=600000", self.key_timeout_ms),
             );
         }
         if self.max_unacked_receipts == 0 {

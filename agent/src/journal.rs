@@ -36,7 +36,7 @@ pub enum JournalError {
     Sql(#[from] rusqlite::Error),
     /// The key store refused to sign a batch.
     #[error("cannot sign a receipt batch: {0}")]
-    Sign(String),
+    Sign(#[source] crate::keys::KeyError),
     /// A signed batch no longer matches the unbatched receipts (another batch took them).
     #[error("batch at seq {first_seq} does not match the unbatched receipts")]
     Stale {
@@ -120,7 +120,7 @@ pub fn seal_next(
     let started = std::time::Instant::now();
     let signature = key
         .sign_digest(&header.signing_digest())
-        .map_err(|e| JournalError::Sign(e.to_string()))?;
+        .map_err(JournalError::Sign)?;
     let took = started.elapsed();
     let mut j = lock()?;
     j.store_batch(&header, &signature)?;
@@ -338,7 +338,7 @@ impl Journal {
         while let Some(header) = self.next_batch(max)? {
             let signature = key
                 .sign_digest(&header.signing_digest())
-                .map_err(|e| JournalError::Sign(e.to_string()))?;
+                .map_err(JournalError::Sign)?;
             self.store_batch(&header, &signature)?;
         }
         Ok(())

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod governor;
 pub mod gpu;
+pub mod hold;
 pub mod journal;
 pub mod keys;
 pub mod link;

@@ -1,6 +1,7 @@
 //! `rigd`: the rig agent's entry point.
 
 use clap::{Parser, Subcommand};
+use rigd::keys::KeyStore;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -118,7 +119,7 @@ async fn wait_for_signal() {
 /// `rigd keys init|show|attest`. Opening a key creates it where the backend creates keys on first
 /// use (TPM, PKCS#11 token, YubiHSM2, file), so `init` and `show` differ only in wording.
 fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
-    let key = match rigd::keys::open(&config.key, &config.state_dir, config.allow_software_key) {
+    let key = match config.open_key(&config.key) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("rigd: {e}");
@@ -151,7 +152,7 @@ fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
         }
     }
     if let Some(uri) = config.tls_key.as_ref().filter(|u| **u != config.key) {
-        match rigd::keys::open(uri, &config.state_dir, config.allow_software_key) {
+        match config.open_key(uri) {
             Ok(k) => println!("tls key:    {} ({})", k.public_key(), k.describe()),
             Err(e) => {
                 eprintln!("rigd: tls_key: {e}");

@@ -4,7 +4,7 @@
 //! Outside systemd (no `NOTIFY_SOCKET`) every call does nothing. Worker processes inherit the
 //! socket's variable but systemd only listens to the main process (`NotifyAccess=main`).
 
-use rigd_protocol::RigStatus;
+use rigd_protocol::{KeyHealth, RigStatus};
 use sd_notify::NotifyState;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,8 +83,12 @@ pub fn status_line(text: &str) {
 /// The status line: state, cards, units, receipts.
 pub fn summary(s: &RigStatus) -> String {
     let state = format!("{:?}", s.state).to_lowercase();
+    let key = match &s.key_health {
+        KeyHealth::Answering => String::new(),
+        KeyHealth::Unresponsive { .. } => format!("; KEY STORE {}", s.key_health),
+    };
     format!(
-        "{state}: {} card(s), {} unit(s) running, {} queued, receipts journaled to seq {}, {} unacknowledged",
+        "{state}: {} card(s), {} unit(s) running, {} queued, receipts journaled to seq {}, {} unacknowledged{key}",
         s.cards.len(),
         s.units_running,
         s.units_queued,

@@ -11,6 +11,7 @@ use crate::cards::{run_card, CardEvent, CardHandle, CardSettings, WorkerCommand}
 use crate::config::{GpuBackend, RigConfig};
 use crate::gpu::nvml::NvmlGpu;
 use crate::gpu::{Gpu, SimGpu};
+use crate::hold::{Holds, Point};
 use crate::journal::{self, Completion, Journal, JournalError, JournalStats, Sealed};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
@@ -54,6 +55,7 @@ struct Rig {
     draining_since: Option<Instant>,
     started_ms: u64,
     commands: commands::CommandState,
+    holds: Holds,
 }
 
 /// The cards of the configured backend. With `nvml` and no usable driver, the rig runs with
@@ -107,11 +109,7 @@ pub async fn run(
         .ok_or_else(|| RunError::Runtime("broker is not host:port".into()))?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| RunError::Runtime(format!("state dir {}: {e}", config.state_dir.display())))?;
-    let key: Arc<dyn KeyStore> = Arc::from(keys::open(
-        &config.key,
-        &config.state_dir,
-        config.allow_software_key,
-    )?);
+    let key: Arc<dyn KeyStore> = Arc::new(config.open_key(&config.key)?);
     match keys::check_identity(&config.state_dir, &key.public_key())? {
         keys::Identity::New => {
             tracing::info!(key = %key.public_key(), "this key is now the rig's identity")
@@ -203,6 +201,7 @@ pub async fn run(
         draining_since: None,
         started_ms,
         commands: command_state,
+        holds: Holds::from_env(),
         config,
     };
     rig.start_seal();
@@ -304,6 +303,7 @@ fn offline_status(config: &RigConfig, key: &dyn KeyStore, started_ms: u64) -> Ri
             .chars()
             .take(rigd_protocol::MAX_TEXT)
             .collect(),
+        key_health: key.health(),
         state: RigState::Offline,
         cards: vec![],
         units_running: 0,
@@ -348,6 +348,10 @@ impl Rig {
                 }
             }
             Some((rig, Channel::Acks)) if rig == self.config.rig_id => {
+                if self.holds.held(Point::Acks) {
+                    tracing::info!("an acknowledgement dropped unread (held by a test)");
+                    return Ok(());
+                }
                 match decode::<Ack>(&p.payload) {
                     Ok(ack) if ack.rig == self.config.rig_id => {
                         for first in &ack.batches {
@@ -422,13 +426,15 @@ impl Rig {
         self.seal_at = None;
         match self.batcher.poll(Instant::now()) {
             Decision::Seal(max) => {
-                let (journal, key, tx) = (
+                let (journal, key, tx, holds) = (
                     self.journal.clone(),
                     self.key.clone(),
                     self.sealed_tx.clone(),
+                    self.holds.clone(),
                 );
                 tokio::spawn(async move {
                     let done = tokio::task::spawn_blocking(move || {
+                        holds.wait(Point::Signing);
                         journal::seal_next(&journal, key.as_ref(), max).map_err(RunError::from)
                     })
                     .await
@@ -461,7 +467,12 @@ impl Rig {
             }
             Err(RunError::Journal(JournalError::Sign(e))) => {
                 self.batcher.failed(now);
-                tracing::error!(error = %e, waiting = self.batcher.waiting(), "the key could not sign a receipt batch; the receipts stay journaled and are signed later");
+                let waiting = self.batcher.waiting();
+                if matches!(e, keys::KeyError::Backoff { .. }) {
+                    tracing::debug!(error = %e, waiting, "receipts wait for the key store");
+                } else {
+                    tracing::error!(error = %e, waiting, "the key could not sign a receipt batch; the receipts stay journaled and are signed later");
+                }
             }
             Err(e) => return Err(e),
         }

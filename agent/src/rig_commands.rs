@@ -255,6 +255,7 @@ impl Rig {
         Diagnostics {
             agent_version: status.agent_version,
             key_backend: status.key_backend,
+            key_health: status.key_health,
             units_queued: status.units_queued,
             units_running: status.units_running,
             seq_journaled: status.seq_journaled,

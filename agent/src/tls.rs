@@ -5,7 +5,7 @@
 //! [`KeyStore::sign_digest`], so a TPM, HSM or PKCS#11 key never leaves its store. TLS knows
 //! no secp256k1: the TLS key must be P-256.
 
-use crate::keys::{self, KeyError, KeyStore};
+use crate::keys::{KeyError, KeyStore};
 use crate::{RigConfig, RunError};
 use rigd_protocol::PublicKey;
 use rigd_tls::{ClientIdentity, DigestSigner};
@@ -36,11 +36,7 @@ pub fn open_key(
     receipt_key: &Arc<dyn KeyStore>,
 ) -> Result<Arc<dyn KeyStore>, KeyError> {
     let key = match &config.tls_key {
-        Some(uri) if *uri != config.key => Arc::from(keys::open(
-            uri,
-            &config.state_dir,
-            config.allow_software_key,
-        )?),
+        Some(uri) if *uri != config.key => Arc::new(config.open_key(uri)?),
         _ => receipt_key.clone(),
     };
     match key.public_key() {
@@ -75,6 +71,7 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys;
     use std::path::Path;
 
     fn config(dir: &Path, extra: &str) -> RigConfig {

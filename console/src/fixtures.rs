@@ -22,6 +22,7 @@ pub fn status(rig: &str, cards: u32) -> RigStatus {
         agent_version: "0.1.0".into(),
         pubkey: PublicKey::Secp256k1(vec![2; 33]),
         key_backend: "file (software, not hardware-held)".into(),
+        key_health: rigd_protocol::KeyHealth::Answering,
         state: RigState::Working,
         cards: (0..cards)
             .map(|index| CardInfo {

@@ -75,8 +75,9 @@ fn result(rig: &RigId, outcome: &Outcome, elapsed_ms: Option<u64>) -> RigResult 
         Outcome::Diagnostics(d) => (
             "diagnostics",
             format!(
-                "rigd {}, {} cards (levels {:?}), journaled {}, unacked {}, held {}, commands {} accepted / {} refused",
+                "rigd {}, key store {}, {} cards (levels {:?}), journaled {}, unacked {}, held {}, commands {} accepted / {} refused",
                 d.agent_version,
+                d.key_health,
                 d.cards.len(),
                 d.cards.iter().map(|c| c.governor_level).collect::<Vec<_>>(),
                 d.seq_journaled,

@@ -70,6 +70,8 @@ pub struct RigRow {
     pub last_seen_age_ms: Option<u64>,
     /// Where its signing key lives.
     pub key_backend: Option<String>,
+    /// Whether that key store answers (`answering`, or `unresponsive (...)`).
+    pub key_health: Option<String>,
     /// rigd's version.
     pub agent_version: Option<String>,
 }
@@ -101,6 +103,7 @@ pub fn status(view: &FleetView, now_ms: u64) -> StatusReport {
                 last_seen_ms: Some(s.sent_ms),
                 last_seen_age_ms: Some(now_ms.saturating_sub(s.sent_ms)),
                 key_backend: Some(s.key_backend.clone()),
+                key_health: Some(s.key_health.to_string()),
                 agent_version: Some(s.agent_version.clone()),
             },
             None => RigRow {
@@ -115,6 +118,7 @@ pub fn status(view: &FleetView, now_ms: u64) -> StatusReport {
                 last_seen_ms: v.telemetry.as_ref().map(|t| t.at_ms),
                 last_seen_age_ms: v.telemetry.as_ref().map(|t| now_ms.saturating_sub(t.at_ms)),
                 key_backend: None,
+                key_health: None,
                 agent_version: None,
             },
         })

@@ -122,6 +122,7 @@ pub fn status(report: &StatusReport) -> String {
         ("UNACKED", true),
         ("LAST SEEN", false),
         ("KEY", false),
+        ("KEY STORE", false),
     ]);
     for r in &report.rigs {
         t.row(vec![
@@ -135,6 +136,7 @@ pub fn status(report: &StatusReport) -> String {
             opt(r.unacked),
             opt(r.last_seen_age_ms.map(age)),
             opt(r.key_backend.as_deref().map(clean)),
+            opt(r.key_health.as_deref().map(clean)),
         ]);
     }
     out.push_str(&t.render());
@@ -296,7 +298,8 @@ mod tests {
                 "JOURNALED",
                 "UNACKED",
                 "LAST SEEN",
-                "KEY"
+                "KEY",
+                "KEY STORE"
             ]
         );
         assert_eq!(lines.len(), 4);
@@ -305,6 +308,7 @@ mod tests {
         assert!(lines[2].contains("working"));
         assert!(lines[2].contains("3s ago"));
         assert!(lines[3].contains("file (software, not hardware-held)"));
+        assert!(lines[3].contains("answering"));
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn status(rig: &str, cards: u32, state: RigState) -> RigStatus {
         agent_version: "0.1.0".into(),
         pubkey: PublicKey::Secp256k1(vec![2; 33]),
         key_backend: "file (software, not hardware-held)".into(),
+        key_health: rigd_protocol::KeyHealth::Answering,
         state,
         cards: (0..cards)
             .map(|index| CardInfo {

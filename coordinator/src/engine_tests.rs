@@ -48,6 +48,7 @@ fn status(rig: &TestRig, cards: usize, state: RigState) -> RigStatus {
         agent_version: "test".into(),
         pubkey: rig.pubkey(),
         key_backend: "file".into(),
+        key_health: rigd_protocol::KeyHealth::Answering,
         state,
         cards: (0..cards)
             .map(|i| CardInfo {

@@ -86,6 +86,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             pubkey: PublicKey::Secp256k1(vec![2; 33]),
             key_backend: "file".into(),
+            key_health: rigd_protocol::KeyHealth::Answering,
             state: RigState::Idle,
             cards: vec![],
             units_running: 0,

@@ -402,6 +402,8 @@ pub struct Diagnostics {
     pub agent_version: String,
     /// Where the receipt key lives.
     pub key_backend: String,
+    /// Whether that key store answers.
+    pub key_health: crate::messages::KeyHealth,
     /// Units queued for a card.
     pub units_queued: u32,
     /// Units running.
@@ -482,6 +484,7 @@ impl Frame for CommandReply {
                 cap("cards", d.cards.len(), MAX_CARDS)?;
                 long("agent_version", &d.agent_version)?;
                 long("key_backend", &d.key_backend)?;
+                d.key_health.validate()?;
                 d.cards.iter().try_for_each(|c| {
                     long("card name", &c.name)?;
                     c.quarantined

@@ -40,6 +40,43 @@ pub enum RigState {
     Offline,
 }
 
+/// Whether the rig's key store answers (TPM, PKCS#11 token, HSM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyHealth {
+    /// The last call answered in time.
+    Answering,
+    /// Calls to the key store fail or pass their deadline; rigd reopens its connection with
+    /// backoff while receipts wait, journaled, for their signature.
+    Unresponsive {
+        /// When the first failure of this run of failures happened, Unix ms.
+        since_ms: u64,
+        /// Failed calls and reopen attempts in a row.
+        failures: u32,
+        /// The last failure, as the key store or the deadline put it.
+        reason: String,
+    },
+}
+
+impl KeyHealth {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        match self {
+            KeyHealth::Answering => Ok(()),
+            KeyHealth::Unresponsive { reason, .. } => text("key health reason", reason),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyHealth::Answering => f.write_str("answering"),
+            KeyHealth::Unresponsive {
+                failures, reason, ..
+            } => write!(f, "unresponsive ({failures} failures: {reason})"),
+        }
+    }
+}
+
 /// One card as inventoried at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardInfo {
@@ -66,6 +103,8 @@ pub struct RigStatus {
     pub pubkey: PublicKey,
     /// Where that key lives (e.g. `file (software, not hardware-held)`).
     pub key_backend: String,
+    /// Whether that key store answers.
+    pub key_health: KeyHealth,
     /// Overall state.
     pub state: RigState,
     /// Cards found.
@@ -91,6 +130,7 @@ impl Frame for RigStatus {
         cap("cards", self.cards.len(), MAX_CARDS)?;
         text("agent_version", &self.agent_version)?;
         text("key_backend", &self.key_backend)?;
+        self.key_health.validate()?;
         self.cards
             .iter()
             .try_for_each(|c| text("card name", &c.name))

@@ -7,13 +7,14 @@
 //! checks (`conformance.rs`, tests only).
 
 pub mod file;
+pub mod guard;
 pub mod pkcs11;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod yubihsm;
 
 use rigd_protocol::digest::Hash32;
-use rigd_protocol::{PublicKey, Signature};
+use rigd_protocol::{KeyHealth, PublicKey, Signature};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -62,6 +63,14 @@ pub enum KeyError {
     /// The signer failed.
     #[error("signing failed: {0}")]
     Sign(String),
+    /// The key store failed a moment ago and is not asked again before its backoff ends.
+    #[error("the key store is reopened in {retry_in_ms} ms (it failed: {reason})")]
+    Backoff {
+        /// How long until the next attempt.
+        retry_in_ms: u64,
+        /// The failure that started the wait.
+        reason: String,
+    },
 }
 
 /// A key that signs 32-byte digests and never shows its private part.
@@ -76,6 +85,10 @@ pub trait KeyStore: Send + Sync {
     /// lines; empty where the backend has nothing to attest.
     fn attest(&self) -> Result<Vec<(&'static str, String)>, KeyError> {
         Ok(vec![])
+    }
+    /// Whether the key store answers; a store without a connection to lose always does.
+    fn health(&self) -> KeyHealth {
+        KeyHealth::Answering
     }
 }
 
@@ -105,7 +118,24 @@ impl KeyStore for Slow {
     }
 }
 
-/// Opens the key named by `uri`; relative `file:` paths are under `state_dir`.
+/// Opens the key named by `uri` behind a deadline of `deadline` per call, reopening its
+/// store after a failure ([`guard::GuardedKey`]); relative `file:` paths are under
+/// `state_dir`. This is how rigd holds its keys.
+pub fn open_guarded(
+    uri: &str,
+    state_dir: &Path,
+    allow_software: bool,
+    deadline: Duration,
+) -> Result<guard::GuardedKey, KeyError> {
+    let (uri, state_dir) = (uri.to_owned(), state_dir.to_owned());
+    guard::GuardedKey::open(
+        Box::new(move || open(&uri, &state_dir, allow_software)),
+        guard::Timing::with_deadline(deadline),
+    )
+}
+
+/// Opens the key named by `uri` with no deadline on its calls; relative `file:` paths are
+/// under `state_dir`.
 pub fn open(
     uri: &str,
     state_dir: &Path,
