@@ -225,9 +225,33 @@ pub struct RigProcess {
     pub dir: PathBuf,
     pub conf: PathBuf,
     child: Option<Child>,
+    /// Environment variables of every start.
+    env: Vec<(String, String)>,
 }
 
 impl RigProcess {
+    /// [`Self::start`] with environment variables that every start of this rigd gets.
+    pub fn start_env(
+        rig: &str,
+        port: u16,
+        gpus: u32,
+        dir: &Path,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let text = format!(
+            "rig_id = \"{rig}\"\n{}",
+            Self::base_conf(port, gpus, dir, extra)
+        );
+        let mut p = Self::new(rig, dir, &text);
+        p.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        p.spawn();
+        p
+    }
+
     /// Writes rig.conf (plus `extra` lines) under `dir` and starts rigd.
     pub fn start(rig: &str, port: u16, gpus: u32, dir: &Path, extra: &str) -> Self {
         Self::start_conf(
@@ -255,17 +279,23 @@ impl RigProcess {
 
     /// [`Self::start_conf`] with extra environment variables for this first start only.
     pub fn start_conf_env(rig: &str, dir: &Path, text: &str, env: &[(&str, &str)]) -> Self {
+        let mut p = Self::new(rig, dir, text);
+        p.spawn_env(env);
+        p
+    }
+
+    /// Writes `text` as rig.conf under `dir`; starts nothing.
+    fn new(rig: &str, dir: &Path, text: &str) -> Self {
         std::fs::create_dir_all(dir).expect("state dir");
         let conf = dir.join("rig.conf");
         std::fs::write(&conf, text).expect("write rig.conf");
-        let mut p = RigProcess {
+        RigProcess {
             rig: rig.into(),
             dir: dir.to_owned(),
             conf,
             child: None,
-        };
-        p.spawn_env(env);
-        p
+            env: vec![],
+        }
     }
 
     fn spawn(&mut self) {
@@ -278,6 +308,7 @@ impl RigProcess {
             "RUST_LOG",
             std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
         );
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.envs(env.iter().copied());
         self.child = Some(spawn_logged(cmd, &self.dir.join("rigd.log")));
     }
