@@ -18,14 +18,9 @@ use rigd::batcher::{Batcher, Decision};
 use rigd::journal::Journal;
 use rigd::keys::{self, KeyStore};
 use rigd_protocol::RigId;
-use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "bench-pin-1234";
 
 fn signatures_per_second(key: &dyn KeyStore, n: u32) -> f64 {
     let t0 = Instant::now();
@@ -96,38 +91,13 @@ fn receipts_per_second(key: Arc<dyn KeyStore>, total: u64, batch_max: u32) -> (f
     (rate, signatures, largest)
 }
 
-/// A fresh SoftHSM2 token in `dir` (SoftHSM2 reads `SOFTHSM2_CONF` once per process).
-fn softhsm_token(dir: &Path, label: &str) {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let ok = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label, "--pin", PIN])
-        .args(["--so-pin", "bench-so-4321"])
-        .output()
-        .expect("softhsm2-util (Debian softhsm2)")
-        .status
-        .success();
-    assert!(ok, "softhsm2-util --init-token failed");
-}
-
 fn main() {
     let state = tempfile::tempdir().unwrap();
     let tpm = common::swtpm::Swtpm::start(state.path());
-    let hsm = tempfile::tempdir().unwrap();
-    softhsm_token(hsm.path(), "bench");
-    let pkcs11 = |curve: &str| {
-        format!("pkcs11:token=bench;object=key-{curve}?module-path={SOFTHSM_MODULE}&pin-value={PIN}&curve={curve}")
-    };
+    // SoftHSM2 reads SOFTHSM2_CONF once per process, before the first token is opened.
+    let hsm = common::softhsm::SoftHsm::new("bench");
+    std::env::set_var("SOFTHSM2_CONF", hsm.conf());
+    let pkcs11 = |curve: &str| hsm.uri_curve(&format!("key-{curve}"), curve);
     let keydir = tempfile::tempdir().unwrap();
     let backends: Vec<(&str, String, u32)> = vec![
         ("file secp256k1", "file:k1".into(), 256),

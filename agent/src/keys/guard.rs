@@ -5,9 +5,9 @@
 //! [`GuardedKey`] runs the key store on a thread of its own (one per connection: TCTI context,
 //! PKCS#11 session, HSM connector) and waits for each answer at most its deadline. A call that
 //! fails or passes the deadline drops the connection; the next call after a backoff
-//! ([`Timing`]: 1 s doubling to 30 s in rigd) opens a new one, checks that it holds the same key, and signs again. The
-//! caller (the batcher) retries, so receipts stay journaled meanwhile and are signed once the
-//! store answers.
+//! ([`Timing`]: 1 s doubling to 30 s in rigd) opens a new one, checks that it holds the same
+//! key, and signs again. The caller (the batcher) retries, so receipts stay journaled
+//! meanwhile and are signed once the store answers.
 //!
 //! A thread stuck in a call cannot be stopped from outside; it is abandoned and ends once the
 //! call returns (closing its connection). At most [`MAX_THREADS`] connection threads exist at
