@@ -19,6 +19,9 @@ pub enum Point {
     /// File `acks`: the coordinator's acknowledgements are dropped unread; signed batches stay
     /// unacknowledged in the outbox (the coordinator acknowledges them again on resend).
     Acks,
+    /// File `computing`: a worker that received a unit holds before it computes it; the unit
+    /// stays in flight.
+    Computing,
 }
 
 impl Point {
@@ -27,6 +30,7 @@ impl Point {
         match self {
             Point::Signing => "signing",
             Point::Acks => "acks",
+            Point::Computing => "computing",
         }
     }
 }

@@ -193,9 +193,15 @@ pub fn serve_stdio() -> ExitCode {
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
     let mut worker = Worker::default();
+    let holds = crate::hold::Holds::from_env();
     loop {
         match read_frame::<_, Request>(&mut input) {
             Ok(Some(req)) => {
+                if holds.held(crate::hold::Point::Computing) {
+                    // The worker has no log of its own: its stderr is rigd's.
+                    eprintln!("rigd worker: unit {} held by a test", req.unit.unit);
+                    holds.wait(crate::hold::Point::Computing);
+                }
                 let Some(reply) = worker.handle(&req) else {
                     eprintln!("rigd worker: injected crash");
                     return ExitCode::from(101);

@@ -322,8 +322,12 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_and_resum
         coordinator.seqs("rig-d"),
         (1..=journaled).collect::<Vec<_>>()
     );
-    // Idle: no unit starts while drained, though units wait for the rig.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Idle: no unit starts while drained, though units wait for the rig, over five turns of
+    // rigd's main loop (five status reports).
+    common::watch_statuses(broker.port, "rig-d", 5, 30, |row| {
+        assert_eq!(row["running"], 0, "a unit ran while drained: {row}");
+        assert!(row["queued"].as_u64() > Some(0), "no unit waits: {row}");
+    });
     assert_eq!(rig.journal().0, journaled, "a unit ran while drained");
     let (out, json) = rigctl(broker.port, &key, &["resume", "rig-d"]);
     assert!(out.status.success(), "{out:?}\n{json}");

@@ -22,7 +22,9 @@ fn with_gpu_nvml_and_no_driver_rigd_says_so_and_keeps_running_with_no_cards() {
     wait_until("connected with no cards", 20, || {
         rig.log().contains("rigd started") && rig.log().contains("cards=0")
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    common::watch_statuses(broker.port, "rig-nodriver", 3, 20, |row| {
+        assert_eq!(row["cards"], 0, "{row}");
+    });
     assert!(rig.alive(), "rigd stopped without a driver:\n{}", rig.log());
     assert_eq!(rig.terminate(), Some(0), "{}", rig.log());
 }

@@ -10,22 +10,14 @@
 
 mod common;
 
-use common::{wait_job_done, wait_until, workspace_bin, Coordinator, Mosquitto, RigProcess};
+use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd::hold::{Point, TEST_HOLD_DIR_ENV};
 use std::path::Path;
-use std::process::Command;
 
 /// The rig's key health as `rigctl --json status` shows it.
 fn key_health(port: u16, rig: &str) -> String {
-    let out = Command::new(workspace_bin("rigctl"))
-        .args(["--broker", &format!("127.0.0.1:{port}"), "--json", "status"])
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    json["rigs"]
-        .as_array()
-        .and_then(|rigs| rigs.iter().find(|r| r["rig"] == rig))
-        .and_then(|r| r["key_health"].as_str())
+    common::status_row(port, rig)["key_health"]
+        .as_str()
         .unwrap_or_default()
         .to_owned()
 }

@@ -183,6 +183,43 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// The rig's row of `rigctl --json status` (`Null` while it has none): what an operator sees.
+pub fn status_row(port: u16, rig: &str) -> serde_json::Value {
+    let out = Command::new(workspace_bin("rigctl"))
+        .args(["--broker", &format!("127.0.0.1:{port}"), "--json", "status"])
+        .output()
+        .expect("run rigctl");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    json["rigs"]
+        .as_array()
+        .and_then(|rigs| rigs.iter().find(|r| r["rig"] == rig))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until rigd has published `count` more status reports (each from a later turn of its
+/// main loop) and checks `each` on every one seen; the way to show that something does *not*
+/// happen over a stretch of rigd's own work, instead of sleeping.
+pub fn watch_statuses(
+    port: u16,
+    rig: &str,
+    count: usize,
+    secs: u64,
+    mut each: impl FnMut(&serde_json::Value),
+) {
+    let mut seen = std::collections::BTreeSet::new();
+    let first = status_row(port, rig)["last_seen_ms"].as_u64().unwrap_or(0);
+    wait_until(&format!("{count} status reports of {rig}"), secs, || {
+        let row = status_row(port, rig);
+        if let Some(at) = row["last_seen_ms"].as_u64().filter(|at| *at > first) {
+            if seen.insert(at) {
+                each(&row);
+            }
+        }
+        seen.len() >= count
+    });
+}
+
 /// Spawns `cmd` with its stderr appended to `log` and its stdout discarded.
 pub fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
