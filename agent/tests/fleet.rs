@@ -87,9 +87,11 @@ fn a_broker_outage_queues_receipts_durably_and_they_drain_afterwards() {
     wait_until("work under way", 30, || coordinator.credited().len() >= 20);
     broker.stop();
     let before = (a.journal().0, b.journal().0);
-    wait_until("both rigs to keep computing with the broker down", 60, || {
-        a.journal().0 >= before.0 + 3 && b.journal().0 >= before.1 + 3
-    });
+    wait_until(
+        "both rigs to keep computing with the broker down",
+        60,
+        || a.journal().0 >= before.0 + 3 && b.journal().0 >= before.1 + 3,
+    );
     assert!(
         a.journal().1 >= 3 && b.journal().1 >= 3,
         "receipts wait in the outbox during the outage"
