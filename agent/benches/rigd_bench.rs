@@ -36,8 +36,14 @@ fn overhead_per_unit(units: u64) -> (Duration, Duration) {
         let bytes = batches.iter().map(|b| encode(b).len()).sum::<usize>();
         times.push(t0.elapsed());
         assert!(bytes > 0);
-        let firsts: Vec<u64> = batches.iter().map(|b| b.header.first_seq).collect();
-        j.ack(&firsts).unwrap();
+        let acked: Vec<_> = batches
+            .iter()
+            .map(|b| rigd_protocol::AckedBatch {
+                first_seq: b.header.first_seq,
+                digest: b.header.signing_digest(),
+            })
+            .collect();
+        j.ack(&acked).unwrap();
     }
     times.sort();
     (percentile(&times, 0.5), percentile(&times, 0.99))

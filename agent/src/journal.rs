@@ -20,10 +20,15 @@
 
 use crate::keys::KeyStore;
 use rigd_protocol::{
-    BatchHeader, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RigId, Signature, UnitOutput,
-    WorkUnit,
+    AckedBatch, BatchHeader, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RigId, Signature,
+    UnitOutput, WorkUnit,
 };
 use rusqlite::{params, Connection, OptionalExtension};
+
+/// The most units the inbox holds. The coordinator leases `cards x units_per_card` units at
+/// a time (24 for an 8-card rig at its default), so only a broken or hostile sender reaches
+/// this.
+pub const MAX_INBOX: u64 = 4096;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
@@ -178,6 +183,7 @@ impl Journal {
     /// The inbox is committed without waiting for the disk (`synchronous=NORMAL`): a kill -9
     /// loses nothing, and a unit lost to a power cut is reassigned when its lease expires.
     /// Receipts and batches are committed with `synchronous=FULL`.
+    /// At most [`MAX_INBOX`] units wait in the inbox; more are refused unjournaled.
     pub fn add_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
         self.db.pragma_update(None, "synchronous", "NORMAL")?;
         let added = self.insert_units(units);
@@ -188,7 +194,14 @@ impl Journal {
     fn insert_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
         let tx = self.db.transaction()?;
         let mut added = vec![];
+        let held: i64 = tx.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?;
+        let mut room = MAX_INBOX.saturating_sub(u64::try_from(held).unwrap_or(u64::MAX));
+        let mut refused = 0usize;
         for u in units {
+            if room == 0 {
+                refused += 1;
+                continue;
+            }
             let done: Option<i64> = tx
                 .prepare_cached(
                     "SELECT seq FROM receipts WHERE job = ?1 AND unit = ?2 AND attempt = ?3",
@@ -206,9 +219,13 @@ impl Journal {
             )?;
             if n == 1 {
                 added.push(u.clone());
+                room -= 1;
             }
         }
         tx.commit()?;
+        if refused > 0 {
+            tracing::warn!(refused, held = MAX_INBOX, "the inbox is full: units refused unjournaled (their leases run out and they go to another rig)");
+        }
         Ok(added)
     }
 
@@ -412,23 +429,36 @@ impl Journal {
         Ok(out)
     }
 
-    /// Marks batches recorded by the coordinator and drops their outputs. Unknown batches
-    /// are ignored. Returns how many batches changed.
-    pub fn ack(&mut self, first_seqs: &[u64]) -> Result<usize, JournalError> {
+    /// Marks batches recorded by the coordinator and drops their outputs. A batch changes
+    /// only when the ack names its first sequence number *and* the digest of its header;
+    /// unknown batches and acks whose digest differs are ignored. Returns how many batches
+    /// changed and how many acks named a batch held here with another digest.
+    pub fn ack(&mut self, acked: &[AckedBatch]) -> Result<(usize, usize), JournalError> {
         let tx = self.db.transaction()?;
-        let mut changed = 0;
-        for first in first_seqs {
-            let n = tx
-                .prepare_cached("UPDATE batches SET acked = 1 WHERE first_seq = ?1 AND acked = 0")?
-                .execute([*first as i64])?;
-            if n == 1 {
-                tx.prepare_cached("UPDATE receipts SET output = NULL WHERE batch = ?1")?
-                    .execute([*first as i64])?;
+        let (mut changed, mut mismatched) = (0, 0);
+        for a in acked {
+            let first = i64::try_from(a.first_seq).unwrap_or(i64::MAX);
+            let header: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT header FROM batches WHERE first_seq = ?1 AND acked = 0")?
+                .query_row([first], |r| r.get(0))
+                .optional()?;
+            let Some(header) = header else {
+                continue;
+            };
+            let header: BatchHeader =
+                postcard::from_bytes(&header).map_err(|e| corrupt(format!("batch {first}"), e))?;
+            if header.signing_digest() != a.digest {
+                mismatched += 1;
+                continue;
             }
-            changed += n;
+            tx.prepare_cached("UPDATE batches SET acked = 1 WHERE first_seq = ?1")?
+                .execute([first])?;
+            tx.prepare_cached("UPDATE receipts SET output = NULL WHERE batch = ?1")?
+                .execute([first])?;
+            changed += 1;
         }
         tx.commit()?;
-        Ok(changed)
+        Ok((changed, mismatched))
     }
 
     /// Counters for status messages.

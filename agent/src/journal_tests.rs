@@ -67,6 +67,21 @@ fn sequence_numbers_are_gap_free_and_a_unit_is_receipted_once() {
 }
 
 #[test]
+fn the_inbox_holds_at_most_max_inbox_units_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut j = journal(&dir);
+    let units: Vec<_> = (1..=MAX_INBOX + 10).map(unit).collect();
+    let (first, rest) = units.split_at(100);
+    assert_eq!(j.add_units(first).map(|v| v.len()).ok(), Some(100));
+    let added = j.add_units(rest).map(|v| v.len()).ok();
+    assert_eq!(added, Some(MAX_INBOX as usize - 100));
+    assert_eq!(
+        j.queued_units().map(|v| v.len()).ok(),
+        Some(MAX_INBOX as usize)
+    );
+}
+
+#[test]
 fn receipts_are_sealed_into_signed_batches_that_survive_reopen_until_acked() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let k = key(&dir);
@@ -119,8 +134,29 @@ fn receipts_are_sealed_into_signed_batches_that_survive_reopen_until_acked() {
         assert_eq!(again.as_ref(), Ok(&b.header));
     }
     assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(5));
-    assert_eq!(j.ack(&[1, 99]).ok(), Some(1));
-    assert_eq!(j.ack(&[1]).ok(), Some(0), "second ack changes nothing");
+    let acked = |b: &ReceiptBatch| AckedBatch {
+        first_seq: b.header.first_seq,
+        digest: b.header.signing_digest(),
+    };
+    let forged = AckedBatch {
+        digest: [7; 32],
+        ..acked(&batches[1])
+    };
+    let unknown = AckedBatch {
+        first_seq: 99,
+        ..acked(&batches[0])
+    };
+    assert_eq!(
+        j.ack(&[forged]).ok(),
+        Some((0, 1)),
+        "another digest drops nothing"
+    );
+    assert_eq!(j.ack(&[acked(&batches[0]), unknown]).ok(), Some((1, 0)));
+    assert_eq!(
+        j.ack(&[acked(&batches[0])]).ok(),
+        Some((0, 0)),
+        "second ack changes nothing"
+    );
     assert_eq!(
         j.unacked_batches(10, &Default::default())
             .map(|v| v.len())

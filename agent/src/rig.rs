@@ -354,14 +354,18 @@ impl Rig {
                 }
                 match decode::<Ack>(&p.payload) {
                     Ok(ack) if ack.rig == self.config.rig_id => {
-                        for first in &ack.batches {
-                            self.sent.remove(first);
+                        for b in &ack.batches {
+                            self.sent.remove(&b.first_seq);
                         }
-                        self.stats = journal_op(&self.journal, move |j| {
-                            j.ack(&ack.batches)?;
-                            j.stats()
+                        let (stats, mismatched) = journal_op(&self.journal, move |j| {
+                            let (_, mismatched) = j.ack(&ack.batches)?;
+                            Ok((j.stats()?, mismatched))
                         })
                         .await?;
+                        self.stats = stats;
+                        if mismatched > 0 {
+                            tracing::warn!(%topic, mismatched, "refused acks naming a batch with another digest than the one held; those batches are sent again");
+                        }
                     }
                     Ok(ack) => {
                         tracing::warn!(%topic, other = %ack.rig, "refused an ack for another rig")

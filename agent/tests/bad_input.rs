@@ -158,7 +158,7 @@ async fn malformed_frames_on_units_and_acks_are_refused_and_rigd_keeps_working()
         let wrong_kind = match channel {
             Channel::Units => encode(&Ack {
                 rig: rig_id.clone(),
-                batches: vec![1],
+                batches: vec![],
             }),
             _ => encode(&UnitAssignment { units: vec![] }),
         };

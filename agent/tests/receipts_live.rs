@@ -22,6 +22,15 @@ fn rigctl_verifies_every_receipt_a_working_rig_publishes_and_refuses_another_key
     );
     common::wait_until("rigd up", 30, || rig.log().contains("rigd started"));
     let broker_arg = format!("127.0.0.1:{}", broker.port);
+    // rigctl takes the rig's key from the network's record (the coordinator's retained
+    // earnings), not from the rig's own status.
+    common::wait_until("the coordinator's record of the rig's key", 30, || {
+        let out = Command::new(workspace_bin("rigctl"))
+            .args(["--broker", &broker_arg, "--json", "earnings", "rig-live"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("rig-live")
+    });
     let verify = |extra: &[&str]| {
         Command::new(workspace_bin("rigctl"))
             .args(["--broker", &broker_arg, "--wait-ms", "2500"])

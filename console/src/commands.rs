@@ -40,6 +40,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The coordinator has published no pinned key for the rig.
+    #[error("the network has no pinned key for rig {0} (no retained earnings from the coordinator): give --key")]
+    NoPinnedKey(RigId),
     /// `--key` is not `secp256k1:HEX` or `p256:HEX`.
     #[error("--key must be secp256k1:HEX or p256:HEX")]
     BadKey,
@@ -217,13 +220,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
 }
 
 /// The rig's key from its retained status.
+/// The key the network pinned for `rig`, from the coordinator's retained earnings (a topic
+/// only the coordinator may write), never the key the rig announces about itself.
 async fn rig_key(opts: &Collect, rig: &RigId) -> Result<rigd_protocol::PublicKey, Error> {
-    let view = collect(opts, &[topics::rig(rig, Channel::Status)]).await?;
-    view.rigs
-        .get(rig)
-        .and_then(|r| r.status.as_ref())
-        .map(|s| s.pubkey.clone())
-        .ok_or_else(|| Error::NoSuchRig(rig.clone()))
+    let view = collect(opts, &[topics::rig(rig, Channel::Earnings)]).await?;
+    let earnings = view.rigs.get(rig).and_then(|r| r.earnings.as_ref());
+    let pinned = earnings.and_then(|e| e.pinned_key.clone());
+    if earnings.is_some_and(|e| e.key_changed) {
+        tracing::warn!(rig = %rig, "the rig has announced another key since; receipts are checked under the key the network pinned");
+    }
+    pinned.ok_or_else(|| Error::NoPinnedKey(rig.clone()))
 }
 
 /// Sends an admin request to the provisioner and prints its answer.

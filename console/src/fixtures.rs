@@ -83,6 +83,8 @@ pub fn earnings(rig: &str, cards: u32) -> Earnings {
         last_seq: 41,
         missing_seqs: 0,
         updated_ms: T0 + 9_000,
+        pinned_key: None,
+        key_changed: false,
     }
 }
 

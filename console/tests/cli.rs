@@ -97,6 +97,8 @@ fn earnings(rig: &str, cards: u32) -> Earnings {
         last_seq: 17,
         missing_seqs: 0,
         updated_ms: now_ms(),
+        pinned_key: None,
+        key_changed: false,
     }
 }
 

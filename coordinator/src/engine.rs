@@ -4,6 +4,7 @@
 
 use crate::inbound::{self, Inbound};
 use crate::job::{Job, Lookup, Stitched};
+use crate::ledger::push_refused;
 use crate::ledger::{BatchRecord, Entry, KeyCheck, Ledger, LedgerError, ReceiptState};
 use crate::scheduler::Scheduler;
 use crate::verify::{self, Rejection, Sampler};
@@ -11,13 +12,18 @@ use crate::{CoordinatorConfig, CoordinatorError};
 use rigd_protocol::messages::MAX_UNITS_PER_MESSAGE;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
-    encode, Ack, CoordinatorStatus, PublicKey, ReceiptBatch, ReceiptItem, RigId, RigState,
-    RigStatus, UnitAssignment, UnitKind, UnitOutput, MAX_FRAME_BYTES,
+    encode, Ack, AckedBatch, CoordinatorStatus, PublicKey, ReceiptBatch, ReceiptItem, RigId,
+    RigState, RigStatus, UnitAssignment, UnitKind, UnitOutput, MAX_FRAME_BYTES,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Earnings of one rig are published at most this often.
 pub const EARNINGS_INTERVAL_MS: u64 = 200;
+
+/// A batch may start at most this far above the highest sequence number recorded for its
+/// rig; one further ahead is refused unrecorded. rigd keeps at most `max_unacked_receipts`
+/// (default 200,000) unacknowledged, well inside the window.
+pub const SEQ_WINDOW: u64 = 1 << 20;
 
 /// Something for the shell to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +58,9 @@ pub struct Engine {
     tolerance: f32,
     price: u64,
     keys: HashMap<RigId, (PublicKey, bool)>,
+    /// The highest sequence number recorded per rig, read from the ledger on first use.
+    high_water: HashMap<RigId, u64>,
+    lease_ms: u64,
     online: BTreeMap<RigId, bool>,
     first_checked: HashSet<RigId>,
     earnings_dirty: BTreeSet<RigId>,
@@ -99,8 +108,15 @@ impl Engine {
             .map(|r| (r.rig, (r.key, r.key_changed)))
             .collect();
         let (units_done, units_rejected) = ledger.job_counts(&id)?;
-        let mut scheduler = Scheduler::new(config.lease_ms, config.units_per_card);
+        let mut scheduler = Scheduler::new(
+            config.lease_ms,
+            config.lease_grace_ms,
+            config.units_per_card,
+        );
         scheduler.add_units(job.open_units());
+        for lease in ledger.leases(&id)? {
+            scheduler.restore_lease(lease);
+        }
         let units = match &config.job {
             crate::JobSpec::Gemm { units, .. } => *units,
             crate::JobSpec::TrainMlp { .. } => 1,
@@ -114,6 +130,8 @@ impl Engine {
             tolerance: config.float_rel_tolerance,
             price: config.micros_per_mflop,
             keys,
+            high_water: HashMap::new(),
+            lease_ms: config.lease_ms,
             online: BTreeMap::new(),
             first_checked: HashSet::new(),
             earnings_dirty: dirty,
@@ -219,8 +237,18 @@ impl Engine {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
             return Ok(vec![]);
         }
+        let high_water = match self.high_water.get(rig) {
+            Some(h) => *h,
+            None => self.ledger.earnings(rig)?.last_seq,
+        };
+        if header.first_seq > high_water.saturating_add(SEQ_WINDOW) {
+            tracing::warn!(rig = %rig, first_seq = header.first_seq, high_water, "batch far beyond the rig's sequence numbers refused unrecorded");
+            return Ok(vec![]);
+        }
         self.scheduler.heard_from(rig);
         let end = header.first_seq.saturating_add(u64::from(header.count));
+        self.high_water
+            .insert(rig.clone(), high_water.max(end.saturating_sub(1)));
         let recorded = self.ledger.recorded_among(rig, header.first_seq..end)?;
         let mut fresh: Vec<(&ReceiptItem, Verdict)> = vec![];
         let mut duplicates = 0;
@@ -236,7 +264,7 @@ impl Engine {
                     requeue: false,
                 }
             } else {
-                self.judge(rig, item, &taken)
+                self.judge(rig, item, &taken, now_ms)
             };
             if let Verdict::Accepted { .. } = verdict {
                 taken.insert(item.receipt.unit);
@@ -247,7 +275,10 @@ impl Engine {
         let mut out = self.apply(rig, &fresh, now_ms);
         let ack = Ack {
             rig: rig.clone(),
-            batches: vec![header.first_seq],
+            batches: vec![AckedBatch {
+                first_seq: header.first_seq,
+                digest: header.signing_digest(),
+            }],
         };
         out.insert(
             0,
@@ -259,7 +290,13 @@ impl Engine {
         Ok(out)
     }
 
-    fn judge(&mut self, rig: &RigId, item: &ReceiptItem, taken: &HashSet<u64>) -> Verdict {
+    fn judge(
+        &mut self,
+        rig: &RigId,
+        item: &ReceiptItem,
+        taken: &HashSet<u64>,
+        now_ms: u64,
+    ) -> Verdict {
         let r = &item.receipt;
         let reject = |why| Verdict::Rejected {
             why,
@@ -275,12 +312,8 @@ impl Engine {
             Lookup::Open(_) if taken.contains(&r.unit) => return reject(Rejection::AlreadyDone),
             Lookup::Open(e) => e,
         };
-        if self
-            .scheduler
-            .attempt(r.unit)
-            .is_some_and(|a| r.attempt > a)
-        {
-            return reject(Rejection::NotAssigned);
+        if !self.scheduler.leased_to(r.unit, r.attempt, rig, now_ms) {
+            return reject(Rejection::NotLeased);
         }
         if let Err(why) = verify::check_receipt(r, &item.output, &expected) {
             return retry(why);
@@ -350,6 +383,10 @@ impl Engine {
                         micros: self.micros(r.work),
                     }
                 }
+                Verdict::Rejected { why, .. } if why.before_checks() => {
+                    push_refused(&mut record.refused, r.seq, why.reason());
+                    continue;
+                }
                 Verdict::Rejected { why, .. } => Entry {
                     receipt: r,
                     state: ReceiptState::Rejected,
@@ -370,6 +407,7 @@ impl Engine {
     ) -> Vec<Outbound> {
         let mut out = vec![];
         let was_done = self.job.progress().0;
+        let mut refused = BTreeMap::new();
         for (item, verdict) in fresh {
             let unit = item.receipt.unit;
             match verdict {
@@ -383,6 +421,10 @@ impl Engine {
                         Err(e) => tracing::error!(unit, error = %e, "stitching failed"),
                     }
                 }
+                Verdict::Rejected { why, .. } if why.before_checks() => {
+                    self.units_rejected += 1;
+                    *refused.entry(why.reason()).or_insert(0u64) += 1;
+                }
                 Verdict::Rejected { why, requeue } => {
                     self.units_rejected += 1;
                     tracing::info!(rig = %rig, seq = item.receipt.seq, unit, reason = why.reason(), "receipt rejected");
@@ -391,6 +433,10 @@ impl Engine {
                     }
                 }
             }
+        }
+        for (reason, count) in refused {
+            // One line per batch and reason, however many receipts a rig floods.
+            tracing::warn!(rig = %rig, reason, count, "receipts refused before any check of their results");
         }
         let done = self.job.progress().0;
         let gemm_tick = self.job.credits_on_accept()
@@ -459,7 +505,22 @@ impl Engine {
 
     fn assign(&mut self, now_ms: u64) -> Vec<Outbound> {
         let mut out = vec![];
-        for a in self.scheduler.assign(now_ms) {
+        let assignments = self.scheduler.assign(now_ms);
+        // Leases are durable before their units go out, so a restart still pays them.
+        let deadline = now_ms.saturating_add(self.lease_ms);
+        let granted: Vec<_> = assignments
+            .iter()
+            .flat_map(|a| {
+                a.units
+                    .iter()
+                    .map(|(u, n)| (*u, *n, a.rig.clone(), deadline))
+            })
+            .collect();
+        if let Err(e) = self.ledger.record_leases(self.job.id(), &granted) {
+            tracing::error!(error = %e, units = granted.len(), "leases not recorded; their units are not sent and go out again once the leases run out");
+            return out;
+        }
+        for a in assignments {
             let mut units = vec![];
             let mut size = 0usize;
             for (unit, attempt) in a.units {

@@ -90,6 +90,7 @@ fn acks(out: &[Outbound], rig: &TestRig) -> Vec<u64> {
     published::<Ack>(out, &topics::rig(&rig.id, Channel::Acks))
         .into_iter()
         .flat_map(|a| a.batches)
+        .map(|b| b.first_seq)
         .collect()
 }
 
@@ -124,6 +125,26 @@ fn reasons(f: &Fixture, rig: &TestRig) -> Vec<(u64, String, Option<String>)> {
         .unwrap_or_else(|e| panic!("{e}"));
     stmt.query_map([rig.id.as_str()], |r| {
         Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap_or_default()
+}
+
+/// The runs of sequence numbers refused before any check: `(first, last, reason)`.
+fn refused(f: &Fixture, rig: &TestRig) -> Vec<(u64, u64, String)> {
+    let conn = rusqlite::Connection::open(&f.config.db_path).unwrap_or_else(|e| panic!("{e}"));
+    let mut stmt = conn
+        .prepare(
+            "SELECT first_seq, last_seq, reason FROM refused WHERE rig = ?1 ORDER BY first_seq",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    stmt.query_map([rig.id.as_str()], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            r.get::<_, i64>(1)? as u64,
+            r.get(2)?,
+        ))
     })
     .unwrap_or_else(|e| panic!("{e}"))
     .collect::<Result<Vec<_>, _>>()
@@ -181,10 +202,8 @@ fn a_unit_finished_by_another_rig_is_not_credited_twice() {
     let out = send(&mut engine, &honest(&mut b, &given[..1], |_| GEMM_WORK), 20);
     assert_eq!(acks(&out, &b), vec![1]);
     let ledger = f.ledger();
-    assert_eq!(
-        reasons(&f, &b),
-        vec![(1, "rejected".into(), Some("unit already done".into()))]
-    );
+    assert_eq!(refused(&f, &b), vec![(1, 1, "unit already done".into())]);
+    assert_eq!(ledger.recorded_seqs(&b.id).unwrap_or_default(), vec![1]);
     assert_eq!(
         ledger.credited_units(&job_id("gemm")).unwrap_or_default(),
         vec![(0, 1), (1, 1)]
@@ -264,11 +283,8 @@ fn after_a_key_change_batches_are_recorded_as_rejected_and_acked() {
     engine.handle(&topics::rig(&a.id, Channel::Status), &encode(&changed), 5);
     let out = send(&mut engine, &honest(&mut a, &given, |_| GEMM_WORK), 10);
     assert_eq!(acks(&out, &a), vec![1]);
-    let rows = reasons(&f, &a);
-    assert!(
-        rows.iter().all(|r| r.2.as_deref() == Some("key changed")),
-        "{rows:?}"
-    );
+    assert!(reasons(&f, &a).is_empty());
+    assert_eq!(refused(&f, &a), vec![(1, 2, "key changed".into())]);
     assert!(f
         .ledger()
         .credited_units(&job_id("gemm"))
@@ -301,7 +317,104 @@ fn an_expired_lease_goes_to_another_rig_and_the_late_result_still_counts_once() 
         ledger.credited_units(&job_id("gemm")).unwrap_or_default(),
         vec![(0, 1)]
     );
-    assert_eq!(reasons(&f, &b)[0].2.as_deref(), Some("unit already done"));
+    assert_eq!(refused(&f, &b), vec![(1, 1, "unit already done".into())]);
+}
+
+/// A rig that computes units it was never leased (every unit of the job, including one
+/// leased to another rig) is paid nothing, its receipts are refused without a recompute and
+/// stored as one run, and the lease holder's honest result is credited afterwards.
+#[test]
+fn receipts_for_units_not_leased_to_the_rig_are_refused_before_any_recompute() {
+    let f = Fixture::new(gemm(6));
+    let mut engine = f.engine();
+    let mut honest_rig = TestRig::new("rig-a", 1);
+    let mut rogue = TestRig::new("rig-r", 2);
+    let leased = units(&hello(&mut engine, &honest_rig, 1, 0), &honest_rig);
+    assert_eq!(leased.len(), 2);
+    hello(&mut engine, &rogue, 0, 0);
+    let every: Vec<WorkUnit> = (0..6)
+        .filter_map(|u| engine.job().work_unit(u, 0))
+        .collect();
+    let out = send(&mut engine, &honest(&mut rogue, &every, |_| GEMM_WORK), 10);
+    assert_eq!(
+        acks(&out, &rogue),
+        vec![1],
+        "recorded (as refused) and acked"
+    );
+    assert_eq!(
+        refused(&f, &rogue),
+        vec![(1, 6, "unit not leased to the rig".into())]
+    );
+    assert!(reasons(&f, &rogue).is_empty(), "no row per receipt");
+    assert_eq!(engine.status(10).units_verified, 0, "nothing recomputed");
+    let out = send(
+        &mut engine,
+        &honest(&mut honest_rig, &leased, |_| GEMM_WORK),
+        20,
+    );
+    assert_eq!(acks(&out, &honest_rig), vec![1]);
+    let credited = f
+        .ledger()
+        .credited_units(&job_id("gemm"))
+        .unwrap_or_default();
+    assert_eq!(credited, vec![(0, 1), (1, 1)]);
+    let t = f
+        .ledger()
+        .earnings(&rogue.id)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (t.total().credited_micros, t.missing_seqs, t.last_seq),
+        (0, 0, 6)
+    );
+}
+
+/// A batch that starts far beyond the rig's highest sequence number is refused unrecorded
+/// and not acknowledged; one inside the window is recorded.
+#[test]
+fn a_batch_far_beyond_the_rigs_sequence_numbers_is_refused_unrecorded() {
+    let f = Fixture::new(gemm(2));
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 1, 0), &a);
+    a.next_seq = SEQ_WINDOW + 2;
+    let far = honest(&mut a, &given, |_| GEMM_WORK);
+    assert!(acks(&send(&mut engine, &far, 10), &a).is_empty());
+    assert!(f
+        .ledger()
+        .recorded_seqs(&a.id)
+        .unwrap_or_default()
+        .is_empty());
+    a.next_seq = SEQ_WINDOW;
+    let near = honest(&mut a, &given, |_| GEMM_WORK);
+    assert_eq!(acks(&send(&mut engine, &near, 20), &a), vec![SEQ_WINDOW]);
+}
+
+/// Leases are durable: after a restart the lease holder's result is paid and another rig's
+/// is not.
+#[test]
+fn leases_survive_a_restart_of_the_coordinator() {
+    let f = Fixture::new(gemm(2));
+    let mut a = TestRig::new("rig-a", 1);
+    let mut b = TestRig::new("rig-b", 2);
+    let given = {
+        let mut engine = f.engine();
+        units(&hello(&mut engine, &a, 1, 0), &a)
+    };
+    let mut engine = f.engine();
+    hello(&mut engine, &b, 1, 10);
+    let out = send(&mut engine, &honest(&mut b, &given, |_| GEMM_WORK), 20);
+    assert_eq!(acks(&out, &b), vec![1]);
+    assert_eq!(
+        refused(&f, &b),
+        vec![(1, 2, "unit not leased to the rig".into())]
+    );
+    hello(&mut engine, &a, 1, 30);
+    send(&mut engine, &honest(&mut a, &given, |_| GEMM_WORK), 40);
+    let credited = f
+        .ledger()
+        .credited_units(&job_id("gemm"))
+        .unwrap_or_default();
+    assert_eq!(credited, vec![(0, 1), (1, 1)]);
 }
 
 #[test]

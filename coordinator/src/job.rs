@@ -356,14 +356,35 @@ impl Job {
     }
 }
 
+/// The largest L2 norm a shard's mean per-sample gradient may have; a shard beyond it (or
+/// with a non-finite or negative value) is refused as malformed before it is applied. One
+/// shard of `shards` then moves the parameters by at most `lr * MAX_GRAD_NORM / shards` per
+/// step whatever its rig sends, and every applied step is finite. Honest shards of the
+/// network's MLP jobs stay far below (see `job_tests`).
+pub const MAX_GRAD_NORM: f64 = 100.0;
+
 impl MlpJob {
     fn fits(&self, unit: u64, output: &UnitOutput) -> bool {
-        matches!(output, UnitOutput::MlpGrad { loss_sum, samples, grad_sum }
-            if self.step_units().contains(&unit)
-                && *samples == self.samples
-                && grad_sum.len() == self.params.len()
-                && loss_sum.is_finite()
-                && grad_sum.iter().all(|g| g.is_finite()))
+        let UnitOutput::MlpGrad {
+            loss_sum,
+            samples,
+            grad_sum,
+        } = output
+        else {
+            return false;
+        };
+        let bounded = || {
+            let norm_sq: f64 = grad_sum.iter().map(|g| f64::from(*g).powi(2)).sum();
+            norm_sq.sqrt() <= MAX_GRAD_NORM * f64::from(*samples)
+        };
+        self.step_units().contains(&unit)
+            && *samples == self.samples
+            && grad_sum.len() == self.params.len()
+            // Cross-entropy is never negative.
+            && loss_sum.is_finite()
+            && *loss_sum >= 0.0
+            && grad_sum.iter().all(|g| g.is_finite())
+            && bounded()
     }
 
     fn step_units(&self) -> Range<u64> {

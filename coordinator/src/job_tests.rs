@@ -28,6 +28,18 @@ fn gemm_spec(units: u64) -> JobSpec {
     }
 }
 
+/// The fields of an MLP result.
+fn parts(out: &UnitOutput) -> (f32, u32, Vec<f32>) {
+    match out {
+        UnitOutput::MlpGrad {
+            loss_sum,
+            samples,
+            grad_sum,
+        } => (*loss_sum, *samples, grad_sum.clone()),
+        UnitOutput::GemmI8 { .. } => unreachable!(),
+    }
+}
+
 fn cpu_result(job: &Job, unit: u64) -> UnitOutput {
     let wu = job
         .work_unit(unit, 0)
@@ -148,14 +160,7 @@ fn an_mlp_job_resumes_from_its_checkpoint_and_kept_outputs() {
 fn outputs_of_the_wrong_form_do_not_fit() {
     let job = Job::new(&mlp_spec(5, 0.0)).unwrap_or_else(|e| panic!("{e}"));
     let out = cpu_result(&job, 0);
-    let UnitOutput::MlpGrad {
-        loss_sum,
-        samples,
-        grad_sum,
-    } = out.clone()
-    else {
-        unreachable!()
-    };
+    let (loss_sum, samples, grad_sum) = parts(&out);
     let short = UnitOutput::MlpGrad {
         loss_sum,
         samples,
@@ -176,6 +181,57 @@ fn outputs_of_the_wrong_form_do_not_fit() {
     }
     assert!(job.output_fits(0, &out));
     assert!(!job.output_fits(7, &out));
+}
+
+/// A poisoned shard (finite gradients of 3e37, a negative loss, a gradient just past the
+/// bound) is refused before it is applied; honest shards over a whole training run stay far
+/// below the bound.
+#[test]
+fn poisoned_gradients_do_not_fit_and_honest_ones_stay_far_below_the_bound() {
+    let mut job = Job::new(&mlp_spec(40, 0.0)).unwrap_or_else(|e| panic!("{e}"));
+    let out = cpu_result(&job, 0);
+    let (loss_sum, samples, grad_sum) = parts(&out);
+    let huge = UnitOutput::MlpGrad {
+        loss_sum,
+        samples,
+        grad_sum: vec![3e37; grad_sum.len()],
+    };
+    let negative_loss = UnitOutput::MlpGrad {
+        loss_sum: -1.0,
+        samples,
+        grad_sum: grad_sum.clone(),
+    };
+    let mut past = vec![0.0f32; grad_sum.len()];
+    past[0] = (MAX_GRAD_NORM * f64::from(samples) * 1.001) as f32;
+    let just_past = UnitOutput::MlpGrad {
+        loss_sum,
+        samples,
+        grad_sum: past,
+    };
+    for bad in [huge, negative_loss, just_past] {
+        assert!(!job.output_fits(0, &bad));
+    }
+    let mut largest = 0f64;
+    while !job.finished() {
+        let (step, _, _) = job.progress();
+        let shards = job.open_units();
+        for unit in shards {
+            let out = cpu_result(&job, unit);
+            if let UnitOutput::MlpGrad {
+                samples, grad_sum, ..
+            } = &out
+            {
+                let norm: f64 = grad_sum.iter().map(|g| f64::from(*g).powi(2)).sum::<f64>();
+                largest = largest.max(norm.sqrt() / f64::from(*samples));
+            }
+            assert!(
+                job.output_fits(unit, &out),
+                "honest shard refused at step {step}"
+            );
+            let _ = job.accept(unit, &out);
+        }
+    }
+    assert!(largest < MAX_GRAD_NORM / 10.0, "honest norm {largest}");
 }
 
 #[test]

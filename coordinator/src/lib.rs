@@ -13,8 +13,14 @@
 //! - `pending`: an accepted MLP result whose step is not stitched yet. Its output is kept in
 //!   the ledger so that a restarted coordinator resumes the step without losing it.
 //! - `rejected`: refused, with a reason (`key changed`, `unknown job`, `unit not assigned`,
-//!   `unit already done`, `input digest mismatch`, `output digest mismatch`, `work mismatch`,
-//!   `malformed output`, `result mismatch`).
+//!   `unit already done`, `unit not leased to the rig`, `input digest mismatch`, `output
+//!   digest mismatch`, `work mismatch`, `malformed output`, `result mismatch`).
+//!
+//! A receipt is paid only for a unit attempt leased to its rig (or leased until less than
+//! `lease_grace_ms` ago). Receipts refused before any check of their result (key changed,
+//! unknown job, unit not assigned, already done or not leased) are recorded as runs of
+//! sequence numbers, one row per run, so a flood costs a row per batch; every lease is
+//! recorded before its unit is sent, so a restart keeps them.
 //!
 //! A receipt received again after it was recorded is counted as a duplicate delivery and
 //! changes nothing. Amounts are `work * micros_per_mflop / 10^6` micro-credits, rounded down.
@@ -56,6 +62,8 @@ pub struct CoordinatorConfig {
     pub job: JobSpec,
     /// A unit not answered within this is reassigned with `attempt + 1`.
     pub lease_ms: u64,
+    /// A result that arrives less than this after its lease ran out is still paid.
+    pub lease_grace_ms: u64,
     /// Outstanding units per card of a rig (prefetch depth).
     pub units_per_card: u32,
     /// Share of results recomputed on the CPU, besides each rig's first result.
@@ -69,7 +77,8 @@ pub struct CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    /// A configuration with defaults: client id `rigd-coordinator`, 30 s leases, 3 units per
+    /// A configuration with defaults: client id `rigd-coordinator`, 30 s leases paid up to
+    /// 30 s after they ran out, 3 units per
     /// card, 5 % of results recomputed, 10,000 micro-credits (0.01 credit) per MFLOP, float
     /// tolerance 1e-4.
     pub fn new(
@@ -85,6 +94,7 @@ impl CoordinatorConfig {
             db_path: db_path.into(),
             job,
             lease_ms: 30_000,
+            lease_grace_ms: 30_000,
             units_per_card: 3,
             verify_fraction: 0.05,
             micros_per_mflop: 10_000,

@@ -41,6 +41,9 @@ struct Args {
     /// Lease of a unit, milliseconds.
     #[arg(long, default_value_t = 30_000)]
     lease_ms: u64,
+    /// How long after a lease ran out its result is still paid, milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    lease_grace_ms: u64,
     /// Outstanding units per card.
     #[arg(long, default_value_t = 3)]
     units_per_card: u32,
@@ -133,6 +136,7 @@ fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
     config.tls = args.tls.files();
     config.client_id = args.client_id;
     config.lease_ms = args.lease_ms;
+    config.lease_grace_ms = args.lease_grace_ms;
     config.units_per_card = args.units_per_card;
     config.verify_fraction = args.verify_fraction;
     config.micros_per_mflop = args.micros_per_mflop;

@@ -6,6 +6,10 @@
 //! unit back in the queue with `attempt + 1`, for any rig. A rig whose lease ran out gets
 //! no new units for `lease_ms` (so a rig that died without a last will does not keep
 //! swallowing units) unless a result from it arrives first ([`Scheduler::heard_from`]).
+//!
+//! Only leased work is paid: [`Scheduler::leased_to`] says whether a unit attempt is leased
+//! to a rig now, or was until less than `grace_ms` ago (a result that arrives just after its
+//! lease ran out is still leased work).
 
 use rigd_protocol::RigId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -13,14 +17,23 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Lease {
     rig: RigId,
+    attempt: u32,
     deadline_ms: u64,
 }
+
+/// Leases of a unit that ended without its result, kept for the grace period.
+const PAST_LEASES: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Live {
     attempt: u32,
     lease: Option<Lease>,
+    /// The latest leases that ended, oldest first, at most [`PAST_LEASES`].
+    past: Vec<Lease>,
 }
+
+/// A lease handed out, for the ledger: `(unit, attempt, rig, deadline_ms)`.
+pub type Granted = (u64, u32, RigId, u64);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Slot {
@@ -43,6 +56,7 @@ pub struct Assignment {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     lease_ms: u64,
+    grace_ms: u64,
     units_per_card: u32,
     queue: VecDeque<u64>,
     live: HashMap<u64, Live>,
@@ -50,10 +64,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// An empty scheduler.
-    pub fn new(lease_ms: u64, units_per_card: u32) -> Self {
+    /// An empty scheduler; a lease lasts `lease_ms`, and its results are still taken
+    /// `grace_ms` after it ran out.
+    pub fn new(lease_ms: u64, grace_ms: u64, units_per_card: u32) -> Self {
         Self {
             lease_ms,
+            grace_ms,
             units_per_card,
             queue: VecDeque::new(),
             live: HashMap::new(),
@@ -68,6 +84,7 @@ impl Scheduler {
                 v.insert(Live {
                     attempt: 0,
                     lease: None,
+                    past: vec![],
                 });
                 self.queue.push_back(unit);
             }
@@ -105,6 +122,7 @@ impl Scheduler {
                 if let Some(live) = self.live.get_mut(&unit) {
                     live.lease = Some(Lease {
                         rig: rig.clone(),
+                        attempt: live.attempt,
                         deadline_ms: now_ms.saturating_add(self.lease_ms),
                     });
                     out.entry(rig.clone())
@@ -185,7 +203,57 @@ impl Scheduler {
         if let Some(slot) = self.rigs.get_mut(&lease.rig) {
             slot.leased = slot.leased.saturating_sub(1);
         }
+        if live.past.len() == PAST_LEASES {
+            live.past.remove(0);
+        }
+        live.past.push(lease);
         self.queue.push_back(unit);
+    }
+
+    /// Whether attempt `attempt` of `unit` is leased to `rig` now, or was until less than
+    /// the grace period ago. A unit that is done or was never issued is leased to no one.
+    pub fn leased_to(&self, unit: u64, attempt: u32, rig: &RigId, now_ms: u64) -> bool {
+        let Some(live) = self.live.get(&unit) else {
+            return false;
+        };
+        let matches = |l: &Lease| &l.rig == rig && l.attempt == attempt;
+        live.lease.as_ref().is_some_and(matches)
+            || live
+                .past
+                .iter()
+                .any(|l| matches(l) && now_ms <= l.deadline_ms.saturating_add(self.grace_ms))
+    }
+
+    /// Restores a lease recorded before a restart. The latest attempt of a live unit becomes
+    /// its lease again (queued units are skipped when popped while leased); earlier ones are
+    /// kept for the grace period. Units not live are ignored.
+    pub fn restore_lease(&mut self, (unit, attempt, rig, deadline_ms): Granted) {
+        let Some(live) = self.live.get_mut(&unit) else {
+            return;
+        };
+        let lease = Lease {
+            rig,
+            attempt,
+            deadline_ms,
+        };
+        if attempt < live.attempt {
+            if live.past.len() == PAST_LEASES {
+                live.past.remove(0);
+            }
+            live.past.push(lease);
+            return;
+        }
+        if let Some(old) = live.lease.replace(lease.clone()) {
+            if let Some(slot) = self.rigs.get_mut(&old.rig) {
+                slot.leased = slot.leased.saturating_sub(1);
+            }
+            live.past.push(old);
+            if live.past.len() > PAST_LEASES {
+                live.past.remove(0);
+            }
+        }
+        live.attempt = attempt;
+        self.rigs.entry(lease.rig).or_default().leased += 1;
     }
 
     /// A result of `rig` for the unit was refused: if the unit is leased to that rig, it is

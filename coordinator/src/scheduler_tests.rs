@@ -14,7 +14,7 @@ fn units_of(a: &[Assignment], r: &RigId) -> Vec<(u64, u32)> {
 
 #[test]
 fn a_rig_gets_at_most_cards_times_units_per_card() {
-    let mut s = Scheduler::new(1000, 3);
+    let mut s = Scheduler::new(1000, 0, 3);
     s.add_units(0..20);
     s.rig_status(&rig(1), 2, true, true);
     let a = s.assign(0);
@@ -27,7 +27,7 @@ fn a_rig_gets_at_most_cards_times_units_per_card() {
 
 #[test]
 fn rigs_share_a_short_queue() {
-    let mut s = Scheduler::new(1000, 3);
+    let mut s = Scheduler::new(1000, 0, 3);
     s.add_units(0..4);
     s.rig_status(&rig(1), 1, true, true);
     s.rig_status(&rig(2), 1, true, true);
@@ -38,7 +38,7 @@ fn rigs_share_a_short_queue() {
 
 #[test]
 fn an_expired_lease_is_reassigned_with_the_next_attempt() {
-    let mut s = Scheduler::new(100, 1);
+    let mut s = Scheduler::new(100, 0, 1);
     s.add_units([7]);
     s.rig_status(&rig(1), 1, true, true);
     assert_eq!(units_of(&s.assign(0), &rig(1)), vec![(7, 0)]);
@@ -54,8 +54,51 @@ fn an_expired_lease_is_reassigned_with_the_next_attempt() {
 }
 
 #[test]
+fn only_the_lease_holder_holds_a_unit_attempt_and_an_ended_lease_only_for_the_grace() {
+    let mut s = Scheduler::new(100, 50, 1);
+    s.add_units([7, 8]);
+    s.rig_status(&rig(1), 1, true, true);
+    assert_eq!(units_of(&s.assign(0), &rig(1)), vec![(7, 0)]);
+    assert!(s.leased_to(7, 0, &rig(1), 10));
+    assert!(!s.leased_to(7, 0, &rig(2), 10), "another rig");
+    assert!(!s.leased_to(7, 1, &rig(1), 10), "another attempt");
+    assert!(!s.leased_to(8, 0, &rig(1), 10), "a queued unit");
+    assert!(!s.leased_to(99, 0, &rig(1), 10), "a unit never issued");
+    assert_eq!(s.expire(100), vec![7]);
+    s.rig_status(&rig(2), 1, true, true);
+    s.heard_from(&rig(1));
+    let a = s.assign(120);
+    assert!(units_of(&a, &rig(2)).contains(&(7, 1)) || units_of(&a, &rig(1)).contains(&(7, 1)));
+    assert!(s.leased_to(7, 0, &rig(1), 150), "within the grace");
+    assert!(!s.leased_to(7, 0, &rig(1), 151), "past the grace");
+    s.done(7);
+    assert!(!s.leased_to(7, 1, &rig(2), 152), "a unit done");
+}
+
+#[test]
+fn leases_restored_after_a_restart_hold_as_before() {
+    let mut s = Scheduler::new(100, 50, 1);
+    s.add_units([7]);
+    s.restore_lease((7, 0, rig(1), 100));
+    s.restore_lease((7, 2, rig(2), 300));
+    s.restore_lease((7, 1, rig(3), 200));
+    assert_eq!(s.attempt(7), Some(2));
+    assert!(s.leased_to(7, 2, &rig(2), 250));
+    assert!(s.leased_to(7, 1, &rig(3), 250));
+    assert!(!s.leased_to(7, 0, &rig(1), 250));
+    assert_eq!(s.outstanding(&rig(2)), 1);
+    s.rig_status(&rig(4), 1, true, true);
+    assert!(
+        s.assign(250).is_empty(),
+        "a leased unit is not handed out again"
+    );
+    assert_eq!(s.expire(300), vec![7]);
+    assert_eq!(s.attempt(7), Some(3));
+}
+
+#[test]
 fn a_rig_whose_lease_ran_out_waits_a_lease_before_new_units_unless_heard_from() {
-    let mut s = Scheduler::new(100, 1);
+    let mut s = Scheduler::new(100, 0, 1);
     s.add_units([1, 2]);
     s.rig_status(&rig(1), 1, true, true);
     s.assign(0);
@@ -71,7 +114,7 @@ fn a_rig_whose_lease_ran_out_waits_a_lease_before_new_units_unless_heard_from() 
 
 #[test]
 fn an_offline_rig_keeps_its_leases_until_they_expire() {
-    let mut s = Scheduler::new(10_000, 2);
+    let mut s = Scheduler::new(10_000, 0, 2);
     s.add_units(0..2);
     s.rig_status(&rig(1), 1, true, true);
     assert_eq!(units_of(&s.assign(0), &rig(1)).len(), 2);
@@ -89,7 +132,7 @@ fn an_offline_rig_keeps_its_leases_until_they_expire() {
 
 #[test]
 fn a_draining_rig_keeps_its_leases_but_gets_nothing_new() {
-    let mut s = Scheduler::new(10_000, 1);
+    let mut s = Scheduler::new(10_000, 0, 1);
     s.add_units(0..3);
     s.rig_status(&rig(1), 1, true, true);
     assert_eq!(s.assign(0).len(), 1);
@@ -101,7 +144,7 @@ fn a_draining_rig_keeps_its_leases_but_gets_nothing_new() {
 
 #[test]
 fn a_done_unit_is_never_handed_out_again() {
-    let mut s = Scheduler::new(100, 1);
+    let mut s = Scheduler::new(100, 0, 1);
     s.add_units([1, 2]);
     s.rig_status(&rig(1), 1, true, true);
     s.assign(0);
@@ -117,7 +160,7 @@ proptest! {
     fn leases_never_exceed_capacity_and_every_live_unit_is_queued_or_leased(
         ops in proptest::collection::vec((0u8..5, 0u32..3, 0u64..12), 1..80)
     ) {
-        let mut s = Scheduler::new(50, 2);
+        let mut s = Scheduler::new(50, 0, 2);
         s.add_units(0..12);
         let mut now = 0;
         for (op, r, unit) in ops {

@@ -48,6 +48,8 @@ pub enum Rejection {
     NotAssigned,
     /// The unit already has an accepted result.
     AlreadyDone,
+    /// The unit attempt is not leased to this rig (nor was until less than the grace ago).
+    NotLeased,
     /// The input digest is not that of the unit as assigned.
     InputDigest,
     /// The output digest is not that of the output carried.
@@ -61,6 +63,19 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Whether the receipt was refused before any check of its result: such receipts are
+    /// recorded as runs of sequence numbers, not one by one (see `ledger::Refused`).
+    pub fn before_checks(self) -> bool {
+        matches!(
+            self,
+            Rejection::KeyChanged
+                | Rejection::UnknownJob
+                | Rejection::NotAssigned
+                | Rejection::AlreadyDone
+                | Rejection::NotLeased
+        )
+    }
+
     /// The reason as recorded.
     pub fn reason(self) -> &'static str {
         match self {
@@ -68,6 +83,7 @@ impl Rejection {
             Rejection::UnknownJob => "unknown job",
             Rejection::NotAssigned => "unit not assigned",
             Rejection::AlreadyDone => "unit already done",
+            Rejection::NotLeased => "unit not leased to the rig",
             Rejection::InputDigest => "input digest mismatch",
             Rejection::OutputDigest => "output digest mismatch",
             Rejection::Work => "work mismatch",

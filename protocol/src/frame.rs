@@ -180,7 +180,16 @@ mod tests {
     fn each_refusal_names_its_reason() {
         let ack = Ack {
             rig: crate::RigId::new("r").unwrap_or_else(|_| unreachable!()),
-            batches: vec![1, 2],
+            batches: vec![
+                AckedBatch {
+                    first_seq: 1,
+                    digest: [1; 32],
+                },
+                AckedBatch {
+                    first_seq: 2,
+                    digest: [2; 32],
+                },
+            ],
         };
         let good = encode(&ack);
         assert_eq!(decode::<Ack>(&good), Ok(ack));
@@ -217,10 +226,64 @@ mod tests {
             rig: crate::RigId::new("r").unwrap_or_else(|_| unreachable!()),
             batches: vec![],
         };
-        many.batches = vec![0; MAX_BATCH + 1];
+        many.batches = vec![
+            AckedBatch {
+                first_seq: 0,
+                digest: [0; 32],
+            };
+            MAX_BATCH + 1
+        ];
         assert!(matches!(
             decode::<Ack>(&encode(&many)),
             Err(FrameError::Invalid { .. })
         ));
+    }
+
+    /// A batch at the end of the sequence space (first_seq = 2^64 - 1, two receipts) or at
+    /// seq 0 is refused on decode, before any signature check, without overflowing.
+    #[test]
+    fn a_batch_whose_sequence_numbers_overflow_is_refused_on_decode() {
+        let rig = crate::RigId::new("r").unwrap_or_else(|_| unreachable!());
+        let item = |seq: u64| crate::receipt::ReceiptItem {
+            receipt: crate::receipt::Receipt {
+                rig: rig.clone(),
+                seq,
+                card: crate::GpuUuid::new("SIM-0").unwrap_or_else(|_| unreachable!()),
+                job: crate::JobId::new("j").unwrap_or_else(|_| unreachable!()),
+                unit: 1,
+                attempt: 0,
+                work: 1,
+                input_digest: [0; 32],
+                output_digest: [0; 32],
+                started_ms: 0,
+                finished_ms: 0,
+                governor_level: 0,
+            },
+            proof: vec![],
+            output: crate::units::UnitOutput::GemmI8 { c_digest: [0; 32] },
+        };
+        for (first, seqs) in [
+            (u64::MAX, vec![u64::MAX, 0]),
+            (u64::MAX, vec![u64::MAX]),
+            (0, vec![0]),
+        ] {
+            let batch = ReceiptBatch {
+                header: crate::receipt::BatchHeader {
+                    rig: rig.clone(),
+                    first_seq: first,
+                    count: seqs.len() as u32,
+                    root: [0; 32],
+                },
+                signature: crate::Signature(vec![0; 65]),
+                items: seqs.into_iter().map(item).collect(),
+            };
+            assert!(
+                matches!(
+                    decode::<ReceiptBatch>(&encode(&batch)),
+                    Err(FrameError::Invalid { .. })
+                ),
+                "first_seq {first}"
+            );
+        }
     }
 }

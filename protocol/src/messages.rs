@@ -241,9 +241,20 @@ impl Frame for ReceiptBatch {
                 self.items.len()
             ));
         }
+        if self.header.first_seq == 0 {
+            return Err("sequence numbers start at 1".into());
+        }
+        let count = u64::from(self.header.count);
+        if self.header.first_seq.checked_add(count).is_none() {
+            return Err(format!(
+                "first_seq {} + count {count} overflows",
+                self.header.first_seq
+            ));
+        }
         for (i, item) in self.items.iter().enumerate() {
             let r = &item.receipt;
-            if r.rig != self.header.rig || r.seq != self.header.first_seq + i as u64 {
+            let expected = self.header.first_seq.checked_add(i as u64);
+            if r.rig != self.header.rig || Some(r.seq) != expected {
                 return Err(format!(
                     "item {i} (rig {} seq {}) does not follow the header",
                     r.rig, r.seq
@@ -262,8 +273,19 @@ impl Frame for ReceiptBatch {
 pub struct Ack {
     /// The rig.
     pub rig: RigId,
-    /// First sequence number of each recorded batch.
-    pub batches: Vec<u64>,
+    /// Each recorded batch.
+    pub batches: Vec<AckedBatch>,
+}
+
+/// One acknowledged batch: its first sequence number and the digest its rig signed
+/// ([`crate::BatchHeader::signing_digest`]). A rig forgets a batch only when both match the
+/// batch it holds, so an ack forged or meant for another batch drops nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckedBatch {
+    /// First sequence number of the batch.
+    pub first_seq: u64,
+    /// The batch header's EIP-712 signing digest.
+    pub digest: crate::digest::Hash32,
 }
 
 impl Frame for Ack {
@@ -307,6 +329,11 @@ pub struct Earnings {
     pub missing_seqs: u64,
     /// When the ledger last changed, Unix ms.
     pub updated_ms: u64,
+    /// The key the network pinned for the rig at first sight: the one its receipts are
+    /// verified under (not the key a rig announces about itself).
+    pub pinned_key: Option<PublicKey>,
+    /// Whether the rig has since announced another key (its batches are refused).
+    pub key_changed: bool,
 }
 
 impl Earnings {

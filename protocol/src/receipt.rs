@@ -98,12 +98,14 @@ impl BatchHeader {
             .first()
             .ok_or("a batch holds at least one receipt")?;
         for (i, r) in receipts.iter().enumerate() {
-            if r.seq != first.seq + i as u64 || &r.rig != rig {
+            let expected = first
+                .seq
+                .checked_add(i as u64)
+                .ok_or("sequence numbers overflow")?;
+            if r.seq != expected || &r.rig != rig {
                 return Err(format!(
-                    "receipt {i} has rig {} seq {}, batch expects rig {rig} seq {}",
-                    r.rig,
-                    r.seq,
-                    first.seq + i as u64
+                    "receipt {i} has rig {} seq {}, batch expects rig {rig} seq {expected}",
+                    r.rig, r.seq
                 ));
             }
         }

@@ -2,6 +2,7 @@
 //! and polling with deadlines instead of sleeps.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod rogue;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tls;

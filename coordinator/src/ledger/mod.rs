@@ -35,6 +35,12 @@ CREATE INDEX IF NOT EXISTS receipts_by_unit ON receipts(job, unit);
 CREATE TABLE IF NOT EXISTS mlp_results(
     job TEXT NOT NULL, unit INTEGER NOT NULL, loss_bits INTEGER NOT NULL,
     samples INTEGER NOT NULL, grad BLOB NOT NULL, PRIMARY KEY(job, unit));
+CREATE TABLE IF NOT EXISTS leases(
+    job TEXT NOT NULL, unit INTEGER NOT NULL, attempt INTEGER NOT NULL, rig TEXT NOT NULL,
+    deadline_ms INTEGER NOT NULL, PRIMARY KEY(job, unit, attempt));
+CREATE TABLE IF NOT EXISTS refused(
+    rig TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    reason TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY(rig, first_seq));
 CREATE TABLE IF NOT EXISTS mlp_checkpoints(
     job TEXT PRIMARY KEY, step INTEGER NOT NULL, params BLOB NOT NULL, loss_bits INTEGER);
 ";
@@ -101,6 +107,8 @@ pub struct BatchRecord<'a> {
     pub duplicates: u64,
     /// Accepted MLP outputs to keep until their step is stitched: `(job, unit, output)`.
     pub kept_outputs: Vec<(&'a JobId, u64, &'a UnitOutput)>,
+    /// Receipts refused before any check of their results, as runs of sequence numbers.
+    pub refused: Vec<Refused>,
 }
 
 /// What a rig's status key means for its pinned key.
@@ -257,13 +265,18 @@ impl Ledger {
                 ))
             },
         )?;
+        let (refused, refused_last) = self.refused_totals(rig)?;
+        let pinned = self.registered(rig)?;
+        let last_seq = last_seq.max(refused_last);
         Ok(Earnings {
             rig: rig.clone(),
             cards,
             micros_per_mflop: self.price()?,
             last_seq,
-            missing_seqs: last_seq.saturating_sub(recorded),
+            missing_seqs: last_seq.saturating_sub(recorded.saturating_add(refused)),
             updated_ms,
+            key_changed: pinned.as_ref().is_some_and(|p| p.key_changed),
+            pinned_key: pinned.map(|p| p.key),
         })
     }
 
@@ -297,6 +310,15 @@ impl Ledger {
             .query_map([rig.as_str()], |r| r.get::<_, i64>(0))?
             .map(|s| s.map(|s| s as u64))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut seqs: Vec<u64> = seqs
+            .into_iter()
+            .chain(
+                self.refused_runs(rig)?
+                    .into_iter()
+                    .flat_map(|(first, last)| first..=last),
+            )
+            .collect();
+        seqs.sort_unstable();
         Ok(seqs)
     }
 
@@ -328,13 +350,29 @@ impl Ledger {
         Ok(n.unwrap_or(0) as u64)
     }
 
+    /// One registered rig with its pinned key, if registered.
+    pub fn registered(&self, rig: &RigId) -> Result<Option<RegisteredRig>, LedgerError> {
+        Ok(self
+            .registry_where("WHERE rig = ?1", [rig.as_str()])?
+            .into_iter()
+            .next())
+    }
+
     /// Every registered rig with its pinned key.
     pub fn registry(&self) -> Result<Vec<RegisteredRig>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT rig, curve, pubkey, key_changed FROM rigs ORDER BY rig")?;
+        self.registry_where("", [])
+    }
+
+    fn registry_where<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        args: P,
+    ) -> Result<Vec<RegisteredRig>, LedgerError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT rig, curve, pubkey, key_changed FROM rigs {filter} ORDER BY rig"
+        ))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(args, |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -420,8 +458,11 @@ impl Ledger {
                 r.get::<_, i64>(0)
             })?
             .map(|s| s.map(|s| s as u64))
-            .collect::<Result<HashSet<_>, _>>()?;
-        Ok(found)
+            .collect::<Result<HashSet<u64>, _>>()?;
+        Ok(found
+            .union(&self.refused_among(rig, &seqs)?)
+            .copied()
+            .collect())
     }
 
     /// Records one batch in one transaction. A receipt whose `(rig, seq)` is already recorded
@@ -479,6 +520,7 @@ impl Ledger {
                 }
             }
         }
+        refused::insert(&tx, rig, &batch.refused, now_ms)?;
         if duplicates > 0 {
             tx.execute(
                 "INSERT INTO deliveries(rig, duplicates) VALUES(?1, ?2)
@@ -501,8 +543,11 @@ impl Ledger {
     }
 }
 
+mod leases;
+mod refused;
 mod training;
 
+pub use refused::{push_refused, Refused};
 pub use training::Checkpoint;
 
 #[cfg(test)]

@@ -147,6 +147,7 @@ fn stitch_credits_pending_receipts_and_keeps_a_checkpoint() {
                 ..credited(r)
             })
             .collect(),
+        refused: vec![],
         duplicates: 0,
         kept_outputs: vec![(&j, 2, &output)],
     };

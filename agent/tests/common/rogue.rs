@@ -1,0 +1,153 @@
+//! A rogue rig for tests: a genuine identity with its own secp256k1 key, speaking the real
+//! protocol over a real broker, sending whatever a test wants it to: receipts for units it
+//! was never leased, invented results, floods.
+
+use k256::ecdsa::SigningKey;
+use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::{
+    encode, Ack, BatchHeader, GpuUuid, KeyHealth, PublicKey, Receipt, ReceiptBatch, ReceiptItem,
+    RigId, RigState, RigStatus, Signature, UnitOutput, WorkUnit,
+};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{Client, Event, MqttOptions};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A rogue rig connected to the broker.
+pub struct Rogue {
+    pub id: RigId,
+    key: SigningKey,
+    pub next_seq: u64,
+    client: Client,
+    acks: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Rogue {
+    /// Connects as `name` with a key made from `secret` and listens for its acks.
+    pub fn connect(port: u16, name: &str, secret: u8) -> Self {
+        let id = RigId::new(name).unwrap();
+        let mut opts = MqttOptions::new(format!("rogue-{name}"), "127.0.0.1", port);
+        opts.set_max_packet_size(Some(2 << 20));
+        let (client, mut connection) = Client::new(opts, 256);
+        let acks = Arc::new(Mutex::new(vec![]));
+        let (seen, topic, c) = (
+            acks.clone(),
+            topics::rig(&id, Channel::Acks),
+            client.clone(),
+        );
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(ack) = rigd_protocol::decode::<Ack>(&p.payload) {
+                            let mut seen = seen.lock().unwrap();
+                            seen.extend(ack.batches.iter().map(|b| b.first_seq));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        Self {
+            id,
+            key: SigningKey::from_slice(&[secret; 32]).unwrap(),
+            next_seq: 1,
+            client,
+            acks,
+        }
+    }
+
+    pub fn pubkey(&self) -> PublicKey {
+        let point = self.key.verifying_key().to_encoded_point(true);
+        PublicKey::Secp256k1(point.as_bytes().to_vec())
+    }
+
+    /// Publishes its retained status: idle, with no cards (so it is leased nothing).
+    pub fn announce(&self) {
+        let status = RigStatus {
+            rig: self.id.clone(),
+            agent_version: "rogue".into(),
+            pubkey: self.pubkey(),
+            key_backend: "rogue".into(),
+            key_health: KeyHealth::Answering,
+            state: RigState::Idle,
+            cards: vec![],
+            units_running: 0,
+            units_queued: 0,
+            seq_journaled: 0,
+            receipts_unacked: 0,
+            started_ms: 1,
+            sent_ms: 1,
+        };
+        self.publish(Channel::Status, true, encode(&status));
+    }
+
+    /// A receipt for `unit` claiming `output` and `work`, with the next sequence number.
+    pub fn receipt(
+        &mut self,
+        unit: &WorkUnit,
+        output: &UnitOutput,
+        work: u64,
+    ) -> (Receipt, UnitOutput) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let receipt = Receipt {
+            rig: self.id.clone(),
+            seq,
+            card: GpuUuid::new("SIM-rogue-0").unwrap(),
+            job: unit.job.clone(),
+            unit: unit.unit,
+            attempt: unit.attempt,
+            work,
+            input_digest: unit.kind.input_digest(),
+            output_digest: output.digest(),
+            started_ms: 1,
+            finished_ms: 2,
+            governor_level: 0,
+        };
+        (receipt, output.clone())
+    }
+
+    /// A signed batch over consecutive receipts.
+    pub fn batch(&self, items: Vec<(Receipt, UnitOutput)>) -> ReceiptBatch {
+        let receipts: Vec<Receipt> = items.iter().map(|(r, _)| r.clone()).collect();
+        let header = BatchHeader::over(&self.id, &receipts).unwrap();
+        let (sig, recid) = self
+            .key
+            .sign_prehash_recoverable(&header.signing_digest())
+            .unwrap();
+        let mut signature = sig.to_bytes().to_vec();
+        signature.push(27 + recid.to_byte());
+        ReceiptBatch {
+            header,
+            signature: Signature(signature),
+            items: ReceiptItem::with_proofs(items),
+        }
+    }
+
+    /// Publishes a frame on its receipts topic.
+    pub fn send(&self, payload: Vec<u8>) {
+        self.publish(Channel::Receipts, false, payload);
+    }
+
+    fn publish(&self, channel: Channel, retain: bool, payload: Vec<u8>) {
+        self.client
+            .publish(
+                topics::rig(&self.id, channel),
+                QoS::AtLeastOnce,
+                retain,
+                payload,
+            )
+            .unwrap();
+    }
+
+    /// First sequence numbers of the batches acknowledged so far.
+    pub fn acked(&self) -> Vec<u64> {
+        self.acks.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,181 @@
+//! Rogue rigs against a real coordinator, a real mosquitto and an honest rigd: a genuine
+//! identity with its own key is still paid only for work leased to it, and what it sends
+//! costs the ledger a bounded amount and never stops the honest rig's pay.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::rogue::Rogue;
+use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use rigd_coordinator::job::Job;
+use rigd_coordinator::JobSpec;
+use rigd_protocol::{encode, RigId, WorkUnit};
+
+const UNITS: u64 = 40;
+const DIM: u32 = 32;
+
+/// The job's units as an attacker can derive them (the job's parameters are no secret).
+fn every_unit() -> Vec<WorkUnit> {
+    let job = Job::new(&JobSpec::Gemm {
+        job: rigd_protocol::JobId::new("gemm-test").unwrap(),
+        units: UNITS,
+        m: DIM,
+        n: DIM,
+        k: DIM,
+        seed: 11,
+    })
+    .unwrap();
+    (0..UNITS).filter_map(|u| job.work_unit(u, 0)).collect()
+}
+
+/// A broker, a coordinator running a GEMM job, an honest rigd with one card and a rogue rig
+/// whose key the coordinator pinned.
+struct Scene {
+    _broker: Mosquitto,
+    _dir: tempfile::TempDir,
+    coordinator: Coordinator,
+    honest: RigProcess,
+    rogue: Rogue,
+}
+
+impl Scene {
+    fn start() -> Self {
+        let broker = Mosquitto::start();
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = Coordinator::gemm(broker.port, dir.path(), UNITS, DIM, |_| {});
+        let honest = RigProcess::start(
+            "rig-h",
+            broker.port,
+            1,
+            &dir.path().join("h"),
+            "sim_gflops = 0.002\n",
+        );
+        let rogue = Rogue::connect(broker.port, "rig-rogue", 7);
+        rogue.announce();
+        pinned(&coordinator, "rig-rogue");
+        Self {
+            _broker: broker,
+            _dir: dir,
+            coordinator,
+            honest,
+            rogue,
+        }
+    }
+
+    fn parts(&mut self) -> (&Coordinator, &RigProcess, &mut Rogue) {
+        (&self.coordinator, &self.honest, &mut self.rogue)
+    }
+}
+
+/// Waits until the coordinator pinned the rig's key (its batches are heard from then on).
+fn pinned(c: &Coordinator, rig: &str) {
+    let rig = RigId::new(rig).unwrap();
+    wait_until("the rogue's key pinned", 30, || {
+        c.ledger()
+            .and_then(|l| l.registered(&rig).ok().flatten())
+            .is_some()
+    });
+}
+
+fn credited_micros(c: &Coordinator, rig: &str) -> u64 {
+    let rig = RigId::new(rig).unwrap();
+    c.ledger()
+        .and_then(|l| l.earnings(&rig).ok())
+        .map_or(0, |e| e.total().credited_micros)
+}
+
+/// A rogue computes every unit of the job correctly (some leased to the honest rig at that
+/// moment) and sends them in one signed batch: it is paid nothing, and the honest rig is
+/// paid for every unit it was leased, each once.
+#[test]
+fn a_rogue_rig_that_computes_units_it_was_never_leased_is_paid_nothing() {
+    let mut scene = Scene::start();
+    let (coordinator, honest, rogue) = scene.parts();
+    wait_until("the honest rig paid for some units", 60, || {
+        !coordinator.credited().is_empty()
+    });
+    let items = every_unit()
+        .iter()
+        .map(|u| {
+            let out = rigd_coordinator::verify::recompute(&u.kind).unwrap();
+            rogue.receipt(u, &out, rigd_kernels::unit::work(&u.kind))
+        })
+        .collect();
+    let batch = rogue.batch(items);
+    rogue.send(encode(&batch));
+    wait_until("the rogue's batch recorded", 30, || {
+        rogue.acked() == vec![1]
+    });
+    wait_job_done(coordinator, UNITS, &[honest], 120);
+    coordinator.assert_exactly_once(UNITS, &[honest]);
+    let (honest_pay, rogue_pay) = (
+        credited_micros(coordinator, "rig-h"),
+        credited_micros(coordinator, "rig-rogue"),
+    );
+    println!("honest rig paid {honest_pay} micros, rogue {rogue_pay} micros for {UNITS} units it computed unleased");
+    assert_eq!(rogue_pay, 0);
+    assert!(honest_pay > 0);
+    let ledger = coordinator.ledger().unwrap();
+    let rogue_id = RigId::new("rig-rogue").unwrap();
+    assert_eq!(
+        ledger.refused_totals(&rogue_id).unwrap(),
+        (UNITS, UNITS),
+        "every receipt refused before any recompute"
+    );
+}
+
+/// A rogue floods signed batches of receipts for units never issued, one with sequence
+/// numbers far ahead and an unsigned one whose sequence numbers overflow: the ledger grows
+/// by one row per batch at most, and the honest rig's job completes, paid exactly once.
+#[test]
+fn a_flood_of_receipts_for_units_never_issued_costs_a_row_per_batch() {
+    let mut scene = Scene::start();
+    let (coordinator, honest, rogue) = scene.parts();
+    wait_until("the honest rig working", 60, || honest.journal().0 > 0);
+    let template = every_unit().remove(0);
+    let out = rigd_coordinator::verify::recompute(&template.kind).unwrap();
+    let (batches, per_batch) = (20u64, 1500u64);
+    for b in 0..batches {
+        let items = (0..per_batch)
+            .map(|i| {
+                let unit = WorkUnit {
+                    unit: 1_000_000 + b * per_batch + i,
+                    ..template.clone()
+                };
+                rogue.receipt(&unit, &out, 1)
+            })
+            .collect();
+        rogue.send(encode(&rogue.batch(items)));
+    }
+    // Far beyond the rogue's sequence numbers: refused unrecorded, not acked.
+    rogue.next_seq = 1 << 40;
+    let far = rogue.receipt(&template, &out, 1);
+    rogue.send(encode(&rogue.batch(vec![far])));
+    // Unsigned, decoded before authentication: first_seq = 2^64 - 1.
+    let last = rogue.receipt(&template, &out, 1);
+    let mut overflow = rogue.batch(vec![last]);
+    overflow.header.first_seq = u64::MAX;
+    overflow.items[0].receipt.seq = u64::MAX;
+    overflow.signature = rigd_protocol::Signature(vec![0; 65]);
+    rogue.send(encode(&overflow));
+    wait_until("every flood batch recorded", 60, || {
+        rogue.acked().len() as u64 == batches
+    });
+    wait_job_done(coordinator, UNITS, &[honest], 120);
+    coordinator.assert_exactly_once(UNITS, &[honest]);
+    let rogue_id = RigId::new("rig-rogue").unwrap();
+    let ledger = coordinator.ledger().unwrap();
+    let (refused, highest) = ledger.refused_totals(&rogue_id).unwrap();
+    assert_eq!(
+        (refused, highest),
+        (batches * per_batch, batches * per_batch)
+    );
+    assert!(ledger.recorded_seqs(&rogue_id).unwrap().len() as u64 == batches * per_batch);
+    let rows = ledger.refused_rows(&rogue_id).unwrap();
+    println!(
+        "{} flood receipts in {batches} batches: {rows} ledger rows, no receipt rows",
+        batches * per_batch
+    );
+    assert!(rows <= batches, "{rows} rows");
+    assert_eq!(credited_micros(coordinator, "rig-rogue"), 0);
+}
