@@ -471,14 +471,17 @@ fn a_card_that_loses_telemetry_is_paused_and_resumes_while_the_other_card_keeps_
 
 #[test]
 fn a_wrong_result_is_rejected_by_the_coordinator_and_the_unit_is_redone() {
+    // The network cannot tell a faulty card from a cheat: the rig's unaudited credit is
+    // forfeited, it is suspended (1 s here), then back on probation, and every unit is still
+    // paid once.
     let units = 60;
     let r = FaultyRig::start(units, &fault("wrong_result", 2), |c| {
         c.verify_fraction = 1.0;
+        c.trust.suspend_ms = 1_000;
     });
     wait_until("the wrong result rejected", WAIT_S, || {
         r.earnings(1).rejected_units > 0
     });
-    let card0_then = r.earnings(0).credited_units;
     assert!(
         (r.coordinator.credited().len() as u64) < units,
         "the job ended before the wrong result was rejected"
@@ -486,12 +489,10 @@ fn a_wrong_result_is_rejected_by_the_coordinator_and_the_unit_is_redone() {
     let end = r.finish();
     let (healthy, faulty) = (r.earnings(0), r.earnings(1));
     assert!(
-        healthy.credited_units >= card0_then + u64::from(HEALTHY_CARD_UNITS_AFTER_FAULT),
-        "card 0 had {card0_then} units credited at the rejection and {} at the end",
+        healthy.credited_units >= u64::from(HEALTHY_CARD_UNITS_AFTER_FAULT),
+        "card 0 works again after the suspension: {} units credited",
         healthy.credited_units
     );
-    assert_eq!(healthy.rejected_units, 0, "card 0's results are right");
-    assert_eq!(faulty.rejected_units, 1, "one wrong result, one rejection");
     assert_eq!(
         healthy.credited_units + faulty.credited_units,
         units,
@@ -504,14 +505,26 @@ fn a_wrong_result_is_rejected_by_the_coordinator_and_the_unit_is_redone() {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    let (unit, attempt, reason): (i64, i64, String) = db
+    let reasons: Vec<String> = db
+        .prepare("SELECT DISTINCT reason FROM receipts WHERE rig = ?1 AND state = 'rejected' ORDER BY reason")
+        .unwrap()
+        .query_map([RIG], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r == "result mismatch" || r == "forfeited"),
+        "{reasons:?}"
+    );
+    let (unit, attempt): (i64, i64) = db
         .query_row(
-            "SELECT unit, attempt, reason FROM receipts WHERE rig = ?1 AND state = 'rejected'",
+            "SELECT unit, attempt FROM receipts WHERE rig = ?1 AND reason = 'result mismatch'",
             [RIG],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .unwrap();
-    assert_eq!(reason, "result mismatch");
     let redone: i64 = db
         .query_row(
             "SELECT attempt FROM receipts WHERE rig = ?1 AND unit = ?2 AND state = 'credited'",

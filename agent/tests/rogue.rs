@@ -179,3 +179,61 @@ fn a_flood_of_receipts_for_units_never_issued_costs_a_row_per_batch() {
     assert!(rows <= batches, "{rows} rows");
     assert_eq!(credited_micros(coordinator, "rig-rogue"), 0);
 }
+
+/// A rogue that is leased units computes the first one and invents the results of the rest,
+/// round after round, beside an honest rig: it is caught while on probation, its unaudited
+/// credit is forfeited, it is leased nothing more, and it ends with less pay than the honest
+/// rig; every unit is paid once.
+#[test]
+fn a_rogue_rig_that_invents_results_earns_less_than_an_honest_one() {
+    let mut scene = Scene::start();
+    let (coordinator, honest, rogue) = scene.parts();
+    rogue.announce_cards(1);
+    let work = |u: &WorkUnit| rigd_kernels::unit::work(&u.kind);
+    let mut computed_one = false;
+    let mut rounds = 0;
+    while (coordinator.credited().len() as u64) < UNITS && rounds < 200 {
+        let given = rogue.take_units();
+        if given.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            rounds += 1;
+            continue;
+        }
+        let items = given
+            .iter()
+            .map(|u| {
+                let out = if computed_one {
+                    rigd_protocol::UnitOutput::GemmI8 {
+                        c_digest: [0xAB; 32],
+                    }
+                } else {
+                    computed_one = true;
+                    rigd_coordinator::verify::recompute(&u.kind).unwrap()
+                };
+                rogue.receipt(u, &out, work(u))
+            })
+            .collect();
+        rogue.send(encode(&rogue.batch(items)));
+    }
+    wait_job_done(coordinator, UNITS, &[honest], 120);
+    coordinator.assert_exactly_once(UNITS, &[honest]);
+    let (honest_pay, rogue_pay) = (
+        credited_micros(coordinator, "rig-h"),
+        credited_micros(coordinator, "rig-rogue"),
+    );
+    println!("over {UNITS} units: honest rig paid {honest_pay} micros, the rogue that invented results {rogue_pay}");
+    assert!(rogue_pay < honest_pay, "{rogue_pay} >= {honest_pay}");
+    assert_eq!(rogue_pay, 0, "its unaudited credit was forfeited");
+    let rogue_id = RigId::new("rig-rogue").unwrap();
+    let caught = coordinator
+        .ledger()
+        .unwrap()
+        .earnings(&rogue_id)
+        .unwrap()
+        .total()
+        .rejected_units;
+    assert!(
+        computed_one && caught >= 2,
+        "the rogue was leased units and caught: {caught} rejected"
+    );
+}

@@ -3,7 +3,7 @@
 //! the MQTT shell does the rest.
 
 use crate::inbound::{self, Inbound};
-use crate::job::{Job, Lookup, Stitched};
+use crate::job::{Job, Stitched};
 use crate::ledger::push_refused;
 use crate::ledger::{BatchRecord, Entry, KeyCheck, Ledger, LedgerError, ReceiptState};
 use crate::scheduler::Scheduler;
@@ -13,7 +13,7 @@ use rigd_protocol::messages::MAX_UNITS_PER_MESSAGE;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
     encode, Ack, AckedBatch, CoordinatorStatus, PublicKey, ReceiptBatch, ReceiptItem, RigId,
-    RigState, RigStatus, UnitAssignment, UnitKind, UnitOutput, MAX_FRAME_BYTES,
+    RigState, RigStatus, UnitAssignment, UnitKind, MAX_FRAME_BYTES,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -62,7 +62,9 @@ pub struct Engine {
     high_water: HashMap<RigId, u64>,
     lease_ms: u64,
     online: BTreeMap<RigId, bool>,
-    first_checked: HashSet<RigId>,
+    /// Results of each rig verified by recomputation in this run.
+    verified: HashMap<RigId, u32>,
+    trust: crate::Trust,
     earnings_dirty: BTreeSet<RigId>,
     earnings_sent: HashMap<RigId, u64>,
     units_done: u64,
@@ -133,7 +135,8 @@ impl Engine {
             high_water: HashMap::new(),
             lease_ms: config.lease_ms,
             online: BTreeMap::new(),
-            first_checked: HashSet::new(),
+            verified: HashMap::new(),
+            trust: config.trust,
             earnings_dirty: dirty,
             earnings_sent: HashMap::new(),
             units_done,
@@ -271,8 +274,19 @@ impl Engine {
             }
             fresh.push((item, verdict));
         }
-        self.record(rig, &fresh, duplicates, now_ms)?;
+        let forfeited = self.record(rig, &fresh, duplicates, now_ms)?;
         let mut out = self.apply(rig, &fresh, now_ms);
+        if fresh.iter().any(|(_, v)| {
+            matches!(
+                v,
+                Verdict::Rejected {
+                    why: Rejection::ResultMismatch,
+                    ..
+                }
+            )
+        }) {
+            self.penalize(rig, &forfeited, now_ms);
+        }
         let ack = Ack {
             rig: rig.clone(),
             batches: vec![AckedBatch {
@@ -290,63 +304,6 @@ impl Engine {
         Ok(out)
     }
 
-    fn judge(
-        &mut self,
-        rig: &RigId,
-        item: &ReceiptItem,
-        taken: &HashSet<u64>,
-        now_ms: u64,
-    ) -> Verdict {
-        let r = &item.receipt;
-        let reject = |why| Verdict::Rejected {
-            why,
-            requeue: false,
-        };
-        let retry = |why| Verdict::Rejected { why, requeue: true };
-        if &r.job != self.job.id() {
-            return reject(Rejection::UnknownJob);
-        }
-        let expected = match self.job.lookup(r.unit) {
-            Lookup::Unknown => return reject(Rejection::NotAssigned),
-            Lookup::Done => return reject(Rejection::AlreadyDone),
-            Lookup::Open(_) if taken.contains(&r.unit) => return reject(Rejection::AlreadyDone),
-            Lookup::Open(e) => e,
-        };
-        if !self.scheduler.leased_to(r.unit, r.attempt, rig, now_ms) {
-            return reject(Rejection::NotLeased);
-        }
-        if let Err(why) = verify::check_receipt(r, &item.output, &expected) {
-            return retry(why);
-        }
-        if !self.job.output_fits(r.unit, &item.output) {
-            return retry(Rejection::MalformedOutput);
-        }
-        let first = !self.first_checked.contains(rig);
-        if !first && !self.sampler.pick(rig, r.seq) {
-            return Verdict::Accepted { verified: false };
-        }
-        let Some(unit) = self.job.work_unit(r.unit, r.attempt) else {
-            return reject(Rejection::NotAssigned);
-        };
-        if self.agrees(&unit.kind, &item.output) {
-            self.first_checked.insert(rig.clone());
-            Verdict::Accepted { verified: true }
-        } else {
-            tracing::warn!(rig = %rig, seq = r.seq, unit = r.unit, "recomputed result differs");
-            retry(Rejection::ResultMismatch)
-        }
-    }
-
-    fn agrees(&self, kind: &UnitKind, output: &UnitOutput) -> bool {
-        match verify::recompute(kind) {
-            Ok(want) => verify::outputs_agree(&want, output, self.tolerance),
-            Err(e) => {
-                tracing::error!(error = %e, "recomputation failed");
-                false
-            }
-        }
-    }
-
     fn micros(&self, work: u64) -> u64 {
         let m = u128::from(work) * u128::from(self.price) / 1_000_000;
         u64::try_from(m).unwrap_or(u64::MAX)
@@ -358,11 +315,21 @@ impl Engine {
         fresh: &[(&ReceiptItem, Verdict)],
         duplicates: u64,
         now_ms: u64,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Vec<u64>, LedgerError> {
         let credit = self.job.credits_on_accept();
         let id = self.job.id().clone();
+        let caught = fresh.iter().any(|(_, v)| {
+            matches!(
+                v,
+                Verdict::Rejected {
+                    why: Rejection::ResultMismatch,
+                    ..
+                }
+            )
+        });
         let mut record = BatchRecord {
             duplicates,
+            forfeit: caught.then_some((&id, now_ms.saturating_sub(self.trust.audit_ms))),
             ..BatchRecord::default()
         };
         for (item, verdict) in fresh {
@@ -586,6 +553,9 @@ impl Engine {
         ]
     }
 }
+
+#[path = "engine_judge.rs"]
+mod judge;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

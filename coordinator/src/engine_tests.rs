@@ -1,7 +1,7 @@
 use super::*;
 use crate::test_support::{job_id, TestRig};
 use crate::JobSpec;
-use rigd_protocol::{decode, CardInfo, Earnings, GpuUuid, WorkUnit};
+use rigd_protocol::{decode, CardInfo, Earnings, GpuUuid, UnitOutput, WorkUnit};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -211,10 +211,11 @@ fn a_unit_finished_by_another_rig_is_not_credited_twice() {
 }
 
 #[test]
-fn a_wrong_result_is_rejected_and_its_unit_reassigned_with_the_next_attempt() {
+fn a_wrong_result_is_rejected_and_its_unit_reassigned_with_the_next_attempt_to_another_rig() {
     let f = Fixture::new(gemm(1));
     let mut engine = f.engine();
     let mut a = TestRig::new("rig-a", 1);
+    let b = TestRig::new("rig-b", 2);
     let given = units(&hello(&mut engine, &a, 1, 0), &a);
     let wrong = UnitOutput::GemmI8 { c_digest: [9; 32] };
     let bad = a.receipt(&given[0], &wrong, GEMM_WORK);
@@ -232,7 +233,8 @@ fn a_wrong_result_is_rejected_and_its_unit_reassigned_with_the_next_attempt() {
             (2, "rejected".into(), Some("work mismatch".into()))
         ]
     );
-    let again = units(&out, &a);
+    assert!(units(&out, &a).is_empty(), "the rig is suspended");
+    let again = units(&hello(&mut engine, &b, 1, 20), &b);
     assert_eq!(
         again
             .iter()
@@ -241,6 +243,57 @@ fn a_wrong_result_is_rejected_and_its_unit_reassigned_with_the_next_attempt() {
         vec![(0, 1)]
     );
     assert_eq!(engine.status(10).units_rejected, 2);
+}
+
+/// A rig that sends wrong results among right ones is caught on probation (every result of a
+/// new rig is recomputed): its credit of the audit window is forfeited, its units are done
+/// again by another rig, and it gets no more units.
+#[test]
+fn a_caught_wrong_result_forfeits_the_rigs_unaudited_credit_and_suspends_it() {
+    let f = Fixture::new(gemm(4));
+    let mut engine = f.engine();
+    let mut cheat = TestRig::new("rig-c", 1);
+    let mut other = TestRig::new("rig-o", 2);
+    let given = units(&hello(&mut engine, &cheat, 1, 0), &cheat);
+    assert_eq!(given.len(), 2);
+    let right = honest(&mut cheat, &given[..1], |_| GEMM_WORK);
+    send(&mut engine, &right, 10);
+    let t = f
+        .ledger()
+        .earnings(&cheat.id)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.total().credited_units, 1);
+    let invented = UnitOutput::GemmI8 { c_digest: [3; 32] };
+    let fake = cheat.receipt(&given[1], &invented, GEMM_WORK);
+    send(&mut engine, &cheat.batch(vec![fake]), 20);
+    let t = f
+        .ledger()
+        .earnings(&cheat.id)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (t.total().credited_units, t.total().credited_micros),
+        (0, 0),
+        "the audit window's credit is forfeited"
+    );
+    assert_eq!(
+        engine.job().open_units().len(),
+        4,
+        "its units are open again"
+    );
+    let redo = units(&hello(&mut engine, &other, 2, 30), &other);
+    assert_eq!(redo.len(), 4);
+    assert!(units(&engine.tick(40), &cheat).is_empty(), "suspended");
+    send(&mut engine, &honest(&mut other, &redo, |_| GEMM_WORK), 60);
+    let credited = f
+        .ledger()
+        .credited_units(&job_id("gemm"))
+        .unwrap_or_default();
+    assert_eq!(credited, (0..4).map(|u| (u, 1)).collect::<Vec<_>>());
+    let t = f
+        .ledger()
+        .earnings(&other.id)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.total().credited_units, 4);
 }
 
 #[test]

@@ -314,6 +314,14 @@ impl Job {
         }
     }
 
+    /// A GEMM unit whose credit was forfeited needs a result again. (An MLP result is
+    /// applied when its step is stitched; forfeiting it changes only what is paid.)
+    pub fn reopen(&mut self, unit: u64) {
+        if let Job::Gemm(j) = self {
+            j.done.remove(&unit);
+        }
+    }
+
     /// Progress: `(step, steps_total, loss)`. For GEMM a step is a unit.
     pub fn progress(&self) -> (u64, u64, Option<f32>) {
         match self {

@@ -74,6 +74,31 @@ pub struct CoordinatorConfig {
     pub float_rel_tolerance: f32,
     /// Mutual TLS to the broker (certificate CN `fleet:coordinator`); `None` for plain TCP.
     pub tls: Option<rigd_tls::TlsFiles>,
+    /// How rigs earn trust and what a caught wrong result costs them.
+    pub trust: Trust,
+}
+
+/// The levers that make cheating a losing bet (see `docs/verification.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trust {
+    /// Every result of a rig is recomputed until this many were verified (new rigs, and
+    /// rigs back from a suspension, are on probation).
+    pub trust_after: u32,
+    /// Credit younger than this is forfeited when a wrong result of the rig is caught.
+    pub audit_ms: u64,
+    /// A rig caught with a wrong result gets no units of the job for this long.
+    pub suspend_ms: u64,
+}
+
+impl Default for Trust {
+    /// 10 results on probation, a 10-minute audit window, a 1-hour suspension.
+    fn default() -> Self {
+        Self {
+            trust_after: 10,
+            audit_ms: 600_000,
+            suspend_ms: 3_600_000,
+        }
+    }
 }
 
 impl CoordinatorConfig {
@@ -100,6 +125,7 @@ impl CoordinatorConfig {
             micros_per_mflop: 10_000,
             float_rel_tolerance: 1e-4,
             tls: None,
+            trust: Trust::default(),
         }
     }
 }

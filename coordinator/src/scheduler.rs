@@ -41,6 +41,7 @@ struct Slot {
     accepting: bool,
     leased: usize,
     cooldown_until_ms: u64,
+    suspended_until_ms: u64,
 }
 
 /// Units handed to one rig in one go: `(unit, attempt)`.
@@ -111,7 +112,10 @@ impl Scheduler {
                 .rigs
                 .iter()
                 .filter(|(_, s)| {
-                    s.accepting && s.leased < self.capacity(s) && now_ms >= s.cooldown_until_ms
+                    s.accepting
+                        && s.leased < self.capacity(s)
+                        && now_ms >= s.cooldown_until_ms
+                        && now_ms >= s.suspended_until_ms
                 })
                 .map(|(r, _)| r.clone())
                 .collect();
@@ -181,6 +185,23 @@ impl Scheduler {
             self.requeue(*unit);
         }
         expired
+    }
+
+    /// `rig` gets no new units before `until_ms` (a caught wrong result), and the units
+    /// leased to it go back to the queue for other rigs.
+    pub fn suspend(&mut self, rig: &RigId, until_ms: u64) {
+        let slot = self.rigs.entry(rig.clone()).or_default();
+        slot.suspended_until_ms = slot.suspended_until_ms.max(until_ms);
+        let mut held: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.lease.as_ref().is_some_and(|l| &l.rig == rig))
+            .map(|(u, _)| *u)
+            .collect();
+        held.sort_unstable();
+        for unit in held {
+            self.requeue(unit);
+        }
     }
 
     /// A result from `rig` arrived: it is alive, any cooldown ends.

@@ -5,8 +5,8 @@
 use k256::ecdsa::SigningKey;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
-    encode, Ack, BatchHeader, GpuUuid, KeyHealth, PublicKey, Receipt, ReceiptBatch, ReceiptItem,
-    RigId, RigState, RigStatus, Signature, UnitOutput, WorkUnit,
+    encode, Ack, BatchHeader, CardInfo, GpuUuid, KeyHealth, PublicKey, Receipt, ReceiptBatch,
+    ReceiptItem, RigId, RigState, RigStatus, Signature, UnitAssignment, UnitOutput, WorkUnit,
 };
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
@@ -21,6 +21,7 @@ pub struct Rogue {
     pub next_seq: u64,
     client: Client,
     acks: Arc<Mutex<Vec<u64>>>,
+    units: Arc<Mutex<Vec<WorkUnit>>>,
 }
 
 impl Rogue {
@@ -31,21 +32,26 @@ impl Rogue {
         opts.set_max_packet_size(Some(2 << 20));
         let (client, mut connection) = Client::new(opts, 256);
         let acks = Arc::new(Mutex::new(vec![]));
-        let (seen, topic, c) = (
-            acks.clone(),
+        let units = Arc::new(Mutex::new(vec![]));
+        let (seen, given, c) = (acks.clone(), units.clone(), client.clone());
+        let subscribe = [
             topics::rig(&id, Channel::Acks),
-            client.clone(),
-        );
+            topics::rig(&id, Channel::Units),
+        ];
         std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                        for topic in &subscribe {
+                            let _ = c.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(ack) = rigd_protocol::decode::<Ack>(&p.payload) {
                             let mut seen = seen.lock().unwrap();
                             seen.extend(ack.batches.iter().map(|b| b.first_seq));
+                        } else if let Ok(a) = rigd_protocol::decode::<UnitAssignment>(&p.payload) {
+                            given.lock().unwrap().extend(a.units);
                         }
                     }
                     Ok(_) => {}
@@ -59,7 +65,13 @@ impl Rogue {
             next_seq: 1,
             client,
             acks,
+            units,
         }
+    }
+
+    /// Units assigned to it since the last call.
+    pub fn take_units(&self) -> Vec<WorkUnit> {
+        std::mem::take(&mut *self.units.lock().unwrap())
     }
 
     pub fn pubkey(&self) -> PublicKey {
@@ -69,6 +81,11 @@ impl Rogue {
 
     /// Publishes its retained status: idle, with no cards (so it is leased nothing).
     pub fn announce(&self) {
+        self.announce_cards(0);
+    }
+
+    /// Publishes its retained status: idle, with `cards` cards (so it is leased units).
+    pub fn announce_cards(&self, cards: u32) {
         let status = RigStatus {
             rig: self.id.clone(),
             agent_version: "rogue".into(),
@@ -76,7 +93,15 @@ impl Rogue {
             key_backend: "rogue".into(),
             key_health: KeyHealth::Answering,
             state: RigState::Idle,
-            cards: vec![],
+            cards: (0..cards)
+                .map(|index| CardInfo {
+                    uuid: GpuUuid::new(format!("SIM-rogue-{index}")).unwrap(),
+                    index,
+                    name: "rogue".into(),
+                    vram_mib: 1,
+                    power_limit_w: 1,
+                })
+                .collect(),
             units_running: 0,
             units_queued: 0,
             seq_journaled: 0,

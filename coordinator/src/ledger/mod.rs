@@ -109,6 +109,9 @@ pub struct BatchRecord<'a> {
     pub kept_outputs: Vec<(&'a JobId, u64, &'a UnitOutput)>,
     /// Receipts refused before any check of their results, as runs of sequence numbers.
     pub refused: Vec<Refused>,
+    /// A result of the rig was caught wrong: its receipts of this job credited or pending
+    /// since this time (Unix ms) are forfeited, in the same transaction.
+    pub forfeit: Option<(&'a JobId, u64)>,
 }
 
 /// What a rig's status key means for its pinned key.
@@ -466,13 +469,14 @@ impl Ledger {
     }
 
     /// Records one batch in one transaction. A receipt whose `(rig, seq)` is already recorded
-    /// counts as a duplicate and changes nothing.
+    /// counts as a duplicate and changes nothing. Returns the units whose credit was
+    /// forfeited ([`BatchRecord::forfeit`]): they need a result again.
     pub fn record_batch(
         &mut self,
         rig: &RigId,
         batch: &BatchRecord<'_>,
         now_ms: u64,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Vec<u64>, LedgerError> {
         let tx = self.conn.transaction()?;
         let mut duplicates = batch.duplicates;
         {
@@ -521,6 +525,10 @@ impl Ledger {
             }
         }
         refused::insert(&tx, rig, &batch.refused, now_ms)?;
+        let forfeited = match batch.forfeit {
+            Some((job, since_ms)) => forfeit(&tx, rig, job, since_ms, now_ms)?,
+            None => vec![],
+        };
         if duplicates > 0 {
             tx.execute(
                 "INSERT INTO deliveries(rig, duplicates) VALUES(?1, ?2)
@@ -529,7 +537,7 @@ impl Ledger {
             )?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(forfeited)
     }
 
     /// Receipt counts of `job` by state: `(credited or pending, rejected)`.
@@ -541,6 +549,35 @@ impl Ledger {
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
         )?)
     }
+}
+
+/// Turns the rig's receipts of `job` credited or pending since `since_ms` into rejected ones
+/// (`forfeited`, nothing paid); returns their units, ascending.
+fn forfeit(
+    tx: &rusqlite::Transaction<'_>,
+    rig: &RigId,
+    job: &JobId,
+    since_ms: u64,
+    now_ms: u64,
+) -> Result<Vec<u64>, LedgerError> {
+    let held = "rig = ?1 AND job = ?2 AND state IN ('credited', 'pending') AND changed_ms >= ?3";
+    let mut stmt = tx.prepare(&format!(
+        "SELECT DISTINCT unit FROM receipts WHERE {held} ORDER BY unit"
+    ))?;
+    let units = stmt
+        .query_map(params![rig.as_str(), job.as_str(), u(since_ms)], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .map(|u| u.map(|u| u as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.execute(
+        &format!(
+            "UPDATE receipts SET state = 'rejected', reason = 'forfeited', micros = 0,
+             changed_ms = ?4 WHERE {held}"
+        ),
+        params![rig.as_str(), job.as_str(), u(since_ms), u(now_ms)],
+    )?;
+    Ok(units)
 }
 
 mod leases;
