@@ -255,6 +255,7 @@ impl Engine {
         let recorded = self.ledger.recorded_among(rig, header.first_seq..end)?;
         let mut fresh: Vec<(&ReceiptItem, Verdict)> = vec![];
         let mut duplicates = 0;
+        // Units judged in this batch.
         let mut taken = HashSet::new();
         for item in &batch.items {
             if recorded.contains(&item.receipt.seq) {
@@ -269,9 +270,8 @@ impl Engine {
             } else {
                 self.judge(rig, item, &taken, now_ms)
             };
-            if let Verdict::Accepted { .. } = verdict {
-                taken.insert(item.receipt.unit);
-            }
+            // A unit is judged once per batch: copies of it are refused without a recompute.
+            taken.insert(item.receipt.unit);
             fresh.push((item, verdict));
         }
         let forfeited = self.record(rig, &fresh, duplicates, now_ms)?;

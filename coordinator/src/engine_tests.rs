@@ -228,10 +228,12 @@ fn a_wrong_result_is_rejected_and_its_unit_reassigned_with_the_next_attempt_to_a
     assert_eq!(acks(&out, &a), vec![1]);
     assert_eq!(
         reasons(&f, &a),
-        vec![
-            (1, "rejected".into(), Some("result mismatch".into())),
-            (2, "rejected".into(), Some("work mismatch".into()))
-        ]
+        vec![(1, "rejected".into(), Some("result mismatch".into()))]
+    );
+    assert_eq!(
+        refused(&f, &a),
+        vec![(2, 2, "unit already done".into())],
+        "a second receipt for the unit in the batch is not judged again"
     );
     assert!(units(&out, &a).is_empty(), "the rig is suspended");
     let again = units(&hello(&mut engine, &b, 1, 20), &b);
@@ -418,6 +420,32 @@ fn receipts_for_units_not_leased_to_the_rig_are_refused_before_any_recompute() {
     assert_eq!(
         (t.total().credited_micros, t.missing_seqs, t.last_seq),
         (0, 0, 6)
+    );
+}
+
+/// Copies of one unit in a batch cost one recompute: the first is judged, the rest refused
+/// as already done; after its result is refused the rig cannot try that attempt again.
+#[test]
+fn copies_of_a_unit_cost_one_recompute_and_a_refused_attempt_is_not_retried() {
+    let f = Fixture::new(gemm(1));
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 1, 0), &a);
+    let wrong = UnitOutput::GemmI8 { c_digest: [9; 32] };
+    let copies = (0..100)
+        .map(|_| a.receipt(&given[0], &wrong, GEMM_WORK))
+        .collect();
+    send(&mut engine, &a.batch(copies), 10);
+    assert_eq!(
+        reasons(&f, &a),
+        vec![(1, "rejected".into(), Some("result mismatch".into()))]
+    );
+    assert_eq!(refused(&f, &a), vec![(2, 100, "unit already done".into())]);
+    let again = honest(&mut a, &given, |_| GEMM_WORK);
+    send(&mut engine, &again, 20);
+    assert_eq!(
+        refused(&f, &a).last().map(|r| r.2.clone()),
+        Some("unit not leased to the rig".into())
     );
 }
 

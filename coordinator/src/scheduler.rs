@@ -200,7 +200,7 @@ impl Scheduler {
             .collect();
         held.sort_unstable();
         for unit in held {
-            self.requeue(unit);
+            self.end_lease(unit, false);
         }
     }
 
@@ -211,9 +211,17 @@ impl Scheduler {
         }
     }
 
-    /// Drops a leased unit's lease and queues it again with `attempt + 1` (after a refused
-    /// result, an expired lease or a rig gone). A unit already queued stays as it is.
+    /// Drops a leased unit's lease and queues it again with `attempt + 1` (after an expired
+    /// lease or a rig gone); the ended lease is still honoured for the grace period. A unit
+    /// already queued stays as it is.
     pub fn requeue(&mut self, unit: u64) {
+        self.end_lease(unit, true);
+    }
+
+    /// Ends the unit's lease and queues the unit again with `attempt + 1`; `grace` keeps the
+    /// ended lease honoured for the grace period (not after a refused result or a
+    /// suspension: a rig caught wrong gets no second try at the same attempt).
+    fn end_lease(&mut self, unit: u64, grace: bool) {
         let Some(live) = self.live.get_mut(&unit) else {
             return;
         };
@@ -224,10 +232,12 @@ impl Scheduler {
         if let Some(slot) = self.rigs.get_mut(&lease.rig) {
             slot.leased = slot.leased.saturating_sub(1);
         }
-        if live.past.len() == PAST_LEASES {
-            live.past.remove(0);
+        if grace {
+            if live.past.len() == PAST_LEASES {
+                live.past.remove(0);
+            }
+            live.past.push(lease);
         }
-        live.past.push(lease);
         self.queue.push_back(unit);
     }
 
@@ -286,7 +296,7 @@ impl Scheduler {
             .and_then(|l| l.lease.as_ref())
             .is_some_and(|l| &l.rig == rig);
         if leased_here {
-            self.requeue(unit);
+            self.end_lease(unit, false);
         }
     }
 
