@@ -64,6 +64,8 @@ pub struct Engine {
     online: BTreeMap<RigId, bool>,
     /// Results of each rig verified by recomputation in this run.
     verified: HashMap<RigId, u32>,
+    /// Each rig's recompute budget: (flops left, may be negative; when last refilled, ms).
+    budgets: HashMap<RigId, (i64, u64)>,
     trust: crate::Trust,
     earnings_dirty: BTreeSet<RigId>,
     earnings_sent: HashMap<RigId, u64>,
@@ -136,6 +138,7 @@ impl Engine {
             lease_ms: config.lease_ms,
             online: BTreeMap::new(),
             verified: HashMap::new(),
+            budgets: HashMap::new(),
             trust: config.trust,
             earnings_dirty: dirty,
             earnings_sent: HashMap::new(),
@@ -238,6 +241,10 @@ impl Engine {
         };
         if let Err(e) = verify::authenticate(rig, batch, &key) {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
+            return Ok(vec![]);
+        }
+        if !self.may_judge(rig, now_ms) {
+            tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig's recompute budget is spent; its batch waits for a resend");
             return Ok(vec![]);
         }
         let high_water = match self.high_water.get(rig) {

@@ -46,6 +46,7 @@ impl Engine {
         let Some(unit) = self.job.work_unit(r.unit, r.attempt) else {
             return reject(Rejection::NotAssigned);
         };
+        self.charge(rig, rigd_kernels::unit::work(&unit.kind), now_ms);
         if self.agrees(&unit.kind, &item.output) {
             *self.verified.entry(rig.clone()).or_default() += 1;
             Verdict::Accepted { verified: true }
@@ -69,6 +70,40 @@ impl Engine {
             .suspend(rig, now_ms.saturating_add(self.trust.suspend_ms));
         self.verified.remove(rig);
         self.earnings_dirty.insert(rig.clone());
+    }
+
+    /// Whether `rig` may have a batch judged now: its recompute budget (refilled at
+    /// `recompute_flops_per_s`, at most `recompute_burst_flops` saved) is not overdrawn. A
+    /// batch refused here is neither recorded nor acked; the rig sends it again later.
+    pub(super) fn may_judge(&mut self, rig: &RigId, now_ms: u64) -> bool {
+        self.refill(rig, now_ms) >= 0
+    }
+
+    fn refill(&mut self, rig: &RigId, now_ms: u64) -> i64 {
+        let (rate, burst) = (
+            self.trust.recompute_flops_per_s,
+            self.trust.recompute_burst_flops,
+        );
+        let budget = self
+            .budgets
+            .entry(rig.clone())
+            .or_insert((i64::try_from(burst).unwrap_or(i64::MAX), now_ms));
+        let earned = u128::from(now_ms.saturating_sub(budget.1)) * u128::from(rate) / 1000;
+        let earned = i64::try_from(earned).unwrap_or(i64::MAX);
+        let cap = i64::try_from(burst).unwrap_or(i64::MAX);
+        budget.0 = budget.0.saturating_add(earned).min(cap);
+        budget.1 = now_ms;
+        budget.0
+    }
+
+    /// Charges `rig` for recomputing `flops` of its work.
+    fn charge(&mut self, rig: &RigId, flops: u64, now_ms: u64) {
+        self.refill(rig, now_ms);
+        if let Some(budget) = self.budgets.get_mut(rig) {
+            budget.0 = budget
+                .0
+                .saturating_sub(i64::try_from(flops).unwrap_or(i64::MAX));
+        }
     }
 
     fn agrees(&self, kind: &UnitKind, output: &UnitOutput) -> bool {

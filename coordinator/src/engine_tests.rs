@@ -449,6 +449,39 @@ fn copies_of_a_unit_cost_one_recompute_and_a_refused_attempt_is_not_retried() {
     );
 }
 
+/// Recomputation is budgeted per rig: once a rig's recomputes overdraw its budget, its next
+/// batch waits (not recorded, not acked) until the budget refills.
+#[test]
+fn a_rig_that_overdraws_its_recompute_budget_waits_until_it_refills() {
+    let mut f = Fixture::new(gemm(4));
+    f.config.trust.recompute_flops_per_s = GEMM_WORK;
+    f.config.trust.recompute_burst_flops = GEMM_WORK;
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 2, 0), &a);
+    assert_eq!(given.len(), 4);
+    let first = honest(&mut a, &given[..2], |_| GEMM_WORK);
+    assert_eq!(
+        acks(&send(&mut engine, &first, 0), &a),
+        vec![1],
+        "two recomputes, one overdrawn"
+    );
+    let second = honest(&mut a, &given[2..], |_| GEMM_WORK);
+    assert!(
+        acks(&send(&mut engine, &second, 500), &a).is_empty(),
+        "budget still overdrawn"
+    );
+    assert_eq!(
+        f.ledger().recorded_seqs(&a.id).unwrap_or_default(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        acks(&send(&mut engine, &second, 1_000), &a),
+        vec![3],
+        "refilled"
+    );
+}
+
 /// A batch that starts far beyond the rig's highest sequence number is refused unrecorded
 /// and not acknowledged; one inside the window is recorded.
 #[test]

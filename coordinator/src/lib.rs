@@ -88,15 +88,24 @@ pub struct Trust {
     pub audit_ms: u64,
     /// A rig caught with a wrong result gets no units of the job for this long.
     pub suspend_ms: u64,
+    /// Work of a rig's results the coordinator recomputes per second, at most (flops): a
+    /// rig whose budget is overdrawn has its batches wait (unacked) until it refills, so
+    /// no rig can hold the engine's thread longer than one batch's recomputes.
+    pub recompute_flops_per_s: u64,
+    /// Budget a rig may save up, flops (its probation fits in it).
+    pub recompute_burst_flops: u64,
 }
 
 impl Default for Trust {
-    /// 10 results on probation, a 10-minute audit window, a 1-hour suspension.
+    /// 10 results on probation, a 10-minute audit window, a 1-hour suspension, 200 MFLOP/s
+    /// of recomputation per rig with 2 GFLOP saved at most.
     fn default() -> Self {
         Self {
             trust_after: 10,
             audit_ms: 600_000,
             suspend_ms: 3_600_000,
+            recompute_flops_per_s: 200_000_000,
+            recompute_burst_flops: 2_000_000_000,
         }
     }
 }
