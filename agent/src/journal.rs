@@ -172,7 +172,9 @@ impl Journal {
                  first_seq INTEGER PRIMARY KEY,
                  count INTEGER NOT NULL,
                  header BLOB NOT NULL, signature BLOB NOT NULL,
-                 acked INTEGER NOT NULL DEFAULT 0);",
+                 acked INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS floor (
+                 only INTEGER PRIMARY KEY CHECK (only = 1), seq INTEGER NOT NULL);",
         )?;
         Ok(Self { db, rig })
     }
@@ -249,6 +251,7 @@ impl Journal {
         let mut seq: u64 = tx
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM receipts")?
             .query_row([], |r| r.get::<_, i64>(0))? as u64;
+        seq = seq.max(floor::read(&tx)?);
         let mut out = vec![];
         for c in done {
             let u = &c.unit;
@@ -482,14 +485,25 @@ impl Journal {
             .query_row([], |r| r.get(0))
             .optional()?
             .unwrap_or(0);
+        // Receipts at or below the floor were recorded by the coordinator before this journal
+        // (see `continue_above`); every batch here is above it.
+        let floor = floor::read(&self.db)?;
+        let last_seq = (last_seq.max(0) as u64).max(floor);
         Ok(JournalStats {
-            last_seq: last_seq as u64,
-            unacked_receipts: (last_seq - acked).max(0) as u64,
-            sealed_seq: sealed.max(0) as u64,
+            last_seq,
+            unacked_receipts: last_seq
+                .saturating_sub(floor)
+                .saturating_sub(acked.max(0) as u64),
+            sealed_seq: (sealed.max(0) as u64).max(floor),
             queued_units: queued as u64,
         })
     }
 }
+
+#[path = "journal_floor.rs"]
+mod floor;
+
+pub use floor::Continuity;
 
 #[cfg(test)]
 #[path = "journal_tests.rs"]

@@ -129,7 +129,12 @@ impl Link {
     }
 
     fn subscribe(&self) {
-        for ch in [Channel::Units, Channel::Acks, Channel::Commands] {
+        for ch in [
+            Channel::Units,
+            Channel::Acks,
+            Channel::Commands,
+            Channel::Earnings,
+        ] {
             if let Err(e) = self
                 .client
                 .try_subscribe(topics::rig(&self.rig, ch), QoS::AtLeastOnce)

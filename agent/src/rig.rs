@@ -20,9 +20,7 @@ use crate::slots::{FailurePolicy, Slots};
 use crate::worker::{unix_ms, Device};
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{
-    decode, encode, Ack, RigState, RigStatus, Telemetry, UnitAssignment, WorkUnit,
-};
+use rigd_protocol::{decode, encode, Ack, RigState, UnitAssignment, WorkUnit};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,6 +31,12 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "rig_commands.rs"]
 mod commands;
+#[path = "rig_continuity.rs"]
+mod continuity;
+#[path = "rig_status.rs"]
+mod status;
+
+use status::offline_status;
 
 /// How long a drain on shutdown waits for in-flight units.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -48,6 +52,8 @@ struct Rig {
     stats: JournalStats,
     outbox_full: bool,
     batcher: Batcher,
+    /// A fresh journal signs nothing until the network's record of the rig is known.
+    awaiting_floor: bool,
     /// When the batcher wants to be asked again (a batch's age bound, a retry).
     seal_at: Option<Instant>,
     sealed_tx: mpsc::Sender<Result<Sealed, RunError>>,
@@ -188,6 +194,7 @@ pub async fn run(
             stats.last_seq,
             Instant::now(),
         ),
+        awaiting_floor: stats.last_seq == 0,
         seal_at: None,
         sealed_tx,
         journal: Arc::new(Mutex::new(journal)),
@@ -215,6 +222,7 @@ pub async fn run(
     let mut watchdog =
         tokio::time::interval(notifier.ping_every().unwrap_or(Duration::from_secs(3600)));
     notifier.ready(&rig.status(rig.state()));
+    let floor_wait = Instant::now() + continuity::FLOOR_WAIT;
     loop {
         let next_start = rig.dispatch();
         rig.drain_progress();
@@ -257,6 +265,7 @@ pub async fn run(
             _ = resend.tick() => rig.resend(false).await?,
             Some(done) = sealed.recv() => rig.on_sealed(done).await?,
             _ = tokio::time::sleep_until(rig.seal_at.unwrap_or_else(Instant::now).into()), if rig.seal_at.is_some() => rig.start_seal(),
+            _ = tokio::time::sleep_until(floor_wait.into()), if rig.awaiting_floor => rig.floor_wait_over(),
             _ = tokio::time::sleep(Duration::from_millis(100)), if rig.draining_since.is_some() => {}
         }
     }
@@ -291,28 +300,6 @@ pub async fn run(
     }
     tracing::info!("rigd stopped");
     Ok(())
-}
-
-fn offline_status(config: &RigConfig, key: &dyn KeyStore, started_ms: u64) -> RigStatus {
-    RigStatus {
-        rig: config.rig_id.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        pubkey: key.public_key(),
-        key_backend: key
-            .describe()
-            .chars()
-            .take(rigd_protocol::MAX_TEXT)
-            .collect(),
-        key_health: key.health(),
-        state: RigState::Offline,
-        cards: vec![],
-        units_running: 0,
-        units_queued: 0,
-        seq_journaled: 0,
-        receipts_unacked: 0,
-        started_ms,
-        sent_ms: started_ms,
-    }
 }
 
 impl Rig {
@@ -374,6 +361,9 @@ impl Rig {
                 }
             }
             Some((rig, Channel::Commands)) if rig == self.config.rig_id => self.on_command(p),
+            Some((rig, Channel::Earnings)) if rig == self.config.rig_id => {
+                self.on_earnings(&p.payload).await?
+            }
             _ => tracing::warn!(%topic, "message on an unexpected topic ignored"),
         }
         Ok(())
@@ -428,6 +418,9 @@ impl Rig {
     /// Asks the batcher what to do and, when a batch is due, signs it in the background.
     fn start_seal(&mut self) {
         self.seal_at = None;
+        if self.awaiting_floor {
+            return;
+        }
         match self.batcher.poll(Instant::now()) {
             Decision::Seal(max) => {
                 let (journal, key, tx, holds) = (
@@ -547,52 +540,5 @@ impl Rig {
             self.sent.insert(first, Instant::now());
         }
         Ok(())
-    }
-
-    fn state(&self) -> RigState {
-        if self.slots.running() > 0 && self.commands.held {
-            RigState::Draining
-        } else if self.slots.running() > 0 {
-            RigState::Working
-        } else {
-            RigState::Idle
-        }
-    }
-
-    fn status(&self, state: RigState) -> RigStatus {
-        let mut s = offline_status(&self.config, self.key.as_ref(), self.started_ms);
-        s.state = state;
-        s.cards = self.slots.inventory();
-        s.units_running = self.slots.running() as u32;
-        s.units_queued = self.queue.len() as u32;
-        s.seq_journaled = self.stats.last_seq;
-        s.receipts_unacked = self.stats.unacked_receipts;
-        s.sent_ms = unix_ms();
-        s
-    }
-
-    fn publish_status(&self, state: RigState) {
-        self.link.publish(
-            Channel::Status,
-            QoS::AtLeastOnce,
-            true,
-            encode(&self.status(state)),
-        );
-    }
-
-    fn publish_telemetry(&mut self) {
-        let msg = Telemetry {
-            rig: self.config.rig_id.clone(),
-            at_ms: unix_ms(),
-            gpus: self.slots.samples(),
-        };
-        self.link
-            .publish(Channel::Telemetry, QoS::AtMostOnce, true, encode(&msg));
-        let state = if self.draining_since.is_some() {
-            RigState::Draining
-        } else {
-            self.state()
-        };
-        self.publish_status(state);
     }
 }

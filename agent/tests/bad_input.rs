@@ -153,6 +153,27 @@ async fn malformed_frames_on_units_and_acks_are_refused_and_rigd_keeps_working()
         }
     };
 
+    // What a coordinator that never recorded the rig publishes: the rig may sign at once.
+    let earnings = rigd_protocol::Earnings {
+        rig: rig_id.clone(),
+        cards: vec![],
+        micros_per_mflop: 1,
+        last_seq: 0,
+        missing_seqs: 0,
+        updated_ms: 1,
+        pinned_key: Some(status.pubkey.clone()),
+        key_changed: false,
+    };
+    client
+        .publish(
+            topics::rig(&rig_id, Channel::Earnings),
+            QoS::AtLeastOnce,
+            true,
+            encode(&earnings),
+        )
+        .await
+        .unwrap();
+
     for channel in [Channel::Units, Channel::Acks] {
         let mut frames = bad_frames();
         let wrong_kind = match channel {

@@ -402,7 +402,9 @@ impl RigProcess {
                 db,
                 "SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1",
             );
-            (last as u64, (last - acked).max(0) as u64)
+            // Receipts at or below the floor were recorded before this journal (a lost one).
+            let floor = scalar(db, "SELECT COALESCE((SELECT seq FROM floor), 0)");
+            (last as u64, (last - floor - acked).max(0) as u64)
         })
     }
 

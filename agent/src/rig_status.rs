@@ -1,0 +1,82 @@
+//! What the rig says about itself: its retained status (also the STATUS line's source) and
+//! telemetry.
+
+use super::Rig;
+use crate::config::RigConfig;
+use crate::keys::KeyStore;
+use crate::worker::unix_ms;
+use rigd_protocol::topics::Channel;
+use rigd_protocol::{encode, RigState, RigStatus, Telemetry};
+use rumqttc::v5::mqttbytes::QoS;
+
+/// The status of a rig that is not working (yet, or any more).
+pub(super) fn offline_status(config: &RigConfig, key: &dyn KeyStore, started_ms: u64) -> RigStatus {
+    RigStatus {
+        rig: config.rig_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        pubkey: key.public_key(),
+        key_backend: key
+            .describe()
+            .chars()
+            .take(rigd_protocol::MAX_TEXT)
+            .collect(),
+        key_health: key.health(),
+        state: RigState::Offline,
+        cards: vec![],
+        units_running: 0,
+        units_queued: 0,
+        seq_journaled: 0,
+        receipts_unacked: 0,
+        started_ms,
+        sent_ms: started_ms,
+    }
+}
+
+impl Rig {
+    pub(super) fn state(&self) -> RigState {
+        if self.slots.running() > 0 && self.commands.held {
+            RigState::Draining
+        } else if self.slots.running() > 0 {
+            RigState::Working
+        } else {
+            RigState::Idle
+        }
+    }
+
+    pub(super) fn status(&self, state: RigState) -> RigStatus {
+        let mut s = offline_status(&self.config, self.key.as_ref(), self.started_ms);
+        s.state = state;
+        s.cards = self.slots.inventory();
+        s.units_running = self.slots.running() as u32;
+        s.units_queued = self.queue.len() as u32;
+        s.seq_journaled = self.stats.last_seq;
+        s.receipts_unacked = self.stats.unacked_receipts;
+        s.sent_ms = unix_ms();
+        s
+    }
+
+    pub(super) fn publish_status(&self, state: RigState) {
+        self.link.publish(
+            Channel::Status,
+            QoS::AtLeastOnce,
+            true,
+            encode(&self.status(state)),
+        );
+    }
+
+    pub(super) fn publish_telemetry(&mut self) {
+        let msg = Telemetry {
+            rig: self.config.rig_id.clone(),
+            at_ms: unix_ms(),
+            gpus: self.slots.samples(),
+        };
+        self.link
+            .publish(Channel::Telemetry, QoS::AtMostOnce, true, encode(&msg));
+        let state = if self.draining_since.is_some() {
+            RigState::Draining
+        } else {
+            self.state()
+        };
+        self.publish_status(state);
+    }
+}
