@@ -2,10 +2,15 @@
 //! and polling with deadlines instead of sleeps.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod coordinator;
 pub mod rogue;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tls;
+
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use coordinator::{wait_job_done, Coordinator};
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -456,165 +461,6 @@ impl Drop for RigProcess {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-/// A coordinator running in-process on its own runtime, with its ledger in `dir`.
-pub struct Coordinator {
-    pub db: PathBuf,
-    pub job: rigd_protocol::JobId,
-    stop: tokio_util::sync::CancellationToken,
-    runtime: Option<tokio::runtime::Runtime>,
-    progress: std::sync::Arc<std::sync::Mutex<Option<rigd_protocol::CoordinatorStatus>>>,
-}
-
-impl Coordinator {
-    /// Starts a GEMM job of `units` units of `dim`^3 against the broker on `port`.
-    pub fn gemm(
-        port: u16,
-        dir: &Path,
-        units: u64,
-        dim: u32,
-        tune: impl FnOnce(&mut rigd_coordinator::CoordinatorConfig),
-    ) -> Self {
-        let job = rigd_protocol::JobId::new("gemm-test").expect("job id");
-        let spec = rigd_coordinator::JobSpec::Gemm {
-            job: job.clone(),
-            units,
-            m: dim,
-            n: dim,
-            k: dim,
-            seed: 11,
-        };
-        Self::start(port, dir, spec, tune)
-    }
-
-    /// Starts the MLP training job `rigctl devnet` runs (16-32-4, 8 shards of 128 samples a
-    /// step) until the held-out loss reaches `loss_target` or `max_steps` pass.
-    pub fn mlp(port: u16, dir: &Path, max_steps: u64, loss_target: f32) -> Self {
-        let spec = rigd_coordinator::JobSpec::TrainMlp {
-            job: rigd_protocol::JobId::new("devnet-mlp").expect("job id"),
-            shape: [16, 32, 4],
-            data_seed: 7,
-            data_spread: 1.0,
-            shards_per_step: 8,
-            samples_per_shard: 128,
-            lr: 0.5,
-            max_steps,
-            loss_target,
-            eval_samples: 1024,
-        };
-        Self::start(port, dir, spec, |_| {})
-    }
-
-    /// The coordinator's latest progress report.
-    pub fn status(&self) -> Option<rigd_protocol::CoordinatorStatus> {
-        self.progress.lock().ok().and_then(|p| p.clone())
-    }
-
-    fn start(
-        port: u16,
-        dir: &Path,
-        spec: rigd_coordinator::JobSpec,
-        tune: impl FnOnce(&mut rigd_coordinator::CoordinatorConfig),
-    ) -> Self {
-        let job = spec.id().clone();
-        let db = dir.join("ledger.db");
-        let mut config =
-            rigd_coordinator::CoordinatorConfig::new("127.0.0.1", port, db.clone(), spec);
-        config.client_id = format!("coordinator-{port}");
-        config.lease_ms = 10_000;
-        config.verify_fraction = 0.1;
-        tune(&mut config);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let stop = tokio_util::sync::CancellationToken::new();
-        let s = stop.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let progress = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let latest = progress.clone();
-        runtime.spawn(async move {
-            while let Some(status) = rx.recv().await {
-                if let Ok(mut p) = latest.lock() {
-                    *p = Some(status);
-                }
-            }
-        });
-        runtime.spawn(async move {
-            if let Err(e) = rigd_coordinator::run(config, s, Some(tx)).await {
-                panic!("coordinator failed: {e}");
-            }
-        });
-        Coordinator {
-            db,
-            job,
-            stop,
-            runtime: Some(runtime),
-            progress,
-        }
-    }
-
-    pub fn ledger(&self) -> Option<rigd_coordinator::Ledger> {
-        rigd_coordinator::Ledger::open(&self.db).ok()
-    }
-
-    /// Units credited, as (unit, times credited).
-    pub fn credited(&self) -> Vec<(u64, u64)> {
-        self.ledger()
-            .and_then(|l| l.credited_units(&self.job).ok())
-            .unwrap_or_default()
-    }
-
-    /// Every seq the coordinator recorded from `rig`.
-    pub fn seqs(&self, rig: &str) -> Vec<u64> {
-        let rig = rigd_protocol::RigId::new(rig).expect("rig id");
-        self.ledger()
-            .and_then(|l| l.recorded_seqs(&rig).ok())
-            .unwrap_or_default()
-    }
-
-    /// Asserts the exactly-once properties: every unit of the job credited once, and every
-    /// receipt each rig journaled recorded once with no gap.
-    pub fn assert_exactly_once(&self, units: u64, rigs: &[&RigProcess]) {
-        let credited = self.credited();
-        assert_eq!(credited.len() as u64, units, "every unit credited");
-        assert!(
-            credited.iter().all(|(_, n)| *n == 1),
-            "a unit credited twice: {credited:?}"
-        );
-        for rig in rigs {
-            let (last, unacked) = rig.journal();
-            assert_eq!(unacked, 0, "{}: receipts left unacknowledged", rig.rig);
-            let seqs = self.seqs(&rig.rig);
-            let expected: Vec<u64> = (1..=last).collect();
-            assert_eq!(
-                seqs, expected,
-                "{}: recorded seqs differ from the journal's 1..={last}",
-                rig.rig
-            );
-        }
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
-    }
-}
-
-/// Waits until every unit of the coordinator's job is credited and every rig's outbox is empty.
-pub fn wait_job_done(c: &Coordinator, units: u64, rigs: &[&RigProcess], secs: u64) {
-    wait_until("every unit credited", secs, || {
-        c.credited().len() as u64 >= units
-    });
-    wait_until("every outbox drained", secs, || {
-        rigs.iter().all(|r| r.journal().1 == 0)
-    });
 }
 
 /// Unit `n` of job "bench": a 64x64x64 int8 GEMM (benches).

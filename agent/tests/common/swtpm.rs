@@ -121,11 +121,14 @@ impl Drop for Swtpm {
     }
 }
 
-/// A port `p` such that `p` and `p + 1` were free a moment ago.
+/// A port `p` such that `p` and `p + 1` were free a moment ago (tries 100 ports: the one
+/// after a free port may be taken by another test).
 pub fn free_port_pair() -> Option<u16> {
-    let first = TcpListener::bind(("127.0.0.1", 0)).ok()?;
-    let port = first.local_addr().ok()?.port();
-    let next = port.checked_add(1)?;
-    let _second = TcpListener::bind(("127.0.0.1", next)).ok()?;
-    Some(port)
+    (0..100).find_map(|_| {
+        let first = TcpListener::bind(("127.0.0.1", 0)).ok()?;
+        let port = first.local_addr().ok()?.port();
+        let next = port.checked_add(1)?;
+        let _second = TcpListener::bind(("127.0.0.1", next)).ok()?;
+        Some(port)
+    })
 }

@@ -1,0 +1,159 @@
+//! The engine against rigs that send what they were not leased, too much, or too far.
+
+use super::*;
+
+/// A rig that computes units it was never leased (every unit of the job, including one
+/// leased to another rig) is paid nothing, its receipts are refused without a recompute and
+/// stored as one run, and the lease holder's honest result is credited afterwards.
+#[test]
+fn receipts_for_units_not_leased_to_the_rig_are_refused_before_any_recompute() {
+    let f = Fixture::new(gemm(6));
+    let mut engine = f.engine();
+    let mut honest_rig = TestRig::new("rig-a", 1);
+    let mut rogue = TestRig::new("rig-r", 2);
+    let leased = units(&hello(&mut engine, &honest_rig, 1, 0), &honest_rig);
+    assert_eq!(leased.len(), 2);
+    hello(&mut engine, &rogue, 0, 0);
+    let every: Vec<WorkUnit> = (0..6)
+        .filter_map(|u| engine.job().work_unit(u, 0))
+        .collect();
+    let out = send(&mut engine, &honest(&mut rogue, &every, |_| GEMM_WORK), 10);
+    assert_eq!(
+        acks(&out, &rogue),
+        vec![1],
+        "recorded (as refused) and acked"
+    );
+    assert_eq!(
+        refused(&f, &rogue),
+        vec![(1, 6, "unit not leased to the rig".into())]
+    );
+    assert!(reasons(&f, &rogue).is_empty(), "no row per receipt");
+    assert_eq!(engine.status(10).units_verified, 0, "nothing recomputed");
+    let out = send(
+        &mut engine,
+        &honest(&mut honest_rig, &leased, |_| GEMM_WORK),
+        20,
+    );
+    assert_eq!(acks(&out, &honest_rig), vec![1]);
+    let credited = f
+        .ledger()
+        .credited_units(&job_id("gemm"))
+        .unwrap_or_default();
+    assert_eq!(credited, vec![(0, 1), (1, 1)]);
+    let t = f
+        .ledger()
+        .earnings(&rogue.id)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (t.total().credited_micros, t.missing_seqs, t.last_seq),
+        (0, 0, 6)
+    );
+}
+
+/// Copies of one unit in a batch cost one recompute: the first is judged, the rest refused
+/// as already done; after its result is refused the rig cannot try that attempt again.
+#[test]
+fn copies_of_a_unit_cost_one_recompute_and_a_refused_attempt_is_not_retried() {
+    let f = Fixture::new(gemm(1));
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 1, 0), &a);
+    let wrong = UnitOutput::GemmI8 { c_digest: [9; 32] };
+    let copies = (0..100)
+        .map(|_| a.receipt(&given[0], &wrong, GEMM_WORK))
+        .collect();
+    send(&mut engine, &a.batch(copies), 10);
+    assert_eq!(
+        reasons(&f, &a),
+        vec![(1, "rejected".into(), Some("result mismatch".into()))]
+    );
+    assert_eq!(refused(&f, &a), vec![(2, 100, "unit already done".into())]);
+    let again = honest(&mut a, &given, |_| GEMM_WORK);
+    send(&mut engine, &again, 20);
+    assert_eq!(
+        refused(&f, &a).last().map(|r| r.2.clone()),
+        Some("unit not leased to the rig".into())
+    );
+}
+
+/// Recomputation is budgeted per rig: once a rig's recomputes overdraw its budget, its next
+/// batch waits (not recorded, not acked) until the budget refills.
+#[test]
+fn a_rig_that_overdraws_its_recompute_budget_waits_until_it_refills() {
+    let mut f = Fixture::new(gemm(4));
+    f.config.trust.recompute_flops_per_s = GEMM_WORK;
+    f.config.trust.recompute_burst_flops = GEMM_WORK;
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 2, 0), &a);
+    assert_eq!(given.len(), 4);
+    let first = honest(&mut a, &given[..2], |_| GEMM_WORK);
+    assert_eq!(
+        acks(&send(&mut engine, &first, 0), &a),
+        vec![1],
+        "two recomputes, one overdrawn"
+    );
+    let second = honest(&mut a, &given[2..], |_| GEMM_WORK);
+    assert!(
+        acks(&send(&mut engine, &second, 500), &a).is_empty(),
+        "budget still overdrawn"
+    );
+    assert_eq!(
+        f.ledger().recorded_seqs(&a.id).unwrap_or_default(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        acks(&send(&mut engine, &second, 1_000), &a),
+        vec![3],
+        "refilled"
+    );
+}
+
+/// A batch that starts far beyond the rig's highest sequence number is refused unrecorded
+/// and not acknowledged; one inside the window is recorded.
+#[test]
+fn a_batch_far_beyond_the_rigs_sequence_numbers_is_refused_unrecorded() {
+    let f = Fixture::new(gemm(2));
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 1, 0), &a);
+    a.next_seq = SEQ_WINDOW + 2;
+    let far = honest(&mut a, &given, |_| GEMM_WORK);
+    assert!(acks(&send(&mut engine, &far, 10), &a).is_empty());
+    assert!(f
+        .ledger()
+        .recorded_seqs(&a.id)
+        .unwrap_or_default()
+        .is_empty());
+    a.next_seq = SEQ_WINDOW;
+    let near = honest(&mut a, &given, |_| GEMM_WORK);
+    assert_eq!(acks(&send(&mut engine, &near, 20), &a), vec![SEQ_WINDOW]);
+}
+
+/// Leases are durable: after a restart the lease holder's result is paid and another rig's
+/// is not.
+#[test]
+fn leases_survive_a_restart_of_the_coordinator() {
+    let f = Fixture::new(gemm(2));
+    let mut a = TestRig::new("rig-a", 1);
+    let mut b = TestRig::new("rig-b", 2);
+    let given = {
+        let mut engine = f.engine();
+        units(&hello(&mut engine, &a, 1, 0), &a)
+    };
+    let mut engine = f.engine();
+    hello(&mut engine, &b, 1, 10);
+    let out = send(&mut engine, &honest(&mut b, &given, |_| GEMM_WORK), 20);
+    assert_eq!(acks(&out, &b), vec![1]);
+    assert_eq!(
+        refused(&f, &b),
+        vec![(1, 2, "unit not leased to the rig".into())]
+    );
+    hello(&mut engine, &a, 1, 30);
+    send(&mut engine, &honest(&mut a, &given, |_| GEMM_WORK), 40);
+    let credited = f
+        .ledger()
+        .credited_units(&job_id("gemm"))
+        .unwrap_or_default();
+    assert_eq!(credited, vec![(0, 1), (1, 1)]);
+}
