@@ -281,9 +281,7 @@ impl Engine {
             taken.insert(item.receipt.unit);
             fresh.push((item, verdict));
         }
-        let forfeited = self.record(rig, &fresh, duplicates, now_ms)?;
-        let mut out = self.apply(rig, &fresh, now_ms);
-        if fresh.iter().any(|(_, v)| {
+        let caught = fresh.iter().any(|(_, v)| {
             matches!(
                 v,
                 Verdict::Rejected {
@@ -291,7 +289,10 @@ impl Engine {
                     ..
                 }
             )
-        }) {
+        });
+        let forfeited = self.record(rig, &fresh, duplicates, caught, now_ms)?;
+        let mut out = self.apply(rig, &fresh, now_ms);
+        if caught {
             self.penalize(rig, &forfeited, now_ms);
         }
         let ack = Ack {
@@ -321,19 +322,11 @@ impl Engine {
         rig: &RigId,
         fresh: &[(&ReceiptItem, Verdict)],
         duplicates: u64,
+        caught: bool,
         now_ms: u64,
     ) -> Result<Vec<u64>, LedgerError> {
         let credit = self.job.credits_on_accept();
         let id = self.job.id().clone();
-        let caught = fresh.iter().any(|(_, v)| {
-            matches!(
-                v,
-                Verdict::Rejected {
-                    why: Rejection::ResultMismatch,
-                    ..
-                }
-            )
-        });
         let mut record = BatchRecord {
             duplicates,
             forfeit: caught.then_some((&id, now_ms.saturating_sub(self.trust.audit_ms))),

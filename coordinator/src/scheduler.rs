@@ -32,6 +32,16 @@ struct Live {
     past: Vec<Lease>,
 }
 
+impl Live {
+    /// Keeps an ended lease for the grace period, dropping the oldest beyond [`PAST_LEASES`].
+    fn remember(&mut self, lease: Lease) {
+        if self.past.len() == PAST_LEASES {
+            self.past.remove(0);
+        }
+        self.past.push(lease);
+    }
+}
+
 /// A lease handed out, for the ledger: `(unit, attempt, rig, deadline_ms)`.
 pub type Granted = (u64, u32, RigId, u64);
 
@@ -233,10 +243,7 @@ impl Scheduler {
             slot.leased = slot.leased.saturating_sub(1);
         }
         if grace {
-            if live.past.len() == PAST_LEASES {
-                live.past.remove(0);
-            }
-            live.past.push(lease);
+            live.remember(lease);
         }
         self.queue.push_back(unit);
     }
@@ -268,20 +275,14 @@ impl Scheduler {
             deadline_ms,
         };
         if attempt < live.attempt {
-            if live.past.len() == PAST_LEASES {
-                live.past.remove(0);
-            }
-            live.past.push(lease);
+            live.remember(lease);
             return;
         }
         if let Some(old) = live.lease.replace(lease.clone()) {
             if let Some(slot) = self.rigs.get_mut(&old.rig) {
                 slot.leased = slot.leased.saturating_sub(1);
             }
-            live.past.push(old);
-            if live.past.len() > PAST_LEASES {
-                live.past.remove(0);
-            }
+            live.remember(old);
         }
         live.attempt = attempt;
         self.rigs.entry(lease.rig).or_default().leased += 1;
