@@ -91,10 +91,10 @@ fn kill_in(rig: &mut RigProcess, holds: &Path, window: Window, rng: &mut impl Rn
     std::fs::write(holds.join(point.file_name()), b"").unwrap();
     // The hold is in effect once rigd logs that it met it; from then on no batch is signed
     // (or no acknowledgement read), so the window below, once reached, stays open.
-    wait_until(&format!("rigd held at {point:?}"), 60, || {
+    wait_or_show_log(rig, &format!("rigd held at {point:?}"), |rig| {
         rig.log().matches(marker).count() > before
     });
-    wait_until(&format!("the journal in window {window:?}"), 60, || {
+    wait_or_show_log(rig, &format!("the journal in window {window:?}"), |rig| {
         let (unsigned, unacked) = rig.unsigned_and_unacked();
         match window {
             Window::Unsigned => unsigned > 0,
@@ -102,6 +102,19 @@ fn kill_in(rig: &mut RigProcess, holds: &Path, window: Window, rng: &mut impl Rn
         }
     });
     rig.kill9();
+}
+
+/// Waits up to 60 s for `cond`; on timeout fails with rigd's journal counts and log.
+fn wait_or_show_log(rig: &RigProcess, what: &str, cond: impl Fn(&RigProcess) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond(rig) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 60 s waiting for {what}{}",
+            rig.state_report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Kills rigd `rounds` times, each in the next of `windows`, and checks that every unit is

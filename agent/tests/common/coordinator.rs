@@ -1,7 +1,7 @@
 //! The coordinator of the integration tests: running in-process on its own runtime against
 //! the test's broker, with its ledger in the test's directory, and the exactly-once checks.
 
-use super::{wait_until, RigProcess};
+use super::RigProcess;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ pub struct Coordinator {
     stop: tokio_util::sync::CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
     progress: std::sync::Arc<std::sync::Mutex<Option<rigd_protocol::CoordinatorStatus>>>,
+    log: PathBuf,
 }
 
 impl Coordinator {
@@ -66,6 +67,16 @@ impl Coordinator {
     ) -> Self {
         let job = spec.id().clone();
         let db = dir.join("ledger.db");
+        let log = dir.join("coordinator.log");
+        // Each test runs in its own process (nextest), so the process's subscriber is this
+        // coordinator's log; under `cargo test` the first coordinator's log takes it.
+        if let Ok(file) = std::fs::File::create(&log) {
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .with_env_filter("rigd_coordinator=info")
+                .try_init();
+        }
         let mut config =
             rigd_coordinator::CoordinatorConfig::new("127.0.0.1", port, db.clone(), spec);
         config.client_id = format!("coordinator-{port}");
@@ -100,7 +111,16 @@ impl Coordinator {
             stop,
             runtime: Some(runtime),
             progress,
+            log,
         }
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.reverse();
+        tail.join("\n")
     }
 
     pub fn ledger(&self) -> Option<rigd_coordinator::Ledger> {
@@ -156,10 +176,19 @@ impl Drop for Coordinator {
 
 /// Waits until every unit of the coordinator's job is credited and every rig's outbox is empty.
 pub fn wait_job_done(c: &Coordinator, units: u64, rigs: &[&RigProcess], secs: u64) {
-    wait_until("every unit credited", secs, || {
-        c.credited().len() as u64 >= units
-    });
-    wait_until("every outbox drained", secs, || {
-        rigs.iter().all(|r| r.journal().1 == 0)
-    });
+    let done = |c: &Coordinator| c.credited().len() as u64 >= units;
+    let drained = || rigs.iter().all(|r| r.journal().1 == 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !(done(c) && drained()) {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out after {secs} s waiting for the job to finish: {} of {units} units credited, coordinator {:?}; its log ends:\n{}{}",
+                c.credited().len(),
+                c.status(),
+                c.log_tail(30),
+                rigs.iter().map(|r| r.state_report()).collect::<String>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

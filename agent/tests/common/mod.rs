@@ -399,6 +399,20 @@ impl RigProcess {
         std::fs::read_to_string(self.dir.join("rigd.log")).unwrap_or_default()
     }
 
+    /// Its journal counts and the end of its log, for a failed test's message.
+    pub fn state_report(&self) -> String {
+        let log = self.log();
+        let mut tail: Vec<&str> = log.lines().rev().take(30).collect();
+        tail.reverse();
+        format!(
+            "\n{}: journal (last seq, unacked) {:?}, (unsigned, unacked batches) {:?}; its log ends:\n{}",
+            self.rig,
+            self.journal(),
+            self.unsigned_and_unacked(),
+            tail.join("\n")
+        )
+    }
+
     /// (highest journaled seq, receipts not acknowledged), read from the journal.
     pub fn journal(&self) -> (u64, u64) {
         self.read_journal(|db| {
