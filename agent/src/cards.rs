@@ -112,7 +112,9 @@ struct Worker {
 
 impl Worker {
     fn spawn(s: &CardSettings) -> std::io::Result<Self> {
-        let mut child = Command::new(&s.command.program)
+        let mut command = Command::new(&s.command.program);
+        inherit_no_descriptors(&mut command);
+        let mut child = command
             .args(&s.command.args)
             .env("CUDA_VISIBLE_DEVICES", s.uuid.as_str())
             .stdin(Stdio::piped())
@@ -160,6 +162,29 @@ impl Worker {
     async fn kill(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// The child gets only stdin, stdout and stderr. Descriptors opened by C libraries inside
+/// rigd lack close-on-exec: the TPM's TSS opens its swtpm or TPM socket that way, and a
+/// worker spawned while a signature was in flight would keep that connection open after
+/// rigd dropped it; swtpm, serving one connection at a time, would then wait on it for good
+/// and every later signature would hang.
+#[allow(unsafe_code)]
+fn inherit_no_descriptors(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and makes one system call,
+    // which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            // Marks (not closes) every descriptor from 3 up close-on-exec, so that the
+            // standard library's own exec-error pipe keeps working until exec.
+            let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
+            if libc::close_range(3, libc::c_uint::MAX, flags) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 
@@ -315,5 +340,43 @@ mod tests {
         assert_eq!(restart_backoff(0), Duration::from_millis(200));
         assert_eq!(restart_backoff(1), Duration::from_millis(400));
         assert_eq!(restart_backoff(30), Duration::from_millis(10_000));
+    }
+
+    /// Clears close-on-exec on `fd`, as C libraries leave their descriptors; returns the flags.
+    #[allow(unsafe_code)]
+    fn clear_cloexec(fd: std::os::fd::RawFd) -> libc::c_int {
+        // SAFETY: fcntl on a descriptor this test owns, with integer arguments only.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+            libc::fcntl(fd, libc::F_GETFD)
+        }
+    }
+
+    /// Descriptors of rigd that are not close-on-exec (as the TSS opens its sockets) do not
+    /// reach a worker.
+    #[tokio::test]
+    async fn a_worker_inherits_no_descriptor_of_rigd() {
+        let inheritable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&inheritable);
+        assert_eq!(clear_cloexec(fd) & libc::FD_CLOEXEC, 0, "the descriptor is inheritable");
+        let mut command = Command::new("/bin/sh");
+        inherit_no_descriptors(&mut command);
+        let out = command
+            .args(["-c", &format!("test -e /proc/self/fd/{fd} && echo held || echo gone")])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gone");
+        let mut plain = Command::new("/bin/sh");
+        let out = plain
+            .args(["-c", &format!("test -e /proc/self/fd/{fd} && echo held || echo gone")])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "held",
+            "without the guard the descriptor is inherited, so the check above can fail"
+        );
     }
 }
