@@ -9,8 +9,10 @@ use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::NetworkOptions;
+use rumqttc::Outgoing;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// What the link tells the supervisor.
@@ -36,6 +38,8 @@ pub enum LinkEvent {
 pub struct Link {
     client: AsyncClient,
     rig: RigId,
+    /// Notified once the broker closed the session after rigd's DISCONNECT.
+    closed: Arc<Notify>,
 }
 
 /// Settings of the session.
@@ -78,7 +82,11 @@ impl Link {
             ));
         let (client, eventloop) = AsyncClient::new(opts, 256);
         let (tx, rx) = mpsc::channel(1024);
-        let link = Link { client, rig: s.rig };
+        let link = Link {
+            client,
+            rig: s.rig,
+            closed: Arc::new(Notify::new()),
+        };
         tokio::spawn(drive(eventloop, link.clone(), tx, stop));
         (link, rx)
     }
@@ -123,9 +131,26 @@ impl Link {
         }
     }
 
-    /// Disconnects cleanly (no last will).
-    pub async fn disconnect(&self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
+    /// Disconnects cleanly, so that the broker drops the last will: returns once the broker,
+    /// having read the DISCONNECT queued behind every earlier publish, closed the connection,
+    /// or after 2 s. Closing the socket sooner loses them: before the DISCONNECT is written
+    /// nothing tells the broker, and after it, acknowledgements still unread make the close
+    /// a TCP reset, on which the broker discards what it had not read yet. Either way the
+    /// broker publishes the last will over the status just sent.
+    pub async fn disconnect(&self) -> bool {
+        let sent = async {
+            self.client.disconnect().await.is_ok() && {
+                self.closed.notified().await;
+                true
+            }
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(2), sent)
+            .await
+            .unwrap_or(false);
+        if !sent {
+            tracing::warn!("the broker was not told of the stop; it may publish the last will");
+        }
+        sent
     }
 
     fn subscribe(&self) {
@@ -153,6 +178,8 @@ async fn drive(
 ) {
     let mut failures: u32 = 0;
     let mut connected = false;
+    // A DISCONNECT went out: read until the broker closes the connection, then stop.
+    let mut closing = false;
     loop {
         let polled = tokio::select! {
             p = eventloop.poll() => p,
@@ -169,7 +196,16 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message(Box::new(p)),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                closing = true;
+                continue;
+            }
             Ok(_) => continue,
+            Err(e) if closing => {
+                tracing::debug!(error = %e, "the broker closed the session");
+                link.closed.notify_one();
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 let reason = e.to_string();

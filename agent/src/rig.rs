@@ -289,8 +289,6 @@ pub async fn run(
     }
     rig.resend(false).await?;
     rig.publish_status(RigState::Offline);
-    // Give the event loop a moment to hand the last publishes to the socket.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     rig.link.disconnect().await;
     stop_link.cancel();
     stop_cards.cancel();
