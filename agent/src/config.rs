@@ -122,7 +122,8 @@ pub struct RigConfig {
     /// Must be `true` for a `file:` key: software keys are for development only.
     #[serde(default)]
     pub allow_software_key: bool,
-    /// GPU backend.
+    /// GPU backend: NVIDIA cards unless simulated ones are asked for (`"sim"`). A machine
+    /// without the NVIDIA driver then runs with no cards.
     #[serde(default = "default_gpu")]
     pub gpu: GpuBackend,
     /// Number of simulated cards (`gpu = "sim"`), 1 to 16.
@@ -253,7 +254,7 @@ fn default_key_timeout_ms() -> u64 {
     10_000
 }
 fn default_gpu() -> GpuBackend {
-    GpuBackend::Sim
+    GpuBackend::Nvml
 }
 fn default_sim_gpus() -> u32 {
     1
@@ -502,6 +503,11 @@ mod tests {
         let c = RigConfig::parse(Path::new("rig.conf"), GOOD);
         let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.sim_gpus, 2);
+        assert_eq!(
+            c.gpu,
+            GpuBackend::Nvml,
+            "simulated cards only when asked for"
+        );
         assert_eq!(c.broker_addr(), Some(("127.0.0.1", 1883)));
         assert!(c.operator_keys().is_empty() && c.allowed_commands.is_none());
     }
