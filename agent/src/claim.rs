@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// File of the provisioning state in the state directory.
-pub const STATE_FILE: &str = "provision.json";
+pub const STATE_FILE: &str = crate::state_dir::PROVISIONING;
 /// File the granted certificate chain is written to for the link.
 pub const CERT_FILE: &str = "rig-cert.pem";
 
@@ -70,19 +70,8 @@ pub fn operator_keys(state_dir: &Path) -> Result<Vec<[u8; 32]>, RunError> {
 
 /// Writes `data` to `path` atomically and durably.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
-    use std::io::Write;
-    let err = |e| runtime(&path.display().to_string(), e);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(data).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-    }
-    Ok(())
+    crate::state_dir::write_atomic(path, data, 0o644)
+        .map_err(|e| runtime(&path.display().to_string(), e))
 }
 
 fn save_state(state_dir: &Path, state: &State) -> Result<(), RunError> {

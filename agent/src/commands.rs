@@ -15,7 +15,6 @@
 use rigd_protocol::command::{ActionKind, Command, Rejection, MAX_COMMAND_TTL_MS};
 use rigd_protocol::RigId;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// How far in the future a command may be issued (the operator's clock ahead of the rig's).
@@ -112,7 +111,7 @@ impl NonceStore {
     /// Opens (or starts) the store in `state_dir`. A damaged file is an error: starting
     /// afresh would reopen replays.
     pub fn open(state_dir: &Path) -> Result<Self, NonceError> {
-        let path = state_dir.join("operator-nonces");
+        let path = state_dir.join(crate::state_dir::NONCES);
         let fail = |reason: String| NonceError {
             path: path.clone(),
             reason,
@@ -170,17 +169,7 @@ impl NonceStore {
             .map(|(k, n)| format!("{} {n}\n", hex::encode(k)))
             .collect();
         lines.sort();
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-        f.write_all(lines.concat().as_bytes()).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, &self.path).map_err(fail)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(fail)?;
-        }
-        Ok(())
+        crate::state_dir::write_atomic(&self.path, lines.concat().as_bytes(), 0o600).map_err(fail)
     }
 }
 

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod provision;
 mod rig;
 pub mod slots;
+pub mod state_dir;
 pub mod tls;
 pub mod worker;
 

@@ -4,7 +4,6 @@
 use super::{KeyError, KeyStore};
 use rigd_protocol::digest::Hash32;
 use rigd_protocol::{PublicKey, Signature};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The curve of a file key.
@@ -40,7 +39,7 @@ impl FileKey {
                 let mut secret = [0u8; 32];
                 ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
                     .map_err(|_| KeyError::Sign("no randomness".into()))?;
-                write_private(path, &secret).map_err(io)?;
+                crate::state_dir::write_atomic(path, &secret, 0o600).map_err(io)?;
                 secret.to_vec()
             }
             Err(e) => return Err(io(e)),
@@ -65,23 +64,6 @@ impl FileKey {
             path: path.to_owned(),
         })
     }
-}
-
-fn write_private(path: &Path, secret: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(secret)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 impl KeyStore for FileKey {

@@ -226,7 +226,7 @@ pub enum Identity {
 
 /// Compares `key` with the identity recorded in `state_dir/rig-identity` and records it.
 pub fn check_identity(state_dir: &Path, key: &PublicKey) -> Result<Identity, KeyError> {
-    let path = state_dir.join("rig-identity");
+    let path = state_dir.join(crate::state_dir::IDENTITY);
     let now = key.to_string();
     let io = |source| KeyError::Io {
         path: path.clone(),
@@ -240,9 +240,7 @@ pub fn check_identity(state_dir: &Path, key: &PublicKey) -> Result<Identity, Key
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identity::New,
         Err(e) => return Err(io(e)),
     };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{now}\n")).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    crate::state_dir::write_atomic(&path, format!("{now}\n").as_bytes(), 0o644).map_err(io)?;
     Ok(verdict)
 }
 
