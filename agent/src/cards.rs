@@ -332,6 +332,7 @@ async fn backoff(stop: &CancellationToken, failures: u32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -358,18 +359,28 @@ mod tests {
     async fn a_worker_inherits_no_descriptor_of_rigd() {
         let inheritable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&inheritable);
-        assert_eq!(clear_cloexec(fd) & libc::FD_CLOEXEC, 0, "the descriptor is inheritable");
+        assert_eq!(
+            clear_cloexec(fd) & libc::FD_CLOEXEC,
+            0,
+            "the descriptor is inheritable"
+        );
         let mut command = Command::new("/bin/sh");
         inherit_no_descriptors(&mut command);
         let out = command
-            .args(["-c", &format!("test -e /proc/self/fd/{fd} && echo held || echo gone")])
+            .args([
+                "-c",
+                &format!("test -e /proc/self/fd/{fd} && echo held || echo gone"),
+            ])
             .output()
             .await
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gone");
         let mut plain = Command::new("/bin/sh");
         let out = plain
-            .args(["-c", &format!("test -e /proc/self/fd/{fd} && echo held || echo gone")])
+            .args([
+                "-c",
+                &format!("test -e /proc/self/fd/{fd} && echo held || echo gone"),
+            ])
             .output()
             .await
             .unwrap();

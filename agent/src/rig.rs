@@ -211,6 +211,7 @@ pub async fn run(
         holds: Holds::from_env(),
         config,
     };
+    rig.restore_holds();
     rig.start_seal();
     let mut governor =
         tokio::time::interval(Duration::from_millis(rig.config.governor_interval_ms));

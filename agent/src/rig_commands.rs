@@ -15,6 +15,8 @@ use rigd_protocol::command::{
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, encode, GpuUuid, RigState};
 use rumqttc::v5::mqttbytes::v5::Publish;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// Where a reply goes: the rig's own `replies` topic, with the command's correlation data.
 #[derive(Debug, Clone)]
@@ -34,6 +36,18 @@ pub(super) struct CommandState {
     drains: Vec<ReplyTo>,
     /// An operator drain or pause holds the rig: no unit starts until a resume.
     pub(super) held: bool,
+    /// Where the holds are kept across restarts.
+    holds_path: PathBuf,
+}
+
+/// Operator drains and pauses as kept in the state directory, so that neither a restart
+/// nor a crash of rigd puts a held rig or card back to work.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct OperatorHolds {
+    /// A drain or a pause of the whole rig.
+    rig: bool,
+    /// Cards paused one by one.
+    cards: Vec<GpuUuid>,
 }
 
 impl CommandState {
@@ -57,6 +71,7 @@ impl CommandState {
             rejected: 0,
             drains: vec![],
             held: false,
+            holds_path: config.state_dir.join(crate::state_dir::HOLDS),
         })
     }
 }
@@ -66,6 +81,55 @@ fn clipped(s: &str) -> String {
 }
 
 impl Rig {
+    /// Puts back the drains and pauses in effect when rigd last stopped. A holds file that
+    /// cannot be read holds the whole rig: an operator's stop is never lost to a bad disk.
+    pub(super) fn restore_holds(&mut self) {
+        let path = &self.commands.holds_path;
+        let read = crate::state_dir::read_optional(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| match bytes {
+                None => Ok(OperatorHolds::default()),
+                Some(b) => serde_json::from_slice::<OperatorHolds>(&b).map_err(|e| e.to_string()),
+            });
+        let holds = read.unwrap_or_else(|error| {
+            tracing::error!(path = %path.display(), %error, "operator holds unreadable: the rig stays held until an operator resumes it");
+            OperatorHolds {
+                rig: true,
+                cards: vec![],
+            }
+        });
+        if holds == OperatorHolds::default() {
+            return;
+        }
+        tracing::info!(
+            rig = holds.rig,
+            cards = holds.cards.len(),
+            "operator holds kept from before the restart"
+        );
+        self.commands.held = holds.rig;
+        for uuid in &holds.cards {
+            match self.slots.find(uuid) {
+                Some(i) => self.slots.hold(i, true),
+                None => tracing::warn!(gpu = %uuid, "a paused card is gone; its pause is dropped"),
+            }
+        }
+    }
+
+    /// Records the drains and pauses now in effect; false (logged) if they could not be.
+    fn save_holds(&self) -> bool {
+        let holds = OperatorHolds {
+            rig: self.commands.held,
+            cards: self.slots.held_cards(),
+        };
+        let written = serde_json::to_vec(&holds)
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::state_dir::write_atomic(&self.commands.holds_path, &b, 0o644));
+        if let Err(error) = &written {
+            tracing::error!(path = %self.commands.holds_path.display(), %error, "operator holds not recorded: a restart would lose them");
+        }
+        written.is_ok()
+    }
+
     /// Handles one message of the `commands` topic.
     pub(super) fn on_command(&mut self, p: &Publish) {
         let props = p.properties.as_ref();
@@ -120,7 +184,16 @@ impl Rig {
         self.commands.accepted += 1;
         tracing::info!(nonce = cmd.nonce, action = %cmd.action.kind(), gpu = ?cmd.action.gpu().map(GpuUuid::as_str),
             operator = %hex::encode(cmd.operator), "command accepted");
-        let outcome = self.act(&cmd.action, &to, response.is_some());
+        let mut outcome = self.act(&cmd.action, &to, response.is_some());
+        let holds = matches!(
+            cmd.action,
+            Action::Drain | Action::Pause { .. } | Action::Resume { .. }
+        );
+        if holds && !self.save_holds() {
+            outcome = Outcome::Failed(
+                "in effect now, but not recorded on disk: a restart of rigd would lose it".into(),
+            );
+        }
         self.reply_if(&response, &to, outcome);
     }
 

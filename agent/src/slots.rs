@@ -307,6 +307,15 @@ impl Slots {
         self.slots.iter().position(|s| &s.info.uuid == uuid)
     }
 
+    /// The cards an operator paused.
+    pub fn held_cards(&self) -> Vec<GpuUuid> {
+        self.slots
+            .iter()
+            .filter(|s| s.held)
+            .map(|s| s.info.uuid.clone())
+            .collect()
+    }
+
     /// Every card index.
     pub fn indices(&self) -> std::ops::Range<usize> {
         0..self.slots.len()

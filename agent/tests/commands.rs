@@ -292,7 +292,8 @@ async fn forged_replayed_expired_wrong_rig_unknown_and_unlisted_commands_are_ref
 }
 
 #[test]
-fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_and_resume_restarts_it() {
+fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_survives_a_kill_and_resume_restarts_it(
+) {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path(), "op.key");
@@ -300,7 +301,7 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_and_resum
     // Units of about 0.3 s on each of two sim cards.
     let coordinator = Coordinator::gemm(broker.port, dir.path(), units, 64, |_| {});
     let holds = tempfile::tempdir().unwrap();
-    let rig = RigProcess::start_env(
+    let mut rig = RigProcess::start_env(
         "rig-d",
         broker.port,
         2,
@@ -353,6 +354,17 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_and_resum
         assert!(row["queued"].as_u64() > Some(0), "no unit waits: {row}");
     });
     assert_eq!(rig.journal().0, journaled, "a unit ran while drained");
+    // Killed and started again, the rig is still drained: nothing runs until the resume.
+    rig.kill9();
+    rig.start_again();
+    wait_until("the drain restored", 30, || {
+        rig.log()
+            .contains("operator holds kept from before the restart")
+    });
+    common::watch_statuses(broker.port, "rig-d", 5, 30, |row| {
+        assert_eq!(row["running"], 0, "a unit ran after the restart: {row}");
+    });
+    assert_eq!(rig.journal().0, journaled, "a unit ran after the restart");
     let (out, json) = rigctl(broker.port, &key, &["resume", "rig-d"]);
     assert!(out.status.success(), "{out:?}\n{json}");
     assert_eq!(outcome(&json), "accepted", "{json}");
