@@ -59,6 +59,16 @@ pub fn load_state(state_dir: &Path) -> Result<State, RunError> {
     }
 }
 
+/// Records that the broker refused this rig's certificate as revoked: a provisioned rig
+/// enters the `Revoked` state and does not run again as that rig (a new claim in a fresh
+/// state directory is the way back). A rig with a fixed identity has no state to record.
+pub fn record_revoked(state_dir: &Path) -> Result<(), RunError> {
+    let State::Provisioned(p) = load_state(state_dir)? else {
+        return Ok(());
+    };
+    save_state(state_dir, &State::Revoked { rig: Some(p.rig) })
+}
+
 /// The operator keys of a provisioned rig (empty before provisioning): the Ed25519 public
 /// keys whose signed commands the rig obeys.
 pub fn operator_keys(state_dir: &Path) -> Result<Vec<[u8; 32]>, RunError> {
@@ -217,8 +227,8 @@ pub async fn provision(
                 return Ok((config, p_rec.operator_keys));
             }
             Step::Stop => {
-                return Err(RunError::Runtime(
-                    "this rig's identity was revoked by the fleet; it will not connect".into(),
+                return Err(RunError::Revoked(
+                    "this rig's identity was revoked; it will not connect".into(),
                 ))
             }
             Step::Retry(wait) => {

@@ -44,17 +44,22 @@ pub enum RunError {
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    /// The fleet revoked this rig's identity: it must not run again as that rig.
+    #[error("revoked by the fleet: {0}")]
+    Revoked(String),
     /// Anything else.
     #[error("{0}")]
     Runtime(String),
 }
 
 impl RunError {
-    /// The process exit code: 2 configuration, 3 hardware (key store, cards), 1 other.
+    /// The process exit code: 2 configuration, 3 hardware (key store, cards), 4 revoked,
+    /// 1 other.
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) => 2,
             RunError::Key(_) | RunError::Hardware(_) => 3,
+            RunError::Revoked(_) => 4,
             RunError::Journal(_) | RunError::Runtime(_) => 1,
         }
     }

@@ -7,7 +7,7 @@ use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{RigId, MAX_FRAME_BYTES};
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use rumqttc::NetworkOptions;
 use rumqttc::Outgoing;
 use std::sync::Arc;
@@ -31,6 +31,32 @@ pub enum LinkEvent {
         /// Why.
         reason: String,
     },
+    /// The broker refused the rig's certificate as revoked; the link has stopped.
+    Revoked {
+        /// The error as the TLS layer gave it.
+        reason: String,
+    },
+}
+
+/// Whether the broker refused the connection with the TLS alert that our certificate is
+/// revoked. rumqttc hides the TLS error inside an io::Error, in places whose `source` does
+/// not lead to it, so the places are named here.
+fn is_revocation(e: &ConnectionError) -> bool {
+    use rumqttc::v5::mqttbytes::Error as Mqtt;
+    let io = match e {
+        ConnectionError::Io(io)
+        | ConnectionError::MqttState(StateError::Io(io))
+        | ConnectionError::MqttState(StateError::Deserialization(Mqtt::Io(io))) => io,
+        _ => return false,
+    };
+    io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+            )
+        })
 }
 
 /// The publishing side of the session.
@@ -204,6 +230,12 @@ async fn drive(
             Err(e) if closing => {
                 tracing::debug!(error = %e, "the broker closed the session");
                 link.closed.notify_one();
+                return;
+            }
+            Err(e) if is_revocation(&e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "the broker refused this rig's certificate as revoked");
+                let _ = tx.send(LinkEvent::Revoked { reason }).await;
                 return;
             }
             Err(e) => {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 /// rigd, the rig agent. Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad rig.conf,
-/// 3 hardware (key store, cards).
+/// 3 hardware (key store, cards), 4 identity revoked by the fleet.
 #[derive(Parser)]
 #[command(version)]
 struct Args {

@@ -308,6 +308,13 @@ impl Rig {
                 self.publish_status(self.state());
                 self.resend(true).await?;
             }
+            LinkEvent::Revoked { reason } => {
+                crate::claim::record_revoked(&self.config.state_dir)?;
+                return Err(RunError::Revoked(format!(
+                    "the broker refused the certificate of {}: {reason}",
+                    self.config.rig_id
+                )));
+            }
             LinkEvent::Disconnected { reason } => {
                 tracing::debug!(%reason, "link down; work goes on, receipts wait in the outbox");
             }

@@ -283,6 +283,36 @@ fn used_up_expired_and_revoked_claims_and_revoked_rigs_are_refused() {
         .await
     });
     assert_eq!(reason, Ok(PubAckReason::NotAuthorized));
+    drop(client);
+    // rigd of rig a, started again, is refused by the broker: it records the revocation,
+    // says so in its systemd status line and exits 4 (which systemd does not restart).
+    let mut a = a;
+    a.kill9();
+    let notify_path = a.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_nonblocking(true).unwrap();
+    a.start_again_env(&[("NOTIFY_SOCKET", &notify_path.display().to_string())]);
+    assert_eq!(a.exit_code(30), Some(4), "{}", a.log());
+    let mut buf = vec![0u8; 4096];
+    let mut lines = vec![];
+    while let Ok(n) = notify.recv(&mut buf) {
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let last = lines.iter().rev().find(|l| l.contains("STATUS=")).cloned();
+    assert!(
+        last.as_deref()
+            .is_some_and(|l| l.contains("STATUS=stopped: revoked by the fleet")),
+        "{lines:?}"
+    );
+    let log = a.log();
+    assert!(
+        log.contains("the broker refused this rig's certificate as revoked"),
+        "{log}"
+    );
+    assert!(state(&a.dir).contains("\"Revoked\""), "{}", state(&a.dir));
+    // And stays revoked: it no longer tries to connect.
+    a.start_again();
+    assert_eq!(a.exit_code(30), Some(4), "{}", a.log());
 }
 
 #[test]

@@ -376,6 +376,11 @@ impl RigProcess {
         self.spawn();
     }
 
+    /// Starts rigd again with extra environment variables for this start only.
+    pub fn start_again_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn_env(env);
+    }
+
     /// SIGTERM and wait for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
@@ -393,6 +398,20 @@ impl RigProcess {
     /// Waits up to `secs` for rigd to exit by itself; whether it did.
     pub fn wait_exit(&mut self, secs: u64) -> bool {
         wait_exit(&mut self.child, secs)
+    }
+
+    /// Waits up to `secs` for rigd to exit by itself; its exit code (`None`: still running
+    /// or killed by a signal).
+    pub fn exit_code(&mut self, secs: u64) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.as_mut()?.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn log(&self) -> String {
