@@ -364,28 +364,19 @@ mod tests {
             0,
             "the descriptor is inheritable"
         );
-        let mut command = Command::new("/bin/sh");
-        inherit_no_descriptors(&mut command);
-        let out = command
-            .args([
-                "-c",
-                &format!("test -e /proc/self/fd/{fd} && echo held || echo gone"),
-            ])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gone");
-        let mut plain = Command::new("/bin/sh");
-        let out = plain
-            .args([
-                "-c",
-                &format!("test -e /proc/self/fd/{fd} && echo held || echo gone"),
-            ])
-            .output()
-            .await
-            .unwrap();
+        // Whether a shell spawned with (or without) the guard still has `fd` open.
+        let child_sees = |guarded: bool| async move {
+            let mut command = Command::new("/bin/sh");
+            if guarded {
+                inherit_no_descriptors(&mut command);
+            }
+            let probe = format!("test -e /proc/self/fd/{fd} && echo held || echo gone");
+            let out = command.args(["-c", &probe]).output().await.unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(child_sees(true).await, "gone");
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            child_sees(false).await,
             "held",
             "without the guard the descriptor is inherited, so the check above can fail"
         );
