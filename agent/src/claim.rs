@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// File of the provisioning state in the state directory.
-pub const STATE_FILE: &str = crate::state_dir::PROVISIONING;
 /// File the granted certificate chain is written to for the link.
 pub const CERT_FILE: &str = "rig-cert.pem";
 
@@ -50,11 +48,11 @@ fn runtime(what: &str, e: impl std::fmt::Display) -> RunError {
 
 /// Reads the persisted state (`Unprovisioned` when there is none).
 pub fn load_state(state_dir: &Path) -> Result<State, RunError> {
-    let path = state_dir.join(STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
+    let path = state_dir.join(crate::state_dir::PROVISIONING);
+    match crate::state_dir::read_optional(&path) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes)
             .map_err(|e| runtime(&format!("{} is corrupt", path.display()), e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::Unprovisioned),
+        Ok(None) => Ok(State::Unprovisioned),
         Err(e) => Err(runtime(&path.display().to_string(), e)),
     }
 }
@@ -86,7 +84,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
 
 fn save_state(state_dir: &Path, state: &State) -> Result<(), RunError> {
     let json = serde_json::to_vec_pretty(state).map_err(|e| runtime("provisioning state", e))?;
-    write_atomic(&state_dir.join(STATE_FILE), &json)
+    write_atomic(&state_dir.join(crate::state_dir::PROVISIONING), &json)
 }
 
 /// The key store's P-256 TLS key as rcgen's remote key: the CSR is signed in the store.

@@ -163,7 +163,7 @@ impl Link {
     /// nothing tells the broker, and after it, acknowledgements still unread make the close
     /// a TCP reset, on which the broker discards what it had not read yet. Either way the
     /// broker publishes the last will over the status just sent.
-    pub async fn disconnect(&self) -> bool {
+    pub async fn disconnect(&self) {
         let sent = async {
             self.client.disconnect().await.is_ok() && {
                 self.closed.notified().await;
@@ -176,7 +176,6 @@ impl Link {
         if !sent {
             tracing::warn!("the broker was not told of the stop; it may publish the last will");
         }
-        sent
     }
 
     fn subscribe(&self) {
