@@ -184,29 +184,12 @@ fn a_rig_works_end_to_end_over_mutual_tls_with_its_tls_key_in_the_key_store() {
     let broker = Mosquitto::start_tls(&pki.ca_dir());
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("rig-m");
-    std::fs::create_dir_all(&state).unwrap();
-    // Receipts are signed with secp256k1 (the default); TLS has no secp256k1, so the rig
-    // names a P-256 TLS key. Opening it here creates it, as `rigd keys init` would.
-    let tls_key = rigd::keys::open("file:tls-key?curve=p256", &state, true).unwrap();
-    let rigd_protocol::PublicKey::P256(sec1) = tls_key.public_key() else {
-        panic!("P-256 key expected")
-    };
-    let cert = pki.cert_for("rig-m", &sec1);
+    let tls_conf = pki.rig_tls_conf("rig-m", &state);
     let coordinator_tls = pki.client("fleet:coordinator");
     let coord = Coordinator::gemm(broker.port, work.path(), 12, 16, |c| {
         c.tls = Some(coordinator_tls.clone());
     });
-    let mut rig = RigProcess::start(
-        "rig-m",
-        broker.port,
-        2,
-        &state,
-        &format!(
-            "tls_key = \"file:tls-key?curve=p256\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\n",
-            pki.ca_cert().display(),
-            cert.display()
-        ),
-    );
+    let mut rig = RigProcess::start("rig-m", broker.port, 2, &state, &tls_conf);
     wait_job_done(&coord, 12, &[&rig], 60);
     coord.assert_exactly_once(12, &[&rig]);
     assert!(rig.alive(), "rigd exited: {}", rig.log());

@@ -1,11 +1,14 @@
-//! Rogue rigs against a real coordinator, a real mosquitto and an honest rigd: a genuine
-//! identity with its own key is still paid only for work leased to it, and what it sends
-//! costs the ledger a bounded amount and never stops the honest rig's pay.
+//! Rogue rigs against real processes: the `coordinator` binary, mosquitto with mutual TLS
+//! and the ACL `rig-provisioner broker-config` writes, and an honest rigd. A rogue with a
+//! genuine fleet certificate and its own receipt key is still paid only for work leased to
+//! it, and what it sends costs the ledger a bounded amount and never stops the honest rig's
+//! pay.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
 use common::rogue::Rogue;
+use common::tls::Pki;
 use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd_coordinator::job::Job;
 use rigd_coordinator::JobSpec;
@@ -28,9 +31,10 @@ fn every_unit() -> Vec<WorkUnit> {
     (0..UNITS).filter_map(|u| job.work_unit(u, 0)).collect()
 }
 
-/// A broker, a coordinator running a GEMM job, an honest rigd with one card and a rogue rig
-/// whose key the coordinator pinned.
+/// A fleet CA, a broker with mutual TLS and the fleet ACL, a coordinator process running a
+/// GEMM job, an honest rigd with one card and a rogue rig whose key the coordinator pinned.
 struct Scene {
+    _pki: Pki,
     _broker: Mosquitto,
     _dir: tempfile::TempDir,
     coordinator: Coordinator,
@@ -40,20 +44,30 @@ struct Scene {
 
 impl Scene {
     fn start() -> Self {
-        let broker = Mosquitto::start();
+        let pki = Pki::new();
+        let broker = Mosquitto::start_tls(&pki.ca_dir());
         let dir = tempfile::tempdir().unwrap();
-        let coordinator = Coordinator::gemm(broker.port, dir.path(), UNITS, DIM, |_| {});
+        let coordinator = Coordinator::process_gemm(
+            broker.port,
+            dir.path(),
+            UNITS,
+            DIM,
+            Some(&pki.client("fleet:coordinator")),
+        );
+        let state = dir.path().join("h");
+        let tls = pki.rig_tls_conf("rig-h", &state);
         let honest = RigProcess::start(
             "rig-h",
             broker.port,
             1,
-            &dir.path().join("h"),
-            "sim_gflops = 0.002\n",
+            &state,
+            &format!("sim_gflops = 0.002\n{tls}"),
         );
-        let rogue = Rogue::connect(broker.port, "rig-rogue", 7);
+        let rogue = Rogue::connect(broker.port, "rig-rogue", 7, &pki.client("rig-rogue"));
         rogue.announce();
         pinned(&coordinator, "rig-rogue");
         Self {
+            _pki: pki,
             _broker: broker,
             _dir: dir,
             coordinator,

@@ -4,16 +4,16 @@
 
 use crate::inbound::{self, Inbound};
 use crate::job::{Job, Stitched};
-use crate::ledger::push_refused;
-use crate::ledger::{BatchRecord, Entry, KeyCheck, Ledger, LedgerError, ReceiptState};
+use crate::ledger::{KeyCheck, Ledger, LedgerError};
+use crate::recompute::Recompute;
 use crate::scheduler::Scheduler;
-use crate::verify::{self, Rejection, Sampler};
+use crate::verify::{Rejection, Sampler};
 use crate::{CoordinatorConfig, CoordinatorError};
 use rigd_protocol::messages::MAX_UNITS_PER_MESSAGE;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
-    encode, Ack, AckedBatch, CoordinatorStatus, PublicKey, ReceiptBatch, ReceiptItem, RigId,
-    RigState, RigStatus, UnitAssignment, UnitKind, MAX_FRAME_BYTES,
+    encode, CoordinatorStatus, PublicKey, RigId, RigState, RigStatus, UnitAssignment, UnitKind,
+    MAX_FRAME_BYTES,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -39,6 +39,9 @@ pub enum Outbound {
     },
     /// Report progress to the local listener.
     Progress(CoordinatorStatus),
+    /// Recompute these results off the engine's thread and hand the outputs to
+    /// [`Engine::recomputed`].
+    Recompute(Recompute),
 }
 
 /// What became of one receipt of a batch.
@@ -66,6 +69,15 @@ pub struct Engine {
     verified: HashMap<RigId, u32>,
     /// Each rig's recompute budget: (flops left, may be negative; when last refilled, ms).
     budgets: HashMap<RigId, (i64, u64)>,
+    /// Each rig's batch tokens: (thousandths of a token, when last refilled, ms).
+    batch_tokens: HashMap<RigId, (u64, u64)>,
+    /// Batches waiting for their recomputation, by ticket.
+    pending: HashMap<u64, batch::Pending>,
+    /// Sequence ranges `[first, end)` of each rig's waiting batches.
+    pending_seqs: HashMap<RigId, Vec<(u64, u64)>>,
+    /// Units whose results wait for their recomputation.
+    in_recompute: HashSet<u64>,
+    next_ticket: u64,
     trust: crate::Trust,
     earnings_dirty: BTreeSet<RigId>,
     earnings_sent: HashMap<RigId, u64>,
@@ -139,6 +151,11 @@ impl Engine {
             online: BTreeMap::new(),
             verified: HashMap::new(),
             budgets: HashMap::new(),
+            batch_tokens: HashMap::new(),
+            pending: HashMap::new(),
+            pending_seqs: HashMap::new(),
+            in_recompute: HashSet::new(),
+            next_ticket: 0,
             trust: config.trust,
             earnings_dirty: dirty,
             earnings_sent: HashMap::new(),
@@ -178,7 +195,7 @@ impl Engine {
                 return vec![];
             }
             Ok(Inbound::Status(status)) => self.on_status(&status, now_ms),
-            Ok(Inbound::Receipts { rig, batch }) => self.on_batch(&rig, &batch, now_ms),
+            Ok(Inbound::Receipts { rig, batch }) => self.on_batch(&rig, batch, now_ms),
         };
         result.unwrap_or_else(|e| {
             tracing::error!(topic, error = %e, "ledger write failed; the rig will resend");
@@ -224,198 +241,6 @@ impl Engine {
         }
         out.extend(self.assign(now_ms));
         Ok(out)
-    }
-
-    /// A receipt batch: authenticate, judge each new receipt, record all in one transaction,
-    /// then apply and ack.
-    pub fn on_batch(
-        &mut self,
-        rig: &RigId,
-        batch: &ReceiptBatch,
-        now_ms: u64,
-    ) -> Result<Vec<Outbound>, LedgerError> {
-        let header = &batch.header;
-        let Some((key, key_changed)) = self.keys.get(rig).cloned() else {
-            tracing::warn!(rig = %rig, first_seq = header.first_seq, "batch from a rig whose key is not known yet; not acked");
-            return Ok(vec![]);
-        };
-        if let Err(e) = verify::authenticate(rig, batch, &key) {
-            tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
-            return Ok(vec![]);
-        }
-        if !self.may_judge(rig, now_ms) {
-            tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig's recompute budget is spent; its batch waits for a resend");
-            return Ok(vec![]);
-        }
-        let high_water = match self.high_water.get(rig) {
-            Some(h) => *h,
-            None => self.ledger.earnings(rig)?.last_seq,
-        };
-        if header.first_seq > high_water.saturating_add(SEQ_WINDOW) {
-            tracing::warn!(rig = %rig, first_seq = header.first_seq, high_water, "batch far beyond the rig's sequence numbers refused unrecorded");
-            return Ok(vec![]);
-        }
-        self.scheduler.heard_from(rig);
-        let end = header.first_seq.saturating_add(u64::from(header.count));
-        self.high_water
-            .insert(rig.clone(), high_water.max(end.saturating_sub(1)));
-        let recorded = self.ledger.recorded_among(rig, header.first_seq..end)?;
-        let mut fresh: Vec<(&ReceiptItem, Verdict)> = vec![];
-        let mut duplicates = 0;
-        // Units judged in this batch.
-        let mut taken = HashSet::new();
-        for item in &batch.items {
-            if recorded.contains(&item.receipt.seq) {
-                duplicates += 1;
-                continue;
-            }
-            let verdict = if key_changed {
-                Verdict::Rejected {
-                    why: Rejection::KeyChanged,
-                    requeue: false,
-                }
-            } else {
-                self.judge(rig, item, &taken, now_ms)
-            };
-            // A unit is judged once per batch: copies of it are refused without a recompute.
-            taken.insert(item.receipt.unit);
-            fresh.push((item, verdict));
-        }
-        let caught = fresh.iter().any(|(_, v)| {
-            matches!(
-                v,
-                Verdict::Rejected {
-                    why: Rejection::ResultMismatch,
-                    ..
-                }
-            )
-        });
-        let forfeited = self.record(rig, &fresh, duplicates, caught, now_ms)?;
-        let mut out = self.apply(rig, &fresh, now_ms);
-        if caught {
-            self.penalize(rig, &forfeited, now_ms);
-        }
-        let ack = Ack {
-            rig: rig.clone(),
-            batches: vec![AckedBatch {
-                first_seq: header.first_seq,
-                digest: header.signing_digest(),
-            }],
-        };
-        out.insert(
-            0,
-            publish(topics::rig(rig, Channel::Acks), encode(&ack), false),
-        );
-        tracing::debug!(rig = %rig, first_seq = header.first_seq, new = fresh.len(), duplicates, "batch recorded");
-        self.earnings_dirty.insert(rig.clone());
-        out.extend(self.tick(now_ms));
-        Ok(out)
-    }
-
-    fn micros(&self, work: u64) -> u64 {
-        let m = u128::from(work) * u128::from(self.price) / 1_000_000;
-        u64::try_from(m).unwrap_or(u64::MAX)
-    }
-
-    fn record(
-        &mut self,
-        rig: &RigId,
-        fresh: &[(&ReceiptItem, Verdict)],
-        duplicates: u64,
-        caught: bool,
-        now_ms: u64,
-    ) -> Result<Vec<u64>, LedgerError> {
-        let credit = self.job.credits_on_accept();
-        let id = self.job.id().clone();
-        let mut record = BatchRecord {
-            duplicates,
-            forfeit: caught.then_some((&id, now_ms.saturating_sub(self.trust.audit_ms))),
-            ..BatchRecord::default()
-        };
-        for (item, verdict) in fresh {
-            let r = &item.receipt;
-            let entry = match verdict {
-                Verdict::Accepted { .. } => {
-                    if !credit {
-                        record.kept_outputs.push((&id, r.unit, &item.output));
-                    }
-                    Entry {
-                        receipt: r,
-                        state: if credit {
-                            ReceiptState::Credited
-                        } else {
-                            ReceiptState::Pending
-                        },
-                        reason: None,
-                        micros: self.micros(r.work),
-                    }
-                }
-                Verdict::Rejected { why, .. } if why.before_checks() => {
-                    push_refused(&mut record.refused, r.seq, why.reason());
-                    continue;
-                }
-                Verdict::Rejected { why, .. } => Entry {
-                    receipt: r,
-                    state: ReceiptState::Rejected,
-                    reason: Some(why.reason()),
-                    micros: 0,
-                },
-            };
-            record.entries.push(entry);
-        }
-        self.ledger.record_batch(rig, &record, now_ms)
-    }
-
-    fn apply(
-        &mut self,
-        rig: &RigId,
-        fresh: &[(&ReceiptItem, Verdict)],
-        now_ms: u64,
-    ) -> Vec<Outbound> {
-        let mut out = vec![];
-        let was_done = self.job.progress().0;
-        let mut refused = BTreeMap::new();
-        for (item, verdict) in fresh {
-            let unit = item.receipt.unit;
-            match verdict {
-                Verdict::Accepted { verified } => {
-                    self.units_done += 1;
-                    self.units_verified += u64::from(*verified);
-                    self.scheduler.done(unit);
-                    match self.job.accept(unit, &item.output) {
-                        Ok(Some(stitched)) => out.extend(self.stitched(stitched, now_ms)),
-                        Ok(None) => {}
-                        Err(e) => tracing::error!(unit, error = %e, "stitching failed"),
-                    }
-                }
-                Verdict::Rejected { why, .. } if why.before_checks() => {
-                    self.units_rejected += 1;
-                    *refused.entry(why.reason()).or_insert(0u64) += 1;
-                }
-                Verdict::Rejected { why, requeue } => {
-                    self.units_rejected += 1;
-                    tracing::info!(rig = %rig, seq = item.receipt.seq, unit, reason = why.reason(), "receipt rejected");
-                    if *requeue {
-                        self.scheduler.release(unit, rig);
-                    }
-                }
-            }
-        }
-        for (reason, count) in refused {
-            // One line per batch and reason, however many receipts a rig floods.
-            tracing::warn!(rig = %rig, reason, count, "receipts refused before any check of their results");
-        }
-        let done = self.job.progress().0;
-        let gemm_tick = self.job.credits_on_accept()
-            && done / self.progress_every != was_done / self.progress_every;
-        if (gemm_tick || self.job.finished()) && !self.finished_reported {
-            self.finished_reported = self.job.finished();
-            if self.finished_reported {
-                tracing::info!(job = %self.job.id(), "job finished");
-            }
-            out.extend(self.status_out(now_ms));
-        }
-        out
     }
 
     fn stitched(&mut self, s: Stitched, now_ms: u64) -> Vec<Outbound> {
@@ -554,8 +379,12 @@ impl Engine {
     }
 }
 
+#[path = "engine_batch.rs"]
+mod batch;
 #[path = "engine_judge.rs"]
 mod judge;
+
+pub use batch::MAX_PENDING_BATCHES;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

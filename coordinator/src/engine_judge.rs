@@ -1,11 +1,20 @@
-//! Judging one receipt of a batch (lease, job, digests, form, recomputation on probation or
-//! when sampled) and what a caught wrong result costs its rig.
+//! Judging one receipt of a batch (lease, job, digests, form; whether its result is
+//! recomputed: on probation or when sampled), the per-rig quotas, and what a caught wrong result costs its rig.
 
 use super::{Engine, Verdict};
 use crate::job::Lookup;
 use crate::verify::{self, Rejection};
-use rigd_protocol::{ReceiptItem, RigId, UnitKind, UnitOutput};
+use rigd_protocol::{ReceiptItem, RigId, UnitKind};
 use std::collections::HashSet;
+
+/// How far a receipt was judged without recomputing it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Judged {
+    /// Decided.
+    Done(Verdict),
+    /// Its result is recomputed first (the unit as assigned).
+    Recompute(UnitKind),
+}
 
 impl Engine {
     pub(super) fn judge(
@@ -14,20 +23,24 @@ impl Engine {
         item: &ReceiptItem,
         taken: &HashSet<u64>,
         now_ms: u64,
-    ) -> Verdict {
+    ) -> Judged {
         let r = &item.receipt;
-        let reject = |why| Verdict::Rejected {
-            why,
-            requeue: false,
+        let reject = |why| {
+            Judged::Done(Verdict::Rejected {
+                why,
+                requeue: false,
+            })
         };
-        let retry = |why| Verdict::Rejected { why, requeue: true };
+        let retry = |why| Judged::Done(Verdict::Rejected { why, requeue: true });
         if &r.job != self.job.id() {
             return reject(Rejection::UnknownJob);
         }
         let expected = match self.job.lookup(r.unit) {
             Lookup::Unknown => return reject(Rejection::NotAssigned),
             Lookup::Done => return reject(Rejection::AlreadyDone),
-            Lookup::Open(_) if taken.contains(&r.unit) => return reject(Rejection::AlreadyDone),
+            Lookup::Open(_) if taken.contains(&r.unit) || self.in_recompute.contains(&r.unit) => {
+                return reject(Rejection::AlreadyDone)
+            }
             Lookup::Open(e) => e,
         };
         if !self.scheduler.leased_to(r.unit, r.attempt, rig, now_ms) {
@@ -41,19 +54,13 @@ impl Engine {
         }
         let on_probation = self.verified.get(rig).copied().unwrap_or(0) < self.trust.trust_after;
         if !on_probation && !self.sampler.pick(rig, r.seq) {
-            return Verdict::Accepted { verified: false };
+            return Judged::Done(Verdict::Accepted { verified: false });
         }
         let Some(unit) = self.job.work_unit(r.unit, r.attempt) else {
             return reject(Rejection::NotAssigned);
         };
         self.charge(rig, rigd_kernels::unit::work(&unit.kind), now_ms);
-        if self.agrees(&unit.kind, &item.output) {
-            *self.verified.entry(rig.clone()).or_default() += 1;
-            Verdict::Accepted { verified: true }
-        } else {
-            tracing::warn!(rig = %rig, seq = r.seq, unit = r.unit, "recomputed result differs");
-            retry(Rejection::ResultMismatch)
-        }
+        Judged::Recompute(unit.kind)
     }
 
     /// A result of `rig` was caught wrong: its credit of the audit window is forfeited (in
@@ -96,6 +103,27 @@ impl Engine {
         budget.0
     }
 
+    /// Takes one of `rig`'s batch tokens (refilled at `batches_per_s`, at most `batch_burst`
+    /// saved); without one the batch is dropped before its signature is checked.
+    pub(super) fn take_batch_token(&mut self, rig: &RigId, now_ms: u64) -> bool {
+        // Tokens are counted in thousandths so that a refill of a few milliseconds counts.
+        let cap = u64::from(self.trust.batch_burst).saturating_mul(1000);
+        let bucket = self
+            .batch_tokens
+            .entry(rig.clone())
+            .or_insert((cap, now_ms));
+        let earned = now_ms
+            .saturating_sub(bucket.1)
+            .saturating_mul(u64::from(self.trust.batches_per_s));
+        bucket.0 = bucket.0.saturating_add(earned).min(cap);
+        bucket.1 = now_ms;
+        if bucket.0 < 1000 {
+            return false;
+        }
+        bucket.0 -= 1000;
+        true
+    }
+
     /// Charges `rig` for recomputing `flops` of its work.
     fn charge(&mut self, rig: &RigId, flops: u64, now_ms: u64) {
         self.refill(rig, now_ms);
@@ -103,16 +131,6 @@ impl Engine {
             budget.0 = budget
                 .0
                 .saturating_sub(i64::try_from(flops).unwrap_or(i64::MAX));
-        }
-    }
-
-    fn agrees(&self, kind: &UnitKind, output: &UnitOutput) -> bool {
-        match verify::recompute(kind) {
-            Ok(want) => verify::outputs_agree(&want, output, self.tolerance),
-            Err(e) => {
-                tracing::error!(error = %e, "recomputation failed");
-                false
-            }
         }
     }
 }

@@ -1,7 +1,8 @@
 use super::*;
 use crate::test_support::{job_id, TestRig};
+use crate::verify;
 use crate::JobSpec;
-use rigd_protocol::{decode, CardInfo, Earnings, GpuUuid, UnitOutput, WorkUnit};
+use rigd_protocol::{decode, Ack, CardInfo, Earnings, GpuUuid, ReceiptBatch, UnitOutput, WorkUnit};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -105,12 +106,29 @@ fn honest(rig: &mut TestRig, units: &[WorkUnit], work: impl Fn(&WorkUnit) -> u64
     rig.batch(items)
 }
 
+/// Sends a batch and, as the shell's pool would, recomputes what the engine asks for.
 fn send(engine: &mut Engine, batch: &ReceiptBatch, now: u64) -> Vec<Outbound> {
-    engine.handle(
+    let out = engine.handle(
         &topics::rig(&batch.header.rig, Channel::Receipts),
         &encode(batch),
         now,
-    )
+    );
+    settle(engine, out, now)
+}
+
+/// Runs every recomputation in `out` in place and returns what the engine did with it.
+fn settle(engine: &mut Engine, out: Vec<Outbound>, now: u64) -> Vec<Outbound> {
+    let mut done = vec![];
+    for o in out {
+        match o {
+            Outbound::Recompute(job) => {
+                let back = engine.recomputed(job.run(), now);
+                done.extend(settle(engine, back, now));
+            }
+            other => done.push(other),
+        }
+    }
+    done
 }
 
 fn hello(engine: &mut Engine, rig: &TestRig, cards: usize, now: u64) -> Vec<Outbound> {
@@ -449,7 +467,7 @@ fn mlp_results_are_pending_until_their_step_is_stitched_and_survive_a_restart() 
         .iter()
         .filter_map(|o| match o {
             Outbound::Progress(s) => Some(s.clone()),
-            Outbound::Publish { .. } => None,
+            _ => None,
         })
         .collect();
     assert!(

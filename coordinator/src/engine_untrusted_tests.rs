@@ -157,3 +157,117 @@ fn leases_survive_a_restart_of_the_coordinator() {
         .unwrap_or_default();
     assert_eq!(credited, vec![(0, 1), (1, 1)]);
 }
+
+/// A batch whose results are recomputed waits unrecorded and unacked while its recompute
+/// runs off the engine's thread; a resend of it is dropped; a trusted rig's batch meanwhile
+/// is recorded and acked at once. When the outputs come back the batch is judged and acked.
+#[test]
+fn a_batch_waiting_for_its_recompute_holds_up_no_other_rig() {
+    let mut f = Fixture::new(gemm(8));
+    f.config.trust.trust_after = 1;
+    let mut engine = f.engine();
+    let mut trusted = TestRig::new("rig-t", 1);
+    let mut newcomer = TestRig::new("rig-n", 2);
+    let given_t = units(&hello(&mut engine, &trusted, 1, 0), &trusted);
+    let given_n = units(&hello(&mut engine, &newcomer, 1, 0), &newcomer);
+    send(
+        &mut engine,
+        &honest(&mut trusted, &given_t[..1], |_| GEMM_WORK),
+        1,
+    );
+
+    let batch = honest(&mut newcomer, &given_n, |_| GEMM_WORK);
+    let topic = topics::rig(&newcomer.id, Channel::Receipts);
+    let out = engine.handle(&topic, &encode(&batch), 10);
+    let [Outbound::Recompute(job)] = out.as_slice() else {
+        panic!("expected one recompute request, got {out:?}");
+    };
+    assert_eq!(job.units.len(), 2, "on probation: every result recomputed");
+    assert!(
+        engine.handle(&topic, &encode(&batch), 11).is_empty(),
+        "resend dropped"
+    );
+    assert!(f
+        .ledger()
+        .recorded_seqs(&newcomer.id)
+        .unwrap_or_default()
+        .is_empty());
+
+    let out = send(
+        &mut engine,
+        &honest(&mut trusted, &given_t[1..], |_| GEMM_WORK),
+        12,
+    );
+    assert_eq!(
+        acks(&out, &trusted),
+        vec![2],
+        "acked while the newcomer's recompute runs"
+    );
+
+    let out = engine.recomputed(job.run(), 20);
+    assert_eq!(acks(&out, &newcomer), vec![1]);
+    assert_eq!(
+        reasons(&f, &newcomer),
+        vec![(1, "credited".into(), None), (2, "credited".into(), None)]
+    );
+    assert_eq!(engine.status(20).units_verified, 3);
+}
+
+/// A rig has at most `MAX_PENDING_BATCHES` batches waiting for recomputation; a further one
+/// is dropped unrecorded until one of them is settled.
+#[test]
+fn a_rig_has_a_bounded_number_of_batches_waiting_for_recomputation() {
+    let f = Fixture::new(gemm(16));
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 8, 0), &a);
+    assert!(given.len() > MAX_PENDING_BATCHES);
+    let topic = topics::rig(&a.id, Channel::Receipts);
+    let mut jobs = vec![];
+    for unit in &given[..MAX_PENDING_BATCHES] {
+        let out = engine.handle(
+            &topic,
+            &encode(&honest(&mut a, std::slice::from_ref(unit), |_| GEMM_WORK)),
+            1,
+        );
+        jobs.extend(out.into_iter().filter_map(|o| match o {
+            Outbound::Recompute(j) => Some(j),
+            _ => None,
+        }));
+    }
+    assert_eq!(jobs.len(), MAX_PENDING_BATCHES);
+    let over = honest(
+        &mut a,
+        &given[MAX_PENDING_BATCHES..=MAX_PENDING_BATCHES],
+        |_| GEMM_WORK,
+    );
+    assert!(engine.handle(&topic, &encode(&over), 2).is_empty());
+    let first = jobs.remove(0);
+    assert_eq!(acks(&engine.recomputed(first.run(), 3), &a), vec![1]);
+    let out = send(&mut engine, &over, 4);
+    assert_eq!(acks(&out, &a), vec![MAX_PENDING_BATCHES as u64 + 1]);
+}
+
+/// Batches are rate-limited per rig: past its burst a rig's batch is dropped before its
+/// signature is checked, unrecorded and unacked, until tokens refill.
+#[test]
+fn a_rig_over_its_batch_rate_is_dropped_until_it_refills() {
+    let mut f = Fixture::new(gemm(4));
+    f.config.trust.batches_per_s = 1;
+    f.config.trust.batch_burst = 2;
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 2, 0), &a);
+    let batches: Vec<ReceiptBatch> = given[..3]
+        .iter()
+        .map(|u| honest(&mut a, std::slice::from_ref(u), |_| GEMM_WORK))
+        .collect();
+    assert_eq!(acks(&send(&mut engine, &batches[0], 0), &a), vec![1]);
+    assert_eq!(acks(&send(&mut engine, &batches[1], 0), &a), vec![2]);
+    assert!(acks(&send(&mut engine, &batches[2], 999), &a).is_empty());
+    assert_eq!(
+        f.ledger().recorded_seqs(&a.id).unwrap_or_default(),
+        vec![1, 2]
+    );
+    assert_eq!(acks(&send(&mut engine, &batches[2], 1_999), &a), vec![3]);
+}

@@ -4,7 +4,7 @@
 //!
 //! Layout: pure cores ([`scheduler`], [`job`], [`verify`], [`inbound`]) take inputs and the
 //! time and return decisions; [`engine`] ties them to the SQLite [`ledger`]; `mqtt` is the
-//! I/O shell that moves bytes between the broker and the engine.
+//! I/O shell that moves bytes between the broker, the engine and the [`recompute`] pool.
 //!
 //! # Ledger states
 //! Every receipt a rig sends is recorded once, keyed by `(rig, seq)`, in one of three states:
@@ -27,13 +27,19 @@
 //! Every recorded batch is acked after its transaction committed, duplicates and rejections
 //! included. A batch that cannot be attributed to its rig (key not pinned yet, bad signature,
 //! Merkle root that does not match, header of another rig than the topic) is neither
-//! recorded nor acked: the rig resends it.
+//! recorded nor acked: the rig resends it. So is a batch over its rig's quotas (batches per
+//! second, recompute budget, batches waiting for recomputation).
+//!
+//! Results are recomputed off the engine's thread ([`recompute`]): a batch with results to
+//! recompute waits, unrecorded and unacked, until the pool hands their outputs back, while
+//! every other batch is judged and acked meanwhile.
 
 pub mod engine;
 pub mod inbound;
 pub mod job;
 pub mod ledger;
 mod mqtt;
+pub mod recompute;
 pub mod scheduler;
 #[cfg(test)]
 mod test_support;
@@ -94,11 +100,17 @@ pub struct Trust {
     pub recompute_flops_per_s: u64,
     /// Budget a rig may save up, flops (its probation fits in it).
     pub recompute_burst_flops: u64,
+    /// Batches a rig may send per second; one over the rate is dropped before its signature
+    /// is checked, unacked (the rig sends it again).
+    pub batches_per_s: u32,
+    /// Batches a rig may send at once (a reconnected rigd resends up to 64).
+    pub batch_burst: u32,
 }
 
 impl Default for Trust {
     /// 10 results on probation, a 10-minute audit window, a 1-hour suspension, 200 MFLOP/s
-    /// of recomputation per rig with 2 GFLOP saved at most.
+    /// of recomputation per rig with 2 GFLOP saved at most, 20 batches per second per rig
+    /// with 100 at once at most.
     fn default() -> Self {
         Self {
             trust_after: 10,
@@ -106,6 +118,8 @@ impl Default for Trust {
             suspend_ms: 3_600_000,
             recompute_flops_per_s: 200_000_000,
             recompute_burst_flops: 2_000_000_000,
+            batches_per_s: 20,
+            batch_burst: 100,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The I/O shell: one task polls the MQTT event loop and forwards messages; the engine task
 //! handles them, runs the timers and publishes with `try_publish`, so nothing ever waits on
-//! the event loop from inside it.
+//! the event loop from inside it. Recomputation runs on a [`Pool`] of its own threads and
+//! comes back to the engine task as a message.
 
 use crate::engine::{Engine, Outbound};
+use crate::recompute::Pool;
 use crate::CoordinatorConfig;
 use bytes::Bytes;
 use rigd_protocol::topics::{self, Channel};
@@ -65,6 +67,17 @@ pub(crate) async fn serve(
     let (client, eventloop) = AsyncClient::new(options(config, tls), REQUEST_CAPACITY);
     let (tx, mut rx) = mpsc::channel(INBOUND_CAPACITY);
     let mut poller = tokio::spawn(poll(eventloop, client.clone(), tx));
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    // The engine's task keeps one core; the others recompute.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1));
+    let pool = match Pool::start(threads, done_tx) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "recompute threads could not start");
+            poller.abort();
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let emit = |out: Vec<Outbound>| {
@@ -79,6 +92,7 @@ pub(crate) async fn serve(
                         tracing::warn!(topic, error = %e, "publish dropped: client queue full");
                     }
                 }
+                Outbound::Recompute(job) => pool.submit(job),
                 Outbound::Progress(status) => {
                     if let Some(p) = &progress {
                         if p.try_send(status).is_err() {
@@ -98,6 +112,7 @@ pub(crate) async fn serve(
                 Some(FromBroker::Message(topic, payload)) => emit(engine.handle(&topic, &payload, now_ms())),
                 None => break,
             },
+            Some(r) = done.recv() => emit(engine.recomputed(r, now_ms())),
             _ = tick.tick() => emit(engine.tick(now_ms())),
         }
     }

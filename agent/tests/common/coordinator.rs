@@ -1,16 +1,19 @@
-//! The coordinator of the integration tests: running in-process on its own runtime against
-//! the test's broker, with its ledger in the test's directory, and the exactly-once checks.
+//! The coordinator of the integration tests against the test's broker, with its ledger in
+//! the test's directory: in-process on its own runtime, or the `coordinator` binary as a
+//! process of its own (over mutual TLS where the broker has it); and the exactly-once checks.
 
 use super::RigProcess;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A coordinator running in-process on its own runtime, with its ledger in `dir`.
+/// A coordinator with its ledger in `dir`.
 pub struct Coordinator {
     pub db: PathBuf,
     pub job: rigd_protocol::JobId,
     stop: tokio_util::sync::CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The `coordinator` process, when it runs as one.
+    child: Option<std::process::Child>,
     progress: std::sync::Arc<std::sync::Mutex<Option<rigd_protocol::CoordinatorStatus>>>,
     log: PathBuf,
 }
@@ -52,6 +55,50 @@ impl Coordinator {
             eval_samples: 1024,
         };
         Self::start(port, dir, spec, |_| {})
+    }
+
+    /// Runs the `coordinator` binary as its own process on a GEMM job of `units` units of
+    /// `dim`^3 (10 s leases, 10 % of results recomputed), connecting with `tls` when given.
+    /// Its progress is read from the ledger, not reported: `status` is `None`.
+    pub fn process_gemm(
+        port: u16,
+        dir: &Path,
+        units: u64,
+        dim: u32,
+        tls: Option<&rigd_tls::TlsFiles>,
+    ) -> Self {
+        let job = rigd_protocol::JobId::new("gemm-test").expect("job id");
+        let db = dir.join("ledger.db");
+        let log = dir.join("coordinator.log");
+        let mut cmd = std::process::Command::new(super::workspace_bin("coordinator"));
+        cmd.args(["--broker", &format!("127.0.0.1:{port}")])
+            .arg("--db")
+            .arg(&db)
+            .args(["--client-id", &format!("coordinator-{port}")])
+            .args(["--job", "gemm", "--job-id", job.as_str()])
+            .args(["--units", &units.to_string()])
+            .args(["--mnk", &format!("{dim},{dim},{dim}"), "--seed", "11"])
+            .args(["--lease-ms", "10000", "--verify-fraction", "0.1"])
+            .env("RUST_LOG", "rigd_coordinator=info");
+        if let Some(t) = tls {
+            cmd.arg("--tls-ca")
+                .arg(&t.ca)
+                .arg("--tls-cert")
+                .arg(&t.cert);
+            if let Some(key) = &t.key {
+                cmd.arg("--tls-key").arg(key);
+            }
+        }
+        let child = super::spawn_logged(cmd, &log);
+        Coordinator {
+            db,
+            job,
+            stop: tokio_util::sync::CancellationToken::new(),
+            runtime: None,
+            child: Some(child),
+            progress: std::sync::Arc::default(),
+            log,
+        }
     }
 
     /// The coordinator's latest progress report.
@@ -110,6 +157,7 @@ impl Coordinator {
             job,
             stop,
             runtime: Some(runtime),
+            child: None,
             progress,
             log,
         }
@@ -171,6 +219,7 @@ impl Drop for Coordinator {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(5));
         }
+        super::kill9(&mut self.child);
     }
 }
 

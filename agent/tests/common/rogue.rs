@@ -1,6 +1,7 @@
-//! A rogue rig for tests: a genuine identity with its own secp256k1 key, speaking the real
-//! protocol over a real broker, sending whatever a test wants it to: receipts for units it
-//! was never leased, invented results, floods.
+//! A rogue rig for tests: a genuine identity (its own fleet certificate, so the broker's ACL
+//! gives it its own topics) with its own secp256k1 receipt key, speaking the real protocol
+//! over mutual TLS, sending whatever a test wants it to: receipts for units it was never
+//! leased, invented results, floods.
 
 use k256::ecdsa::SigningKey;
 use rigd_protocol::topics::{self, Channel};
@@ -25,11 +26,14 @@ pub struct Rogue {
 }
 
 impl Rogue {
-    /// Connects as `name` with a key made from `secret` and listens for its acks.
-    pub fn connect(port: u16, name: &str, secret: u8) -> Self {
+    /// Connects as `name` with the fleet certificate `tls` and a receipt key made from
+    /// `secret`, and listens for its acks and units.
+    pub fn connect(port: u16, name: &str, secret: u8, tls: &rigd_tls::TlsFiles) -> Self {
         let id = RigId::new(name).unwrap();
         let mut opts = MqttOptions::new(format!("rogue-{name}"), "127.0.0.1", port);
         opts.set_max_packet_size(Some(2 << 20));
+        let config = rigd_tls::client_config_from_files(tls).expect("TLS config");
+        opts.set_transport(rigd_tls::transport(config));
         let (client, mut connection) = Client::new(opts, 256);
         let acks = Arc::new(Mutex::new(vec![]));
         let units = Arc::new(Mutex::new(vec![]));

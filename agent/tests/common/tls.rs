@@ -59,6 +59,23 @@ impl Pki {
         }
     }
 
+    /// Creates rig `rig`'s P-256 TLS key in its key store under `state` (TLS has no
+    /// secp256k1, the receipt key's curve), as `rigd keys init` would, has the CA certify it,
+    /// and returns the rig.conf lines that connect with them.
+    pub fn rig_tls_conf(&self, rig: &str, state: &Path) -> String {
+        std::fs::create_dir_all(state).expect("state dir");
+        let key = rigd::keys::open("file:tls-key?curve=p256", state, true).expect("TLS key");
+        let rigd_protocol::PublicKey::P256(sec1) = key.public_key() else {
+            panic!("P-256 key expected")
+        };
+        let cert = self.cert_for(rig, &sec1);
+        format!(
+            "tls_key = \"file:tls-key?curve=p256\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\n",
+            self.ca_cert().display(),
+            cert.display()
+        )
+    }
+
     /// A certificate named `cn` for a P-256 public key (SEC1) held elsewhere.
     pub fn cert_for(&self, cn: &str, sec1: &[u8]) -> PathBuf {
         let key = P256Public::from_sec1(sec1).expect("P-256 key");
