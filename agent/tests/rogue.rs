@@ -44,28 +44,34 @@ struct Scene {
 
 impl Scene {
     fn start() -> Self {
+        Self::new(
+            |port, dir, tls| Coordinator::process_gemm(port, dir, UNITS, DIM, Some(tls)),
+            0,
+            1,
+            "sim_gflops = 0.002\n",
+        )
+    }
+
+    /// `coordinator` starts the coordinator process; the rogue announces `rogue_cards`
+    /// cards; the honest rig has `gpus` cards and `extra` in its rig.conf.
+    fn new(
+        coordinator: impl FnOnce(u16, &std::path::Path, &rigd_tls::TlsFiles) -> Coordinator,
+        rogue_cards: u32,
+        gpus: u32,
+        extra: &str,
+    ) -> Self {
         let pki = Pki::new();
         let broker = Mosquitto::start_tls(&pki.ca_dir());
         let dir = tempfile::tempdir().unwrap();
-        let coordinator = Coordinator::process_gemm(
-            broker.port,
-            dir.path(),
-            UNITS,
-            DIM,
-            Some(&pki.client("fleet:coordinator")),
-        );
+        let coordinator = coordinator(broker.port, dir.path(), &pki.client("fleet:coordinator"));
+        // The rogue is pinned (and, with cards, leased units) before the honest rig starts.
+        let rogue = Rogue::connect(broker.port, "rig-rogue", 7, &pki.client("rig-rogue"));
+        rogue.announce_cards(rogue_cards);
+        pinned(&coordinator, "rig-rogue");
         let state = dir.path().join("h");
         let tls = pki.rig_tls_conf("rig-h", &state);
-        let honest = RigProcess::start(
-            "rig-h",
-            broker.port,
-            1,
-            &state,
-            &format!("sim_gflops = 0.002\n{tls}"),
-        );
-        let rogue = Rogue::connect(broker.port, "rig-rogue", 7, &pki.client("rig-rogue"));
-        rogue.announce();
-        pinned(&coordinator, "rig-rogue");
+        let honest =
+            RigProcess::start("rig-h", broker.port, gpus, &state, &format!("{extra}{tls}"));
         Self {
             _pki: pki,
             _broker: broker,
@@ -194,15 +200,19 @@ fn a_flood_of_receipts_for_units_never_issued_costs_a_row_per_batch() {
     assert_eq!(credited_micros(coordinator, "rig-rogue"), 0);
 }
 
-/// A rogue that is leased units computes the first one and invents the results of the rest,
-/// round after round, beside an honest rig: it is caught while on probation, its unaudited
-/// credit is forfeited, it is leased nothing more, and it ends with less pay than the honest
-/// rig; every unit is paid once.
+/// A rogue that is leased units (before the honest rig starts) computes the first one and
+/// invents the results of the rest, round after round, beside an honest rig: it is caught
+/// while on probation, its unaudited credit is forfeited, it is leased nothing more, and it
+/// ends with less pay than the honest rig; every unit is paid once.
 #[test]
 fn a_rogue_rig_that_invents_results_earns_less_than_an_honest_one() {
-    let mut scene = Scene::start();
+    let mut scene = Scene::new(
+        |port, dir, tls| Coordinator::process_gemm(port, dir, UNITS, DIM, Some(tls)),
+        1,
+        1,
+        "sim_gflops = 0.002\n",
+    );
     let (coordinator, honest, rogue) = scene.parts();
-    rogue.announce_cards(1);
     let work = |u: &WorkUnit| rigd_kernels::unit::work(&u.kind);
     let mut computed_one = false;
     let mut rounds = 0;
@@ -250,4 +260,90 @@ fn a_rogue_rig_that_invents_results_earns_less_than_an_honest_one() {
         computed_one && caught >= 2,
         "the rogue was leased units and caught: {caught} rejected"
     );
+}
+
+/// A rogue leased shards of the devnet MLP job (before the honest rig starts, so step 0
+/// cannot complete without them) poisons them (gradients of 3e37, and finite
+/// ones inside the hard bound pointing the wrong way) beside an honest rigd: it is caught,
+/// paid nothing and suspended, no honest receipt is rejected, and the job reaches its loss
+/// target with the honest rig.
+#[test]
+fn a_rogue_that_poisons_training_is_caught_and_the_job_reaches_its_loss_target() {
+    const TARGET: f32 = 0.15;
+    let mut scene = Scene::new(
+        |port, dir, tls| Coordinator::process_mlp(port, dir, 60, TARGET, Some(tls)),
+        1,
+        2,
+        "",
+    );
+    let (coordinator, honest, rogue) = scene.parts();
+    let mut poisoned = 0;
+    let reached = || {
+        coordinator
+            .checkpoint()
+            .and_then(|c| c.loss)
+            .is_some_and(|l| l <= TARGET)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !reached() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loss target not reached: {:?}; coordinator log ends:\n{}",
+            coordinator.checkpoint().map(|c| (c.step, c.loss)),
+            coordinator.log_tail(20)
+        );
+        let given = rogue.take_units();
+        if given.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
+        let items = given
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let rigd_protocol::UnitOutput::MlpGrad {
+                    loss_sum,
+                    samples,
+                    grad_sum,
+                } = rigd_coordinator::verify::recompute(&u.kind).unwrap()
+                else {
+                    panic!("MLP unit expected")
+                };
+                let norm = grad_sum.iter().map(|g| g * g).sum::<f32>().sqrt() / samples as f32;
+                let grad_sum = if i % 2 == 0 {
+                    vec![3e37; grad_sum.len()]
+                } else {
+                    // 90 % of the hard bound, against the honest direction.
+                    let scale = 90.0 / norm.max(1e-6);
+                    grad_sum.iter().map(|g| -g * scale).collect()
+                };
+                poisoned += 1;
+                let out = rigd_protocol::UnitOutput::MlpGrad {
+                    loss_sum,
+                    samples,
+                    grad_sum,
+                };
+                rogue.receipt(u, &out, rigd_kernels::unit::work(&u.kind))
+            })
+            .collect();
+        rogue.send(encode(&rogue.batch(items)));
+    }
+    let ledger = coordinator.ledger().unwrap();
+    let rogue_id = RigId::new("rig-rogue").unwrap();
+    let honest_id = RigId::new("rig-h").unwrap();
+    let (rogue_t, honest_t) = (
+        ledger.earnings(&rogue_id).unwrap().total(),
+        ledger.earnings(&honest_id).unwrap().total(),
+    );
+    let checkpoint = coordinator.checkpoint().unwrap();
+    println!(
+        "loss {:?} after {} steps; the rogue poisoned {poisoned} shards: paid {} micros, {} rejected; the honest rig paid {} micros, {} rejected",
+        checkpoint.loss, checkpoint.step, rogue_t.credited_micros, rogue_t.rejected_units, honest_t.credited_micros, honest_t.rejected_units
+    );
+    assert!(poisoned > 0, "the rogue was leased shards");
+    assert!(rogue_t.rejected_units > 0);
+    assert_eq!(rogue_t.credited_micros, 0);
+    assert_eq!(honest_t.rejected_units, 0, "no honest receipt rejected");
+    assert!(honest_t.credited_micros > 0);
+    assert!(honest.journal().0 > 0);
 }

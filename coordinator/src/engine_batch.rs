@@ -191,11 +191,12 @@ impl Engine {
             };
             fresh.push((item, verdict));
         }
+        // A result shown wrong, or one no honest kernel gives (non-finite, beyond the bounds).
         let caught = fresh.iter().any(|(_, v)| {
             matches!(
                 v,
                 Verdict::Rejected {
-                    why: Rejection::ResultMismatch,
+                    why: Rejection::ResultMismatch | Rejection::MalformedOutput,
                     ..
                 }
             )

@@ -64,15 +64,18 @@ impl Engine {
     }
 
     /// A result of `rig` was caught wrong: its credit of the audit window is forfeited (in
-    /// the batch's transaction, `forfeited` its units), those units go out again, and the
-    /// rig is suspended from the job for `suspend_ms`, then back on probation.
+    /// the batch's transaction, `forfeited` its units), those still open to a new result
+    /// (GEMM units, MLP shards of the step not stitched yet) go out again, and the rig is
+    /// suspended from the job for `suspend_ms`, then back on probation.
     pub(super) fn penalize(&mut self, rig: &RigId, forfeited: &[u64], now_ms: u64) {
-        tracing::warn!(rig = %rig, forfeited = forfeited.len(), suspend_ms = self.trust.suspend_ms, "a wrong result caught: the rig's unaudited credit is forfeited and it is suspended from the job");
-        for unit in forfeited {
-            self.job.reopen(*unit);
-        }
-        self.scheduler.add_units(forfeited.iter().copied());
-        self.units_done = self.units_done.saturating_sub(forfeited.len() as u64);
+        let reopened: Vec<u64> = forfeited
+            .iter()
+            .copied()
+            .filter(|u| self.job.reopen(*u))
+            .collect();
+        tracing::warn!(rig = %rig, forfeited = forfeited.len(), reopened = reopened.len(), suspend_ms = self.trust.suspend_ms, "a wrong result caught: the rig's unaudited credit is forfeited and it is suspended from the job");
+        self.units_done = self.units_done.saturating_sub(reopened.len() as u64);
+        self.scheduler.add_units(reopened);
         self.scheduler
             .suspend(rig, now_ms.saturating_add(self.trust.suspend_ms));
         self.verified.remove(rig);

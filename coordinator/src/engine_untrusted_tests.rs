@@ -271,3 +271,63 @@ fn a_rig_over_its_batch_rate_is_dropped_until_it_refills() {
     );
     assert_eq!(acks(&send(&mut engine, &batches[2], 1_999), &a), vec![3]);
 }
+
+/// A rig that sends a poisoned MLP shard (finite gradients of 3e37) is penalised like one
+/// caught by recomputation: its pending shard of the open step is forfeited and dropped
+/// before it is applied (also from the ledger, so a restart does not apply it), it is
+/// suspended, and an honest rig completes the step with a finite loss.
+#[test]
+fn a_poisoned_shard_forfeits_the_rigs_open_shards_and_the_step_completes_without_them() {
+    let f = Fixture::new(train());
+    let mut engine = f.engine();
+    let mut poisoner = TestRig::new("rig-p", 1);
+    let mut other = TestRig::new("rig-o", 2);
+    let given = units(&hello(&mut engine, &poisoner, 1, 0), &poisoner);
+    assert_eq!(given.len(), 2);
+    send(
+        &mut engine,
+        &honest(&mut poisoner, &given[..1], mlp_work),
+        10,
+    );
+    let honest_shard = verify::recompute(&given[1].kind).unwrap_or_else(|e| panic!("{e}"));
+    let UnitOutput::MlpGrad {
+        loss_sum,
+        samples,
+        grad_sum,
+    } = honest_shard
+    else {
+        panic!("MLP result expected")
+    };
+    let poison = UnitOutput::MlpGrad {
+        loss_sum,
+        samples,
+        grad_sum: vec![3e37; grad_sum.len()],
+    };
+    let item = poisoner.receipt(&given[1], &poison, mlp_work(&given[1]));
+    send(&mut engine, &poisoner.batch(vec![item]), 20);
+    let t = f
+        .ledger()
+        .earnings(&poisoner.id)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .total();
+    assert_eq!((t.pending_units, t.credited_units), (0, 0));
+    assert_eq!(
+        engine.job().open_units(),
+        vec![0, 1],
+        "its shard is open again"
+    );
+    assert!(
+        f.ledger()
+            .kept_outputs(&job_id("train"))
+            .unwrap_or_default()
+            .is_empty(),
+        "nothing of it kept for a restart"
+    );
+    let redo = units(&hello(&mut engine, &other, 1, 30), &other);
+    assert_eq!(redo.len(), 2);
+    assert!(units(&engine.tick(40), &poisoner).is_empty(), "suspended");
+    send(&mut engine, &honest(&mut other, &redo, mlp_work), 50);
+    let (step, _, loss) = engine.job().progress();
+    assert_eq!(step, 1);
+    assert!(loss.is_some_and(f32::is_finite), "{loss:?}");
+}

@@ -91,6 +91,8 @@ pub struct MlpJob {
     finished: bool,
     input_digests: Vec<Hash32>,
     results: Vec<Option<(u32, Vec<f32>)>>,
+    /// Shards clipped in this run.
+    clipped: u64,
 }
 
 /// Independent int8 GEMM units.
@@ -188,6 +190,7 @@ impl Job {
                     step: 0,
                     loss: None,
                     finished: false,
+                    clipped: 0,
                     input_digests: vec![],
                     results: vec![],
                 };
@@ -314,11 +317,22 @@ impl Job {
         }
     }
 
-    /// A GEMM unit whose credit was forfeited needs a result again. (An MLP result is
-    /// applied when its step is stitched; forfeiting it changes only what is paid.)
-    pub fn reopen(&mut self, unit: u64) {
-        if let Job::Gemm(j) = self {
-            j.done.remove(&unit);
+    /// A unit whose credit was forfeited needs a result again: a GEMM unit, or an MLP shard
+    /// of the step not stitched yet (its result is dropped before it is applied; a shard of a
+    /// stitched step is in the model, and forfeiting it changes only what is paid). Whether
+    /// the unit is open again.
+    pub fn reopen(&mut self, unit: u64) -> bool {
+        match self {
+            Job::Gemm(j) => j.done.remove(&unit),
+            Job::Mlp(j) => j.reopen(unit),
+        }
+    }
+
+    /// Shards clipped by the robust aggregate in this run (see [`CLIP_FACTOR`]).
+    pub fn clipped(&self) -> u64 {
+        match self {
+            Job::Mlp(j) => j.clipped,
+            Job::Gemm(_) => 0,
         }
     }
 
@@ -371,6 +385,20 @@ impl Job {
 /// network's MLP jobs stay far below (see `job_tests`).
 pub const MAX_GRAD_NORM: f64 = 100.0;
 
+/// A step's shards are averaged after clipping: a shard whose mean per-sample gradient norm
+/// exceeds `CLIP_FACTOR` times the median of the step's shard norms is scaled down to that.
+/// While fewer than half of a step's shards are dishonest the median is an honest norm *m*,
+/// so one shard of `shards` moves the parameters by at most `lr * CLIP_FACTOR * m / shards`
+/// per step. Honest shards of one step differ by sampling noise only and are never clipped
+/// (see `job_tests`).
+pub const CLIP_FACTOR: f64 = 3.0;
+
+/// Mean per-sample gradient norm of a shard.
+fn shard_norm(samples: u32, grad_sum: &[f32]) -> f64 {
+    let norm_sq: f64 = grad_sum.iter().map(|g| f64::from(*g).powi(2)).sum();
+    norm_sq.sqrt() / f64::from(samples.max(1))
+}
+
 impl MlpJob {
     fn fits(&self, unit: u64, output: &UnitOutput) -> bool {
         let UnitOutput::MlpGrad {
@@ -381,10 +409,7 @@ impl MlpJob {
         else {
             return false;
         };
-        let bounded = || {
-            let norm_sq: f64 = grad_sum.iter().map(|g| f64::from(*g).powi(2)).sum();
-            norm_sq.sqrt() <= MAX_GRAD_NORM * f64::from(*samples)
-        };
+        let bounded = || shard_norm(*samples, grad_sum) <= MAX_GRAD_NORM;
         self.step_units().contains(&unit)
             && *samples == self.samples
             && grad_sum.len() == self.params.len()
@@ -470,16 +495,47 @@ impl MlpJob {
         self.stitch().map(Some)
     }
 
+    fn reopen(&mut self, unit: u64) -> bool {
+        if !self.step_units().contains(&unit) || self.finished {
+            return false;
+        }
+        let shard = (unit % u64::from(self.shards)) as usize;
+        self.results
+            .get_mut(shard)
+            .is_some_and(|slot| slot.take().is_some())
+    }
+
     fn stitch(&mut self) -> Result<Stitched, KernelError> {
         let units = self.step_units();
+        let mut norms: Vec<f64> = self
+            .results
+            .iter()
+            .flatten()
+            .map(|(samples, grad)| shard_norm(*samples, grad))
+            .collect();
+        norms.sort_by(f64::total_cmp);
+        let median = norms.get(norms.len() / 2).copied().unwrap_or(0.0);
+        let bound = CLIP_FACTOR * median;
         let mut sum = vec![0f64; self.params.len()];
         let mut total = 0u64;
+        let mut clipped = 0;
         for (samples, grad) in self.results.iter().flatten() {
             total += u64::from(*samples);
+            let norm = shard_norm(*samples, grad);
+            let scale = if norm > bound && norm > 0.0 {
+                clipped += 1;
+                bound / norm
+            } else {
+                1.0
+            };
             for (s, g) in sum.iter_mut().zip(grad) {
-                *s += f64::from(*g);
+                *s += f64::from(*g) * scale;
             }
         }
+        if clipped > 0 {
+            tracing::warn!(job = %self.id, step = self.step, clipped, median_norm = median, "shards far above the step's median gradient norm clipped");
+        }
+        self.clipped += clipped;
         if total == 0 {
             return Err(KernelError::EmptyBatch);
         }

@@ -232,6 +232,91 @@ fn poisoned_gradients_do_not_fit_and_honest_ones_stay_far_below_the_bound() {
         }
     }
     assert!(largest < MAX_GRAD_NORM / 10.0, "honest norm {largest}");
+    assert_eq!(job.clipped(), 0, "honest shards are never clipped");
+}
+
+/// The parameters after stitching one step of `job` with `outputs` for its shards.
+fn step_with(job: &Job, outputs: &[UnitOutput]) -> (Vec<f32>, u64) {
+    let mut job = job.clone();
+    let mut stitched = None;
+    for (unit, out) in outputs.iter().enumerate() {
+        stitched = job
+            .accept(unit as u64, out)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let params = stitched
+        .unwrap_or_else(|| panic!("step not stitched"))
+        .checkpoint
+        .params;
+    (params, job.clipped())
+}
+
+/// A shard inside the norm bound but far above the step's median is clipped to
+/// `CLIP_FACTOR` times the median: the step moves the model by at most that much more than
+/// the honest step would, where unclipped it would move it by the shard's whole norm.
+#[test]
+fn a_shard_far_above_the_steps_median_norm_is_clipped_before_it_is_applied() {
+    let job = Job::new(&mlp_spec(40, 0.0)).unwrap_or_else(|e| panic!("{e}"));
+    let honest: Vec<UnitOutput> = job
+        .open_units()
+        .iter()
+        .map(|u| cpu_result(&job, *u))
+        .collect();
+    let norms: Vec<f64> = honest
+        .iter()
+        .map(|o| {
+            let (_, samples, grad) = parts(o);
+            shard_norm(samples, &grad)
+        })
+        .collect();
+    let mut sorted = norms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let (loss_sum, samples, grad) = parts(&honest[0]);
+    let target = MAX_GRAD_NORM * 0.9;
+    let scale = (target / norms[0]) as f32;
+    let poisoned = UnitOutput::MlpGrad {
+        loss_sum,
+        samples,
+        grad_sum: grad.iter().map(|g| -g * scale).collect(),
+    };
+    assert!(job.output_fits(0, &poisoned), "inside the hard bound");
+    let (base, _) = step_with(&job, &honest);
+    let mut outputs = honest.clone();
+    outputs[0] = poisoned;
+    let (moved, clipped) = step_with(&job, &outputs);
+    assert_eq!(clipped, 1);
+    let shift: f64 = base
+        .iter()
+        .zip(&moved)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let (lr, shards) = (0.5, honest.len() as f64);
+    let bound = lr * (CLIP_FACTOR * median + norms[0]) / shards;
+    let unclipped = lr * (target - norms[0]) / shards;
+    println!("step shift {shift:.4}: bound {bound:.4}, unclipped it would be about {unclipped:.4}");
+    assert!(shift <= bound * 1.001, "{shift} > {bound}");
+    assert!(bound < unclipped);
+}
+
+/// A forfeited MLP shard of the step not stitched yet is dropped and open again; one of a
+/// stitched step is not.
+#[test]
+fn a_forfeited_shard_of_the_open_step_is_dropped_before_it_is_applied() {
+    let mut job = Job::new(&mlp_spec(40, 0.0)).unwrap_or_else(|e| panic!("{e}"));
+    let out = cpu_result(&job, 0);
+    assert_eq!(job.accept(0, &out).ok(), Some(None));
+    assert!(matches!(job.lookup(0), Lookup::Done));
+    assert!(job.reopen(0));
+    assert!(matches!(job.lookup(0), Lookup::Open(_)));
+    assert!(!job.reopen(0), "nothing to drop twice");
+    for unit in job.open_units() {
+        let out = cpu_result(&job, unit);
+        let _ = job.accept(unit, &out);
+    }
+    assert_eq!(job.progress().0, 1);
+    assert!(!job.reopen(0), "its step is in the model");
 }
 
 #[test]

@@ -58,8 +58,7 @@ impl Coordinator {
     }
 
     /// Runs the `coordinator` binary as its own process on a GEMM job of `units` units of
-    /// `dim`^3 (10 s leases, 10 % of results recomputed), connecting with `tls` when given.
-    /// Its progress is read from the ledger, not reported: `status` is `None`.
+    /// `dim`^3, connecting with `tls` when given (see [`Self::process`]).
     pub fn process_gemm(
         port: u16,
         dir: &Path,
@@ -67,7 +66,39 @@ impl Coordinator {
         dim: u32,
         tls: Option<&rigd_tls::TlsFiles>,
     ) -> Self {
-        let job = rigd_protocol::JobId::new("gemm-test").expect("job id");
+        let job = format!(
+            "--job gemm --job-id gemm-test --units {units} --mnk {dim},{dim},{dim} --seed 11"
+        );
+        Self::process(port, dir, &job, tls)
+    }
+
+    /// Runs the `coordinator` binary as its own process on the MLP training job of
+    /// [`Self::mlp`], connecting with `tls` when given (see [`Self::process`]).
+    pub fn process_mlp(
+        port: u16,
+        dir: &Path,
+        max_steps: u64,
+        loss_target: f32,
+        tls: Option<&rigd_tls::TlsFiles>,
+    ) -> Self {
+        let job = format!(
+            "--job train --job-id devnet-mlp --shape 16,32,4 --data-seed 7 --spread 1.0 --shards 8 \
+             --samples 128 --lr 0.5 --max-steps {max_steps} --loss-target {loss_target} --eval-samples 1024"
+        );
+        Self::process(port, dir, &job, tls)
+    }
+
+    /// Runs the `coordinator` binary with `job` (its job flags, space-separated), 10 s leases
+    /// and 10 % of results recomputed. Its progress is read from the ledger, not reported:
+    /// `status` is `None`.
+    fn process(port: u16, dir: &Path, job: &str, tls: Option<&rigd_tls::TlsFiles>) -> Self {
+        let args: Vec<&str> = job.split_whitespace().collect();
+        let id = args
+            .iter()
+            .skip_while(|a| **a != "--job-id")
+            .nth(1)
+            .expect("--job-id");
+        let job_id = rigd_protocol::JobId::new(*id).expect("job id");
         let db = dir.join("ledger.db");
         let log = dir.join("coordinator.log");
         let mut cmd = std::process::Command::new(super::workspace_bin("coordinator"));
@@ -75,9 +106,7 @@ impl Coordinator {
             .arg("--db")
             .arg(&db)
             .args(["--client-id", &format!("coordinator-{port}")])
-            .args(["--job", "gemm", "--job-id", job.as_str()])
-            .args(["--units", &units.to_string()])
-            .args(["--mnk", &format!("{dim},{dim},{dim}"), "--seed", "11"])
+            .args(&args)
             .args(["--lease-ms", "10000", "--verify-fraction", "0.1"])
             .env("RUST_LOG", "rigd_coordinator=info");
         if let Some(t) = tls {
@@ -92,13 +121,19 @@ impl Coordinator {
         let child = super::spawn_logged(cmd, &log);
         Coordinator {
             db,
-            job,
+            job: job_id,
             stop: tokio_util::sync::CancellationToken::new(),
             runtime: None,
             child: Some(child),
             progress: std::sync::Arc::default(),
             log,
         }
+    }
+
+    /// The ledger's training checkpoint: steps stitched and the held-out loss after them.
+    pub fn checkpoint(&self) -> Option<rigd_coordinator::ledger::Checkpoint> {
+        self.ledger()
+            .and_then(|l| l.checkpoint(&self.job).ok().flatten())
     }
 
     /// The coordinator's latest progress report.

@@ -552,7 +552,8 @@ impl Ledger {
 }
 
 /// Turns the rig's receipts of `job` credited or pending since `since_ms` into rejected ones
-/// (`forfeited`, nothing paid); returns their units, ascending.
+/// (`forfeited`, nothing paid) and drops the kept MLP results of the pending ones; returns
+/// their units, ascending.
 fn forfeit(
     tx: &rusqlite::Transaction<'_>,
     rig: &RigId,
@@ -570,6 +571,14 @@ fn forfeit(
         })?
         .map(|u| u.map(|u| u as u64))
         .collect::<Result<Vec<_>, _>>()?;
+    // Kept MLP results of its pending receipts go with them: a restart must not apply them.
+    tx.execute(
+        &format!(
+            "DELETE FROM mlp_results WHERE job = ?2 AND unit IN
+             (SELECT unit FROM receipts WHERE {held} AND state = 'pending')"
+        ),
+        params![rig.as_str(), job.as_str(), u(since_ms)],
+    )?;
     tx.execute(
         &format!(
             "UPDATE receipts SET state = 'rejected', reason = 'forfeited', micros = 0,
