@@ -133,6 +133,9 @@ impl Engine {
         for lease in ledger.leases(&id)? {
             scheduler.restore_lease(lease);
         }
+        for (rig, until_ms) in ledger.suspensions(&id)? {
+            scheduler.suspend(&rig, until_ms);
+        }
         let units = match &config.job {
             crate::JobSpec::Gemm { units, .. } => *units,
             crate::JobSpec::TrainMlp { .. } => 1,

@@ -268,6 +268,7 @@ impl Engine {
         let mut record = BatchRecord {
             duplicates,
             forfeit: caught.then_some((&id, now_ms.saturating_sub(self.trust.audit_ms))),
+            suspend: caught.then_some((&id, now_ms.saturating_add(self.trust.suspend_ms))),
             ..BatchRecord::default()
         };
         for (item, verdict) in fresh {

@@ -331,3 +331,34 @@ fn a_poisoned_shard_forfeits_the_rigs_open_shards_and_the_step_completes_without
     assert_eq!(step, 1);
     assert!(loss.is_some_and(f32::is_finite), "{loss:?}");
 }
+
+/// A suspension is in the ledger: a coordinator restarted during it leases the caught rig
+/// nothing until it ends, then leases it units again (on probation).
+#[test]
+fn a_suspension_survives_a_restart_of_the_coordinator() {
+    let mut f = Fixture::new(gemm(4));
+    f.config.trust.suspend_ms = 10_000;
+    let mut cheat = TestRig::new("rig-c", 1);
+    {
+        let mut engine = f.engine();
+        let given = units(&hello(&mut engine, &cheat, 1, 0), &cheat);
+        let invented = UnitOutput::GemmI8 { c_digest: [3; 32] };
+        let fake = cheat.receipt(&given[0], &invented, GEMM_WORK);
+        send(&mut engine, &cheat.batch(vec![fake]), 20);
+    }
+    assert_eq!(
+        f.ledger().suspensions(&job_id("gemm")).unwrap_or_default(),
+        vec![(cheat.id.clone(), 10_020)]
+    );
+    let mut engine = f.engine();
+    assert!(units(&hello(&mut engine, &cheat, 1, 30), &cheat).is_empty());
+    assert!(
+        units(&engine.tick(10_019), &cheat).is_empty(),
+        "still suspended"
+    );
+    assert_eq!(
+        units(&engine.tick(10_020), &cheat).len(),
+        2,
+        "suspension over"
+    );
+}

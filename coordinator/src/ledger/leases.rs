@@ -1,10 +1,10 @@
-//! Leases in the ledger: every unit attempt handed to a rig is recorded before it is sent, so
-//! that a restarted coordinator still knows which rig holds which attempt and pays only
-//! leased work.
+//! Leases and suspensions in the ledger: every unit attempt handed to a rig is recorded before
+//! it is sent, so that a restarted coordinator still knows which rig holds which attempt and
+//! pays only leased work; a rig suspended from a job stays suspended across a restart.
 
 use super::{parse_rig, u, Ledger, LedgerError};
 use crate::scheduler::Granted;
-use rigd_protocol::JobId;
+use rigd_protocol::{JobId, RigId};
 use rusqlite::params;
 
 impl Ledger {
@@ -53,4 +53,34 @@ impl Ledger {
             .map(|(unit, attempt, rig, deadline)| Ok((unit, attempt, parse_rig(rig)?, deadline)))
             .collect()
     }
+
+    /// Rigs suspended from `job` and until when (Unix ms), by rig.
+    pub fn suspensions(&self, job: &JobId) -> Result<Vec<(RigId, u64)>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rig, until_ms FROM suspensions WHERE job = ?1 ORDER BY rig")?;
+        let rows = stmt
+            .query_map([job.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(rig, until)| Ok((parse_rig(rig)?, until)))
+            .collect()
+    }
+}
+
+/// Suspends `rig` from `job` until `until_ms` (a later suspension already recorded stands).
+pub(super) fn suspend(
+    tx: &rusqlite::Transaction<'_>,
+    rig: &RigId,
+    job: &JobId,
+    until_ms: u64,
+) -> Result<(), LedgerError> {
+    tx.execute(
+        "INSERT INTO suspensions(rig, job, until_ms) VALUES(?1, ?2, ?3)
+         ON CONFLICT(rig, job) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+        params![rig.as_str(), job.as_str(), u(until_ms)],
+    )?;
+    Ok(())
 }

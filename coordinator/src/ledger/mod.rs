@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS leases(
 CREATE TABLE IF NOT EXISTS refused(
     rig TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
     reason TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY(rig, first_seq));
+CREATE TABLE IF NOT EXISTS suspensions(
+    rig TEXT NOT NULL, job TEXT NOT NULL, until_ms INTEGER NOT NULL, PRIMARY KEY(rig, job));
 CREATE TABLE IF NOT EXISTS mlp_checkpoints(
     job TEXT PRIMARY KEY, step INTEGER NOT NULL, params BLOB NOT NULL, loss_bits INTEGER);
 ";
@@ -112,6 +114,9 @@ pub struct BatchRecord<'a> {
     /// A result of the rig was caught wrong: its receipts of this job credited or pending
     /// since this time (Unix ms) are forfeited, in the same transaction.
     pub forfeit: Option<(&'a JobId, u64)>,
+    /// The rig is suspended from this job until this time (Unix ms), in the same
+    /// transaction, so a restarted coordinator keeps the suspension.
+    pub suspend: Option<(&'a JobId, u64)>,
 }
 
 /// What a rig's status key means for its pinned key.
@@ -529,6 +534,9 @@ impl Ledger {
             Some((job, since_ms)) => forfeit(&tx, rig, job, since_ms, now_ms)?,
             None => vec![],
         };
+        if let Some((job, until_ms)) = batch.suspend {
+            leases::suspend(&tx, rig, job, until_ms)?;
+        }
         if duplicates > 0 {
             tx.execute(
                 "INSERT INTO deliveries(rig, duplicates) VALUES(?1, ?2)

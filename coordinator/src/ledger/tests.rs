@@ -149,6 +149,7 @@ fn stitch_credits_pending_receipts_and_keeps_a_checkpoint() {
             .collect(),
         refused: vec![],
         forfeit: None,
+        suspend: None,
         duplicates: 0,
         kept_outputs: vec![(&j, 2, &output)],
     };
