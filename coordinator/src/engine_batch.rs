@@ -1,4 +1,5 @@
-//! Receipt batches: admission (quota, sequence window, key, signature), judging each new
+//! Receipt batches: admission (waiting batches, sequence window, key, signature; the batch
+//! rate is checked before decoding, in `Engine::handle`), judging each new
 //! receipt, recomputation off the engine's thread, then one ledger transaction and the ack.
 //!
 //! A batch whose judging needs no recomputation is recorded and acked at once. Otherwise the
@@ -50,10 +51,6 @@ impl Engine {
         }
         if pending.len() >= MAX_PENDING_BATCHES {
             tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig has the most batches waiting for recomputation; this one waits for a resend");
-            return Ok(vec![]);
-        }
-        if !self.take_batch_token(rig, now_ms) {
-            tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig is over its batch rate; its batch is dropped before any check");
             return Ok(vec![]);
         }
         let Some((key, key_changed)) = self.keys.get(rig).cloned() else {

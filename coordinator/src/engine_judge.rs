@@ -107,7 +107,7 @@ impl Engine {
     }
 
     /// Takes one of `rig`'s batch tokens (refilled at `batches_per_s`, at most `batch_burst`
-    /// saved); without one the batch is dropped before its signature is checked.
+    /// saved); without one the batch is dropped before it is decoded.
     pub(super) fn take_batch_token(&mut self, rig: &RigId, now_ms: u64) -> bool {
         // Tokens are counted in thousandths so that a refill of a few milliseconds counts.
         let cap = u64::from(self.trust.batch_burst).saturating_mul(1000);

@@ -248,8 +248,8 @@ fn a_rig_has_a_bounded_number_of_batches_waiting_for_recomputation() {
     assert_eq!(acks(&out, &a), vec![MAX_PENDING_BATCHES as u64 + 1]);
 }
 
-/// Batches are rate-limited per rig: past its burst a rig's batch is dropped before its
-/// signature is checked, unrecorded and unacked, until tokens refill.
+/// Batches are rate-limited per rig: past its burst a rig's batch is dropped before it is
+/// decoded, unrecorded and unacked, until tokens refill.
 #[test]
 fn a_rig_over_its_batch_rate_is_dropped_until_it_refills() {
     let mut f = Fixture::new(gemm(4));

@@ -100,8 +100,8 @@ pub struct Trust {
     pub recompute_flops_per_s: u64,
     /// Budget a rig may save up, flops (its probation fits in it).
     pub recompute_burst_flops: u64,
-    /// Batches a rig may send per second; one over the rate is dropped before its signature
-    /// is checked, unacked (the rig sends it again).
+    /// Batches a rig may send per second; one over the rate is dropped by its topic before
+    /// it is decoded, unacked (the rig sends it again).
     pub batches_per_s: u32,
     /// Batches a rig may send at once (a reconnected rigd resends up to 64).
     pub batch_burst: u32,

@@ -13,16 +13,35 @@ use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Client, Event, MqttOptions};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A rogue rig connected to the broker.
-pub struct Rogue {
+/// A rig's receipt key and sequence numbers: builds signed batches of whatever receipts.
+pub struct Signer {
     pub id: RigId,
     key: SigningKey,
     pub next_seq: u64,
+}
+
+/// A rogue rig connected to the broker; its [`Signer`] through `Deref`.
+pub struct Rogue {
+    signer: Signer,
     client: Client,
-    acks: Arc<Mutex<Vec<u64>>>,
+    /// First sequence numbers of the batches acknowledged, and when.
+    acks: Arc<Mutex<Vec<(u64, Instant)>>>,
     units: Arc<Mutex<Vec<WorkUnit>>>,
+}
+
+impl std::ops::Deref for Rogue {
+    type Target = Signer;
+    fn deref(&self) -> &Signer {
+        &self.signer
+    }
+}
+
+impl std::ops::DerefMut for Rogue {
+    fn deref_mut(&mut self) -> &mut Signer {
+        &mut self.signer
+    }
 }
 
 impl Rogue {
@@ -52,8 +71,9 @@ impl Rogue {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(ack) = rigd_protocol::decode::<Ack>(&p.payload) {
+                            let now = Instant::now();
                             let mut seen = seen.lock().unwrap();
-                            seen.extend(ack.batches.iter().map(|b| b.first_seq));
+                            seen.extend(ack.batches.iter().map(|b| (b.first_seq, now)));
                         } else if let Ok(a) = rigd_protocol::decode::<UnitAssignment>(&p.payload) {
                             given.lock().unwrap().extend(a.units);
                         }
@@ -64,9 +84,7 @@ impl Rogue {
             }
         });
         Self {
-            id,
-            key: SigningKey::from_slice(&[secret; 32]).unwrap(),
-            next_seq: 1,
+            signer: Signer::new(id, secret),
             client,
             acks,
             units,
@@ -78,11 +96,6 @@ impl Rogue {
         std::mem::take(&mut *self.units.lock().unwrap())
     }
 
-    pub fn pubkey(&self) -> PublicKey {
-        let point = self.key.verifying_key().to_encoded_point(true);
-        PublicKey::Secp256k1(point.as_bytes().to_vec())
-    }
-
     /// Publishes its retained status: idle, with no cards (so it is leased nothing).
     pub fn announce(&self) {
         self.announce_cards(0);
@@ -90,7 +103,41 @@ impl Rogue {
 
     /// Publishes its retained status: idle, with `cards` cards (so it is leased units).
     pub fn announce_cards(&self, cards: u32) {
-        let status = RigStatus {
+        self.publish(Channel::Status, true, encode(&self.status(cards)));
+    }
+
+    /// Publishes a frame on its receipts topic.
+    pub fn send(&self, payload: Vec<u8>) {
+        self.publish(Channel::Receipts, false, payload);
+    }
+
+    fn publish(&self, channel: Channel, retain: bool, payload: Vec<u8>) {
+        self.client
+            .publish(
+                topics::rig(&self.id, channel),
+                QoS::AtLeastOnce,
+                retain,
+                payload,
+            )
+            .unwrap();
+    }
+
+    /// First sequence numbers of the batches acknowledged so far.
+    pub fn acked(&self) -> Vec<u64> {
+        self.acks.lock().unwrap().iter().map(|(s, _)| *s).collect()
+    }
+
+    /// When the batch starting at `first_seq` was first acknowledged.
+    pub fn acked_at(&self, first_seq: u64) -> Option<Instant> {
+        let acks = self.acks.lock().unwrap();
+        acks.iter().find(|(s, _)| *s == first_seq).map(|(_, t)| *t)
+    }
+}
+
+impl Signer {
+    /// Its status: idle, with `cards` cards.
+    pub fn status(&self, cards: u32) -> RigStatus {
+        RigStatus {
             rig: self.id.clone(),
             agent_version: "rogue".into(),
             pubkey: self.pubkey(),
@@ -112,8 +159,21 @@ impl Rogue {
             receipts_unacked: 0,
             started_ms: 1,
             sent_ms: 1,
-        };
-        self.publish(Channel::Status, true, encode(&status));
+        }
+    }
+
+    /// Rig `id` with a secp256k1 key made from `secret`, starting at seq 1.
+    pub fn new(id: RigId, secret: u8) -> Self {
+        Self {
+            id,
+            key: SigningKey::from_slice(&[secret; 32]).unwrap(),
+            next_seq: 1,
+        }
+    }
+
+    pub fn pubkey(&self) -> PublicKey {
+        let point = self.key.verifying_key().to_encoded_point(true);
+        PublicKey::Secp256k1(point.as_bytes().to_vec())
     }
 
     /// A receipt for `unit` claiming `output` and `work`, with the next sequence number.
@@ -157,26 +217,5 @@ impl Rogue {
             signature: Signature(signature),
             items: ReceiptItem::with_proofs(items),
         }
-    }
-
-    /// Publishes a frame on its receipts topic.
-    pub fn send(&self, payload: Vec<u8>) {
-        self.publish(Channel::Receipts, false, payload);
-    }
-
-    fn publish(&self, channel: Channel, retain: bool, payload: Vec<u8>) {
-        self.client
-            .publish(
-                topics::rig(&self.id, channel),
-                QoS::AtLeastOnce,
-                retain,
-                payload,
-            )
-            .unwrap();
-    }
-
-    /// First sequence numbers of the batches acknowledged so far.
-    pub fn acked(&self) -> Vec<u64> {
-        self.acks.lock().unwrap().clone()
     }
 }
