@@ -3,8 +3,8 @@
 # are missing (the tests start their own broker, TPM and token on loopback), then
 # checks formatting and lints, checks the committed PTX against its CUDA sources (NVRTC and
 # ptxas from pinned PyPI wheels, no GPU needed), checks the receipt test vectors with
-# implementations we did not write (eth-account, cryptography), builds every binary and runs
-# every test.
+# implementations we did not write (eth-account, cryptography), builds every binary, runs
+# every test and boots the rig image.
 set -euo pipefail
 cd "$(dirname "$0")"
 
