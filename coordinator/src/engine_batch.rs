@@ -25,8 +25,9 @@ pub const MAX_PENDING_BATCHES: usize = 4;
 pub(super) struct Pending {
     rig: RigId,
     batch: ReceiptBatch,
-    /// Each new receipt's index in the batch and how far it was judged.
-    judged: Vec<(usize, Judged)>,
+    /// Each new receipt's index in the batch and its verdict; `None` while its result is
+    /// recomputed.
+    judged: Vec<(usize, Option<Verdict>)>,
     duplicates: u64,
 }
 
@@ -97,10 +98,14 @@ impl Engine {
             };
             // A unit is judged once per batch: copies of it are refused without a recompute.
             taken.insert(item.receipt.unit);
-            if let Judged::Recompute(kind) = &j {
-                units.push(kind.clone());
-            }
-            judged.push((index, j));
+            let verdict = match j {
+                Judged::Done(v) => Some(v),
+                Judged::Recompute(kind) => {
+                    units.push(kind);
+                    None
+                }
+            };
+            judged.push((index, verdict));
         }
         let pending = Pending {
             rig: rig.clone(),
@@ -119,8 +124,8 @@ impl Engine {
             .or_default()
             .push((header.first_seq, end));
         self.in_recompute
-            .extend(pending.judged.iter().filter_map(|(i, j)| {
-                matches!(j, Judged::Recompute(_))
+            .extend(pending.judged.iter().filter_map(|(i, v)| {
+                v.is_none()
                     .then(|| pending.batch.items.get(*i).map(|it| it.receipt.unit))
                     .flatten()
             }));
@@ -151,7 +156,7 @@ impl Engine {
             }
         }
         for (i, j) in &pending.judged {
-            if let (Judged::Recompute(_), Some(item)) = (j, pending.batch.items.get(*i)) {
+            if let (None, Some(item)) = (j, pending.batch.items.get(*i)) {
                 self.in_recompute.remove(&item.receipt.unit);
             }
         }
@@ -183,8 +188,8 @@ impl Engine {
                 continue;
             };
             let verdict = match j {
-                Judged::Done(v) => v,
-                Judged::Recompute(_) => self.against(&rig, item, outputs.next().flatten()),
+                Some(v) => v,
+                None => self.against(&rig, item, outputs.next().flatten()),
             };
             fresh.push((item, verdict));
         }
