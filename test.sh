@@ -4,17 +4,18 @@
 # checks formatting and lints, checks the committed PTX against its CUDA sources (NVRTC and
 # ptxas from pinned PyPI wheels, no GPU needed), checks the receipt test vectors with
 # implementations we did not write (eth-account, cryptography), builds every binary, runs
-# every test and boots the rig image.
+# every test, fuzzes the wire decoders for 20 s and boots the rig image.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # mosquitto: the broker the integration tests start; libtss2-dev, pkg-config: building the
 # TPM backend; swtpm, swtpm-tools: the TPM its tests start; softhsm2: the PKCS#11 token its
 # tests use; the rig image's boot test: mmdebstrap, mtools, dosfstools, fdisk (building the
-# image), systemd-container (systemd-nspawn), mosquitto-clients (reading the rig's status).
+# image), systemd-container (systemd-nspawn), mosquitto-clients (reading the rig's status);
+# afl++: the coverage-guided fuzzer of the wire decoders.
 need=()
 for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2 \
-  mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients; do
+  mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients afl++; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -34,5 +35,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# A short coverage-guided run over every wire decoder (longer runs: BENCHMARKS.md).
+bash protocol/fuzz/run.sh 20
 # The rig image built from this rigd and booted with systemd-nspawn (images/boot-test.sh).
 bash images/boot-test.sh

@@ -145,6 +145,13 @@ pub fn with_revoked(acl: &str, rigs: &[String]) -> String {
     s
 }
 
+/// The most bytes of QoS 1 messages the broker queues for one client that is offline or
+/// slow (mosquitto's `max_queued_bytes`, beside `max_queued_messages` 100,000: the first
+/// limit reached applies). Without it one client's queue of frames of up to
+/// `MAX_FRAME_BYTES` could hold 100 GB. What falls off is not lost to the money path: rigd
+/// resends receipts until they are acknowledged and statuses are retained.
+pub const MAX_QUEUED_BYTES: usize = 256 << 20;
+
 /// `mosquitto.conf` for files in `dir`.
 pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
     let p = |f: &str| dir.join(f).display().to_string();
@@ -161,6 +168,7 @@ pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
          acl_file {acl}\n\
          {persistence}\
          max_queued_messages 100000\n\
+         max_queued_bytes {max_queued_bytes}\n\
          max_packet_size {max_packet}\n\
          set_tcp_nodelay true\n\
          max_inflight_messages 100\n\
@@ -180,6 +188,7 @@ pub fn mosquitto_conf(settings: &BrokerSettings, dir: &Path) -> String {
         // A frame's cap plus room for topic and properties: larger packets are refused by
         // the broker before any client has to read them.
         max_packet = rigd_protocol::MAX_FRAME_BYTES + 8192,
+        max_queued_bytes = MAX_QUEUED_BYTES,
         acl = p(ACL_FILE),
         port = settings.port,
         bind = settings.bind,

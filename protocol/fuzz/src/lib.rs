@@ -7,9 +7,12 @@
 //! from the seeds. For every input that decodes, the target checks that it encodes to a frame
 //! that decodes to the same value, and it runs the receipt verifier (Merkle proofs, header
 //! digest, signature recovery) on decoded batches, since that too reads wire values before
-//! anything is authenticated.
+//! anything is authenticated. An input that is UTF-8 is also parsed as a topic (the rig id
+//! and channel every per-rig message is routed by), and a parsed topic must format back to
+//! the same string.
 
 use rigd_protocol::claim::{ClaimRequest, ClaimResponse};
+use rigd_protocol::topics;
 use rigd_protocol::verify::verify_batch;
 use rigd_protocol::{
     decode, encode, Ack, Command, CommandReply, CoordinatorStatus, Earnings, Frame, PublicKey,
@@ -30,9 +33,18 @@ fn round_trip<T: Frame + Debug>(data: &[u8]) -> Option<T> {
     }
 }
 
-/// The fuzz target: tries `data` as a frame of every message type. Panics (and the fuzzer
-/// reports a crash) only when a decoder or the verifier does.
+/// The fuzz target: tries `data` as a topic and as a frame of every message type. Panics
+/// (and the fuzzer reports a crash) only when a decoder or the verifier does.
 pub fn frames(data: &[u8]) {
+    if let Ok(topic) = std::str::from_utf8(data) {
+        if let Some((rig, channel)) = topics::parse(topic) {
+            assert_eq!(
+                topics::rig(&rig, channel),
+                topic,
+                "a topic parsed and formatted"
+            );
+        }
+    }
     round_trip::<RigStatus>(data);
     round_trip::<Telemetry>(data);
     round_trip::<UnitAssignment>(data);
@@ -66,6 +78,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             out.push(frame);
         }
     }
+    out.push(b"rigd/v1/rig/rig-1/receipts".to_vec());
     out
 }
 
