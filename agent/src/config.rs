@@ -84,8 +84,16 @@ pub enum SimFaultKind {
 }
 
 impl SimFaultConfig {
-    /// The fault as the sim takes it.
-    pub fn sim_fault(&self) -> SimFault {
+    /// The fault as [`crate::gpu::faults::Scheduled`] takes it.
+    pub fn planned(&self) -> crate::gpu::faults::Planned {
+        crate::gpu::faults::Planned {
+            card: self.card as usize,
+            after_units: self.after_units,
+            fault: self.sim_fault(),
+        }
+    }
+
+    fn sim_fault(&self) -> SimFault {
         match self.fault {
             SimFaultKind::Crash => SimFault::Crash,
             SimFaultKind::Hang => SimFault::Hang,

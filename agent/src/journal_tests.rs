@@ -1,32 +1,8 @@
 use super::*;
-use rigd_protocol::{JobId, UnitKind};
-
-fn unit(n: u64) -> WorkUnit {
-    WorkUnit {
-        job: JobId::new("job").unwrap_or_else(|_| unreachable!()),
-        unit: n,
-        attempt: 0,
-        kind: UnitKind::GemmI8 {
-            seed: n,
-            m: 2,
-            n: 2,
-            k: 2,
-        },
-    }
-}
+use crate::fixtures::unit;
 
 fn done(u: &WorkUnit) -> Completion {
-    Completion {
-        unit: u.clone(),
-        card: GpuUuid::new("SIM-0").unwrap_or_else(|_| unreachable!()),
-        output: UnitOutput::GemmI8 {
-            c_digest: [u.unit as u8; 32],
-        },
-        work: 16,
-        started_ms: 1,
-        finished_ms: 2,
-        governor_level: 0,
-    }
+    crate::fixtures::completion(u, "SIM-0")
 }
 
 fn key(dir: &tempfile::TempDir) -> Box<dyn KeyStore> {

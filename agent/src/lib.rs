@@ -1,8 +1,9 @@
 //! rigd, the rig agent.
 //!
-//! [`run`] is the supervisor: it keeps the MQTT session ([`link`]), the durable
-//! [`journal`] (inbox, receipts, signed batches: the outbox), the receipt key ([`keys`]), the
-//! cards ([`gpu`]) and one worker process per card ([`cards`], [`worker`]). The thermal
+//! [`run`] is the supervisor: its decisions are [`supervisor::RigCore`], pure; around it a
+//! shell keeps the MQTT session ([`link`]), the durable [`journal`] (inbox, receipts, signed
+//! batches: the outbox), the receipt key ([`keys`]), the cards ([`gpu`]) and one worker
+//! process per card ([`cards`], [`worker`]). The thermal
 //! [`governor`] turns a card's telemetry into its fan speed, power limit and run permit.
 //! [`commands`] decides which signed operator commands the rig takes.
 
@@ -20,10 +21,13 @@ pub mod link;
 pub mod notify;
 pub mod provision;
 mod rig;
-pub mod slots;
 pub mod state_dir;
+pub mod supervisor;
 pub mod tls;
 pub mod worker;
+
+#[cfg(test)]
+mod fixtures;
 
 pub use cards::WorkerCommand;
 pub use config::{ConfigError, RigConfig};

@@ -1,29 +1,31 @@
-//! The supervisor: joins the link, the journal, the key, the cards and their workers.
+//! The supervisor's shell around [`RigCore`]: it joins the link, the journal, the key, the
+//! cards and their workers, and carries out what the core decides.
 //!
-//! Units arrive on the link, are journaled, then acknowledged to the broker; idle cards take
-//! them; finished units become receipts (group commit); the [`crate::batcher`] decides when
+//! Units arrive on the link, are journaled, then acknowledged to the broker; the core hands
+//! them to idle cards; finished units become receipts (group commit); the [`crate::batcher`] decides when
 //! journaled receipts are sealed into a batch, which the key signs off the journal's commit
 //! path (one signature in flight, cards and journaling go on meanwhile); signed batches go
 //! out through the outbox until the coordinator acknowledges them.
 
 use crate::batcher::{Batcher, Decision};
-use crate::cards::{run_card, CardEvent, CardHandle, CardSettings, WorkerCommand};
+use crate::cards::{run_card, CardHandle, CardSettings, WorkerCommand};
 use crate::config::{GpuBackend, RigConfig};
+use crate::gpu::faults::Scheduled;
 use crate::gpu::nvml::NvmlGpu;
 use crate::gpu::{Gpu, SimGpu};
 use crate::hold::{Holds, Point};
-use crate::journal::{self, Completion, Journal, JournalError, JournalStats, Sealed};
+use crate::journal::{self, Journal, JournalError, JournalStats, Sealed};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
 use crate::notify::Notifier;
-use crate::slots::{FailurePolicy, Slots};
+use crate::supervisor::{CoreSettings, FailurePolicy, Input, RigCore};
 use crate::worker::{unix_ms, Device};
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{decode, encode, Ack, RigState, UnitAssignment, WorkUnit};
+use rigd_protocol::{decode, encode, Ack, RigState, UnitAssignment};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -33,32 +35,32 @@ use tokio_util::sync::CancellationToken;
 mod commands;
 #[path = "rig_continuity.rs"]
 mod continuity;
+#[path = "rig_effects.rs"]
+mod effects;
 #[path = "rig_status.rs"]
 mod status;
 
 use status::offline_status;
 
-/// How long a drain on shutdown waits for in-flight units.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
+/// The shell around [`RigCore`]: it carries out the core's effects on the link, the
+/// journal, the key, the cards' driver and the card tasks, and feeds it what they report.
 struct Rig {
     config: RigConfig,
+    core: RigCore,
+    /// The core's clock starts here.
+    epoch: Instant,
     journal: Arc<Mutex<Journal>>,
     key: Arc<dyn KeyStore>,
     link: Link,
-    slots: Slots,
-    queue: VecDeque<WorkUnit>,
+    gpu: Box<dyn Gpu>,
+    cards: Vec<CardHandle>,
     sent: HashMap<u64, Instant>,
-    stats: JournalStats,
-    outbox_full: bool,
     batcher: Batcher,
     /// A fresh journal signs nothing until the network's record of the rig is known.
     awaiting_floor: bool,
     /// When the batcher wants to be asked again (a batch's age bound, a retry).
     seal_at: Option<Instant>,
     sealed_tx: mpsc::Sender<Result<Sealed, RunError>>,
-    /// When a shutdown started draining the rig; no new units start from then on.
-    draining_since: Option<Instant>,
     started_ms: u64,
     commands: commands::CommandState,
     holds: Holds,
@@ -71,8 +73,9 @@ pub(crate) fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
         GpuBackend::Sim => {
             let mut sim = SimGpu::new(&config.rig_id, config.sim_gpus);
             sim.set_ambient(config.sim_ambient_c);
+            let plan = config.sim_fault.iter().map(|f| f.planned()).collect();
             (
-                Box::new(sim),
+                Box::new(Scheduled::new(sim, plan)),
                 Device::Sim {
                     gflops: config.sim_gflops,
                 },
@@ -128,47 +131,52 @@ pub async fn run(
     }
     let journal = Journal::open(&config.state_dir.join("journal.db"), config.rig_id.clone())?;
     let command_state = commands::CommandState::open(&config)?;
-    let queue: VecDeque<WorkUnit> = journal.queued_units()?.into();
+    let queue = journal.queued_units()?;
+    let stats = journal.stats()?;
     let (gpu, device) = open_gpu(&config);
     let stop_cards = CancellationToken::new();
     let (events_tx, mut events) = mpsc::channel(64);
     let mut tasks = vec![];
-    let handles: Vec<CardHandle> = gpu
-        .inventory()
-        .into_iter()
-        .map(|info| {
-            let (jobs, rx) = mpsc::channel(1);
-            let (abort, abort_rx) = mpsc::channel(1);
-            let settings = CardSettings {
-                index: info.index as usize,
-                uuid: info.uuid.clone(),
-                command: worker.clone(),
-                device,
-                hang_ms: config.worker_hang_ms,
-            };
-            tasks.push(tokio::spawn(run_card(
-                settings,
-                rx,
-                abort_rx,
-                events_tx.clone(),
-                stop_cards.clone(),
-            )));
-            CardHandle { jobs, abort }
-        })
-        .collect();
-    let failures = FailurePolicy {
-        count: config.failures_to_quarantine,
-        window: Duration::from_millis(config.failure_window_ms),
-    };
-    let slots = Slots::new(
-        gpu,
-        handles,
-        &config.thermal,
-        config.sim_fault.clone(),
-        failures,
+    let mut cards = vec![];
+    let mut models = vec![];
+    for info in gpu.inventory() {
+        let (jobs, rx) = mpsc::channel(1);
+        let (abort, abort_rx) = mpsc::channel(1);
+        let settings = CardSettings {
+            index: info.index as usize,
+            uuid: info.uuid.clone(),
+            command: worker.clone(),
+            device,
+            hang_ms: config.worker_hang_ms,
+        };
+        tasks.push(tokio::spawn(run_card(
+            settings,
+            rx,
+            abort_rx,
+            events_tx.clone(),
+            stop_cards.clone(),
+        )));
+        cards.push(CardHandle { jobs, abort });
+        let model = gpu
+            .model(models.len())
+            .map_err(|e| RunError::Hardware(e.to_string()))?;
+        models.push((info, model));
+    }
+    drop(events_tx);
+    let core = RigCore::new(
+        CoreSettings {
+            thermal: config.thermal.clone(),
+            failures: FailurePolicy {
+                count: config.failures_to_quarantine,
+                window_ms: config.failure_window_ms,
+            },
+            max_unacked_receipts: config.max_unacked_receipts,
+        },
+        models,
+        queue,
+        stats,
     )
     .map_err(RunError::Hardware)?;
-    drop(events_tx);
     let started_ms = unix_ms();
     let will = encode(&offline_status(&config, key.as_ref(), started_ms));
     let tls = crate::tls::client_config(&config, &key)?;
@@ -183,8 +191,7 @@ pub async fn run(
         },
         stop_link.clone(),
     );
-    tracing::info!(rig = %config.rig_id, cards = slots.inventory().len(), queued = queue.len(), key = %key.describe(), "rigd started");
-    let stats = journal.stats()?;
+    tracing::info!(rig = %config.rig_id, cards = cards.len(), queued = core.queued(), key = %key.describe(), "rigd started");
     let (sealed_tx, mut sealed) = mpsc::channel(1);
     let mut rig = Rig {
         batcher: Batcher::new(
@@ -198,20 +205,20 @@ pub async fn run(
         seal_at: None,
         sealed_tx,
         journal: Arc::new(Mutex::new(journal)),
+        core,
+        epoch: Instant::now(),
         key,
         link,
-        slots,
-        queue,
+        gpu,
+        cards,
         sent: HashMap::new(),
-        stats,
-        outbox_full: false,
-        draining_since: None,
         started_ms,
         commands: command_state,
         holds: Holds::from_env(),
         config,
     };
-    rig.restore_holds();
+    let holds = rig.commands.restore_holds();
+    rig.step(Input::Restored(holds)).await?;
     rig.start_seal();
     let mut governor =
         tokio::time::interval(Duration::from_millis(rig.config.governor_interval_ms));
@@ -222,28 +229,22 @@ pub async fn run(
     let notifier = Notifier::from_env();
     let mut watchdog =
         tokio::time::interval(notifier.ping_every().unwrap_or(Duration::from_secs(3600)));
-    notifier.ready(&rig.status(rig.state()));
+    notifier.ready(&rig.status(rig.core.state()));
     let floor_wait = Instant::now() + continuity::FLOOR_WAIT;
     loop {
-        let next_start = rig.dispatch();
-        rig.drain_progress();
-        if let Some(since) = rig.draining_since {
-            let busy = rig.slots.running();
-            if busy == 0 || since.elapsed() > DRAIN_TIMEOUT {
-                if busy > 0 {
-                    tracing::warn!(
-                        busy,
-                        "drain timed out; unfinished units stay journaled and run after restart"
-                    );
-                }
-                break;
+        if let Some(busy) = rig.core.stopped(rig.now_ms()) {
+            if busy > 0 {
+                tracing::warn!(
+                    busy,
+                    "drain timed out; unfinished units stay journaled and run after restart"
+                );
             }
+            break;
         }
+        let wake = rig.core.wake_at().map(|ms| rig.instant(ms));
         tokio::select! {
-            _ = shutdown.cancelled(), if rig.draining_since.is_none() => {
-                tracing::info!("stopping: draining in-flight units");
-                rig.draining_since = Some(Instant::now());
-                rig.publish_status(RigState::Draining);
+            _ = shutdown.cancelled(), if !rig.core.stopping() => {
+                rig.step(Input::Shutdown).await?;
                 notifier.stopping();
             }
             Some(ev) = link_events.recv() => rig.on_link(ev).await?,
@@ -252,22 +253,22 @@ pub async fn run(
                 while let Ok(more) = events.try_recv() {
                     batch.push(more);
                 }
-                rig.on_cards(batch).await?;
+                rig.step(Input::Cards(batch)).await?;
             }
-            _ = governor.tick() => rig.slots.govern(unix_ms()),
+            _ = governor.tick() => rig.govern().await?,
             _ = telemetry.tick() => {
                 rig.publish_telemetry();
-                if rig.draining_since.is_none() {
-                    notifier.status(&rig.status(rig.state()));
+                if !rig.core.stopping() {
+                    notifier.status(&rig.status(rig.core.state()));
                 }
             }
             _ = watchdog.tick(), if notifier.ping_every().is_some() => notifier.watchdog(),
-            _ = tokio::time::sleep_until(next_start.unwrap_or_else(Instant::now).into()), if next_start.is_some() => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => rig.step(Input::Tick).await?,
             _ = resend.tick() => rig.resend(false).await?,
             Some(done) = sealed.recv() => rig.on_sealed(done).await?,
             _ = tokio::time::sleep_until(rig.seal_at.unwrap_or_else(Instant::now).into()), if rig.seal_at.is_some() => rig.start_seal(),
             _ = tokio::time::sleep_until(floor_wait.into()), if rig.awaiting_floor => rig.floor_wait_over(),
-            _ = tokio::time::sleep(Duration::from_millis(100)), if rig.draining_since.is_some() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)), if rig.core.stopping() => {}
         }
     }
     // Sign what is journaled before leaving: the signature in flight first, then the rest.
@@ -283,7 +284,7 @@ pub async fn run(
     })
     .await
     {
-        Ok(stats) => rig.stats = stats,
+        Ok(stats) => rig.step(Input::Journal(stats)).await?,
         Err(e) => {
             tracing::error!(error = %e, "receipts left unsigned at shutdown; they are signed at the next start")
         }
@@ -302,10 +303,20 @@ pub async fn run(
 }
 
 impl Rig {
+    /// The core's clock: ms since the rig started, monotonic.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis().min(u128::from(u64::MAX)) as u64
+    }
+
+    /// The instant of core time `ms`.
+    fn instant(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
     async fn on_link(&mut self, ev: LinkEvent) -> Result<(), RunError> {
         match ev {
             LinkEvent::Connected { .. } => {
-                self.publish_status(self.state());
+                self.publish_status(self.core.state());
                 self.resend(true).await?;
             }
             LinkEvent::Revoked { reason } => {
@@ -335,7 +346,7 @@ impl Rig {
                         let added =
                             journal_op(&self.journal, move |j| j.add_units(&msg.units)).await?;
                         tracing::debug!(added = added.len(), "units journaled");
-                        self.queue.extend(added);
+                        self.step(Input::Units(added)).await?;
                     }
                     Err(e) => tracing::warn!(%topic, error = %e, "refused a unit assignment"),
                 }
@@ -355,7 +366,7 @@ impl Rig {
                             Ok((j.stats()?, mismatched))
                         })
                         .await?;
-                        self.stats = stats;
+                        self.step(Input::Journal(stats)).await?;
                         if mismatched > 0 {
                             tracing::warn!(%topic, mismatched, "refused acks naming a batch with another digest than the one held; those batches are sent again");
                         }
@@ -366,57 +377,13 @@ impl Rig {
                     Err(e) => tracing::warn!(%topic, error = %e, "refused an ack"),
                 }
             }
-            Some((rig, Channel::Commands)) if rig == self.config.rig_id => self.on_command(p),
+            Some((rig, Channel::Commands)) if rig == self.config.rig_id => {
+                self.on_command(p).await?
+            }
             Some((rig, Channel::Earnings)) if rig == self.config.rig_id => {
                 self.on_earnings(&p.payload).await?
             }
             _ => tracing::warn!(%topic, "message on an unexpected topic ignored"),
-        }
-        Ok(())
-    }
-
-    async fn on_cards(&mut self, events: Vec<CardEvent>) -> Result<(), RunError> {
-        let now = Instant::now();
-        let mut done: Vec<Completion> = vec![];
-        for ev in events {
-            self.slots.finished(&ev, now);
-            match ev {
-                CardEvent::Done { completion, .. } => done.push(*completion),
-                CardEvent::Refused { card, unit, reason } => {
-                    tracing::warn!(gpu = card, unit = unit.unit, %reason, "unit refused by the worker; dropped");
-                    journal_op(&self.journal, move |j| j.discard_unit(&unit)).await?;
-                }
-                CardEvent::Crashed { card, unit, reason } => {
-                    tracing::warn!(gpu = card, unit = unit.unit, %reason, "worker failed; unit queued again, worker restarts");
-                    self.queue.push_front(unit);
-                }
-                CardEvent::Aborted { card, unit } => {
-                    tracing::info!(
-                        gpu = card,
-                        unit = unit.unit,
-                        "unit stopped by the governor; queued again"
-                    );
-                    self.queue.push_front(unit);
-                }
-            }
-        }
-        // Cards go back to work before the journal commit, so that the fsync and the
-        // signature never stand between two units of a card.
-        self.dispatch();
-        if !done.is_empty() {
-            let (receipts, stats) = journal_op(&self.journal, move |j| {
-                let receipts = j.record(&done)?;
-                Ok((receipts.len(), j.stats()?))
-            })
-            .await?;
-            self.stats = stats;
-            self.batcher.journaled(stats.last_seq, Instant::now());
-            tracing::debug!(
-                receipts,
-                waiting = self.batcher.waiting(),
-                "receipts journaled"
-            );
-            self.start_seal();
         }
         Ok(())
     }
@@ -456,7 +423,6 @@ impl Rig {
         let now = Instant::now();
         match done {
             Ok(sealed) => {
-                self.stats = sealed.stats;
                 let took = sealed.took.or(self.batcher.sign_time()).unwrap_or_default();
                 self.batcher.signed(sealed.stats.sealed_seq, took, now);
                 tracing::debug!(
@@ -466,6 +432,7 @@ impl Rig {
                     target = self.batcher.target(),
                     "receipt batch signed"
                 );
+                self.step(Input::Journal(sealed.stats)).await?;
                 self.resend(false).await?;
             }
             Err(RunError::Journal(JournalError::Sign(e))) => {
@@ -483,42 +450,9 @@ impl Rig {
         Ok(())
     }
 
-    /// Hands queued units to cards that may start one, unless draining or the outbox is
-    /// full. Returns when a duty-cycled card may start next, if one waits.
-    fn dispatch(&mut self) -> Option<Instant> {
-        if self.draining_since.is_some() || self.commands.held {
-            return None;
-        }
-        let unacked = self.stats.unacked_receipts;
-        let full = unacked >= self.config.max_unacked_receipts;
-        if full != self.outbox_full {
-            if full {
-                tracing::warn!(
-                    unacked,
-                    "outbox full: no new units start until the coordinator acknowledges"
-                );
-            } else {
-                tracing::info!(unacked, "outbox drained: work resumes");
-            }
-            self.outbox_full = full;
-        }
-        if full {
-            return None;
-        }
-        let now = Instant::now();
-        for card in self.slots.ready(now) {
-            let Some(unit) = self.queue.pop_front() else {
-                break;
-            };
-            if let Err(unit) = self.slots.start(card, unit) {
-                self.queue.push_front(unit);
-            }
-        }
-        if self.queue.is_empty() {
-            None
-        } else {
-            self.slots.next_start()
-        }
+    /// The journal's latest counters, as the core keeps them.
+    fn stats(&self) -> JournalStats {
+        self.core.stats()
     }
 
     /// Publishes unacknowledged batches not sent within the resend interval (all of them

@@ -7,6 +7,7 @@
 use super::{journal_op, Rig};
 use crate::batcher::Batcher;
 use crate::journal::Continuity;
+use crate::supervisor::Input;
 use crate::RunError;
 use rigd_protocol::{decode, Earnings};
 use std::time::{Duration, Instant};
@@ -51,18 +52,19 @@ impl Rig {
                     moved,
                     "the network has recorded receipts of this rig that this journal does not hold (a lost or replaced journal with the same key): receipts continue above it"
                 );
-                self.stats = journal_op(&self.journal, |j| j.stats()).await?;
+                let stats = journal_op(&self.journal, |j| j.stats()).await?;
                 self.batcher = Batcher::new(
                     self.config.batch_max_receipts,
                     Duration::from_millis(self.config.batch_max_age_ms),
-                    self.stats.sealed_seq,
-                    self.stats.last_seq,
+                    stats.sealed_seq,
+                    stats.last_seq,
                     Instant::now(),
                 );
+                self.step(Input::Journal(stats)).await?;
             }
             Continuity::Signed { recorded } => tracing::error!(
                 recorded,
-                last_seq = self.stats.last_seq,
+                last_seq = self.stats().last_seq,
                 "the network has recorded receipts of this rig beyond this journal's signed batches; those batches count as duplicates there"
             ),
         }

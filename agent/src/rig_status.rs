@@ -33,24 +33,15 @@ pub(super) fn offline_status(config: &RigConfig, key: &dyn KeyStore, started_ms:
 }
 
 impl Rig {
-    pub(super) fn state(&self) -> RigState {
-        if self.slots.running() > 0 && self.commands.held {
-            RigState::Draining
-        } else if self.slots.running() > 0 {
-            RigState::Working
-        } else {
-            RigState::Idle
-        }
-    }
-
     pub(super) fn status(&self, state: RigState) -> RigStatus {
+        let stats = self.stats();
         let mut s = offline_status(&self.config, self.key.as_ref(), self.started_ms);
         s.state = state;
-        s.cards = self.slots.inventory();
-        s.units_running = self.slots.running() as u32;
-        s.units_queued = self.queue.len() as u32;
-        s.seq_journaled = self.stats.last_seq;
-        s.receipts_unacked = self.stats.unacked_receipts;
+        s.cards = self.core.inventory();
+        s.units_running = self.core.running() as u32;
+        s.units_queued = self.core.queued() as u32;
+        s.seq_journaled = stats.last_seq;
+        s.receipts_unacked = stats.unacked_receipts;
         s.sent_ms = unix_ms();
         s
     }
@@ -68,15 +59,10 @@ impl Rig {
         let msg = Telemetry {
             rig: self.config.rig_id.clone(),
             at_ms: unix_ms(),
-            gpus: self.slots.samples(),
+            gpus: self.core.samples(self.now_ms()),
         };
         self.link
             .publish(Channel::Telemetry, QoS::AtMostOnce, true, encode(&msg));
-        let state = if self.draining_since.is_some() {
-            RigState::Draining
-        } else {
-            self.state()
-        };
-        self.publish_status(state);
+        self.publish_status(self.core.state());
     }
 }

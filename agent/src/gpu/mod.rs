@@ -1,7 +1,9 @@
 //! Cards behind the [`Gpu`] trait: inventory, telemetry, actuation (power limit, fan) and Xid
 //! events. The simulated backend ([`sim`]) models each card with two thermal nodes (die and
-//! heatsink) so telemetry moves as a real card's would under load, and takes injected faults.
+//! heatsink) so telemetry moves as a real card's would under load, and takes injected faults;
+//! [`faults::Scheduled`] injects rig.conf's `sim_fault`s into it as units start.
 
+pub mod faults;
 pub mod nvml;
 pub mod sim;
 pub mod sim_loop;
@@ -191,9 +193,9 @@ pub trait Gpu: Send {
     fn inject(&mut self, index: usize, _fault: SimFault) -> Result<(), GpuError> {
         Err(GpuError::NotSimulated(index))
     }
-    /// Takes the fault the card's worker should act out on its next unit (simulated cards
-    /// only).
-    fn take_worker_fault(&mut self, _index: usize) -> Option<WorkerFault> {
+    /// A unit is about to start on the card: the fault its worker should act out, if any
+    /// (simulated cards only).
+    fn unit_starting(&mut self, _index: usize) -> Option<WorkerFault> {
         None
     }
 }

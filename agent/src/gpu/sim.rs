@@ -528,7 +528,7 @@ impl Gpu for SimGpu {
         SimGpu::inject(self, index, fault)
     }
 
-    fn take_worker_fault(&mut self, index: usize) -> Option<WorkerFault> {
+    fn unit_starting(&mut self, index: usize) -> Option<WorkerFault> {
         SimGpu::take_worker_fault(self, index)
     }
 }

@@ -1,12 +1,17 @@
-//! One simulated card under its [`Governor`], driven the way the supervisor drives a card:
-//! every sample period it reads the card, steps the governor and applies the decision (power
-//! limit, fan, run permit). Work comes as units of fixed length while load is on; a duty
-//! cycle idles the card for `pause_ms` after each unit; a pause or quarantine stops the
-//! running unit at once. The thermal model moves in substeps, so peaks between samples are
-//! seen. Used by the governor's tests and benchmark, and as a demonstration of the wiring.
+//! One simulated card driven by the supervisor's own core ([`RigCore`]): every sample period
+//! the card is read and the core governs it (power limit, fan, run permit); units of fixed
+//! length are offered while load is on and start when the core starts them; a duty cycle
+//! idles the card for `pause_ms` after each unit; a pause or quarantine stops the running
+//! unit at once. The thermal model moves in substeps, so peaks between samples are seen.
+//! Used by the governor's tests and benchmark: they exercise the same decisions as a rig.
 
 use super::{Gpu, GpuError, Reading, SimGpu};
-use crate::governor::{Decision, Governor, RunPermit, ThermalLimits};
+use crate::cards::CardEvent;
+use crate::governor::{Decision, ThermalLimits, ThermalOverrides};
+use crate::journal::{Completion, JournalStats};
+use crate::supervisor::{CardRead, CoreSettings, Effect, FailurePolicy, Input, RigCore, Setting};
+use rigd_protocol::{JobId, UnitKind, UnitOutput, WorkUnit};
+use std::collections::VecDeque;
 
 /// What one sample period looked like.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,20 +35,19 @@ pub struct Sample {
     pub busy_after: bool,
 }
 
-/// Card 0 of a [`SimGpu`] in a closed loop with its governor.
+/// Card 0 of a [`SimGpu`] in a closed loop with the supervisor's core.
 pub struct SimLoop {
     gpu: SimGpu,
-    governor: Governor,
+    core: RigCore,
     critical_c: f32,
-    fan_control: bool,
     now_ms: u64,
     sample_ms: u64,
     substep_ms: u64,
     unit_ms: u64,
     load: bool,
-    unit_left_ms: u64,
-    pause_left_ms: u64,
-    decision: Decision,
+    /// The unit the card runs, with the time it has left, ms.
+    running: Option<(WorkUnit, u64)>,
+    offered: u64,
     critical_busy_ms: u64,
     actuation_errors: u32,
 }
@@ -51,44 +55,51 @@ pub struct SimLoop {
 impl SimLoop {
     /// Card 0 of `gpu`, idle, governed by the default limits for its model; 1 s samples,
     /// 100 ms substeps, 2 s units.
-    pub fn new(gpu: SimGpu) -> Result<Self, GpuError> {
-        let limits = ThermalLimits::for_model(&gpu.model(0)?);
-        Self::with_limits(gpu, limits)
-    }
-
-    /// As [`SimLoop::new`], governed by `limits`.
-    pub fn with_limits(mut gpu: SimGpu, limits: ThermalLimits) -> Result<Self, GpuError> {
+    pub fn new(mut gpu: SimGpu) -> Result<Self, GpuError> {
         let model = gpu.model(0)?;
-        let critical_c = limits.critical_c;
-        let mut governor = Governor::new(limits, &model);
+        let info = gpu
+            .inventory()
+            .into_iter()
+            .next()
+            .ok_or(GpuError::NoSuchCard(0))?;
+        let critical_c = ThermalLimits::for_model(&model).critical_c;
+        let settings = CoreSettings {
+            thermal: ThermalOverrides::default(),
+            failures: FailurePolicy {
+                count: u32::MAX,
+                window_ms: 0,
+            },
+            max_unacked_receipts: u64::MAX,
+        };
+        let core = RigCore::new(
+            settings,
+            vec![(info, model)],
+            vec![],
+            JournalStats::default(),
+        )
+        .map_err(|reason| GpuError::Driver { index: 0, reason })?;
         let first = gpu.read(0, 0, false)?;
-        let decision = governor.step(0, Some(&first));
-        Ok(SimLoop {
+        let mut sim = SimLoop {
             gpu,
-            governor,
+            core,
             critical_c,
-            fan_control: model.fan_control,
             now_ms: 0,
             sample_ms: 1_000,
             substep_ms: 100,
             unit_ms: 2_000,
             load: false,
-            unit_left_ms: 0,
-            pause_left_ms: 0,
-            decision,
+            running: None,
+            offered: 0,
             critical_busy_ms: 0,
             actuation_errors: 0,
-        })
+        };
+        sim.give(Input::Readings(vec![(0, CardRead::Reading(first))]));
+        Ok(sim)
     }
 
     /// The simulated card, to change the ambient or inject faults.
     pub fn gpu_mut(&mut self) -> &mut SimGpu {
         &mut self.gpu
-    }
-
-    /// The governor.
-    pub fn governor(&self) -> &Governor {
-        &self.governor
     }
 
     /// Time now, ms.
@@ -106,32 +117,100 @@ impl SimLoop {
         self.actuation_errors
     }
 
+    /// Gives the core `input` and carries out what it asks of the card.
+    fn give(&mut self, input: Input) {
+        let mut todo: VecDeque<Effect> = self.core.handle(input, self.now_ms).into();
+        while let Some(effect) = todo.pop_front() {
+            let back = match effect {
+                Effect::Start { job, .. } => {
+                    self.running = Some((job.unit, self.unit_ms));
+                    None
+                }
+                Effect::Abort { .. } => self
+                    .running
+                    .take()
+                    .map(|(unit, _)| Input::Cards(vec![CardEvent::Aborted { card: 0, unit }])),
+                Effect::SetPower { watts, .. } => match self.gpu.set_power_limit(0, watts) {
+                    Ok(()) => None,
+                    Err(_) => Some(Setting::Power),
+                }
+                .map(|setting| {
+                    self.actuation_errors += 1;
+                    Input::NotApplied { card: 0, setting }
+                }),
+                Effect::SetFan { pct, .. } => match self.gpu.set_fan(0, pct) {
+                    Ok(()) | Err(GpuError::NoFanControl(_)) => None,
+                    Err(_) => {
+                        self.actuation_errors += 1;
+                        Some(Input::NotApplied {
+                            card: 0,
+                            setting: Setting::Fan,
+                        })
+                    }
+                },
+                Effect::Record(_)
+                | Effect::Discard(_)
+                | Effect::SaveHolds { .. }
+                | Effect::Reply(_)
+                | Effect::Diagnose(_)
+                | Effect::PublishStatus => None,
+            };
+            if let Some(input) = back {
+                todo.extend(self.core.handle(input, self.now_ms));
+            }
+        }
+    }
+
+    /// Offers a unit while load is on and none waits, lets the core start it, and says
+    /// whether the card is busy.
     fn busy_now(&mut self) -> bool {
-        if matches!(self.decision.run, RunPermit::Pause | RunPermit::Quarantine) {
-            self.unit_left_ms = 0;
-            return false;
+        if self.load && self.running.is_none() && self.core.queued() == 0 {
+            self.offered += 1;
+            let unit = WorkUnit {
+                job: JobId::new("sim-loop").unwrap_or_else(|_| unreachable!("a valid job id")),
+                unit: self.offered,
+                attempt: 0,
+                kind: UnitKind::GemmI8 {
+                    seed: self.offered,
+                    m: 1,
+                    n: 1,
+                    k: 1,
+                },
+            };
+            self.give(Input::Units(vec![unit]));
+        } else if self.running.is_none() {
+            self.give(Input::Tick);
         }
-        if self.unit_left_ms == 0 && self.pause_left_ms == 0 && self.load {
-            self.unit_left_ms = self.unit_ms;
-        }
-        self.unit_left_ms > 0
+        self.running.is_some()
     }
 
     fn after_substep(&mut self) {
-        if self.unit_left_ms > 0 {
-            self.unit_left_ms = self.unit_left_ms.saturating_sub(self.substep_ms);
-            if self.unit_left_ms == 0 {
-                if let RunPermit::DutyCycle { pause_ms } = self.decision.run {
-                    self.pause_left_ms = pause_ms;
-                }
-            }
-        } else {
-            self.pause_left_ms = self.pause_left_ms.saturating_sub(self.substep_ms);
+        let Some((unit, left)) = self.running.take() else {
+            return;
+        };
+        let left = left.saturating_sub(self.substep_ms);
+        if left > 0 {
+            self.running = Some((unit, left));
+            return;
         }
+        let card = self.core.inventory().remove(0).uuid;
+        let completion = Completion {
+            unit,
+            card,
+            output: UnitOutput::GemmI8 { c_digest: [0; 32] },
+            work: 0,
+            started_ms: self.now_ms.saturating_sub(self.unit_ms),
+            finished_ms: self.now_ms,
+            governor_level: 0,
+        };
+        self.give(Input::Cards(vec![CardEvent::Done {
+            card: 0,
+            completion: Box::new(completion),
+        }]));
     }
 
-    /// Runs one sample period: the model moves in substeps, then the card is read, the
-    /// governor decides and the decision is applied.
+    /// Runs one sample period: the model moves in substeps, then the card is read and the
+    /// core governs it.
     pub fn tick(&mut self) -> Sample {
         let mut peak_core_c = f32::NEG_INFINITY;
         let mut critical_busy_ms = self.critical_busy_ms;
@@ -158,32 +237,21 @@ impl SimLoop {
             self.after_substep();
         }
         let reading = self.gpu.read(0, self.now_ms, busy).ok();
-        self.decision = self.governor.step(self.now_ms, reading.as_ref());
-        self.apply();
+        let read = match reading {
+            Some(r) => CardRead::Reading(r),
+            None => CardRead::Lost("no telemetry".into()),
+        };
+        self.give(Input::Readings(vec![(0, read)]));
         let busy_after = self.busy_now();
         Sample {
             at_ms: self.now_ms,
             reading,
-            decision: self.decision,
+            decision: self.core.decision(0).unwrap_or(crate::supervisor::NORMAL),
             core_c: self.gpu.model_core_c(0).unwrap_or(f32::NAN),
             peak_core_c,
             critical_busy_ms,
             busy_ms,
             busy_after,
-        }
-    }
-
-    fn apply(&mut self) {
-        let d = self.decision;
-        let mut ok = true;
-        if let Some(w) = d.power_limit_w {
-            ok &= self.gpu.set_power_limit(0, w).is_ok();
-        }
-        if self.fan_control {
-            ok &= self.gpu.set_fan(0, d.fan_pct).is_ok();
-        }
-        if !ok {
-            self.actuation_errors += 1;
         }
     }
 
