@@ -56,7 +56,7 @@ fn start_rigs(n: usize, port: u16, dir: &std::path::Path, operator: &str) -> Fle
         std::fs::write(
             &conf,
             format!(
-                "rig_id = \"rig-{i:03}\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\ngpu = \"sim\"\nsim_gpus = 1\noperator_keys = [\"{operator}\"]\n",
+                "rig_id = \"rig-{i:03}\"\nbroker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\ngpu = \"sim\"\nsim.gpus = 1\noperator_keys = [\"{operator}\"]\n",
                 state.display()
             ),
         )

@@ -33,7 +33,7 @@ fn main() {
         broker.port,
         CARDS,
         &state,
-        &format!("sim_gflops = {gflops}\n"),
+        &format!("sim.gflops = {gflops}\n"),
     );
     let deadline = Instant::now() + Duration::from_secs(60 + units * 2);
     let receipts = loop {

@@ -238,7 +238,7 @@ pub async fn provision(
             Step::Claim => {}
         }
         let (cards, driver) = {
-            let (gpu, _) = crate::rig::open_gpu(&config);
+            let (gpu, _) = config.open_cards();
             let driver = match config.gpu {
                 crate::config::GpuBackend::Sim => "sim",
                 crate::config::GpuBackend::Nvml => "nvidia",

@@ -9,17 +9,15 @@
 
 use crate::batcher::{Batcher, Decision};
 use crate::cards::{run_card, CardHandle, CardSettings, WorkerCommand};
-use crate::config::{GpuBackend, RigConfig};
-use crate::gpu::faults::Scheduled;
-use crate::gpu::nvml::NvmlGpu;
-use crate::gpu::{Gpu, SimGpu};
+use crate::config::RigConfig;
+use crate::gpu::Gpu;
 use crate::hold::{Holds, Point};
 use crate::journal::{self, Journal, JournalError, JournalStats, Sealed};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
 use crate::notify::Notifier;
 use crate::supervisor::{CoreSettings, FailurePolicy, Input, RigCore};
-use crate::worker::{unix_ms, Device};
+use crate::worker::unix_ms;
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, encode, Ack, RigState, UnitAssignment};
@@ -66,31 +64,6 @@ struct Rig {
     holds: Holds,
 }
 
-/// The cards of the configured backend. With `nvml` and no usable driver, the rig runs with
-/// no cards (and says so) rather than stopping.
-pub(crate) fn open_gpu(config: &RigConfig) -> (Box<dyn Gpu>, Device) {
-    match config.gpu {
-        GpuBackend::Sim => {
-            let mut sim = SimGpu::new(&config.rig_id, config.sim_gpus);
-            sim.set_ambient(config.sim_ambient_c);
-            let plan = config.sim_fault.iter().map(|f| f.planned()).collect();
-            (
-                Box::new(Scheduled::new(sim, plan)),
-                Device::Sim {
-                    gflops: config.sim_gflops,
-                },
-            )
-        }
-        GpuBackend::Nvml => match NvmlGpu::open() {
-            Ok(gpu) => (Box::new(gpu), Device::Cuda),
-            Err(e) => {
-                tracing::error!(error = %e, "no NVIDIA driver: running with no cards");
-                (Box::new(SimGpu::new(&config.rig_id, 0)), Device::Cuda)
-            }
-        },
-    }
-}
-
 async fn journal_op<R: Send + 'static>(
     journal: &Arc<Mutex<Journal>>,
     op: impl FnOnce(&mut Journal) -> Result<R, JournalError> + Send + 'static,
@@ -133,7 +106,7 @@ pub async fn run(
     let command_state = commands::CommandState::open(&config)?;
     let queue = journal.queued_units()?;
     let stats = journal.stats()?;
-    let (gpu, device) = open_gpu(&config);
+    let (gpu, device) = config.open_cards();
     let stop_cards = CancellationToken::new();
     let (events_tx, mut events) = mpsc::channel(64);
     let mut tasks = vec![];

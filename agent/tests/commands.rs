@@ -306,7 +306,7 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_survives_
         broker.port,
         2,
         &dir.path().join("rig"),
-        &format!("operator_keys = [\"{public}\"]\nsim_gflops = 0.0017\n"),
+        &format!("operator_keys = [\"{public}\"]\nsim.gflops = 0.0017\n"),
         &[(TEST_HOLD_DIR_ENV, &holds.path().display().to_string())],
     );
     wait_until("the rig working", 30, || rig.journal().0 >= 2);

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const RIG: &str = "rig-f";
 /// Each unit is a 64^3 int8 GEMM: 2 * 64^3 FLOP, about 52 ms at 0.01 GFLOP/s.
 const DIM: u32 = 64;
-const SPEED: &str = "sim_gflops = 0.01\n";
+const SPEED: &str = "sim.gflops = 0.01\n";
 /// Units card 0 must finish after the fault shows, at the least.
 const HEALTHY_CARD_UNITS_AFTER_FAULT: u32 = 5;
 /// Deadline for each wait, s (each test takes a few seconds).
@@ -226,7 +226,7 @@ impl FaultyRig {
 
 /// The fault `kind` on card 1 once it was given `after` units.
 fn fault(kind: &str, after: u32) -> String {
-    format!("[[sim_fault]]\ncard = 1\nafter_units = {after}\nfault = \"{kind}\"\n")
+    format!("[[sim.fault]]\ncard = 1\nafter_units = {after}\nfault = \"{kind}\"\n")
 }
 
 /// A worker fault that the supervisor answers by killing and restarting the worker: card 1

@@ -81,7 +81,7 @@ fn a_broker_outage_queues_receipts_durably_and_they_drain_afterwards() {
     let coordinator = Coordinator::gemm(broker.port, dir.path(), units, 64, |c| {
         c.units_per_card = 12
     });
-    let slow = "sim_gflops = 0.01\n";
+    let slow = "sim.gflops = 0.01\n";
     let a = RigProcess::start("rig-a", broker.port, 2, &dir.path().join("a"), slow);
     let b = RigProcess::start("rig-b", broker.port, 1, &dir.path().join("b"), slow);
     wait_until("work under way", 30, || coordinator.credited().len() >= 20);
@@ -113,7 +113,7 @@ fn a_crashed_worker_is_restarted_and_its_unit_queued_again_not_lost_or_paid_twic
         broker.port,
         1,
         &dir.path().join("a"),
-        "sim_gflops = 0.004\nfailures_to_quarantine = 10\n",
+        "sim.gflops = 0.004\nfailures_to_quarantine = 10\n",
         &[(TEST_HOLD_DIR_ENV, &holds.path().display().to_string())],
     );
     // Each kill lands mid-unit by construction: the worker holds a unit it received

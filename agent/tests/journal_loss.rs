@@ -15,7 +15,7 @@ fn a_rig_whose_journal_is_lost_but_key_kept_continues_above_the_network_record_a
         c.lease_ms = 3_000;
     });
     let state = dir.path().join("j");
-    let mut rig = RigProcess::start("rig-j", broker.port, 2, &state, "sim_gflops = 0.01\n");
+    let mut rig = RigProcess::start("rig-j", broker.port, 2, &state, "sim.gflops = 0.01\n");
     wait_until("work credited", 60, || coordinator.credited().len() >= 20);
     rig.kill9();
     let recorded = coordinator.seqs("rig-j").last().copied().unwrap();

@@ -50,7 +50,7 @@ fn survive(key_conf: &str, env: &[(&str, &str)], outage: Outage<'_>) {
         broker.port,
         2,
         &dir.path().join("o"),
-        &format!("sim_gflops = 0.02\nkey_timeout_ms = 1000\n{key_conf}"),
+        &format!("sim.gflops = 0.02\nkey_timeout_ms = 1000\n{key_conf}"),
         &all_env,
     );
     let pid = rig.pid();

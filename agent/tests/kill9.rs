@@ -134,7 +134,7 @@ fn kill_run(rounds: u64, key_conf: &str, windows: &[Window]) {
         broker.port,
         2,
         &dir.path().join("k"),
-        &format!("sim_gflops = 0.01\n{key_conf}"),
+        &format!("sim.gflops = 0.01\n{key_conf}"),
         &[(TEST_HOLD_DIR_ENV, &hold_dir)],
     );
     wait_until("first receipt", 30, || rig.journal().0 > 0);

@@ -18,7 +18,7 @@ fn rigctl_verifies_every_receipt_a_working_rig_publishes_and_refuses_another_key
         broker.port,
         2,
         &dir.path().join("r"),
-        "sim_gflops = 0.0002\n",
+        "sim.gflops = 0.0002\n",
     );
     common::wait_until("rigd up", 30, || rig.log().contains("rigd started"));
     let broker_arg = format!("127.0.0.1:{}", broker.port);

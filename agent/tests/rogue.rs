@@ -48,7 +48,7 @@ impl Scene {
             |port, dir, tls| Coordinator::process_gemm(port, dir, UNITS, DIM, Some(tls)),
             0,
             1,
-            "sim_gflops = 0.002\n",
+            "sim.gflops = 0.002\n",
         )
     }
 
@@ -210,7 +210,7 @@ fn a_rogue_rig_that_invents_results_earns_less_than_an_honest_one() {
         |port, dir, tls| Coordinator::process_gemm(port, dir, UNITS, DIM, Some(tls)),
         1,
         1,
-        "sim_gflops = 0.002\n",
+        "sim.gflops = 0.002\n",
     );
     let (coordinator, honest, rogue) = scene.parts();
     let work = |u: &WorkUnit| rigd_kernels::unit::work(&u.kind);

@@ -58,7 +58,7 @@ fn sigterm_during_work_drains_in_flight_units_flushes_the_journal_and_exits_0() 
         broker.port,
         2,
         &dir.path().join("t"),
-        "sim_gflops = 0.005\n",
+        "sim.gflops = 0.005\n",
     );
     wait_until("receipts journaled and workers busy", 30, || {
         rig.journal().0 > 0 && !rig.worker_pids().is_empty()

@@ -90,6 +90,11 @@ pub fn wait_until_accepting(addr: SocketAddr, timeout: Duration) -> bool {
     false
 }
 
+/// One segment of a filter's commit log: room for two frames of the largest size.
+const SEGMENT_BYTES: usize = 2 * MAX_PAYLOAD_BYTES;
+/// Segments kept per filter; older ones are dropped (every devnet client reads as it goes).
+const SEGMENT_COUNT: usize = 4;
+
 fn config(addr: SocketAddr) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
@@ -114,8 +119,11 @@ fn config(addr: SocketAddr) -> rumqttd::Config {
         router: rumqttd::RouterConfig {
             max_connections: 1000,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            // rumqttd keeps every message of a subscription filter in its commit log, a
+            // segment at a time: the log is capped at SEGMENT_COUNT segments of
+            // SEGMENT_BYTES, so a long devnet run holds a few MiB per filter, not 1 GiB.
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENT_COUNT,
             ..Default::default()
         },
         v5: Some(v5),

@@ -3,9 +3,9 @@
 
 use crate::cli::{CardSendArgs, Command, LimitsCommand, OperatorCommand, SendArgs};
 use crate::collect::{collect, now_ms, Collect};
-use crate::commands::{emit, Error};
 use crate::fleet::{self, FleetReport, Send};
 use crate::operator::OperatorKey;
+use crate::output::{emit, Error};
 use crate::{report, table};
 use rigd_protocol::command::{Action, ThermalLimitsCmd};
 use rigd_protocol::topics::{self, Channel};

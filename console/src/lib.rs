@@ -17,6 +17,7 @@ pub mod control;
 pub mod devnet;
 pub mod fleet;
 pub mod operator;
+pub mod output;
 pub mod receipts;
 pub mod report;
 pub mod table;
@@ -27,4 +28,5 @@ pub mod view;
 mod fixtures;
 
 pub use cli::Cli;
-pub use commands::{run, Error};
+pub use commands::run;
+pub use output::Error;

@@ -337,12 +337,19 @@ fn committed_vectors_match_the_code() {
         std::fs::write(&path, &text).unwrap();
         return;
     }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let first_difference = committed
+        .lines()
+        .zip(text.lines())
+        .position(|(a, b)| a != b)
+        .map(|i| format!("line {}", i + 1))
+        .unwrap_or_else(|| "the length".into());
     assert!(
         committed == text,
-        "{} differs from what the code computes; after a deliberate format change run \
-         RIGD_WRITE_VECTORS=1 cargo test -p rigd-protocol --test vectors, then \
-         sh protocol/tests/check_vectors.sh",
+        "{} differs from what the code computes (first at {first_difference}); after a \
+         deliberate format change run RIGD_WRITE_VECTORS=1 cargo test -p rigd-protocol --test \
+         vectors, then sh protocol/tests/check_vectors.sh",
         path.display()
     );
 }

@@ -1,4 +1,4 @@
-//! Faults on a schedule: a [`Gpu`] wrapper that injects each of rig.conf's `sim_fault`s into
+//! Faults on a schedule: a [`Gpu`] wrapper that injects each of rig.conf's `[[sim.fault]]`s into
 //! its card once the card has been given that many units, so that the supervisor itself
 //! knows nothing of fault injection.
 

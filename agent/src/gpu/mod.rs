@@ -1,7 +1,7 @@
 //! Cards behind the [`Gpu`] trait: inventory, telemetry, actuation (power limit, fan) and Xid
 //! events. The simulated backend ([`sim`]) models each card with two thermal nodes (die and
 //! heatsink) so telemetry moves as a real card's would under load, and takes injected faults;
-//! [`faults::Scheduled`] injects rig.conf's `sim_fault`s into it as units start.
+//! [`faults::Scheduled`] injects rig.conf's `[[sim.fault]]`s into it as units start.
 
 pub mod faults;
 pub mod nvml;

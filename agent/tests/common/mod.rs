@@ -311,7 +311,7 @@ impl RigProcess {
     /// rig.conf without `rig_id` (for rigs that provision themselves).
     pub fn base_conf(port: u16, gpus: u32, dir: &Path, extra: &str) -> String {
         format!(
-            "broker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\ngpu = \"sim\"\nsim_gpus = {gpus}\ntelemetry_interval_ms = 200\nresend_interval_ms = 500\n{extra}",
+            "broker = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nallow_software_key = true\ngpu = \"sim\"\nsim.gpus = {gpus}\ntelemetry_interval_ms = 200\nresend_interval_ms = 500\n{extra}",
             dir.display()
         )
     }

@@ -1,10 +1,13 @@
 //! `rig.conf`: TOML, every key known, every mistake named with its line.
 
 use crate::governor::ThermalOverrides;
-use crate::gpu::SimFault;
 use rigd_protocol::{ActionKind, RigId};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+
+mod sim;
+
+pub use sim::{SimConfig, SimFaultConfig, SimFaultKind};
 
 /// Why `rig.conf` was refused.
 #[derive(Debug, thiserror::Error)]
@@ -49,64 +52,6 @@ pub enum GpuBackend {
     Nvml,
 }
 
-/// A fault to inject into a simulated card once it has been given `after_units` units.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimFaultConfig {
-    /// The card's index.
-    pub card: u32,
-    /// Units the card runs before the fault.
-    #[serde(default)]
-    pub after_units: u32,
-    /// The fault.
-    pub fault: SimFaultKind,
-    /// How long telemetry stays lost, ms (`lost_telemetry` only).
-    #[serde(default = "default_lost_ms")]
-    pub for_ms: u64,
-}
-
-/// The faults a simulated card can be given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SimFaultKind {
-    /// The worker process exits mid-unit.
-    Crash,
-    /// The worker stops answering.
-    Hang,
-    /// The worker reports a sticky error (poisoned context).
-    Sticky,
-    /// The worker returns a wrong result.
-    WrongResult,
-    /// The card falls off the bus (Xid 79).
-    FallenOffBus,
-    /// The card stops answering telemetry for `for_ms`.
-    LostTelemetry,
-}
-
-impl SimFaultConfig {
-    /// The fault as [`crate::gpu::faults::Scheduled`] takes it.
-    pub fn planned(&self) -> crate::gpu::faults::Planned {
-        crate::gpu::faults::Planned {
-            card: self.card as usize,
-            after_units: self.after_units,
-            fault: self.sim_fault(),
-        }
-    }
-
-    fn sim_fault(&self) -> SimFault {
-        match self.fault {
-            SimFaultKind::Crash => SimFault::Crash,
-            SimFaultKind::Hang => SimFault::Hang,
-            SimFaultKind::Sticky => SimFault::StickyError,
-            SimFaultKind::WrongResult => SimFault::WrongResult,
-            SimFaultKind::FallenOffBus => SimFault::FallenOffBus,
-            SimFaultKind::LostTelemetry => SimFault::LostTelemetry {
-                for_ms: self.for_ms,
-            },
-        }
-    }
-}
-
 /// The rig's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,12 +79,9 @@ pub struct RigConfig {
     /// without the NVIDIA driver then runs with no cards.
     #[serde(default = "default_gpu")]
     pub gpu: GpuBackend,
-    /// Number of simulated cards (`gpu = "sim"`), 1 to 16.
-    #[serde(default = "default_sim_gpus")]
-    pub sim_gpus: u32,
-    /// Simulated card throughput, GFLOP/s: a unit takes at least `work / sim_gflops`.
-    #[serde(default = "default_sim_gflops")]
-    pub sim_gflops: f64,
+    /// The simulated cards (`[sim]`), for `gpu = "sim"` only.
+    #[serde(default)]
+    pub sim: Option<SimConfig>,
     /// Period of telemetry samples, ms.
     #[serde(default = "default_telemetry_ms")]
     pub telemetry_interval_ms: u64,
@@ -172,12 +114,6 @@ pub struct RigConfig {
     /// Window for `failures_to_quarantine`, ms.
     #[serde(default = "default_failure_window_ms")]
     pub failure_window_ms: u64,
-    /// Air temperature around simulated cards, C.
-    #[serde(default = "default_ambient")]
-    pub sim_ambient_c: f32,
-    /// Faults to inject into simulated cards (tests and demonstrations).
-    #[serde(default)]
-    pub sim_fault: Vec<SimFaultConfig>,
     /// Operators whose signed commands the rig takes: Ed25519 public keys, 64 hex digits
     /// each (`rigctl operator keygen` prints one).
     #[serde(default)]
@@ -264,12 +200,6 @@ fn default_key_timeout_ms() -> u64 {
 fn default_gpu() -> GpuBackend {
     GpuBackend::Nvml
 }
-fn default_sim_gpus() -> u32 {
-    1
-}
-fn default_sim_gflops() -> f64 {
-    0.05
-}
 fn default_telemetry_ms() -> u64 {
     2000
 }
@@ -296,12 +226,6 @@ fn default_failures() -> u32 {
 }
 fn default_failure_window_ms() -> u64 {
     600_000
-}
-fn default_ambient() -> f32 {
-    25.0
-}
-fn default_lost_ms() -> u64 {
-    5000
 }
 
 impl RigConfig {
@@ -344,8 +268,7 @@ impl RigConfig {
             key_timeout_ms: default_key_timeout_ms(),
             allow_software_key: true,
             gpu: GpuBackend::Sim,
-            sim_gpus: gpus,
-            sim_gflops: default_sim_gflops(),
+            sim: Some(SimConfig::cards(gpus)),
             telemetry_interval_ms: 500,
             batch_max_receipts: default_batch_max(),
             batch_max_age_ms: default_batch_age_ms(),
@@ -356,8 +279,6 @@ impl RigConfig {
             thermal: ThermalOverrides::default(),
             failures_to_quarantine: default_failures(),
             failure_window_ms: default_failure_window_ms(),
-            sim_ambient_c: default_ambient(),
-            sim_fault: vec![],
             operator_keys: vec![],
             allowed_commands: None,
             tls: None,
@@ -378,6 +299,32 @@ impl RigConfig {
             self.allow_software_key,
             std::time::Duration::from_millis(self.key_timeout_ms),
         )
+    }
+
+    /// The cards of the configured backend, and where their workers compute. With `nvml`
+    /// and no usable driver, the rig runs with no cards (and says so) rather than stopping.
+    pub fn open_cards(&self) -> (Box<dyn crate::gpu::Gpu>, crate::worker::Device) {
+        use crate::gpu::{faults::Scheduled, nvml::NvmlGpu, SimGpu};
+        use crate::worker::Device;
+        match self.gpu {
+            GpuBackend::Sim => {
+                let sim = self.sim.clone().unwrap_or_default();
+                let mut cards = SimGpu::new(&self.rig_id, sim.gpus);
+                cards.set_ambient(sim.ambient_c);
+                let plan = sim.fault.iter().map(SimFaultConfig::planned).collect();
+                (
+                    Box::new(Scheduled::new(cards, plan)),
+                    Device::Sim { gflops: sim.gflops },
+                )
+            }
+            GpuBackend::Nvml => match NvmlGpu::open() {
+                Ok(gpu) => (Box::new(gpu), Device::Cuda),
+                Err(e) => {
+                    tracing::error!(error = %e, "no NVIDIA driver: running with no cards");
+                    (Box::new(SimGpu::new(&self.rig_id, 0)), Device::Cuda)
+                }
+            },
+        }
     }
 
     /// The trusted operator keys.
@@ -433,14 +380,19 @@ impl RigConfig {
             }
             _ => {}
         }
-        if !(1..=16).contains(&self.sim_gpus) {
-            return bad("sim_gpus", format!("{} is outside 1..=16", self.sim_gpus));
-        }
-        if !(self.sim_gflops.is_finite() && self.sim_gflops > 0.0) {
-            return bad(
-                "sim_gflops",
-                format!("{} is not a positive number", self.sim_gflops),
-            );
+        match (&self.sim, self.gpu) {
+            (Some(_), GpuBackend::Nvml) => {
+                return bad(
+                    "sim",
+                    "[sim] describes simulated cards: give gpu = \"sim\" or leave [sim] out".into(),
+                )
+            }
+            (Some(sim), GpuBackend::Sim) => {
+                if let Some((key, why)) = sim.problem() {
+                    return bad(key, why);
+                }
+            }
+            (None, _) => {}
         }
         if self.batch_max_receipts == 0
             || self.batch_max_receipts as usize > rigd_protocol::MAX_BATCH
@@ -472,21 +424,6 @@ impl RigConfig {
                 format!("{} is outside 100..=2000", self.governor_interval_ms),
             );
         }
-        if !(-20.0..=60.0).contains(&self.sim_ambient_c) {
-            return bad(
-                "sim_ambient_c",
-                format!("{} is outside -20..=60", self.sim_ambient_c),
-            );
-        }
-        if let Some(f) = self.sim_fault.iter().find(|f| f.card >= self.sim_gpus) {
-            return bad(
-                "sim_fault",
-                format!(
-                    "card {} does not exist (sim_gpus = {})",
-                    f.card, self.sim_gpus
-                ),
-            );
-        }
         if !(100..=600_000).contains(&self.key_timeout_ms) {
             return bad(
                 "key_timeout_ms",
@@ -501,106 +438,4 @@ impl RigConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = "rig_id = \"rig-1\"\nbroker = \"127.0.0.1:1883\"\nstate_dir = \"/tmp/x\"\nallow_software_key = true\nsim_gpus = 2\n";
-
-    #[test]
-    fn a_minimal_config_parses_with_defaults() {
-        let c = RigConfig::parse(Path::new("rig.conf"), GOOD);
-        let c = c.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.sim_gpus, 2);
-        assert_eq!(
-            c.gpu,
-            GpuBackend::Nvml,
-            "simulated cards only when asked for"
-        );
-        assert_eq!(c.broker_addr(), Some(("127.0.0.1", 1883)));
-        assert!(c.operator_keys().is_empty() && c.allowed_commands.is_none());
-    }
-
-    #[test]
-    fn operator_keys_granted_at_provisioning_join_rig_conf_ones_once() {
-        let key = "ab".repeat(32);
-        let text = format!("{GOOD}operator_keys = [\"{key}\"]\n");
-        let mut c =
-            RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
-        c.trust_operators([[0xab; 32], [0xcd; 32], [0xcd; 32]]);
-        assert_eq!(c.operator_keys(), vec![[0xab; 32], [0xcd; 32]]);
-    }
-
-    #[test]
-    fn operator_keys_and_allowed_commands_parse_and_bad_ones_are_named() {
-        let key = "ab".repeat(32);
-        let text = format!(
-            "{GOOD}operator_keys = [\"{key}\"]\nallowed_commands = [\"drain\", \"resume\"]\n"
-        );
-        let c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.operator_keys(), vec![[0xab; 32]]);
-        assert_eq!(
-            c.allowed_commands,
-            Some(vec![ActionKind::Drain, ActionKind::Resume])
-        );
-        for bad in [
-            "operator_keys = [\"abcd\"]\n",
-            "allowed_commands = [\"reboot\"]\n",
-        ] {
-            assert!(
-                matches!(
-                    RigConfig::parse(Path::new("rig.conf"), &format!("{GOOD}{bad}")),
-                    Err(ConfigError::Parse { line: 6, .. })
-                ),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_unknown_key_is_refused_with_its_line() {
-        let text = format!("{GOOD}sim_gpu = 3\n");
-        match RigConfig::parse(Path::new("rig.conf"), &text) {
-            Err(ConfigError::Parse { line, message, .. }) => {
-                assert_eq!(line, 6);
-                assert!(message.contains("sim_gpu"), "{message}");
-            }
-            other => panic!("expected a parse error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_bad_rig_id_and_a_bad_broker_are_refused() {
-        let text = GOOD.replace("rig-1", "rig/1");
-        assert!(matches!(
-            RigConfig::parse(Path::new("rig.conf"), &text),
-            Err(ConfigError::Parse { line: 1, .. })
-        ));
-        let text = GOOD.replace("127.0.0.1:1883", "nowhere");
-        assert!(matches!(
-            RigConfig::parse(Path::new("rig.conf"), &text),
-            Err(ConfigError::Value { key: "broker", .. })
-        ));
-    }
-
-    #[test]
-    fn a_rig_has_either_a_fixed_id_or_a_claim() {
-        let parse = |t: &str| RigConfig::parse(Path::new("rig.conf"), t);
-        let base = GOOD.replace("rig_id = \"rig-1\"\n", "");
-        assert!(matches!(
-            parse(&base),
-            Err(ConfigError::Value { key: "rig_id", .. })
-        ));
-        let provision =
-            "[provision]\nclaim = \"rc_x\"\nca = \"/c\"\nclaim_cert = \"/a\"\nclaim_key = \"/b\"\n";
-        let c = parse(&format!("{base}{provision}")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.provision.map(|p| p.timeout_ms), Some(5000));
-        assert!(matches!(
-            parse(&format!("{GOOD}{provision}")),
-            Err(ConfigError::Value { key: "rig_id", .. })
-        ));
-        assert!(matches!(
-            parse(&format!("{base}tls_key = \"file:t?curve=p256\"\n[tls]\nca = \"/c\"\ncert = \"/r\"\n{provision}")),
-            Err(ConfigError::Value { key: "tls", .. })
-        ));
-    }
-}
+mod tests;

@@ -1,0 +1,125 @@
+use super::*;
+
+const GOOD: &str = "rig_id = \"rig-1\"\nbroker = \"127.0.0.1:1883\"\nstate_dir = \"/tmp/x\"\nallow_software_key = true\nkey_timeout_ms = 5000\n";
+
+#[test]
+fn a_minimal_config_parses_with_defaults() {
+    let c = RigConfig::parse(Path::new("rig.conf"), GOOD);
+    let c = c.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.gpu, c.sim.as_ref()),
+        (GpuBackend::Nvml, None),
+        "simulated cards only when asked for"
+    );
+    assert_eq!(c.broker_addr(), Some(("127.0.0.1", 1883)));
+    assert!(c.operator_keys().is_empty() && c.allowed_commands.is_none());
+}
+
+#[test]
+fn operator_keys_granted_at_provisioning_join_rig_conf_ones_once() {
+    let key = "ab".repeat(32);
+    let text = format!("{GOOD}operator_keys = [\"{key}\"]\n");
+    let mut c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
+    c.trust_operators([[0xab; 32], [0xcd; 32], [0xcd; 32]]);
+    assert_eq!(c.operator_keys(), vec![[0xab; 32], [0xcd; 32]]);
+}
+
+#[test]
+fn operator_keys_and_allowed_commands_parse_and_bad_ones_are_named() {
+    let key = "ab".repeat(32);
+    let text =
+        format!("{GOOD}operator_keys = [\"{key}\"]\nallowed_commands = [\"drain\", \"resume\"]\n");
+    let c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.operator_keys(), vec![[0xab; 32]]);
+    assert_eq!(
+        c.allowed_commands,
+        Some(vec![ActionKind::Drain, ActionKind::Resume])
+    );
+    for bad in [
+        "operator_keys = [\"abcd\"]\n",
+        "allowed_commands = [\"reboot\"]\n",
+    ] {
+        assert!(
+            matches!(
+                RigConfig::parse(Path::new("rig.conf"), &format!("{GOOD}{bad}")),
+                Err(ConfigError::Parse { line: 6, .. })
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_line() {
+    let text = format!("{GOOD}sim_gpu = 3\n");
+    match RigConfig::parse(Path::new("rig.conf"), &text) {
+        Err(ConfigError::Parse { line, message, .. }) => {
+            assert_eq!(line, 6);
+            assert!(message.contains("sim_gpu"), "{message}");
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_rig_id_and_a_bad_broker_are_refused() {
+    let text = GOOD.replace("rig-1", "rig/1");
+    assert!(matches!(
+        RigConfig::parse(Path::new("rig.conf"), &text),
+        Err(ConfigError::Parse { line: 1, .. })
+    ));
+    let text = GOOD.replace("127.0.0.1:1883", "nowhere");
+    assert!(matches!(
+        RigConfig::parse(Path::new("rig.conf"), &text),
+        Err(ConfigError::Value { key: "broker", .. })
+    ));
+}
+
+#[test]
+fn a_rig_has_either_a_fixed_id_or_a_claim() {
+    let parse = |t: &str| RigConfig::parse(Path::new("rig.conf"), t);
+    let base = GOOD.replace("rig_id = \"rig-1\"\n", "");
+    assert!(matches!(
+        parse(&base),
+        Err(ConfigError::Value { key: "rig_id", .. })
+    ));
+    let provision =
+        "[provision]\nclaim = \"rc_x\"\nca = \"/c\"\nclaim_cert = \"/a\"\nclaim_key = \"/b\"\n";
+    let c = parse(&format!("{base}{provision}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.provision.map(|p| p.timeout_ms), Some(5000));
+    assert!(matches!(
+        parse(&format!("{GOOD}{provision}")),
+        Err(ConfigError::Value { key: "rig_id", .. })
+    ));
+    assert!(matches!(
+        parse(&format!(
+            "{base}tls_key = \"file:t?curve=p256\"\n[tls]\nca = \"/c\"\ncert = \"/r\"\n{provision}"
+        )),
+        Err(ConfigError::Value { key: "tls", .. })
+    ));
+}
+
+#[test]
+fn simulated_cards_are_asked_for_with_gpu_sim_and_described_in_their_own_section() {
+    let parse = |t: &str| RigConfig::parse(Path::new("rig.conf"), &format!("{GOOD}{t}"));
+    let table = "gpu = \"sim\"\n[sim]\ngpus = 3\ngflops = 0.5\n[[sim.fault]]\ncard = 2\nfault = \"crash\"\n";
+    let c = parse(table).unwrap_or_else(|e| panic!("{e}"));
+    let sim = c.sim.unwrap_or_else(|| panic!("no [sim]"));
+    assert_eq!((sim.gpus, sim.gflops, sim.fault.len()), (3, 0.5, 1));
+    let dotted = parse("gpu = \"sim\"\nsim.gpus = 2\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dotted.sim.map(|s| (s.gpus, s.ambient_c)), Some((2, 25.0)));
+    for (bad, key) in [
+        ("sim.gpus = 2\n", "sim"),
+        ("gpu = \"sim\"\nsim.gpus = 0\n", "sim.gpus"),
+        ("gpu = \"sim\"\nsim.gflops = -1.0\n", "sim.gflops"),
+        (
+            "gpu = \"sim\"\n[sim]\ngpus = 1\n[[sim.fault]]\ncard = 1\nfault = \"hang\"\n",
+            "sim.fault",
+        ),
+    ] {
+        match parse(bad) {
+            Err(ConfigError::Value { key: got, .. }) => assert_eq!(got, key, "{bad}"),
+            other => panic!("{bad}: expected a refusal of {key}, got {other:?}"),
+        }
+    }
+}
