@@ -18,7 +18,7 @@ mod common;
 
 use common::rogue::{Rogue, Signer};
 use common::tls::Pki;
-use common::{Coordinator, Mosquitto};
+use common::{mosquitto_tls, Coordinator};
 use rigd_coordinator::engine::Outbound;
 use rigd_coordinator::{CoordinatorConfig, Engine, JobSpec};
 use rigd_protocol::topics::{self, Channel};
@@ -208,7 +208,7 @@ fn honest_rounds(
 
 fn flood_latency(rounds: usize) {
     let pki = Pki::new();
-    let broker = Mosquitto::start_tls(&pki.ca_dir());
+    let broker = mosquitto_tls(&pki.ca_dir());
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::process_gemm(
         broker.port,

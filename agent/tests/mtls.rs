@@ -7,7 +7,7 @@
 mod common;
 
 use common::tls::{connect, next, options, options_with_signer, options_without_cert, Pki};
-use common::{wait_job_done, Coordinator, Mosquitto, RigProcess};
+use common::{mosquitto_tls, wait_job_done, Coordinator, RigProcess};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ fn puback(p: &Packet) -> Option<PubAckReason> {
 #[test]
 fn a_rig_can_neither_publish_nor_subscribe_under_another_rigs_topics() {
     let pki = Pki::new();
-    let broker = Mosquitto::start_tls(&pki.ca_dir());
+    let broker = mosquitto_tls(&pki.ca_dir());
     let coordinator = pki.client("fleet:coordinator");
     let rig_a = pki.client("rig-a");
     runtime().block_on(async {
@@ -132,7 +132,7 @@ fn a_rig_can_neither_publish_nor_subscribe_under_another_rigs_topics() {
 #[test]
 fn clients_without_a_fleet_certificate_are_refused() {
     let pki = Pki::new();
-    let broker = Mosquitto::start_tls(&pki.ca_dir());
+    let broker = mosquitto_tls(&pki.ca_dir());
     let other = Pki::new();
     let stranger = other.client("rig-a");
     runtime().block_on(async {
@@ -157,7 +157,7 @@ fn clients_without_a_fleet_certificate_are_refused() {
 #[test]
 fn a_handshake_signed_by_a_key_other_than_the_certificates_is_refused() {
     let pki = Pki::new();
-    let broker = Mosquitto::start_tls(&pki.ca_dir());
+    let broker = mosquitto_tls(&pki.ca_dir());
     let dir = tempfile::tempdir().unwrap();
     let open = |name: &str| -> Arc<dyn rigd::keys::KeyStore> {
         Arc::from(rigd::keys::open(&format!("file:{name}?curve=p256"), dir.path(), true).unwrap())
@@ -181,7 +181,7 @@ fn a_handshake_signed_by_a_key_other_than_the_certificates_is_refused() {
 #[test]
 fn a_rig_works_end_to_end_over_mutual_tls_with_its_tls_key_in_the_key_store() {
     let pki = Pki::new();
-    let broker = Mosquitto::start_tls(&pki.ca_dir());
+    let broker = mosquitto_tls(&pki.ca_dir());
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("rig-m");
     let tls_conf = pki.rig_tls_conf("rig-m", &state);

@@ -11,7 +11,7 @@ use common::tls::{
     create_claim, create_claim_expiring, options_with_signer, provision_conf, rigctl, Pki,
     ProvisionerProcess, OPERATOR_KEY_HEX,
 };
-use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use common::{mosquitto_tls, wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use std::path::Path;
@@ -27,7 +27,7 @@ struct Fleet {
 impl Fleet {
     fn start() -> Fleet {
         let pki = Pki::new();
-        let broker = Mosquitto::start_tls(&pki.ca_dir());
+        let broker = mosquitto_tls(&pki.ca_dir());
         let work = tempfile::tempdir().unwrap();
         let provisioner = ProvisionerProcess::start(
             &pki,

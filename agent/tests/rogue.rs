@@ -9,7 +9,7 @@ mod common;
 
 use common::rogue::Rogue;
 use common::tls::Pki;
-use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use common::{mosquitto_tls, wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd_coordinator::job::Job;
 use rigd_coordinator::JobSpec;
 use rigd_protocol::{encode, RigId, WorkUnit};
@@ -61,7 +61,7 @@ impl Scene {
         extra: &str,
     ) -> Self {
         let pki = Pki::new();
-        let broker = Mosquitto::start_tls(&pki.ca_dir());
+        let broker = mosquitto_tls(&pki.ca_dir());
         let dir = tempfile::tempdir().unwrap();
         let coordinator = coordinator(broker.port, dir.path(), &pki.client("fleet:coordinator"));
         // The rogue is pinned (and, with cards, leased units) before the honest rig starts.

@@ -80,7 +80,7 @@ fn a_rig_signing_with_a_tpm_key_gets_every_receipt_verified_and_credited() {
     assert!(!log.contains("SOFTWARE key"), "{log}");
 }
 
-/// The job `rigctl devnet` runs (MLP training until the held-out loss reaches 0.15), by two
+/// The job `rigd-devnet` runs (MLP training until the held-out loss reaches 0.15), by two
 /// rigd processes whose receipts are signed in their own swtpm.
 #[test]
 fn the_devnet_mlp_job_signed_in_tpms_reaches_its_loss_and_every_receipt_is_credited_once() {

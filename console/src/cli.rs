@@ -8,15 +8,12 @@ use std::str::FromStr;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    success (devnet: the loss target was reached; commands: every rig did it)
-  1    other failure (devnet: the job ended above the loss target; commands: a rig
-       refused, failed or did not answer in time)
+  0    success (commands: every rig did it)
+  1    other failure (commands: a rig refused, failed or did not answer in time)
   2    usage or argument error
-  3    broker unreachable: connection refused, or no MQTT session within --wait-ms
-  130  devnet interrupted with Ctrl-C";
+  3    broker unreachable: connection refused, or no MQTT session within --wait-ms";
 
-/// rigctl: look at a rigd fleet over MQTT 5 (rig status, cards, earnings), or run a whole
-/// network on this machine with `rigctl devnet`.
+/// rigctl: look at a rigd fleet over MQTT 5 (rig status, cards, earnings) and command it.
 #[derive(Debug, Parser)]
 #[command(name = "rigctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -74,13 +71,6 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<RigsCommand>,
     },
-    /// Runs a broker, a coordinator and simulated rigs in this process and trains a small MLP
-    /// across them until the held-out loss reaches the target (default 0.15) or the step
-    /// budget runs out. Ignores --broker.
-    Devnet(DevnetArgs),
-    /// Runs one card's worker over stdin/stdout (started by the devnet's rigs).
-    #[command(hide = true)]
-    Worker,
     /// The operator's Ed25519 key that signs commands.
     Operator {
         /// What to do.
@@ -276,26 +266,6 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{s:?}: out of range"))
 }
 
-/// `rigctl devnet` options.
-#[derive(Debug, Clone, Args)]
-pub struct DevnetArgs {
-    /// Number of rigs.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub rigs: u32,
-    /// Most cards per rig: rig i gets 1 + (i mod M) cards.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
-    pub gpus: u32,
-    /// Most training steps.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub steps: u64,
-    /// Held-out loss (mean cross-entropy) to reach; the job stops once it is at or below.
-    #[arg(long, default_value_t = 0.15)]
-    pub loss_target: f32,
-    /// Keep the ledger and the rigs' journals and keys in DIR instead of a temporary folder.
-    #[arg(long, value_name = "DIR")]
-    pub keep_state: Option<PathBuf>,
-}
-
 /// A broker address, `HOST:PORT` (`[v6]:PORT` for IPv6 literals).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
@@ -374,17 +344,6 @@ mod tests {
         assert_eq!(cli.wait_ms, 200);
         assert_eq!(cli.broker.to_string(), "127.0.0.1:1883");
         assert!(matches!(cli.command, Command::Earnings { rig: None }));
-
-        let cli = Cli::try_parse_from(["rigctl", "devnet"]);
-        let Ok(Cli {
-            command: Command::Devnet(d),
-            ..
-        }) = cli
-        else {
-            panic!("{cli:?}")
-        };
-        assert_eq!((d.rigs, d.gpus, d.steps), (3, 3, 60));
-        assert!((d.loss_target - 0.15).abs() < 1e-6);
     }
 
     #[test]
@@ -394,7 +353,6 @@ mod tests {
             &["rigctl", "gpus", "bad/rig"],
             &["rigctl", "status", "--broker", "nope"],
             &["rigctl", "status", "--wait-ms", "0"],
-            &["rigctl", "devnet", "--rigs", "0"],
         ] {
             let err = Cli::try_parse_from(args).err();
             assert_eq!(err.map(|e| e.exit_code()), Some(2), "{args:?}");
@@ -404,7 +362,7 @@ mod tests {
     #[test]
     fn help_documents_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        for code in ["0 ", "1 ", "2 ", "3 ", "130"] {
+        for code in ["0 ", "1 ", "2 ", "3 "] {
             assert!(help.contains(&format!("  {code}")), "{code}: {help}");
         }
     }

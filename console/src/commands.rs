@@ -4,7 +4,6 @@
 use crate::admin::{self, AdminError};
 use crate::cli::{ClaimsCommand, Cli, Command, ReceiptsCommand, RigsCommand};
 use crate::collect::{collect, listen, now_ms, Collect};
-use crate::devnet;
 use crate::output::{emit, Error};
 use crate::{receipts, report, table};
 use rigd_protocol::claim::{AdminRequest, AdminResponse};
@@ -129,8 +128,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             admin_command(cli.json, &cli.tls, &opts, &request).await?;
         }
-        Command::Devnet(args) => return Ok(devnet::run(&args).await?.exit_code()),
-        Command::Worker => return Err(Error::Worker),
         cmd => return crate::control::run(cli.json, &opts, cmd).await,
     }
     Ok(ExitCode::SUCCESS)

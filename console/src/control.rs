@@ -75,7 +75,7 @@ pub async fn run(json: bool, opts: &Collect, command: Command) -> Result<ExitCod
         Command::RestartWorker(a) => (a.send, vec![Action::RestartWorker { gpu: a.gpu }]),
         Command::Diag(send) => (send, vec![Action::Diagnostics]),
         Command::RotateLogs(send) => (send, vec![Action::RotateLogs]),
-        _ => return Err(Error::Worker),
+        _ => return Err(Error::NotAFleetCommand),
     };
     let key = OperatorKey::load(send.operator_key.as_deref())?;
     let rigs = targets(opts, &send).await?;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use rigctl::cli::{Cli, Command};
+use rigctl::cli::Cli;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,15 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Worker = cli.command {
-        return rigd::worker::serve_stdio();
-    }
-    // rumqttd logs every client disconnect as an error: keep it quiet unless asked. The
-    // devnet says once that its rigs use software keys instead of once per rig.
-    let default_filter = match cli.command {
-        Command::Devnet(_) => "warn,rumqttd=off,rigd::keys=error",
-        _ => "warn,rumqttd=off",
-    };
+    let default_filter = "warn";
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),

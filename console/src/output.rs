@@ -3,7 +3,6 @@
 
 use crate::admin::AdminError;
 use crate::collect::CollectError;
-use crate::devnet::DevnetError;
 use rigd_protocol::RigId;
 use serde::Serialize;
 use std::io::Write;
@@ -23,9 +22,6 @@ pub enum Error {
     /// The output could not be written.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
-    /// The devnet failed.
-    #[error(transparent)]
-    Devnet(#[from] DevnetError),
     /// The batch file could not be read or decoded.
     #[error("{path}: {reason}")]
     BatchFile {
@@ -74,9 +70,9 @@ pub enum Error {
     /// The TLS files could not be used.
     #[error(transparent)]
     Tls(#[from] rigd_tls::TlsError),
-    /// The hidden `worker` subcommand runs before the runtime starts; it cannot get here.
-    #[error("the worker subcommand is run by the devnet's rigs, not through run()")]
-    Worker,
+    /// A subcommand reached the code that sends fleet commands without being one (a bug).
+    #[error("internal error: this subcommand is not a command sent to rigs")]
+    NotAFleetCommand,
 }
 
 impl Error {

@@ -250,11 +250,11 @@ pub fn earnings(report: &EarningsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::telemetry;
-    use crate::fixtures::{coordinator, earnings as earnings_msg, rig_id, status as st, T0};
     use crate::report;
     use crate::view::FleetView;
     use rigd_protocol::{encode, topics, topics::Channel};
+    use rigd_testkit::fixtures::telemetry;
+    use rigd_testkit::fixtures::{coordinator, earnings as earnings_msg, rig_id, status as st, T0};
 
     fn view() -> FleetView {
         let mut v = FleetView::default();

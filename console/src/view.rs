@@ -159,8 +159,8 @@ fn decode_for<T: Frame>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::fixtures::{coordinator, earnings, rig_id, status, telemetry};
     use rigd_protocol::{encode, MAX_FRAME_BYTES, WIRE_VERSION};
+    use rigd_testkit::fixtures::{coordinator, earnings, rig_id, status, telemetry};
 
     fn topic(rig: &str, channel: Channel) -> String {
         topics::rig(&rig_id(rig), channel)

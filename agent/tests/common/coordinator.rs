@@ -39,7 +39,7 @@ impl Coordinator {
         Self::start(port, dir, spec, tune)
     }
 
-    /// Starts the MLP training job `rigctl devnet` runs (16-32-4, 8 shards of 128 samples a
+    /// Starts the MLP training job `rigd-devnet` runs (16-32-4, 8 shards of 128 samples a
     /// step) until the held-out loss reaches `loss_target` or `max_steps` pass.
     pub fn mlp(port: u16, dir: &Path, max_steps: u64, loss_target: f32) -> Self {
         let spec = rigd_coordinator::JobSpec::TrainMlp {

@@ -1,4 +1,4 @@
-//! Messages for the unit tests.
+//! Messages of every kind with plausible values, for the tests of every crate.
 
 use rigd_protocol::{
     CardEarnings, CardInfo, CardState, CoordinatorStatus, Earnings, GpuSample, GpuUuid, JobId,
@@ -8,14 +8,17 @@ use rigd_protocol::{
 /// Start of the fixtures' clock, Unix ms.
 pub const T0: u64 = 1_700_000_000_000;
 
+/// The rig id `name`.
 pub fn rig_id(name: &str) -> RigId {
     RigId::new(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The UUID of simulated card `index` of `rig`.
 pub fn uuid(rig: &str, index: u32) -> GpuUuid {
     GpuUuid::new(format!("SIM-{rig}-{index}")).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A working rig's retained status with `cards` cards.
 pub fn status(rig: &str, cards: u32) -> RigStatus {
     RigStatus {
         rig: rig_id(rig),
@@ -42,6 +45,7 @@ pub fn status(rig: &str, cards: u32) -> RigStatus {
     }
 }
 
+/// Telemetry of `cards` cards of `rig`.
 pub fn telemetry(rig: &str, cards: u32) -> Telemetry {
     Telemetry {
         rig: rig_id(rig),
@@ -66,6 +70,7 @@ pub fn telemetry(rig: &str, cards: u32) -> Telemetry {
     }
 }
 
+/// The coordinator's earnings of `rig` over `cards` cards.
 pub fn earnings(rig: &str, cards: u32) -> Earnings {
     Earnings {
         rig: rig_id(rig),
@@ -88,6 +93,7 @@ pub fn earnings(rig: &str, cards: u32) -> Earnings {
     }
 }
 
+/// The coordinator's status at step 12 of 60, `finished` or not.
 pub fn coordinator(finished: bool) -> CoordinatorStatus {
     CoordinatorStatus {
         job: JobId::new("mlp-1").unwrap_or_else(|e| panic!("{e}")),

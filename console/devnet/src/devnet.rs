@@ -1,11 +1,11 @@
-//! `rigctl devnet`: a whole network in one process. An embedded broker, the coordinator with
-//! its ledger, and simulated rigs (each with one worker process per card, this same binary
-//! run as `rigctl worker`) train a small MLP together; progress is printed per stitched step
+//! A whole network in one process. An embedded broker, the coordinator with its ledger, and
+//! simulated rigs (each with one worker process per card, this same binary run as
+//! `rigd-devnet worker`) train a small MLP together; progress is printed per stitched step
 //! and the ledger's earnings at the end.
 
 use crate::broker::{BrokerError, EmbeddedBroker};
-use crate::cli::DevnetArgs;
-use crate::{report, table};
+use crate::DevnetArgs;
+use rigctl::{report, table};
 use rigd_coordinator::{CoordinatorConfig, CoordinatorError, JobSpec, Ledger, LedgerError};
 use rigd_protocol::{CoordinatorStatus, Earnings, JobId, RigId};
 use std::io::Write;
@@ -107,7 +107,7 @@ pub async fn run(args: &DevnetArgs) -> Result<Outcome, DevnetError> {
         Some(dir) => (dir.clone(), None),
         None => {
             let temp = tempfile::Builder::new()
-                .prefix("rigctl-devnet-")
+                .prefix("rigd-devnet-")
                 .tempdir()
                 .map_err(|source| DevnetError::State {
                     path: std::env::temp_dir(),
@@ -138,7 +138,7 @@ pub async fn run(args: &DevnetArgs) -> Result<Outcome, DevnetError> {
     let db = root.join("coordinator.sqlite");
     let (progress_tx, mut progress) = mpsc::channel::<CoordinatorStatus>(64);
     let mut config = CoordinatorConfig::new(broker.host(), broker.port(), db.clone(), job(args)?);
-    config.client_id = "rigctl-devnet-coordinator".into();
+    config.client_id = "rigd-devnet-coordinator".into();
     let coordinator = tokio::spawn(rigd_coordinator::run(
         config,
         shutdown.clone(),
@@ -368,7 +368,7 @@ fn say(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::coordinator;
+    use rigd_testkit::fixtures::coordinator;
 
     #[test]
     fn rigs_get_different_card_counts() {

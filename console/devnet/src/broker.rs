@@ -90,9 +90,10 @@ pub fn wait_until_accepting(addr: SocketAddr, timeout: Duration) -> bool {
     false
 }
 
-/// One segment of a filter's commit log: room for two frames of the largest size.
-const SEGMENT_BYTES: usize = 2 * MAX_PAYLOAD_BYTES;
-/// Segments kept per filter; older ones are dropped (every devnet client reads as it goes).
+/// One segment of a topic's commit log, bytes of payload (a larger message still fits: it
+/// fills a segment of its own).
+const SEGMENT_BYTES: usize = 64 * 1024;
+/// Segments kept per topic; older ones are dropped (every devnet client reads as it goes).
 const SEGMENT_COUNT: usize = 4;
 
 fn config(addr: SocketAddr) -> rumqttd::Config {
@@ -113,15 +114,16 @@ fn config(addr: SocketAddr) -> rumqttd::Config {
     };
     // Only v5 listens on the port; the devnet's clients all speak MQTT 5.
     let mut v5 = HashMap::new();
-    v5.insert("v5".to_string(), server("rigctl-devnet-v5", addr));
+    v5.insert("v5".to_string(), server("rigd-devnet-v5", addr));
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
             max_connections: 1000,
             max_outgoing_packet_count: 200,
-            // rumqttd keeps every message of a subscription filter in its commit log, a
-            // segment at a time: the log is capped at SEGMENT_COUNT segments of
-            // SEGMENT_BYTES, so a long devnet run holds a few MiB per filter, not 1 GiB.
+            // rumqttd keeps the messages of every topic in a commit log, a segment at a
+            // time, and each kept payload pins the read buffer it arrived in. Small segments
+            // cap a topic's log within minutes even for small, frequent messages
+            // (telemetry): a long devnet run holds a bounded, small amount per topic.
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENT_COUNT,
             ..Default::default()
