@@ -8,18 +8,15 @@
 use crate::config::{ProvisionConfig, RigTls};
 use crate::keys::KeyStore;
 use crate::provision::{State, Step};
+use crate::state_dir::{StateDir, StateFile};
 use crate::{RigConfig, RunError};
 use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
 use rigd_protocol::{decode, encode, PublicKey, MAX_FRAME_BYTES};
 use rigd_tls::ClientIdentity;
 use rumqttc::v5::MqttOptions;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// File the granted certificate chain is written to for the link.
-pub const CERT_FILE: &str = "rig-cert.pem";
 
 /// Test-only hook: names a step of provisioning at which rigd aborts, as a crash or power
 /// loss there would: `claiming` (state persisted, CSR made, request not sent), `answered`
@@ -47,9 +44,9 @@ fn runtime(what: &str, e: impl std::fmt::Display) -> RunError {
 }
 
 /// Reads the persisted state (`Unprovisioned` when there is none).
-pub fn load_state(state_dir: &Path) -> Result<State, RunError> {
-    let path = state_dir.join(crate::state_dir::PROVISIONING);
-    match crate::state_dir::read_optional(&path) {
+pub fn load_state(state: &StateDir) -> Result<State, RunError> {
+    let path = state.file(StateFile::Provisioning);
+    match state.read(StateFile::Provisioning) {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes)
             .map_err(|e| runtime(&format!("{} is corrupt", path.display()), e)),
         Ok(None) => Ok(State::Unprovisioned),
@@ -60,31 +57,32 @@ pub fn load_state(state_dir: &Path) -> Result<State, RunError> {
 /// Records that the broker refused this rig's certificate as revoked: a provisioned rig
 /// enters the `Revoked` state and does not run again as that rig (a new claim in a fresh
 /// state directory is the way back). A rig with a fixed identity has no state to record.
-pub fn record_revoked(state_dir: &Path) -> Result<(), RunError> {
-    let State::Provisioned(p) = load_state(state_dir)? else {
+pub fn record_revoked(state: &StateDir) -> Result<(), RunError> {
+    let State::Provisioned(p) = load_state(state)? else {
         return Ok(());
     };
-    save_state(state_dir, &State::Revoked { rig: Some(p.rig) })
+    save_state(state, &State::Revoked { rig: Some(p.rig) })
 }
 
 /// The operator keys of a provisioned rig (empty before provisioning): the Ed25519 public
 /// keys whose signed commands the rig obeys.
-pub fn operator_keys(state_dir: &Path) -> Result<Vec<[u8; 32]>, RunError> {
-    Ok(match load_state(state_dir)? {
+pub fn operator_keys(state: &StateDir) -> Result<Vec<[u8; 32]>, RunError> {
+    Ok(match load_state(state)? {
         State::Provisioned(p) => p.operator_keys,
         _ => vec![],
     })
 }
 
-/// Writes `data` to `path` atomically and durably.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RunError> {
-    crate::state_dir::write_atomic(path, data, 0o644)
-        .map_err(|e| runtime(&path.display().to_string(), e))
+/// Writes `data` to `file` atomically and durably.
+fn write(state: &StateDir, file: StateFile, data: &[u8]) -> Result<(), RunError> {
+    state
+        .write(file, data)
+        .map_err(|e| runtime(&state.file(file).display().to_string(), e))
 }
 
-fn save_state(state_dir: &Path, state: &State) -> Result<(), RunError> {
+fn save_state(dir: &StateDir, state: &State) -> Result<(), RunError> {
     let json = serde_json::to_vec_pretty(state).map_err(|e| runtime("provisioning state", e))?;
-    write_atomic(&state_dir.join(crate::state_dir::PROVISIONING), &json)
+    write(dir, StateFile::Provisioning, &json)
 }
 
 /// The key store's P-256 TLS key as rcgen's remote key: the CSR is signed in the store.
@@ -206,15 +204,16 @@ pub async fn provision(
     };
     let crash_at = test_crash_at();
     let started = Instant::now();
-    let (mut state, mut step) = load_state(&config.state_dir)?.start(&sec1);
+    let dir = config.state();
+    let (mut state, mut step) = load_state(&dir)?.start(&sec1);
     loop {
-        save_state(&config.state_dir, &state)?;
+        save_state(&dir, &state)?;
         tracing::info!(status = %state.describe(), "provisioning");
         match step {
             Step::Ready(p_rec) => {
                 crash_point(&crash_at, "provisioned");
-                let cert: PathBuf = config.state_dir.join(CERT_FILE);
-                write_atomic(&cert, p_rec.chain_pem.as_bytes())?;
+                write(&dir, StateFile::Certificate, p_rec.chain_pem.as_bytes())?;
+                let cert = dir.file(StateFile::Certificate);
                 config.rig_id = rigd_protocol::RigId::new(&p_rec.rig)
                     .map_err(|e| runtime("assigned rig id", e))?;
                 config.tls = Some(RigTls {

@@ -15,7 +15,7 @@
 use rigd_protocol::command::{ActionKind, Command, Rejection, MAX_COMMAND_TTL_MS};
 use rigd_protocol::RigId;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// How far in the future a command may be issued (the operator's clock ahead of the rig's).
 pub const CLOCK_SKEW_MS: u64 = 60_000;
@@ -110,8 +110,8 @@ pub struct NonceStore {
 impl NonceStore {
     /// Opens (or starts) the store in `state_dir`. A damaged file is an error: starting
     /// afresh would reopen replays.
-    pub fn open(state_dir: &Path) -> Result<Self, NonceError> {
-        let path = state_dir.join(crate::state_dir::NONCES);
+    pub fn open(state: &crate::state_dir::StateDir) -> Result<Self, NonceError> {
+        let path = state.file(crate::state_dir::StateFile::Nonces);
         let fail = |reason: String| NonceError {
             path: path.clone(),
             reason,

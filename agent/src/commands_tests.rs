@@ -108,14 +108,14 @@ fn each_bad_command_is_refused_with_its_reason() {
 fn nonces_survive_a_reopen_and_a_damaged_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = ([1u8; 32], [2u8; 32]);
-    let mut store = NonceStore::open(dir.path()).unwrap();
+    let mut store = NonceStore::open(&crate::state_dir::StateDir::new(dir.path())).unwrap();
     assert_eq!(store.last(&a), None);
     store.accept(a, 7).unwrap();
     store.accept(b, 3).unwrap();
     store.accept(a, 9).unwrap();
-    let store = NonceStore::open(dir.path()).unwrap();
+    let store = NonceStore::open(&crate::state_dir::StateDir::new(dir.path())).unwrap();
     assert_eq!((store.last(&a), store.last(&b)), (Some(9), Some(3)));
     assert!(!dir.path().join("operator-nonces.tmp").exists());
     std::fs::write(dir.path().join("operator-nonces"), "zz 1\n").unwrap();
-    assert!(NonceStore::open(dir.path()).is_err());
+    assert!(NonceStore::open(&crate::state_dir::StateDir::new(dir.path())).is_err());
 }

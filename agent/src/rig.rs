@@ -92,7 +92,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| RunError::Runtime(format!("state dir {}: {e}", config.state_dir.display())))?;
     let key: Arc<dyn KeyStore> = Arc::new(config.open_key(&config.key)?);
-    match keys::check_identity(&config.state_dir, &key.public_key())? {
+    match keys::check_identity(&config.state(), &key.public_key())? {
         keys::Identity::New => {
             tracing::info!(key = %key.public_key(), "this key is now the rig's identity")
         }
@@ -102,7 +102,10 @@ pub async fn run(
             "the rig's identity changed: its key store holds another key than before (replaced or cleared); the fleet must learn the new key before it credits these receipts"
         ),
     }
-    let journal = Journal::open(&config.state_dir.join("journal.db"), config.rig_id.clone())?;
+    let journal = Journal::open(
+        &config.state().file(crate::state_dir::StateFile::Journal),
+        config.rig_id.clone(),
+    )?;
     let command_state = commands::CommandState::open(&config)?;
     let queue = journal.queued_units()?;
     let stats = journal.stats()?;
@@ -293,7 +296,7 @@ impl Rig {
                 self.resend(true).await?;
             }
             LinkEvent::Revoked { reason } => {
-                crate::claim::record_revoked(&self.config.state_dir)?;
+                crate::claim::record_revoked(&self.config.state())?;
                 return Err(RunError::Revoked(format!(
                     "the broker refused the certificate of {}: {reason}",
                     self.config.rig_id

@@ -5,6 +5,7 @@
 use super::Rig;
 use crate::commands::{NonceStore, Verifier};
 use crate::config::RigConfig;
+use crate::state_dir::{StateDir, StateFile};
 use crate::supervisor::{Input, OperatorHolds, ReplyTo};
 use crate::worker::unix_ms;
 use crate::RunError;
@@ -14,7 +15,6 @@ use rigd_protocol::command::{
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, encode, GpuUuid, RigState};
 use rumqttc::v5::mqttbytes::v5::Publish;
-use std::path::PathBuf;
 
 /// What the shell keeps about commands: who may send them, the nonces they used, counts,
 /// and where the operator holds are kept.
@@ -24,14 +24,14 @@ pub(super) struct CommandState {
     accepted: u64,
     rejected: u64,
     /// Where the holds are kept across restarts.
-    holds_path: PathBuf,
+    state: StateDir,
 }
 
 impl CommandState {
     /// The policy of `config`, with the nonces of its state directory.
     pub(super) fn open(config: &RigConfig) -> Result<Self, RunError> {
         let nonces =
-            NonceStore::open(&config.state_dir).map_err(|e| RunError::Runtime(e.to_string()))?;
+            NonceStore::open(&config.state()).map_err(|e| RunError::Runtime(e.to_string()))?;
         tracing::info!(
             operators = config.operator_keys.len(),
             allowed = ?config.allowed_commands,
@@ -46,15 +46,17 @@ impl CommandState {
             nonces,
             accepted: 0,
             rejected: 0,
-            holds_path: config.state_dir.join(crate::state_dir::HOLDS),
+            state: config.state(),
         })
     }
 
     /// The drains and pauses in effect when rigd last stopped. A holds file that cannot be
     /// read holds the whole rig: an operator's stop is never lost to a bad disk.
     pub(super) fn restore_holds(&self) -> OperatorHolds {
-        let path = &self.holds_path;
-        let read = crate::state_dir::read_optional(path)
+        let path = self.state.file(StateFile::Holds);
+        let read = self
+            .state
+            .read(StateFile::Holds)
             .map_err(|e| e.to_string())
             .and_then(|bytes| match bytes {
                 None => Ok(OperatorHolds::default()),
@@ -73,9 +75,9 @@ impl CommandState {
     pub(super) fn save_holds(&self, holds: &OperatorHolds) -> bool {
         let written = serde_json::to_vec(holds)
             .map_err(std::io::Error::other)
-            .and_then(|b| crate::state_dir::write_atomic(&self.holds_path, &b, 0o644));
+            .and_then(|b| self.state.write(StateFile::Holds, &b));
         if let Err(error) = &written {
-            tracing::error!(path = %self.holds_path.display(), %error, "operator holds not recorded: a restart would lose them");
+            tracing::error!(path = %self.state.file(StateFile::Holds).display(), %error, "operator holds not recorded: a restart would lose them");
         }
         written.is_ok()
     }

@@ -1,5 +1,5 @@
-//! Files of the state directory, written one way: whole or not at all, and durable once
-//! written.
+//! The state directory ([`StateDir`]) and its files ([`StateFile`]), written one way: whole
+//! or not at all, and durable once written.
 //!
 //! [`write_atomic`] writes a sibling temporary file, fsyncs it, renames it over the target
 //! and fsyncs the directory, so that after a crash or a power cut at any instant the file
@@ -7,16 +7,80 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// The provisioning state (claimed identity, certificate, operator keys).
-pub const PROVISIONING: &str = "provision.json";
-/// The last nonce each operator's command used.
-pub const NONCES: &str = "operator-nonces";
-/// The public key the rig's receipts were last signed with.
-pub const IDENTITY: &str = "rig-identity";
-/// Operator drains and pauses, kept across restarts.
-pub const HOLDS: &str = "operator-holds.json";
+/// The files rigd keeps in its state directory, each with its name and who may read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFile {
+    /// The provisioning state (claimed identity, certificate, operator keys).
+    Provisioning,
+    /// The certificate chain a claim was answered with.
+    Certificate,
+    /// The last nonce each operator's command used.
+    Nonces,
+    /// The public key the rig's receipts were last signed with.
+    Identity,
+    /// Operator drains and pauses, kept across restarts.
+    Holds,
+    /// The journal (SQLite: inbox, receipts, batches), written by SQLite itself.
+    Journal,
+}
+
+impl StateFile {
+    /// The file's name in the state directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateFile::Provisioning => "provision.json",
+            StateFile::Certificate => "rig-cert.pem",
+            StateFile::Nonces => "operator-nonces",
+            StateFile::Identity => "rig-identity",
+            StateFile::Holds => "operator-holds.json",
+            StateFile::Journal => "journal.db",
+        }
+    }
+
+    /// Who may read it: the nonces only rigd (they say which commands it takes next).
+    fn mode(self) -> u32 {
+        match self {
+            StateFile::Nonces => 0o600,
+            _ => 0o644,
+        }
+    }
+}
+
+/// The state directory: every file of [`StateFile`] is read and written through it, written
+/// whole and durably by [`write_atomic`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `path` (created on the first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StateDir { path: path.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where `file` lives.
+    pub fn file(&self, file: StateFile) -> PathBuf {
+        self.path.join(file.name())
+    }
+
+    /// Reads `file`; `None` when it does not exist.
+    pub fn read(&self, file: StateFile) -> std::io::Result<Option<Vec<u8>>> {
+        read_optional(&self.file(file))
+    }
+
+    /// Replaces `file` with `data`, atomically and durably.
+    pub fn write(&self, file: StateFile, data: &[u8]) -> std::io::Result<()> {
+        write_atomic(&self.file(file), data, file.mode())
+    }
+}
 
 /// Writes `data` to `path` atomically and durably, the file readable by `mode` (0o600 for
 /// secrets). The directory is created if missing.

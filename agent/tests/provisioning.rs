@@ -124,7 +124,7 @@ fn a_fresh_rig_with_a_claim_token_provisions_itself_and_works() {
         (rig.rig.as_str(), "alice")
     );
     // The operator keys granted are kept with the identity.
-    let keys = rigd::claim::operator_keys(&rig.dir).unwrap();
+    let keys = rigd::claim::operator_keys(&rigd::state_dir::StateDir::new(&rig.dir)).unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(hex::encode(keys[0]), OPERATOR_KEY_HEX);
     // The operator those keys belong to commands the rig over mTLS and the fleet ACL: the

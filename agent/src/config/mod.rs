@@ -327,6 +327,11 @@ impl RigConfig {
         }
     }
 
+    /// The state directory.
+    pub fn state(&self) -> crate::state_dir::StateDir {
+        crate::state_dir::StateDir::new(&self.state_dir)
+    }
+
     /// The trusted operator keys.
     pub fn operator_keys(&self) -> Vec<[u8; 32]> {
         self.operator_keys.iter().map(|k| k.0).collect()

@@ -225,8 +225,11 @@ pub enum Identity {
 }
 
 /// Compares `key` with the identity recorded in `state_dir/rig-identity` and records it.
-pub fn check_identity(state_dir: &Path, key: &PublicKey) -> Result<Identity, KeyError> {
-    let path = state_dir.join(crate::state_dir::IDENTITY);
+pub fn check_identity(
+    state: &crate::state_dir::StateDir,
+    key: &PublicKey,
+) -> Result<Identity, KeyError> {
+    let path = state.file(crate::state_dir::StateFile::Identity);
     let now = key.to_string();
     let io = |source| KeyError::Io {
         path: path.clone(),
@@ -240,7 +243,12 @@ pub fn check_identity(state_dir: &Path, key: &PublicKey) -> Result<Identity, Key
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identity::New,
         Err(e) => return Err(io(e)),
     };
-    crate::state_dir::write_atomic(&path, format!("{now}\n").as_bytes(), 0o644).map_err(io)?;
+    state
+        .write(
+            crate::state_dir::StateFile::Identity,
+            format!("{now}\n").as_bytes(),
+        )
+        .map_err(io)?;
     Ok(verdict)
 }
 
@@ -281,7 +289,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let a = PublicKey::P256(vec![2; 33]);
         let b = PublicKey::P256(vec![3; 33]);
-        let check = |k: &PublicKey| check_identity(dir.path(), k).unwrap_or_else(|e| panic!("{e}"));
+        let state = crate::state_dir::StateDir::new(dir.path());
+        let check = |k: &PublicKey| check_identity(&state, k).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(check(&a), Identity::New);
         assert_eq!(check(&a), Identity::Same);
         assert_eq!(
