@@ -15,7 +15,7 @@
 mod common;
 
 use rigd::batcher::{Batcher, Decision};
-use rigd::journal::Journal;
+use rigd::journal::{Journal, JournalStore};
 use rigd::keys::{self, KeyStore};
 use rigd_protocol::RigId;
 use std::sync::mpsc;

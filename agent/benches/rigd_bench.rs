@@ -11,7 +11,7 @@
 mod common;
 
 use common::{Mosquitto, RigProcess};
-use rigd::journal::Journal;
+use rigd::journal::{Journal, JournalStore};
 use rigd::keys;
 use rigd_protocol::{encode, CardState, GpuSample, GpuUuid, RigId, Telemetry};
 use std::time::{Duration, Instant};

@@ -80,6 +80,27 @@ pub struct Completion {
     pub governor_level: u8,
 }
 
+impl Completion {
+    /// The receipt of this completion as rig `rig`'s receipt number `seq`.
+    pub fn receipt(&self, rig: &RigId, seq: u64) -> Receipt {
+        let u = &self.unit;
+        Receipt {
+            rig: rig.clone(),
+            seq,
+            card: self.card.clone(),
+            job: u.job.clone(),
+            unit: u.unit,
+            attempt: u.attempt,
+            work: self.work,
+            input_digest: u.kind.input_digest(),
+            output_digest: self.output.digest(),
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            governor_level: self.governor_level,
+        }
+    }
+}
+
 /// Counters for status messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JournalStats {
@@ -104,8 +125,8 @@ pub struct Sealed {
 
 /// Cuts the next batch of at most `max` receipts from `journal`, signs it with `key` while the
 /// journal stays free for commits, and stores it.
-pub fn seal_next(
-    journal: &Mutex<Journal>,
+pub fn seal_next<J: JournalStore + ?Sized>(
+    journal: &Mutex<J>,
     key: &dyn KeyStore,
     max: u32,
 ) -> Result<Sealed, JournalError> {
@@ -179,20 +200,6 @@ impl Journal {
         Ok(Self { db, rig })
     }
 
-    /// Stores units in the inbox, skipping any already queued or already done. Returns the
-    /// units that are new.
-    ///
-    /// The inbox is committed without waiting for the disk (`synchronous=NORMAL`): a kill -9
-    /// loses nothing, and a unit lost to a power cut is reassigned when its lease expires.
-    /// Receipts and batches are committed with `synchronous=FULL`.
-    /// At most [`MAX_INBOX`] units wait in the inbox; more are refused unjournaled.
-    pub fn add_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
-        self.db.pragma_update(None, "synchronous", "NORMAL")?;
-        let added = self.insert_units(units);
-        self.db.pragma_update(None, "synchronous", "FULL")?;
-        added
-    }
-
     fn insert_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
         let tx = self.db.transaction()?;
         let mut added = vec![];
@@ -230,9 +237,91 @@ impl Journal {
         }
         Ok(added)
     }
+}
+
+/// What the supervisor's shell needs of a journal. [`Journal`] keeps it in SQLite on disk;
+/// [`MemJournal`] keeps it in memory with the same behaviour, for tests and tools that need
+/// no durability. Both keep the same invariants: sequence numbers are gap-free, a unit is
+/// receipted once, a batch covers consecutive unbatched receipts, and an ack changes only
+/// the batch whose digest it names.
+pub trait JournalStore: Send {
+    /// Stores units in the inbox, skipping any already queued or already done. Returns the
+    /// units that are new.
+    ///
+    /// The inbox is committed without waiting for the disk (`synchronous=NORMAL`): a kill -9
+    /// loses nothing, and a unit lost to a power cut is reassigned when its lease expires.
+    /// Receipts and batches are committed with `synchronous=FULL`.
+    /// At most [`MAX_INBOX`] units wait in the inbox; more are refused unjournaled.
+    fn add_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError>;
 
     /// Every unit in the inbox, oldest first.
-    pub fn queued_units(&self) -> Result<Vec<WorkUnit>, JournalError> {
+    fn queued_units(&self) -> Result<Vec<WorkUnit>, JournalError>;
+
+    /// Turns completions into receipts with the next sequence numbers, in one transaction: a
+    /// kill leaves either the units in the inbox or the receipts journaled. A completion whose
+    /// unit already has a receipt is skipped. Nothing is signed here.
+    fn record(&mut self, done: &[Completion]) -> Result<Vec<Receipt>, JournalError>;
+
+    /// The header of a batch over the oldest (at most `max`) receipts not yet in a batch, for
+    /// the key to sign; `None` when every receipt is batched. Reads only.
+    fn next_batch(&self, max: u32) -> Result<Option<BatchHeader>, JournalError>;
+
+    /// Stores a batch cut by [`Self::next_batch`] with the key's signature over its header,
+    /// in one transaction. Refused ([`JournalError::Stale`]) unless all its receipts are still
+    /// unbatched.
+    fn store_batch(
+        &mut self,
+        header: &BatchHeader,
+        signature: &Signature,
+    ) -> Result<(), JournalError>;
+
+    /// Removes a unit the worker refused as invalid from the inbox.
+    fn discard_unit(&mut self, u: &WorkUnit) -> Result<(), JournalError>;
+
+    /// Up to `limit` unacknowledged batches not in `skip`, oldest first, as messages ready to
+    /// send. Only the batches returned have their receipts and outputs read.
+    fn unacked_batches(
+        &self,
+        limit: usize,
+        skip: &HashSet<u64>,
+    ) -> Result<Vec<ReceiptBatch>, JournalError>;
+
+    /// Marks batches recorded by the coordinator and drops their outputs. A batch changes
+    /// only when the ack names its first sequence number *and* the digest of its header;
+    /// unknown batches and acks whose digest differs are ignored. Returns how many batches
+    /// changed and how many acks named a batch held here with another digest.
+    fn ack(&mut self, acked: &[AckedBatch]) -> Result<(usize, usize), JournalError>;
+
+    /// Counters for status messages.
+    fn stats(&self) -> Result<JournalStats, JournalError>;
+
+    /// The network recorded this rig's receipts up to `recorded`. When that is beyond what
+    /// the journal holds and none of its receipts is signed yet, every receipt moves above
+    /// `recorded + margin` (keeping its order) and new ones follow, in one transaction.
+    fn continue_above(&mut self, recorded: u64, margin: u64) -> Result<Continuity, JournalError>;
+
+    /// Seals every unbatched receipt into signed batches of at most `max`, signing in turn
+    /// (used where nothing else runs: shutdown, tools and benchmarks).
+    fn seal_all(&mut self, max: u32, key: &dyn KeyStore) -> Result<(), JournalError> {
+        while let Some(header) = self.next_batch(max)? {
+            let signature = key
+                .sign_digest(&header.signing_digest())
+                .map_err(JournalError::Sign)?;
+            self.store_batch(&header, &signature)?;
+        }
+        Ok(())
+    }
+}
+
+impl JournalStore for Journal {
+    fn add_units(&mut self, units: &[WorkUnit]) -> Result<Vec<WorkUnit>, JournalError> {
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        let added = self.insert_units(units);
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        added
+    }
+
+    fn queued_units(&self) -> Result<Vec<WorkUnit>, JournalError> {
         let mut stmt = self.db.prepare("SELECT id, body FROM inbox ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut out = vec![];
@@ -243,10 +332,7 @@ impl Journal {
         Ok(out)
     }
 
-    /// Turns completions into receipts with the next sequence numbers, in one transaction: a
-    /// kill leaves either the units in the inbox or the receipts journaled. A completion whose
-    /// unit already has a receipt is skipped. Nothing is signed here.
-    pub fn record(&mut self, done: &[Completion]) -> Result<Vec<Receipt>, JournalError> {
+    fn record(&mut self, done: &[Completion]) -> Result<Vec<Receipt>, JournalError> {
         let tx = self.db.transaction()?;
         let mut seq: u64 = tx
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM receipts")?
@@ -267,20 +353,7 @@ impl Journal {
                 continue;
             }
             seq += 1;
-            let receipt = Receipt {
-                rig: self.rig.clone(),
-                seq,
-                card: c.card.clone(),
-                job: u.job.clone(),
-                unit: u.unit,
-                attempt: u.attempt,
-                work: c.work,
-                input_digest: u.kind.input_digest(),
-                output_digest: c.output.digest(),
-                started_ms: c.started_ms,
-                finished_ms: c.finished_ms,
-                governor_level: c.governor_level,
-            };
+            let receipt = c.receipt(&self.rig, seq);
             let rbytes = postcard::to_allocvec(&receipt).map_err(|e| corrupt("new receipt", e))?;
             let obytes = postcard::to_allocvec(&c.output).map_err(|e| corrupt("new output", e))?;
             tx.prepare_cached("INSERT INTO receipts (seq, job, unit, attempt, receipt, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
@@ -294,9 +367,7 @@ impl Journal {
         Ok(out)
     }
 
-    /// The header of a batch over the oldest (at most `max`) receipts not yet in a batch, for
-    /// the key to sign; `None` when every receipt is batched. Reads only.
-    pub fn next_batch(&self, max: u32) -> Result<Option<BatchHeader>, JournalError> {
+    fn next_batch(&self, max: u32) -> Result<Option<BatchHeader>, JournalError> {
         let mut stmt = self.db.prepare_cached(
             "SELECT seq, receipt FROM receipts WHERE batch IS NULL ORDER BY seq LIMIT ?1",
         )?;
@@ -318,10 +389,7 @@ impl Journal {
             .map_err(|reason| corrupt("unbatched receipts", reason))
     }
 
-    /// Stores a batch cut by [`Self::next_batch`] with the key's signature over its header,
-    /// in one transaction. Refused ([`JournalError::Stale`]) unless all its receipts are still
-    /// unbatched.
-    pub fn store_batch(
+    fn store_batch(
         &mut self,
         header: &BatchHeader,
         signature: &Signature,
@@ -352,29 +420,14 @@ impl Journal {
         Ok(())
     }
 
-    /// Seals every unbatched receipt into signed batches of at most `max`, signing in turn
-    /// (used where nothing else runs: shutdown, tools and benchmarks).
-    pub fn seal_all(&mut self, max: u32, key: &dyn KeyStore) -> Result<(), JournalError> {
-        while let Some(header) = self.next_batch(max)? {
-            let signature = key
-                .sign_digest(&header.signing_digest())
-                .map_err(JournalError::Sign)?;
-            self.store_batch(&header, &signature)?;
-        }
-        Ok(())
-    }
-
-    /// Removes a unit the worker refused as invalid from the inbox.
-    pub fn discard_unit(&mut self, u: &WorkUnit) -> Result<(), JournalError> {
+    fn discard_unit(&mut self, u: &WorkUnit) -> Result<(), JournalError> {
         self.db
             .prepare_cached("DELETE FROM inbox WHERE job = ?1 AND unit = ?2 AND attempt = ?3")?
             .execute(params![u.job.as_str(), u.unit as i64, u.attempt])?;
         Ok(())
     }
 
-    /// Up to `limit` unacknowledged batches not in `skip`, oldest first, as messages ready to
-    /// send. Only the batches returned have their receipts and outputs read.
-    pub fn unacked_batches(
+    fn unacked_batches(
         &self,
         limit: usize,
         skip: &HashSet<u64>,
@@ -432,11 +485,7 @@ impl Journal {
         Ok(out)
     }
 
-    /// Marks batches recorded by the coordinator and drops their outputs. A batch changes
-    /// only when the ack names its first sequence number *and* the digest of its header;
-    /// unknown batches and acks whose digest differs are ignored. Returns how many batches
-    /// changed and how many acks named a batch held here with another digest.
-    pub fn ack(&mut self, acked: &[AckedBatch]) -> Result<(usize, usize), JournalError> {
+    fn ack(&mut self, acked: &[AckedBatch]) -> Result<(usize, usize), JournalError> {
         let tx = self.db.transaction()?;
         let (mut changed, mut mismatched) = (0, 0);
         for a in acked {
@@ -464,8 +513,7 @@ impl Journal {
         Ok((changed, mismatched))
     }
 
-    /// Counters for status messages.
-    pub fn stats(&self) -> Result<JournalStats, JournalError> {
+    fn stats(&self) -> Result<JournalStats, JournalError> {
         let last_seq: i64 = self
             .db
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM receipts")?
@@ -498,12 +546,18 @@ impl Journal {
             queued_units: queued as u64,
         })
     }
+    fn continue_above(&mut self, recorded: u64, margin: u64) -> Result<Continuity, JournalError> {
+        floor::continue_above(self, recorded, margin)
+    }
 }
 
 #[path = "journal_floor.rs"]
 mod floor;
+#[path = "journal_mem.rs"]
+mod mem;
 
 pub use floor::Continuity;
+pub use mem::MemJournal;
 
 #[cfg(test)]
 #[path = "journal_tests.rs"]

@@ -14,10 +14,21 @@ fn journal(dir: &tempfile::TempDir) -> Journal {
     Journal::open(&dir.path().join("j.db"), rig).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Both stores, SQLite in `dir` and in memory, for the tests of the behaviour they share.
+fn stores(dir: &tempfile::TempDir) -> Vec<Box<dyn JournalStore>> {
+    let rig = RigId::new("rig-1").unwrap_or_else(|_| unreachable!());
+    vec![Box::new(journal(dir)), Box::new(MemJournal::new(rig))]
+}
+
 #[test]
 fn sequence_numbers_are_gap_free_and_a_unit_is_receipted_once() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut j = journal(&dir);
+    for mut j in stores(&dir) {
+        gap_free(j.as_mut());
+    }
+}
+
+fn gap_free(j: &mut dyn JournalStore) {
     let units: Vec<_> = (1..=5).map(unit).collect();
     assert_eq!(j.add_units(&units).map(|v| v.len()).ok(), Some(5));
     assert_eq!(
@@ -45,7 +56,12 @@ fn sequence_numbers_are_gap_free_and_a_unit_is_receipted_once() {
 #[test]
 fn the_inbox_holds_at_most_max_inbox_units_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut j = journal(&dir);
+    for mut j in stores(&dir) {
+        inbox_bound(j.as_mut());
+    }
+}
+
+fn inbox_bound(j: &mut dyn JournalStore) {
     let units: Vec<_> = (1..=MAX_INBOX + 10).map(unit).collect();
     let (first, rest) = units.split_at(100);
     assert_eq!(j.add_units(first).map(|v| v.len()).ok(), Some(100));
@@ -249,4 +265,72 @@ fn seal_next_signs_the_oldest_waiting_receipts_and_says_when_none_wait() {
     assert_eq!((first.stats.sealed_seq, first.stats.last_seq), (2, 3));
     let second = seal_next(&j, k.as_ref(), 2).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(second.stats.sealed_seq, 3);
+}
+
+/// The same operations on the SQLite and the in-memory store give the same receipts, batches
+/// (byte for byte), acknowledgements, counters and renumbering.
+#[test]
+fn the_in_memory_journal_behaves_as_the_sqlite_one() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let k = key(&dir);
+    let runs: Vec<Vec<String>> = stores(&dir)
+        .into_iter()
+        .map(|mut j| script(j.as_mut(), k.as_ref()))
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+    let said = |what: &str| runs[0].iter().any(|l| l.starts_with(what));
+    assert!(said("Renumbered { floor: 70, moved: 2 }"), "{:#?}", runs[0]);
+    assert!(
+        said("Signed { recorded: 120 }") && said("(1, 1)"),
+        "{:#?}",
+        runs[0]
+    );
+}
+
+/// A life of a journal, each answer written down.
+fn script(j: &mut dyn JournalStore, k: &dyn KeyStore) -> Vec<String> {
+    let mut log = vec![];
+    let units: Vec<_> = (1..=7).map(unit).collect();
+    let c: Vec<_> = units.iter().map(done).collect();
+    let ok = |r: Result<String, JournalError>| r.unwrap_or_else(|e| format!("error: {e}"));
+    // A fresh journal learns the network recorded 40 receipts of the rig.
+    log.push(ok(j.continue_above(40, 10).map(|c| format!("{c:?}"))));
+    log.push(ok(j
+        .add_units(&units[..5])
+        .map(|v| format!("added {}", v.len()))));
+    log.push(ok(j.record(&c[..2]).map(|r| format!("{r:?}"))));
+    log.push(ok(j.continue_above(60, 10).map(|c| format!("{c:?}"))));
+    log.push(ok(j.record(&c[..4]).map(|r| format!("{r:?}"))));
+    log.push(ok(j.seal_all(3, k).map(|()| "sealed".into())));
+    log.push(ok(j.continue_above(120, 10).map(|c| format!("{c:?}"))));
+    let batches = j.unacked_batches(64, &HashSet::new()).unwrap_or_default();
+    log.push(format!(
+        "{:?}",
+        batches
+            .iter()
+            .map(rigd_protocol::encode)
+            .collect::<Vec<_>>()
+    ));
+    let acks: Vec<AckedBatch> = batches
+        .iter()
+        .map(|b| AckedBatch {
+            first_seq: b.header.first_seq,
+            digest: b.header.signing_digest(),
+        })
+        .collect();
+    let mut wrong = acks[1];
+    wrong.digest = [9; 32];
+    log.push(ok(j
+        .ack(&[acks[0], wrong])
+        .map(|r| format!("{r:?}"))));
+    log.push(ok(j.stats().map(|s| format!("{s:?}"))));
+    log.push(ok(j
+        .add_units(&units)
+        .map(|v| format!("added {}", v.len()))));
+    j.discard_unit(&units[6]).unwrap_or_else(|e| panic!("{e}"));
+    log.push(ok(j.queued_units().map(|v| format!("{v:?}"))));
+    log.push(ok(j.record(&c).map(|r| format!("{r:?}"))));
+    log.push(ok(j.next_batch(8).map(|h| format!("{h:?}"))));
+    log.push(ok(j.stats().map(|s| format!("{s:?}"))));
+    log
 }

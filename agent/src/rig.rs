@@ -12,7 +12,7 @@ use crate::cards::{run_card, CardHandle, CardSettings, WorkerCommand};
 use crate::config::RigConfig;
 use crate::gpu::Gpu;
 use crate::hold::{Holds, Point};
-use crate::journal::{self, Journal, JournalError, JournalStats, Sealed};
+use crate::journal::{self, Journal, JournalError, JournalStats, JournalStore, Sealed};
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
 use crate::notify::Notifier;
@@ -47,7 +47,7 @@ struct Rig {
     core: RigCore,
     /// The core's clock starts here.
     epoch: Instant,
-    journal: Arc<Mutex<Journal>>,
+    journal: Arc<Mutex<dyn JournalStore>>,
     key: Arc<dyn KeyStore>,
     link: Link,
     gpu: Box<dyn Gpu>,
@@ -65,15 +65,15 @@ struct Rig {
 }
 
 async fn journal_op<R: Send + 'static>(
-    journal: &Arc<Mutex<Journal>>,
-    op: impl FnOnce(&mut Journal) -> Result<R, JournalError> + Send + 'static,
+    journal: &Arc<Mutex<dyn JournalStore>>,
+    op: impl FnOnce(&mut dyn JournalStore) -> Result<R, JournalError> + Send + 'static,
 ) -> Result<R, RunError> {
     let journal = journal.clone();
     tokio::task::spawn_blocking(move || {
         let mut j = journal
             .lock()
             .map_err(|_| RunError::Runtime("journal lock poisoned".into()))?;
-        op(&mut j).map_err(RunError::Journal)
+        op(&mut *j).map_err(RunError::Journal)
     })
     .await
     .map_err(|e| RunError::Runtime(format!("journal task: {e}")))?

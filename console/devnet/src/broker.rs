@@ -92,7 +92,7 @@ pub fn wait_until_accepting(addr: SocketAddr, timeout: Duration) -> bool {
 
 /// One segment of a topic's commit log, bytes of payload (a larger message still fits: it
 /// fills a segment of its own).
-const SEGMENT_BYTES: usize = 64 * 1024;
+const SEGMENT_BYTES: usize = 16 * 1024;
 /// Segments kept per topic; older ones are dropped (every devnet client reads as it goes).
 const SEGMENT_COUNT: usize = 4;
 
