@@ -9,6 +9,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     if std::env::args().nth(1).as_deref() == Some("worker") {
         return rigd::worker::serve_stdio();
     }
@@ -43,3 +44,20 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc gives threads that allocate at once arenas of their own (up to 8 per core) and keeps
+/// freed memory in each. With the broker's, the coordinator's and every rig's threads in one
+/// process, the demo's RSS crept up by about 1.6 MB a minute while its live heap stayed flat
+/// (heaptrack: 23.9 MB after 150 s, 21.8 MB after 600 s). Two arenas keep it near the heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; it runs first in main, before any
+    // other thread exists, and its result (1 on success) only says whether it took.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
