@@ -320,9 +320,7 @@ fn script(j: &mut dyn JournalStore, k: &dyn KeyStore) -> Vec<String> {
         .collect();
     let mut wrong = acks[1];
     wrong.digest = [9; 32];
-    log.push(ok(j
-        .ack(&[acks[0], wrong])
-        .map(|r| format!("{r:?}"))));
+    log.push(ok(j.ack(&[acks[0], wrong]).map(|r| format!("{r:?}"))));
     log.push(ok(j.stats().map(|s| format!("{s:?}"))));
     log.push(ok(j
         .add_units(&units)
