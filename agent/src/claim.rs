@@ -11,9 +11,8 @@ use crate::provision::{State, Step};
 use crate::state_dir::{StateDir, StateFile};
 use crate::{RigConfig, RunError};
 use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
-use rigd_protocol::{decode, encode, PublicKey, MAX_FRAME_BYTES};
+use rigd_protocol::{decode, encode, PublicKey};
 use rigd_tls::ClientIdentity;
-use rumqttc::v5::MqttOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -170,12 +169,8 @@ async fn claim_once(
     .map_err(|e| e.to_string())?;
     let client_id = format!("claim-{}", hex::encode(rand::random::<[u8; 16]>()));
     let mailbox = reply_topic(&client_id);
-    let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_keep_alive(Duration::from_secs(10))
-        .set_clean_start(true)
-        .set_max_packet_size(Some((MAX_FRAME_BYTES + 4096) as u32))
-        .set_outgoing_inflight_upper_limit(10)
-        .set_transport(rigd_tls::transport(tls));
+    let mut opts = rigd_tls::options(client_id, host, port, Some(tls), rigd_tls::Session::Fresh);
+    opts.set_outgoing_inflight_upper_limit(10);
     let timeout = Duration::from_millis(p.timeout_ms);
     let answer = rigd_tls::request(opts, CLAIM_TOPIC, &mailbox, request, timeout).await?;
     decode::<ClaimResponse>(&answer).map_err(|e| e.to_string())

@@ -4,11 +4,10 @@
 
 use bytes::Bytes;
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{RigId, MAX_FRAME_BYTES};
+use rigd_protocol::RigId;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
-use rumqttc::NetworkOptions;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, StateError};
 use rumqttc::Outgoing;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,19 +84,11 @@ pub struct LinkSettings {
 impl Link {
     /// Starts the session; events arrive on the returned receiver until `stop`.
     pub fn start(s: LinkSettings, stop: CancellationToken) -> (Link, mpsc::Receiver<LinkEvent>) {
-        let mut opts = MqttOptions::new(s.rig.as_str(), s.host, s.port);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        opts.set_network_options(network);
-        if let Some(tls) = s.tls {
-            opts.set_transport(rigd_tls::transport(tls));
-        }
-        opts.set_keep_alive(Duration::from_secs(10))
-            .set_clean_start(false)
-            .set_session_expiry_interval(Some(7 * 24 * 3600))
-            .set_manual_acks(true)
-            .set_max_packet_size(Some((MAX_FRAME_BYTES + 4096) as u32))
-            .set_outgoing_inflight_upper_limit(100)
+        let session = rigd_tls::Session::Persistent {
+            expiry_s: 7 * 24 * 3600,
+        };
+        let mut opts = rigd_tls::options(s.rig.as_str(), s.host, s.port, s.tls, session);
+        opts.set_manual_acks(true)
             .set_request_channel_capacity(256)
             .set_last_will(LastWill::new(
                 topics::rig(&s.rig, Channel::Status),

@@ -3,9 +3,8 @@
 //! certificates write there; the answer comes back on the operator's own mailbox,
 //! `rigd/v1/provision/admin-reply/{certificate CN}`.
 
-use crate::collect::{Collect, MAX_PACKET_BYTES};
+use crate::collect::Collect;
 use rigd_protocol::claim::{AdminRequest, AdminResponse, ADMIN_REPLY_PREFIX, ADMIN_TOPIC};
-use rumqttc::v5::MqttOptions;
 use std::path::Path;
 use std::time::Duration;
 
@@ -48,12 +47,13 @@ pub async fn request(
     };
     let mailbox = format!("{ADMIN_REPLY_PREFIX}/{cn}");
     let client_id = format!("rigctl-{}", hex::encode(rand::random::<[u8; 8]>()));
-    let mut options = MqttOptions::new(client_id, opts.host.clone(), opts.port);
-    options
-        .set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(Some(MAX_PACKET_BYTES))
-        .set_transport(rigd_tls::transport(tls));
+    let options = rigd_tls::options(
+        client_id,
+        opts.host.clone(),
+        opts.port,
+        Some(tls),
+        rigd_tls::Session::Fresh,
+    );
     let body = serde_json::to_vec(request).map_err(|e| exchange(e.to_string()))?;
     let wait = opts.wait.max(Duration::from_secs(5));
     let answer = rigd_tls::request(options, ADMIN_TOPIC, &mailbox, body, wait)

@@ -2,19 +2,15 @@
 //! once the broker has been quiet for a moment or the wait is over.
 
 use crate::view::FleetView;
-use rigd_protocol::MAX_FRAME_BYTES;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{timeout_at, Instant};
 
 /// How long the broker must stay quiet after the last retained message before collecting
 /// stops early.
 pub const QUIET: Duration = Duration::from_millis(300);
-
-/// The largest MQTT packet accepted: a maximal frame plus room for topic and properties.
-pub const MAX_PACKET_BYTES: u32 = MAX_FRAME_BYTES as u32 + 4096;
 
 /// Where and how long to listen.
 #[derive(Debug, Clone)]
@@ -124,16 +120,14 @@ pub async fn listen(opts: &Collect, topic: &str) -> Result<Vec<Vec<u8>>, Collect
 
 /// A fresh MQTT 5 client for `opts` (TLS when set); nothing is sent until it is polled.
 fn connect(opts: &Collect) -> (AsyncClient, EventLoop) {
-    let mut options = MqttOptions::new(client_id(), opts.host.clone(), opts.port);
-    options
-        .set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(Some(MAX_PACKET_BYTES))
-        .set_outgoing_inflight_upper_limit(100)
-        .set_connection_timeout(opts.wait.as_secs().max(1));
-    if let Some(tls) = &opts.tls {
-        options.set_transport(rigd_tls::transport(tls.clone()));
-    }
+    let mut options = rigd_tls::options(
+        client_id(),
+        opts.host.clone(),
+        opts.port,
+        opts.tls.clone(),
+        rigd_tls::Session::Fresh,
+    );
+    options.set_connection_timeout(opts.wait.as_secs().max(1));
     AsyncClient::new(options, 16)
 }
 

@@ -1,7 +1,7 @@
 //! Fleet control: signs one command per rig, publishes them all at once with an MQTT 5
 //! response topic and correlation data, and gathers the replies, each rig within its timeout.
 
-use crate::collect::{now_ms, Collect, CollectError, MAX_PACKET_BYTES};
+use crate::collect::{now_ms, Collect, CollectError};
 use crate::operator::OperatorKey;
 use bytes::Bytes;
 use rigd_protocol::command::{Action, ActionKind, CommandReply, Diagnostics, Outcome};
@@ -10,8 +10,7 @@ use rigd_protocol::{decode, encode, RigId};
 use ring::rand::{SecureRandom, SystemRandom};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use rumqttc::NetworkOptions;
+use rumqttc::v5::{AsyncClient, Event};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
@@ -116,23 +115,14 @@ pub async fn send(
         addr: addr.clone(),
         reason,
     };
-    let mut options = MqttOptions::new(
+    let mut options = rigd_tls::options(
         format!("rigctl-cmd-{}-{}", std::process::id(), now_ms() % 1_000_000),
         s.broker.host.clone(),
         s.broker.port,
+        s.broker.tls.clone(),
+        rigd_tls::Session::Fresh,
     );
-    let mut network = NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    options.set_network_options(network);
-    options
-        .set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(Some(MAX_PACKET_BYTES))
-        .set_outgoing_inflight_upper_limit(100)
-        .set_connection_timeout(s.broker.wait.as_secs().max(1));
-    if let Some(tls) = &s.broker.tls {
-        options.set_transport(rigd_tls::transport(tls.clone()));
-    }
+    options.set_connection_timeout(s.broker.wait.as_secs().max(1));
     let (client, mut eventloop) = AsyncClient::new(options, rigs.len() + 16);
     let filter = match rigs {
         [one] => topics::rig(one, Channel::Replies),

@@ -8,11 +8,11 @@ use crate::recompute::Pool;
 use crate::CoordinatorConfig;
 use bytes::Bytes;
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{CoordinatorStatus, MAX_FRAME_BYTES};
+use rigd_protocol::CoordinatorStatus;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{NetworkOptions, Outgoing};
+use rumqttc::Outgoing;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,19 +41,13 @@ fn options(
     config: &CoordinatorConfig,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> MqttOptions {
-    let mut opts = MqttOptions::new(&config.client_id, &config.broker_host, config.broker_port);
-    let mut network = NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    opts.set_network_options(network);
-    if let Some(tls) = tls {
-        opts.set_transport(rigd_tls::transport(tls));
-    }
-    opts.set_clean_start(false)
-        .set_session_expiry_interval(Some(3600))
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(Some((MAX_FRAME_BYTES + 4096) as u32))
-        .set_outgoing_inflight_upper_limit(100);
-    opts
+    rigd_tls::options(
+        &config.client_id,
+        &config.broker_host,
+        config.broker_port,
+        tls,
+        rigd_tls::Session::Persistent { expiry_s: 3600 },
+    )
 }
 
 /// Runs the engine against the broker until `shutdown` is cancelled.

@@ -6,10 +6,10 @@
 use crate::provisioner::Provisioner;
 use bytes::Bytes;
 use rigd_protocol::claim::{ADMIN_REPLY_PREFIX, ADMIN_TOPIC, CLAIM_TOPIC, REPLY_PREFIX};
-use rigd_protocol::{encode, MAX_FRAME_BYTES};
+use rigd_protocol::encode;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -48,18 +48,13 @@ pub async fn serve(
     mut provisioner: Provisioner,
     stop: CancellationToken,
 ) {
-    let mut opts = MqttOptions::new("rig-provisioner", settings.host.clone(), settings.port);
-    opts.set_keep_alive(Duration::from_secs(10))
-        .set_clean_start(false)
-        .set_session_expiry_interval(Some(3600))
-        .set_max_packet_size(Some((MAX_FRAME_BYTES + 4096) as u32))
-        .set_outgoing_inflight_upper_limit(100);
-    if let Some(tls) = settings.tls.clone() {
-        opts.set_transport(rigd_tls::transport(tls));
-    }
-    let mut network = rumqttc::NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    opts.set_network_options(network);
+    let opts = rigd_tls::options(
+        "rig-provisioner",
+        settings.host.clone(),
+        settings.port,
+        settings.tls.clone(),
+        rigd_tls::Session::Persistent { expiry_s: 3600 },
+    );
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut failures: u32 = 0;
     loop {

@@ -11,6 +11,10 @@
 //! ECDSA P-256 with SHA-256: the handshake transcript is hashed, the 32-byte digest is signed
 //! by the store, and the `r ‖ s` signature is DER-encoded as TLS wants it.
 
+mod session;
+
+pub use session::{options, Session, KEEP_ALIVE, MAX_PACKET_BYTES};
+
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
