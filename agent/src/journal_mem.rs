@@ -131,22 +131,20 @@ impl JournalStore for MemJournal {
         header: &BatchHeader,
         signature: &Signature,
     ) -> Result<(), JournalError> {
-        let stale = JournalError::Stale {
+        let stale = || JournalError::Stale {
             first_seq: header.first_seq,
         };
         let end = header
             .first_seq
             .checked_add(u64::from(header.count))
-            .ok_or(JournalError::Stale {
-                first_seq: header.first_seq,
-            })?;
+            .ok_or_else(stale)?;
         let free = self
             .receipts
             .range(header.first_seq..end)
             .filter(|(_, r)| r.batch.is_none())
             .count();
         if free != header.count as usize {
-            return Err(stale);
+            return Err(stale());
         }
         for (_, row) in self.receipts.range_mut(header.first_seq..end) {
             row.batch = Some(header.first_seq);

@@ -178,8 +178,6 @@ pub struct RigCore {
     drains: Vec<ReplyTo>,
     /// When a shutdown began, core ms.
     stopping_since: Option<u64>,
-    /// When a duty-cycled card may start next, core ms.
-    wake_at: Option<u64>,
 }
 
 impl RigCore {
@@ -205,7 +203,6 @@ impl RigCore {
             held: false,
             drains: vec![],
             stopping_since: None,
-            wake_at: None,
         })
     }
 
@@ -331,7 +328,6 @@ impl RigCore {
     /// Hands queued units to cards that may start one, unless stopping, held or the outbox
     /// is full.
     fn dispatch(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
-        self.wake_at = None;
         if self.stopping_since.is_some() || self.held {
             return;
         }
@@ -370,14 +366,15 @@ impl RigCore {
             card.unit = Some(unit);
             out.push(Effect::Start { card: i, job });
         }
-        if !self.queue.is_empty() {
-            self.wake_at = self.cards.iter().filter_map(Card::next_start).min();
-        }
     }
 
-    /// When the shell should send a [`Input::Tick`]: a duty-cycled card may start then.
+    /// When the shell should send a [`Input::Tick`]: a duty-cycled card may start then, and a
+    /// unit waits for it.
     pub fn wake_at(&self) -> Option<u64> {
-        self.wake_at
+        if self.queue.is_empty() || self.stopping_since.is_some() || self.held || self.outbox_full {
+            return None;
+        }
+        self.cards.iter().filter_map(Card::next_start).min()
     }
 
     /// No unit runs and the coordinator has acknowledged every receipt.
