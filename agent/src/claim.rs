@@ -10,9 +10,9 @@ use crate::keys::KeyStore;
 use crate::provision::{State, Step};
 use crate::state_dir::{StateDir, StateFile};
 use crate::{RigConfig, RunError};
+use rigd_client::ClientIdentity;
 use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
 use rigd_protocol::{decode, encode, PublicKey};
-use rigd_tls::ClientIdentity;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -98,11 +98,11 @@ impl rcgen::RemoteKeyPair for StoreKeyPair {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         let sig = self
             .key
-            .sign_digest(&rigd_tls::sha256(msg))
+            .sign_digest(&rigd_client::sha256(msg))
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
         let rs =
             <[u8; 64]>::try_from(sig.0.as_slice()).map_err(|_| rcgen::Error::RemoteKeyError)?;
-        rigd_tls::der_signature(&rs).map_err(|_| rcgen::Error::RemoteKeyError)
+        rigd_client::der_signature(&rs).map_err(|_| rcgen::Error::RemoteKeyError)
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
@@ -138,7 +138,7 @@ pub fn csr(key: Arc<dyn KeyStore>) -> Result<Vec<u8>, RunError> {
 
 /// Whether the first certificate of `chain_pem` is for the P-256 key `sec1`.
 pub fn chain_is_for(chain_pem: &str, sec1: &[u8]) -> bool {
-    let Ok(chain) = rigd_tls::parse_certs(chain_pem) else {
+    let Ok(chain) = rigd_client::parse_certs(chain_pem) else {
         return false;
     };
     let Some(leaf) = chain.first() else {
@@ -159,7 +159,7 @@ async fn claim_once(
     port: u16,
     request: Vec<u8>,
 ) -> Result<ClaimResponse, String> {
-    let tls = rigd_tls::client_config(
+    let tls = rigd_client::client_config(
         &p.ca,
         ClientIdentity::KeyFile {
             cert: p.claim_cert.clone(),
@@ -169,10 +169,18 @@ async fn claim_once(
     .map_err(|e| e.to_string())?;
     let client_id = format!("claim-{}", hex::encode(rand::random::<[u8; 16]>()));
     let mailbox = reply_topic(&client_id);
-    let mut opts = rigd_tls::options(client_id, host, port, Some(tls), rigd_tls::Session::Fresh);
+    let mut opts = rigd_client::options(
+        client_id,
+        host,
+        port,
+        Some(tls),
+        rigd_client::Lifetime::Fresh,
+    );
     opts.set_outgoing_inflight_upper_limit(10);
     let timeout = Duration::from_millis(p.timeout_ms);
-    let answer = rigd_tls::request(opts, CLAIM_TOPIC, &mailbox, request, timeout).await?;
+    let answer = rigd_client::request(opts, CLAIM_TOPIC, &mailbox, request, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     decode::<ClaimResponse>(&answer).map_err(|e| e.to_string())
 }
 

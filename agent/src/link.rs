@@ -1,70 +1,26 @@
-//! The MQTT 5 session. The event loop runs on its own task and forwards what matters to the
-//! supervisor; publishing never blocks (`try_publish`): what cannot be queued now is sent
+//! rigd's MQTT 5 session: the fleet client's [`Session`] with the rig's subscriptions and
+//! last will. Publishing never blocks (`try_publish`): what cannot be queued now is sent
 //! again from the durable outbox later.
 
 use bytes::Bytes;
+use rigd_client::{Backoff, Reconnect, Session, SessionSpec};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::RigId;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, StateError};
-use rumqttc::Outgoing;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// What the link tells the supervisor.
-#[derive(Debug)]
-pub enum LinkEvent {
-    /// (Re)connected; subscriptions are renewed.
-    Connected {
-        /// Whether the broker kept the session.
-        session_present: bool,
-    },
-    /// A message on a subscribed topic. QoS 1 messages must be acknowledged with
-    /// [`Link::ack`] once handled.
-    Message(Box<Publish>),
-    /// The connection dropped; the link reconnects by itself.
-    Disconnected {
-        /// Why.
-        reason: String,
-    },
-    /// The broker refused the rig's certificate as revoked; the link has stopped.
-    Revoked {
-        /// The error as the TLS layer gave it.
-        reason: String,
-    },
-}
-
-/// Whether the broker refused the connection with the TLS alert that our certificate is
-/// revoked. rumqttc hides the TLS error inside an io::Error, in places whose `source` does
-/// not lead to it, so the places are named here.
-fn is_revocation(e: &ConnectionError) -> bool {
-    use rumqttc::v5::mqttbytes::Error as Mqtt;
-    let io = match e {
-        ConnectionError::Io(io)
-        | ConnectionError::MqttState(StateError::Io(io))
-        | ConnectionError::MqttState(StateError::Deserialization(Mqtt::Io(io))) => io,
-        _ => return false,
-    };
-    io.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|tls| {
-            matches!(
-                tls,
-                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
-            )
-        })
-}
+/// What the link tells the supervisor: the fleet client's session events (a revoked
+/// certificate ends the link; every other failure is retried).
+pub use rigd_client::SessionEvent as LinkEvent;
 
 /// The publishing side of the session.
 #[derive(Clone)]
 pub struct Link {
-    client: AsyncClient,
+    session: Session,
     rig: RigId,
-    /// Notified once the broker closed the session after rigd's DISCONNECT.
-    closed: Arc<Notify>,
 }
 
 /// Settings of the session.
@@ -84,35 +40,48 @@ pub struct LinkSettings {
 impl Link {
     /// Starts the session; events arrive on the returned receiver until `stop`.
     pub fn start(s: LinkSettings, stop: CancellationToken) -> (Link, mpsc::Receiver<LinkEvent>) {
-        let session = rigd_tls::Session::Persistent {
+        let session = rigd_client::Lifetime::Persistent {
             expiry_s: 7 * 24 * 3600,
         };
-        let mut opts = rigd_tls::options(s.rig.as_str(), s.host, s.port, s.tls, session);
-        opts.set_manual_acks(true)
-            .set_request_channel_capacity(256)
-            .set_last_will(LastWill::new(
-                topics::rig(&s.rig, Channel::Status),
-                s.will,
-                QoS::AtLeastOnce,
-                true,
-                None,
-            ));
-        let (client, eventloop) = AsyncClient::new(opts, 256);
-        let (tx, rx) = mpsc::channel(1024);
-        let link = Link {
-            client,
-            rig: s.rig,
-            closed: Arc::new(Notify::new()),
+        let mut opts = rigd_client::options(s.rig.as_str(), s.host, s.port, s.tls, session);
+        opts.set_manual_acks(true).set_last_will(LastWill::new(
+            topics::rig(&s.rig, Channel::Status),
+            s.will,
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+        let subscriptions = [
+            Channel::Units,
+            Channel::Acks,
+            Channel::Commands,
+            Channel::Earnings,
+        ]
+        .map(|ch| (topics::rig(&s.rig, ch), QoS::AtLeastOnce))
+        .to_vec();
+        let spec = SessionSpec {
+            options: opts,
+            subscriptions,
+            requests: 256,
+            events: 1024,
+            reconnect: Reconnect::Backoff(Backoff::default()),
         };
-        tokio::spawn(drive(eventloop, link.clone(), tx, stop));
-        (link, rx)
+        let (session, rx) = Session::start(spec, stop);
+        (
+            Link {
+                session,
+                rig: s.rig,
+            },
+            rx,
+        )
     }
 
     /// Queues a publish; `false` when it could not be queued now.
     pub fn publish(&self, channel: Channel, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
         let topic = topics::rig(&self.rig, channel);
         match self
-            .client
+            .session
+            .client()
             .try_publish(topic, qos, retain, Bytes::from(payload))
         {
             Ok(()) => true,
@@ -130,7 +99,8 @@ impl Link {
             correlation_data: correlation,
             ..PublishProperties::default()
         };
-        self.client
+        self.session
+            .client()
             .try_publish_with_properties(
                 topics::rig(&self.rig, Channel::Replies),
                 QoS::AtLeastOnce,
@@ -143,113 +113,16 @@ impl Link {
 
     /// Acknowledges a QoS 1 message after it was handled.
     pub fn ack(&self, publish: &Publish) {
-        if let Err(e) = self.client.try_ack(publish) {
+        if let Err(e) = self.session.client().try_ack(publish) {
             tracing::debug!(error = %e, "ack not queued");
         }
     }
 
-    /// Disconnects cleanly, so that the broker drops the last will: returns once the broker,
-    /// having read the DISCONNECT queued behind every earlier publish, closed the connection,
-    /// or after 2 s. Closing the socket sooner loses them: before the DISCONNECT is written
-    /// nothing tells the broker, and after it, acknowledgements still unread make the close
-    /// a TCP reset, on which the broker discards what it had not read yet. Either way the
-    /// broker publishes the last will over the status just sent.
+    /// Disconnects cleanly, so that the broker drops the last will over the status just
+    /// sent (see [`Session::close`]); gives up after 2 s.
     pub async fn disconnect(&self) {
-        let sent = async {
-            self.client.disconnect().await.is_ok() && {
-                self.closed.notified().await;
-                true
-            }
-        };
-        let sent = tokio::time::timeout(Duration::from_secs(2), sent)
-            .await
-            .unwrap_or(false);
-        if !sent {
+        if !self.session.close(Duration::from_secs(2)).await {
             tracing::warn!("the broker was not told of the stop; it may publish the last will");
-        }
-    }
-
-    fn subscribe(&self) {
-        for ch in [
-            Channel::Units,
-            Channel::Acks,
-            Channel::Commands,
-            Channel::Earnings,
-        ] {
-            if let Err(e) = self
-                .client
-                .try_subscribe(topics::rig(&self.rig, ch), QoS::AtLeastOnce)
-            {
-                tracing::warn!(channel = ch.as_str(), error = %e, "subscribe not queued");
-            }
-        }
-    }
-}
-
-async fn drive(
-    mut eventloop: EventLoop,
-    link: Link,
-    tx: mpsc::Sender<LinkEvent>,
-    stop: CancellationToken,
-) {
-    let mut failures: u32 = 0;
-    let mut connected = false;
-    // A DISCONNECT went out: read until the broker closes the connection, then stop.
-    let mut closing = false;
-    loop {
-        let polled = tokio::select! {
-            p = eventloop.poll() => p,
-            _ = stop.cancelled() => return,
-        };
-        let event = match polled {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
-                connected = true;
-                link.subscribe();
-                tracing::info!(session_present = ack.session_present, "connected to broker");
-                LinkEvent::Connected {
-                    session_present: ack.session_present,
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message(Box::new(p)),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                closing = true;
-                continue;
-            }
-            Ok(_) => continue,
-            Err(e) if closing => {
-                tracing::debug!(error = %e, "the broker closed the session");
-                link.closed.notify_one();
-                return;
-            }
-            Err(e) if is_revocation(&e) => {
-                let reason = e.to_string();
-                tracing::error!(error = %reason, "the broker refused this rig's certificate as revoked");
-                let _ = tx.send(LinkEvent::Revoked { reason }).await;
-                return;
-            }
-            Err(e) => {
-                failures += 1;
-                let reason = e.to_string();
-                if connected {
-                    tracing::warn!(error = %reason, "broker connection lost; reconnecting");
-                } else {
-                    tracing::debug!(error = %reason, "broker not reachable; retrying");
-                }
-                let was = std::mem::replace(&mut connected, false);
-                let wait = Duration::from_millis((100u64 << failures.min(4)).min(1000));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return,
-                }
-                if !was {
-                    continue;
-                }
-                LinkEvent::Disconnected { reason }
-            }
-        };
-        if tx.send(event).await.is_err() {
-            return;
         }
     }
 }

@@ -296,6 +296,7 @@ impl Rig {
                 self.resend(true).await?;
             }
             LinkEvent::Revoked { reason } => {
+                tracing::error!(error = %reason, "the broker refused this rig's certificate as revoked");
                 crate::claim::record_revoked(&self.config.state())?;
                 return Err(RunError::Revoked(format!(
                     "the broker refused the certificate of {}: {reason}",
@@ -304,6 +305,10 @@ impl Rig {
             }
             LinkEvent::Disconnected { reason } => {
                 tracing::debug!(%reason, "link down; work goes on, receipts wait in the outbox");
+            }
+            LinkEvent::Subscribed => {}
+            LinkEvent::Failed { reason, .. } => {
+                return Err(RunError::Runtime(format!("broker session ended: {reason}")));
             }
             LinkEvent::Message(p) => {
                 self.on_message(&p).await?;

@@ -7,8 +7,8 @@
 
 use crate::keys::{KeyError, KeyStore};
 use crate::{RigConfig, RunError};
+use rigd_client::{ClientIdentity, DigestSigner};
 use rigd_protocol::PublicKey;
-use rigd_tls::{ClientIdentity, DigestSigner};
 use std::sync::Arc;
 
 /// A [`KeyStore`] seen as the P-256 signer of TLS handshakes.
@@ -57,13 +57,14 @@ pub fn client_config(
         return Ok(None);
     };
     let key = open_key(config, receipt_key)?;
-    let chain = rigd_tls::load_certs(&files.cert).map_err(|e| RunError::Runtime(e.to_string()))?;
+    let chain =
+        rigd_client::load_certs(&files.cert).map_err(|e| RunError::Runtime(e.to_string()))?;
     tracing::info!(key = %key.describe(), cert = %files.cert.display(), "mutual TLS to the broker; the handshake is signed in the key store");
     let identity = ClientIdentity::Signer {
         chain,
         signer: Arc::new(StoreSigner(key)),
     };
-    rigd_tls::client_config(&files.ca, identity)
+    rigd_client::client_config(&files.ca, identity)
         .map(Some)
         .map_err(|e| RunError::Runtime(e.to_string()))
 }

@@ -169,7 +169,7 @@ fn a_handshake_signed_by_a_key_other_than_the_certificates_is_refused() {
     let cert = pki.cert_for("rig-k", &sec1);
     runtime().block_on(async {
         let signer = |k: &Arc<dyn rigd::keys::KeyStore>| {
-            Arc::new(rigd::tls::StoreSigner(k.clone())) as Arc<dyn rigd_tls::DigestSigner>
+            Arc::new(rigd::tls::StoreSigner(k.clone())) as Arc<dyn rigd_client::DigestSigner>
         };
         let ok = options_with_signer("a", broker.port, &pki.ca_cert(), &cert, signer(&right));
         assert!(connect(ok).await.is_ok(), "the key store's own key");

@@ -234,7 +234,7 @@ fn used_up_expired_and_revoked_claims_and_revoked_rigs_are_refused() {
     // Rig a's key and certificate get in before revocation and not after.
     let key: Arc<dyn rigd::keys::KeyStore> =
         Arc::from(rigd::keys::open("file:receipt-key?curve=p256", &a.dir, true).unwrap());
-    let signer = Arc::new(rigd::tls::StoreSigner(key)) as Arc<dyn rigd_tls::DigestSigner>;
+    let signer = Arc::new(rigd::tls::StoreSigner(key)) as Arc<dyn rigd_client::DigestSigner>;
     let cert = a.dir.join("rig-cert.pem");
     let connect = |id: &str| {
         let opts = options_with_signer(id, port, &fleet.pki.ca_cert(), &cert, signer.clone());
@@ -327,7 +327,7 @@ fn malformed_and_oversized_claims_are_refused_and_the_provisioner_keeps_serving(
             .enable_all()
             .build()
             .unwrap()
-            .block_on(rigd_tls::request(
+            .block_on(rigd_client::request(
                 opts,
                 CLAIM_TOPIC,
                 &reply_topic(&id),
@@ -364,7 +364,7 @@ fn malformed_and_oversized_claims_are_refused_and_the_provisioner_keeps_serving(
 
 /// The serial of the first certificate in `path`, hex, as the registry keeps it.
 fn leaf_serial(path: &Path) -> String {
-    let chain = rigd_tls::load_certs(path).unwrap();
+    let chain = rigd_client::load_certs(path).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
     hex::encode(cert.raw_serial())
 }

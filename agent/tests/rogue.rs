@@ -55,7 +55,7 @@ impl Scene {
     /// `coordinator` starts the coordinator process; the rogue announces `rogue_cards`
     /// cards; the honest rig has `gpus` cards and `extra` in its rig.conf.
     fn new(
-        coordinator: impl FnOnce(u16, &std::path::Path, &rigd_tls::TlsFiles) -> Coordinator,
+        coordinator: impl FnOnce(u16, &std::path::Path, &rigd_client::TlsFiles) -> Coordinator,
         rogue_cards: u32,
         gpus: u32,
         extra: &str,

@@ -18,7 +18,7 @@ pub enum AdminError {
     NoCertificate,
     /// The certificate could not be read.
     #[error(transparent)]
-    Tls(#[from] rigd_tls::TlsError),
+    Tls(#[from] rigd_client::TlsError),
     /// No answer, or a broken one.
     #[error("provisioner at {addr}: {reason}")]
     Exchange {
@@ -39,7 +39,7 @@ pub async fn request(
     request: &AdminRequest,
 ) -> Result<AdminResponse, AdminError> {
     let tls = opts.tls.clone().ok_or(AdminError::NoCertificate)?;
-    let cn = rigd_tls::common_name(cert)?;
+    let cn = rigd_client::common_name(cert)?;
     let addr = format!("{}:{}", opts.host, opts.port);
     let exchange = |reason: String| AdminError::Exchange {
         addr: addr.clone(),
@@ -47,18 +47,18 @@ pub async fn request(
     };
     let mailbox = format!("{ADMIN_REPLY_PREFIX}/{cn}");
     let client_id = format!("rigctl-{}", hex::encode(rand::random::<[u8; 8]>()));
-    let options = rigd_tls::options(
+    let options = rigd_client::options(
         client_id,
         opts.host.clone(),
         opts.port,
         Some(tls),
-        rigd_tls::Session::Fresh,
+        rigd_client::Lifetime::Fresh,
     );
     let body = serde_json::to_vec(request).map_err(|e| exchange(e.to_string()))?;
     let wait = opts.wait.max(Duration::from_secs(5));
-    let answer = rigd_tls::request(options, ADMIN_TOPIC, &mailbox, body, wait)
+    let answer = rigd_client::request(options, ADMIN_TOPIC, &mailbox, body, wait)
         .await
-        .map_err(exchange)?;
+        .map_err(|e| exchange(e.to_string()))?;
     match serde_json::from_slice(&answer).map_err(|e| exchange(format!("bad answer: {e}")))? {
         AdminResponse::Error { message } => Err(AdminError::Refused(message)),
         ok => Ok(ok),

@@ -30,7 +30,7 @@ pub struct Cli {
     pub wait_ms: u64,
     /// Mutual TLS to the broker (an operator certificate, CN `operator:NAME`).
     #[command(flatten)]
-    pub tls: rigd_tls::TlsArgs,
+    pub tls: rigd_client::TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

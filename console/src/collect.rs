@@ -2,11 +2,12 @@
 //! once the broker has been quiet for a moment or the wait is over.
 
 use crate::view::FleetView;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+use rigd_client::{Reconnect, Session, SessionEvent, SessionSpec};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::Receiver;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// How long the broker must stay quiet after the last retained message before collecting
 /// stops early.
@@ -37,13 +38,12 @@ pub enum CollectError {
         reason: String,
     },
     /// The session broke after it was up.
-    #[error("connection to broker {addr} lost: {source}")]
+    #[error("connection to broker {addr} lost: {reason}")]
     Lost {
         /// `host:port`.
         addr: String,
-        /// What rumqttc said.
-        #[source]
-        source: Box<ConnectionError>,
+        /// What went wrong.
+        reason: String,
     },
     /// The subscription could not be queued.
     #[error("could not subscribe: {0}")]
@@ -53,32 +53,20 @@ pub enum CollectError {
 /// Subscribes to `filters` and folds every message received into a [`FleetView`]. Bad frames
 /// are logged and skipped.
 pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, CollectError> {
-    let addr = format!("{}:{}", opts.host, opts.port);
-    let (client, mut eventloop) = connect(opts);
-    let subs: Vec<Filter> = filters
-        .iter()
-        .map(|f| Filter::new(f.clone(), QoS::AtMostOnce))
-        .collect();
-    client
-        .subscribe_many(subs)
-        .await
-        .map_err(|e| CollectError::Subscribe(e.to_string()))?;
-
+    let subs = filters.iter().map(|f| (f.clone(), QoS::AtMostOnce));
+    let mut session = OneOff::start(opts, client_id(), subs.collect(), 16);
     let deadline = Instant::now() + opts.wait;
     let mut view = FleetView::default();
-    let mut connected = false;
     // Set once the subscription is acknowledged: collection ends when it passes.
     let mut quiet_until: Option<Instant> = None;
     loop {
         let until = quiet_until.map_or(deadline, |q| q.min(deadline));
-        let Some(event) = poll_before(&mut eventloop, until, connected, &addr, opts.wait).await?
-        else {
+        let Some(event) = session.next_before(until).await? else {
             break;
         };
         match event {
-            Event::Incoming(Packet::ConnAck(_)) => connected = true,
-            Event::Incoming(Packet::SubAck(_)) => quiet_until = Some(Instant::now() + QUIET),
-            Event::Incoming(Packet::Publish(p)) => {
+            SessionEvent::Subscribed => quiet_until = Some(Instant::now() + QUIET),
+            SessionEvent::Message(p) => {
                 let topic = String::from_utf8_lossy(&p.topic);
                 if let Err(error) = view.apply(&topic, &p.payload) {
                     tracing::warn!(%topic, %error, bytes = p.payload.len(), "skipping message");
@@ -90,82 +78,124 @@ pub async fn collect(opts: &Collect, filters: &[String]) -> Result<FleetView, Co
             _ => {}
         }
     }
-    disconnect(&client, &mut eventloop).await;
+    session.close().await;
     Ok(view)
 }
 
 /// Subscribes to `topic` and returns the payload of every message received until the wait is
 /// over (live messages, unlike [`collect`], which stops once the retained ones are in).
 pub async fn listen(opts: &Collect, topic: &str) -> Result<Vec<Vec<u8>>, CollectError> {
-    let addr = format!("{}:{}", opts.host, opts.port);
-    let (client, mut eventloop) = connect(opts);
-    client
-        .subscribe(topic, QoS::AtMostOnce)
-        .await
-        .map_err(|e| CollectError::Subscribe(e.to_string()))?;
+    let mut session = OneOff::start(
+        opts,
+        client_id(),
+        vec![(topic.to_owned(), QoS::AtMostOnce)],
+        16,
+    );
     let deadline = Instant::now() + opts.wait;
-    let (mut payloads, mut connected) = (vec![], false);
-    while let Some(event) =
-        poll_before(&mut eventloop, deadline, connected, &addr, opts.wait).await?
-    {
-        match event {
-            Event::Incoming(Packet::ConnAck(_)) => connected = true,
-            Event::Incoming(Packet::Publish(p)) => payloads.push(p.payload.to_vec()),
-            _ => {}
+    let mut payloads = vec![];
+    while let Some(event) = session.next_before(deadline).await? {
+        if let SessionEvent::Message(p) = event {
+            payloads.push(p.payload.to_vec());
         }
     }
-    disconnect(&client, &mut eventloop).await;
+    session.close().await;
     Ok(payloads)
 }
 
-/// A fresh MQTT 5 client for `opts` (TLS when set); nothing is sent until it is polled.
-fn connect(opts: &Collect) -> (AsyncClient, EventLoop) {
-    let mut options = rigd_tls::options(
-        client_id(),
-        opts.host.clone(),
-        opts.port,
-        opts.tls.clone(),
-        rigd_tls::Session::Fresh,
-    );
-    options.set_connection_timeout(opts.wait.as_secs().max(1));
-    AsyncClient::new(options, 16)
-}
-
-/// One event from the broker before `until`: `Ok(None)` when the time passes on a live
-/// session; an error when no session came up (`Unreachable`) or it was lost (`Lost`).
-async fn poll_before(
-    eventloop: &mut EventLoop,
-    until: Instant,
-    connected: bool,
-    addr: &str,
+/// rigctl's session: one connection, no reconnect; its failures become [`CollectError`]s.
+pub(crate) struct OneOff {
+    session: Session,
+    events: Receiver<SessionEvent>,
+    addr: String,
     wait: Duration,
-) -> Result<Option<Event>, CollectError> {
-    match timeout_at(until, eventloop.poll()).await {
-        Err(_) if connected => Ok(None),
-        Err(_) => Err(CollectError::Unreachable {
-            addr: addr.to_owned(),
-            reason: format!("no session within {} ms", wait.as_millis()),
-        }),
-        Ok(Err(e)) if connected => Err(CollectError::Lost {
-            addr: addr.to_owned(),
-            source: Box::new(e),
-        }),
-        Ok(Err(e)) => Err(CollectError::Unreachable {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        }),
-        Ok(Ok(event)) => Ok(Some(event)),
-    }
+    connected: bool,
+    _stop: DropGuard,
 }
 
-/// Best effort: the broker drops the session when the socket closes anyway.
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
-    if client.try_disconnect().is_ok() {
-        let _ = timeout_at(
-            Instant::now() + Duration::from_millis(100),
-            eventloop.poll(),
-        )
-        .await;
+impl OneOff {
+    /// Connects to the broker of `opts` (TLS when set) as `client_id`, subscribed to
+    /// `filters`, with room for `requests` queued publishes.
+    pub(crate) fn start(
+        opts: &Collect,
+        client_id: String,
+        filters: Vec<(String, QoS)>,
+        requests: usize,
+    ) -> Self {
+        let mut options = rigd_client::options(
+            client_id,
+            opts.host.clone(),
+            opts.port,
+            opts.tls.clone(),
+            rigd_client::Lifetime::Fresh,
+        );
+        options.set_connection_timeout(opts.wait.as_secs().max(1));
+        let spec = SessionSpec {
+            options,
+            subscriptions: filters,
+            requests,
+            events: 1024,
+            reconnect: Reconnect::Never,
+        };
+        let stop = CancellationToken::new();
+        let (session, events) = Session::start(spec, stop.clone());
+        OneOff {
+            session,
+            events,
+            addr: format!("{}:{}", opts.host, opts.port),
+            wait: opts.wait,
+            connected: false,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// The client to publish with.
+    pub(crate) fn client(&self) -> &rumqttc::v5::AsyncClient {
+        self.session.client()
+    }
+
+    /// The next event before `until`: `Ok(None)` when the time passes on a live session; an
+    /// error when no session came up (`Unreachable`) or it was lost (`Lost`).
+    pub(crate) async fn next_before(
+        &mut self,
+        until: Instant,
+    ) -> Result<Option<SessionEvent>, CollectError> {
+        let ended = |connected: bool, reason: String, addr: &str| {
+            let addr = addr.to_owned();
+            if connected {
+                CollectError::Lost { addr, reason }
+            } else {
+                CollectError::Unreachable { addr, reason }
+            }
+        };
+        match timeout_at(until, self.events.recv()).await {
+            Err(_) if self.connected => Ok(None),
+            Err(_) => Err(CollectError::Unreachable {
+                addr: self.addr.clone(),
+                reason: format!("no session within {} ms", self.wait.as_millis()),
+            }),
+            Ok(None) => Err(ended(
+                self.connected,
+                "the session ended".into(),
+                &self.addr,
+            )),
+            Ok(Some(SessionEvent::Failed { reason, connected })) => {
+                Err(ended(connected, reason, &self.addr))
+            }
+            Ok(Some(SessionEvent::Revoked { reason })) => {
+                Err(ended(self.connected, reason, &self.addr))
+            }
+            Ok(Some(event)) => {
+                if matches!(event, SessionEvent::Connected { .. }) {
+                    self.connected = true;
+                }
+                Ok(Some(event))
+            }
+        }
+    }
+
+    /// Disconnects; best effort, as the broker drops a fresh session with its socket anyway.
+    pub(crate) async fn close(self) {
+        self.session.close(Duration::from_millis(500)).await;
     }
 }
 

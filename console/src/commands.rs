@@ -19,7 +19,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         port: cli.broker.port,
         wait: Duration::from_millis(cli.wait_ms),
         tls: match cli.tls.files() {
-            Some(files) => Some(rigd_tls::client_config_from_files(&files)?),
+            Some(files) => Some(rigd_client::client_config_from_files(&files)?),
             None => None,
         },
     };
@@ -149,7 +149,7 @@ async fn rig_key(opts: &Collect, rig: &RigId) -> Result<rigd_protocol::PublicKey
 /// Sends an admin request to the provisioner and prints its answer.
 async fn admin_command(
     json: bool,
-    tls: &rigd_tls::TlsArgs,
+    tls: &rigd_client::TlsArgs,
     opts: &Collect,
     request: &AdminRequest,
 ) -> Result<(), Error> {

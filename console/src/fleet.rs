@@ -1,21 +1,21 @@
 //! Fleet control: signs one command per rig, publishes them all at once with an MQTT 5
 //! response topic and correlation data, and gathers the replies, each rig within its timeout.
 
-use crate::collect::{now_ms, Collect, CollectError};
+use crate::collect::{now_ms, Collect, CollectError, OneOff};
 use crate::operator::OperatorKey;
 use bytes::Bytes;
+use rigd_client::SessionEvent;
 use rigd_protocol::command::{Action, ActionKind, CommandReply, Diagnostics, Outcome};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, encode, RigId};
 use ring::rand::{SecureRandom, SystemRandom};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 
 /// How to send.
 pub struct Send<'a> {
@@ -110,40 +110,29 @@ pub async fn send(
     rigs: &[RigId],
     action: &Action,
 ) -> Result<Vec<RigResult>, CollectError> {
-    let addr = format!("{}:{}", s.broker.host, s.broker.port);
-    let unreachable = |reason: String| CollectError::Unreachable {
-        addr: addr.clone(),
-        reason,
-    };
-    let mut options = rigd_tls::options(
-        format!("rigctl-cmd-{}-{}", std::process::id(), now_ms() % 1_000_000),
-        s.broker.host.clone(),
-        s.broker.port,
-        s.broker.tls.clone(),
-        rigd_tls::Session::Fresh,
-    );
-    options.set_connection_timeout(s.broker.wait.as_secs().max(1));
-    let (client, mut eventloop) = AsyncClient::new(options, rigs.len() + 16);
     let filter = match rigs {
         [one] => topics::rig(one, Channel::Replies),
         _ => topics::all_rigs(Channel::Replies),
     };
-    client
-        .subscribe_many([Filter::new(filter, QoS::AtLeastOnce)])
-        .await
-        .map_err(|e| CollectError::Subscribe(e.to_string()))?;
+    let id = format!("rigctl-cmd-{}-{}", std::process::id(), now_ms() % 1_000_000);
+    let mut session = OneOff::start(
+        s.broker,
+        id,
+        vec![(filter, QoS::AtLeastOnce)],
+        rigs.len() + 16,
+    );
     let connect_by = Instant::now() + s.broker.wait;
+    // Commands go out once the replies' subscription is in place.
     loop {
-        match timeout_at(connect_by, eventloop.poll()).await {
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no session within {} ms",
-                    s.broker.wait.as_millis()
-                )))
+        match session.next_before(connect_by).await? {
+            Some(SessionEvent::Subscribed) => break,
+            Some(_) => {}
+            None => {
+                return Err(CollectError::Unreachable {
+                    addr: format!("{}:{}", s.broker.host, s.broker.port),
+                    reason: format!("no subscription within {} ms", s.broker.wait.as_millis()),
+                })
             }
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
         }
     }
     let rng = SystemRandom::new();
@@ -163,7 +152,8 @@ pub async fn send(
             correlation_data: Some(correlation.clone()),
             ..PublishProperties::default()
         };
-        client
+        session
+            .client()
             .try_publish_with_properties(
                 topics::rig(rig, Channel::Commands),
                 QoS::AtLeastOnce,
@@ -179,24 +169,17 @@ pub async fn send(
     let deadline = Instant::now() + s.timeout;
     let mut next_note = Instant::now() + Duration::from_secs(2);
     while !waiting.is_empty() {
-        let event = match timeout_at(deadline.min(next_note), eventloop.poll()).await {
-            Err(_) if Instant::now() >= deadline => break,
-            Err(_) => {
-                next_note = Instant::now() + Duration::from_secs(2);
-                if s.progress {
-                    eprintln!("waiting for {} of {} rigs", waiting.len(), rigs.len());
-                }
-                continue;
+        let Some(event) = session.next_before(deadline.min(next_note)).await? else {
+            if Instant::now() >= deadline {
+                break;
             }
-            Ok(Err(e)) => {
-                return Err(CollectError::Lost {
-                    addr,
-                    source: Box::new(e),
-                })
+            next_note = Instant::now() + Duration::from_secs(2);
+            if s.progress {
+                eprintln!("waiting for {} of {} rigs", waiting.len(), rigs.len());
             }
-            Ok(Ok(event)) => event,
+            continue;
         };
-        let Event::Incoming(Packet::Publish(p)) = event else {
+        let SessionEvent::Message(p) = event else {
             continue;
         };
         let Some(correlation) = p
@@ -232,13 +215,7 @@ pub async fn send(
             results[i] = Some(line);
         }
     }
-    if client.try_disconnect().is_ok() {
-        let _ = timeout_at(
-            Instant::now() + Duration::from_millis(100),
-            eventloop.poll(),
-        )
-        .await;
-    }
+    session.close().await;
     Ok(rigs
         .iter()
         .zip(results)

@@ -69,7 +69,7 @@ pub enum Error {
     Admin(#[from] AdminError),
     /// The TLS files could not be used.
     #[error(transparent)]
-    Tls(#[from] rigd_tls::TlsError),
+    Tls(#[from] rigd_client::TlsError),
     /// A subcommand reached the code that sends fleet commands without being one (a bug).
     #[error("internal error: this subcommand is not a command sent to rigs")]
     NotAFleetCommand,

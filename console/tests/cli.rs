@@ -121,7 +121,7 @@ fn coordinator() -> CoordinatorStatus {
 /// acknowledged all of them.
 async fn publish_retained(broker: &Mosquitto, messages: Vec<(String, Vec<u8>)>) {
     let mut opts = MqttOptions::new("test-publisher", "127.0.0.1", broker.port);
-    opts.set_max_packet_size(Some(rigd_tls::MAX_PACKET_BYTES));
+    opts.set_max_packet_size(Some(rigd_client::MAX_PACKET_BYTES));
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let count = messages.len();
     for (topic, payload) in messages {

@@ -79,7 +79,7 @@ pub struct CoordinatorConfig {
     /// Tolerance for float results: `|got - want| <= tol * max(|want|, 1)` elementwise.
     pub float_rel_tolerance: f32,
     /// Mutual TLS to the broker (certificate CN `fleet:coordinator`); `None` for plain TCP.
-    pub tls: Option<rigd_tls::TlsFiles>,
+    pub tls: Option<rigd_client::TlsFiles>,
     /// How rigs earn trust and what a caught wrong result costs them.
     pub trust: Trust,
 }
@@ -242,7 +242,7 @@ pub async fn run(
     }
     let tls = match &config.tls {
         Some(files) => Some(
-            rigd_tls::client_config_from_files(files)
+            rigd_client::client_config_from_files(files)
                 .map_err(|e| CoordinatorError::Config(e.to_string()))?,
         ),
         None => None,

@@ -93,7 +93,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[command(flatten)]
-    tls: rigd_tls::TlsArgs,
+    tls: rigd_client::TlsArgs,
 }
 
 fn three(v: &[u32], what: &str) -> anyhow::Result<[u32; 3]> {

@@ -1,18 +1,16 @@
-//! The I/O shell: one task polls the MQTT event loop and forwards messages; the engine task
-//! handles them, runs the timers and publishes with `try_publish`, so nothing ever waits on
+//! The I/O shell: the fleet client's [`Session`] polls the MQTT event loop and forwards
+//! messages; the engine task handles them, runs the timers and publishes with `try_publish`, so nothing ever waits on
 //! the event loop from inside it. Recomputation runs on a [`Pool`] of its own threads and
 //! comes back to the engine task as a message.
 
 use crate::engine::{Engine, Outbound};
 use crate::recompute::Pool;
 use crate::CoordinatorConfig;
-use bytes::Bytes;
+use rigd_client::{Backoff, Reconnect, Session, SessionEvent, SessionSpec};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::CoordinatorStatus;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::Outgoing;
+use rumqttc::v5::MqttOptions;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,21 +30,16 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-enum FromBroker {
-    Connected,
-    Message(String, Bytes),
-}
-
 fn options(
     config: &CoordinatorConfig,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> MqttOptions {
-    rigd_tls::options(
+    rigd_client::options(
         &config.client_id,
         &config.broker_host,
         config.broker_port,
         tls,
-        rigd_tls::Session::Persistent { expiry_s: 3600 },
+        rigd_client::Lifetime::Persistent { expiry_s: 3600 },
     )
 }
 
@@ -58,9 +51,19 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     progress: Option<mpsc::Sender<CoordinatorStatus>>,
 ) {
-    let (client, eventloop) = AsyncClient::new(options(config, tls), REQUEST_CAPACITY);
-    let (tx, mut rx) = mpsc::channel(INBOUND_CAPACITY);
-    let mut poller = tokio::spawn(poll(eventloop, client.clone(), tx));
+    let spec = SessionSpec {
+        options: options(config, tls),
+        subscriptions: [Channel::Status, Channel::Receipts]
+            .map(|c| (topics::all_rigs(c), QoS::AtLeastOnce))
+            .to_vec(),
+        requests: REQUEST_CAPACITY,
+        events: INBOUND_CAPACITY,
+        reconnect: Reconnect::Backoff(Backoff::default()),
+    };
+    let stop_session = CancellationToken::new();
+    let (session, mut rx) = Session::start(spec, stop_session.clone());
+    let _stop_on_return = stop_session.drop_guard();
+    let client = session.client();
     let (done_tx, mut done) = mpsc::unbounded_channel();
     // The engine's task keeps one core; the others recompute.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1));
@@ -68,7 +71,6 @@ pub(crate) async fn serve(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "recompute threads could not start");
-            poller.abort();
             return;
         }
     };
@@ -101,9 +103,17 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            msg = rx.recv() => match msg {
-                Some(FromBroker::Connected) => emit(engine.connected(now_ms())),
-                Some(FromBroker::Message(topic, payload)) => emit(engine.handle(&topic, &payload, now_ms())),
+            event = rx.recv() => match event {
+                Some(SessionEvent::Connected { .. }) => emit(engine.connected(now_ms())),
+                Some(SessionEvent::Message(p)) => {
+                    let topic = String::from_utf8_lossy(&p.topic);
+                    emit(engine.handle(&topic, &p.payload, now_ms()));
+                }
+                Some(SessionEvent::Revoked { reason } | SessionEvent::Failed { reason, .. }) => {
+                    tracing::error!(%reason, "broker session ended");
+                    break;
+                }
+                Some(SessionEvent::Subscribed | SessionEvent::Disconnected { .. }) => {}
                 None => break,
             },
             Some(r) = done.recv() => emit(engine.recomputed(r, now_ms())),
@@ -111,52 +121,7 @@ pub(crate) async fn serve(
         }
     }
     tracing::info!("coordinator shutting down");
-    if client.try_disconnect().is_ok()
-        && tokio::time::timeout(Duration::from_secs(2), &mut poller)
-            .await
-            .is_ok()
-    {
-        return;
-    }
-    poller.abort();
-}
-
-/// Polls the event loop: forwards messages, resubscribes on every ConnAck, backs off on
-/// errors (the broker may be restarting). Ends once a DISCONNECT went out or the engine is
-/// gone.
-async fn poll(mut eventloop: EventLoop, client: AsyncClient, tx: mpsc::Sender<FromBroker>) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(200);
-                tracing::info!(session_present = ack.session_present, "connected to broker");
-                let filters = [Channel::Status, Channel::Receipts]
-                    .map(|c| Filter::new(topics::all_rigs(c), QoS::AtLeastOnce));
-                if let Err(e) = client.try_subscribe_many(filters) {
-                    tracing::error!(error = %e, "subscribe request dropped");
-                }
-                if tx.send(FromBroker::Connected).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                if tx
-                    .send(FromBroker::Message(topic, p.payload))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "broker connection failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
+    if !session.close(Duration::from_secs(2)).await {
+        tracing::warn!("the broker did not confirm the disconnect");
     }
 }

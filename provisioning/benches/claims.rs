@@ -7,6 +7,7 @@
 //! mosquitto installed).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use rigd_client::{ClientIdentity, TlsFiles};
 use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
 use rigd_protocol::{decode, encode, PublicKey};
 use rigd_provisioning::broker::{self, BrokerSettings};
@@ -14,7 +15,6 @@ use rigd_provisioning::ca::{Ca, Role};
 use rigd_provisioning::provisioner::Provisioner;
 use rigd_provisioning::registry::Registry;
 use rigd_provisioning::service::{self, ServiceSettings};
-use rigd_tls::{ClientIdentity, TlsFiles};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -87,7 +87,7 @@ fn request(token: &str) -> Vec<u8> {
 async fn claim(port: u16, claim: &TlsFiles, token: &str) -> Duration {
     let request = request(token);
     let id = format!("claim-{}", hex::encode(rand::random::<[u8; 16]>()));
-    let tls = rigd_tls::client_config(
+    let tls = rigd_client::client_config(
         &claim.ca,
         ClientIdentity::KeyFile {
             cert: claim.cert.clone(),
@@ -95,10 +95,15 @@ async fn claim(port: u16, claim: &TlsFiles, token: &str) -> Duration {
         },
     )
     .unwrap();
-    let mut opts = rumqttc::v5::MqttOptions::new(id.clone(), "127.0.0.1", port);
-    opts.set_transport(rigd_tls::transport(tls));
+    let opts = rigd_client::options(
+        id.clone(),
+        "127.0.0.1",
+        port,
+        Some(tls),
+        rigd_client::Lifetime::Fresh,
+    );
     let start = Instant::now();
-    let answer = rigd_tls::request(
+    let answer = rigd_client::request(
         opts,
         CLAIM_TOPIC,
         &reply_topic(&id),
@@ -163,7 +168,7 @@ fn main() {
     let settings = ServiceSettings {
         host: "127.0.0.1".into(),
         port,
-        tls: Some(rigd_tls::client_config_from_files(&prov_tls).unwrap()),
+        tls: Some(rigd_client::client_config_from_files(&prov_tls).unwrap()),
         reload_command: None,
     };
     runtime.spawn(service::serve(settings, provisioner, stop.clone()));

@@ -87,7 +87,7 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8883")]
         broker: String,
         #[command(flatten)]
-        tls: rigd_tls::TlsArgs,
+        tls: rigd_client::TlsArgs,
         /// The broker's CRL file (its `crlfile`), rewritten on every revocation.
         #[arg(long)]
         crl: Option<PathBuf>,
@@ -200,7 +200,7 @@ fn serve(
     ca: &Path,
     db: &Path,
     broker: &str,
-    tls: &rigd_tls::TlsArgs,
+    tls: &rigd_client::TlsArgs,
     [crl, acl]: [Option<PathBuf>; 2],
     reload_command: Option<String>,
     operator_keys: &[String],
@@ -219,7 +219,7 @@ fn serve(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let tls = match tls.files() {
-        Some(f) => Some(rigd_tls::client_config_from_files(&f)?),
+        Some(f) => Some(rigd_client::client_config_from_files(&f)?),
         None => None,
     };
     let ca = Ca::load(ca).context("loading the CA")?;

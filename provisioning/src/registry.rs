@@ -63,7 +63,7 @@ pub struct Registry {
 
 /// The rig id for a TLS key: `rig-` and 16 hex digits of its SHA-256.
 pub fn rig_id_for(tls_key: &[u8]) -> RigId {
-    let h = rigd_tls::sha256(tls_key);
+    let h = rigd_client::sha256(tls_key);
     // 16 hex digits and a dash are always a valid rig id.
     RigId::new(format!("rig-{}", hex::encode(&h[..8])))
         .unwrap_or_else(|_| unreachable!("rig-<hex> is a valid rig id"))
@@ -71,7 +71,7 @@ pub fn rig_id_for(tls_key: &[u8]) -> RigId {
 
 /// SHA-256 of a claim token, as stored.
 fn token_hash(token: &str) -> Vec<u8> {
-    rigd_tls::sha256(token.as_bytes()).to_vec()
+    rigd_client::sha256(token.as_bytes()).to_vec()
 }
 
 impl Registry {

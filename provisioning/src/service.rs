@@ -5,13 +5,14 @@
 
 use crate::provisioner::Provisioner;
 use bytes::Bytes;
+use rigd_client::{Backoff, Reconnect, Session, SessionEvent, SessionSpec};
 use rigd_protocol::claim::{ADMIN_REPLY_PREFIX, ADMIN_TOPIC, CLAIM_TOPIC, REPLY_PREFIX};
 use rigd_protocol::encode;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::AsyncClient;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// Where the provisioner connects.
@@ -48,43 +49,34 @@ pub async fn serve(
     mut provisioner: Provisioner,
     stop: CancellationToken,
 ) {
-    let opts = rigd_tls::options(
+    let opts = rigd_client::options(
         "rig-provisioner",
         settings.host.clone(),
         settings.port,
         settings.tls.clone(),
-        rigd_tls::Session::Persistent { expiry_s: 3600 },
+        rigd_client::Lifetime::Persistent { expiry_s: 3600 },
     );
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let mut failures: u32 = 0;
-    loop {
-        let polled = tokio::select! {
-            p = eventloop.poll() => p,
-            _ = stop.cancelled() => return,
-        };
-        match polled {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
-                for topic in [CLAIM_TOPIC, ADMIN_TOPIC] {
-                    if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
-                        tracing::error!(topic, error = %e, "subscribe not queued");
-                    }
-                }
-                tracing::info!("provisioner connected; serving claims");
+    let spec = SessionSpec {
+        options: opts,
+        subscriptions: [CLAIM_TOPIC, ADMIN_TOPIC]
+            .map(|t| (t.to_owned(), QoS::AtLeastOnce))
+            .to_vec(),
+        requests: 1024,
+        events: 64,
+        reconnect: Reconnect::Backoff(Backoff::default()),
+    };
+    let (session, mut events) = Session::start(spec, stop);
+    while let Some(event) = events.recv().await {
+        match event {
+            SessionEvent::Connected { .. } => {
+                tracing::info!("provisioner connected; serving claims")
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                handle(&client, &settings, &mut provisioner, &p);
+            SessionEvent::Message(p) => handle(session.client(), &settings, &mut provisioner, &p),
+            SessionEvent::Revoked { reason } | SessionEvent::Failed { reason, .. } => {
+                tracing::error!(%reason, "broker session ended");
+                return;
             }
-            Ok(_) => {}
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "broker connection failed; retrying");
-                let wait = Duration::from_millis((100u64 << failures.min(4)).min(1000));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
+            SessionEvent::Subscribed | SessionEvent::Disconnected { .. } => {}
         }
     }
 }

@@ -64,7 +64,7 @@ impl Coordinator {
         dir: &Path,
         units: u64,
         dim: u32,
-        tls: Option<&rigd_tls::TlsFiles>,
+        tls: Option<&rigd_client::TlsFiles>,
     ) -> Self {
         let job = format!(
             "--job gemm --job-id gemm-test --units {units} --mnk {dim},{dim},{dim} --seed 11"
@@ -79,7 +79,7 @@ impl Coordinator {
         dir: &Path,
         max_steps: u64,
         loss_target: f32,
-        tls: Option<&rigd_tls::TlsFiles>,
+        tls: Option<&rigd_client::TlsFiles>,
     ) -> Self {
         let job = format!(
             "--job train --job-id devnet-mlp --shape 16,32,4 --data-seed 7 --spread 1.0 --shards 8 \
@@ -91,7 +91,7 @@ impl Coordinator {
     /// Runs the `coordinator` binary with `job` (its job flags, space-separated), 10 s leases
     /// and 10 % of results recomputed. Its progress is read from the ledger, not reported:
     /// `status` is `None`.
-    fn process(port: u16, dir: &Path, job: &str, tls: Option<&rigd_tls::TlsFiles>) -> Self {
+    fn process(port: u16, dir: &Path, job: &str, tls: Option<&rigd_client::TlsFiles>) -> Self {
         let args: Vec<&str> = job.split_whitespace().collect();
         let id = args
             .iter()

@@ -47,12 +47,12 @@ impl std::ops::DerefMut for Rogue {
 impl Rogue {
     /// Connects as `name` with the fleet certificate `tls` and a receipt key made from
     /// `secret`, and listens for its acks and units.
-    pub fn connect(port: u16, name: &str, secret: u8, tls: &rigd_tls::TlsFiles) -> Self {
+    pub fn connect(port: u16, name: &str, secret: u8, tls: &rigd_client::TlsFiles) -> Self {
         let id = RigId::new(name).unwrap();
         let mut opts = MqttOptions::new(format!("rogue-{name}"), "127.0.0.1", port);
         opts.set_max_packet_size(Some(2 << 20));
-        let config = rigd_tls::client_config_from_files(tls).expect("TLS config");
-        opts.set_transport(rigd_tls::transport(config));
+        let config = rigd_client::client_config_from_files(tls).expect("TLS config");
+        opts.set_transport(rigd_client::transport(config));
         let (client, mut connection) = Client::new(opts, 256);
         let acks = Arc::new(Mutex::new(vec![]));
         let units = Arc::new(Mutex::new(vec![]));

@@ -1,9 +1,9 @@
 //! A fleet PKI for tests: a CA made by rig-provisioner's code, client certificates, and
 //! MQTT 5 clients that connect with them.
 
+use rigd_client::{ClientIdentity, TlsFiles};
 use rigd_provisioning::broker::{self, BrokerSettings};
 use rigd_provisioning::ca::{Ca, P256Public, Role};
-use rigd_tls::{ClientIdentity, TlsFiles};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use std::path::{Path, PathBuf};
@@ -90,15 +90,15 @@ impl Pki {
 pub fn options(id: &str, port: u16, files: &TlsFiles) -> MqttOptions {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(10));
-    let config = rigd_tls::client_config_from_files(files).expect("TLS config");
-    opts.set_transport(rigd_tls::transport(config));
+    let config = rigd_client::client_config_from_files(files).expect("TLS config");
+    opts.set_transport(rigd_client::transport(config));
     opts
 }
 
 /// MQTT 5 options with TLS that trusts `ca` but shows no client certificate.
 pub fn options_without_cert(id: &str, port: u16, ca: &Path) -> MqttOptions {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rigd_tls::load_certs(ca).expect("CA") {
+    for c in rigd_client::load_certs(ca).expect("CA") {
         roots.add(c).expect("root");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -109,7 +109,7 @@ pub fn options_without_cert(id: &str, port: u16, ca: &Path) -> MqttOptions {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_transport(rigd_tls::transport(Arc::new(config)));
+    opts.set_transport(rigd_client::transport(Arc::new(config)));
     opts
 }
 
@@ -119,13 +119,13 @@ pub fn options_with_signer(
     port: u16,
     ca: &Path,
     cert: &Path,
-    signer: Arc<dyn rigd_tls::DigestSigner>,
+    signer: Arc<dyn rigd_client::DigestSigner>,
 ) -> MqttOptions {
-    let chain = rigd_tls::load_certs(cert).expect("cert");
-    let config =
-        rigd_tls::client_config(ca, ClientIdentity::Signer { chain, signer }).expect("TLS config");
+    let chain = rigd_client::load_certs(cert).expect("cert");
+    let config = rigd_client::client_config(ca, ClientIdentity::Signer { chain, signer })
+        .expect("TLS config");
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_transport(rigd_tls::transport(config));
+    opts.set_transport(rigd_client::transport(config));
     opts
 }
 

@@ -19,7 +19,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// How a client's session lives on the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Session {
+pub enum Lifetime {
     /// Kept for `expiry_s` while the client is away, so QoS 1 messages wait for it (rigd,
     /// the coordinator, the provisioner).
     Persistent {
@@ -36,7 +36,7 @@ pub fn options(
     host: impl Into<String>,
     port: u16,
     tls: Option<Arc<ClientConfig>>,
-    session: Session,
+    session: Lifetime,
 ) -> MqttOptions {
     let mut opts = MqttOptions::new(client_id, host, port);
     let mut network = NetworkOptions::new();
@@ -49,11 +49,11 @@ pub fn options(
         .set_max_packet_size(Some(MAX_PACKET_BYTES))
         .set_outgoing_inflight_upper_limit(100);
     match session {
-        Session::Persistent { expiry_s } => {
+        Lifetime::Persistent { expiry_s } => {
             opts.set_clean_start(false)
                 .set_session_expiry_interval(Some(expiry_s));
         }
-        Session::Fresh => {
+        Lifetime::Fresh => {
             opts.set_clean_start(true);
         }
     }
@@ -72,9 +72,9 @@ mod tests {
             "127.0.0.1",
             1883,
             None,
-            Session::Persistent { expiry_s: 60 },
+            Lifetime::Persistent { expiry_s: 60 },
         );
-        let fresh = options("b", "127.0.0.1", 1883, None, Session::Fresh);
+        let fresh = options("b", "127.0.0.1", 1883, None, Lifetime::Fresh);
         for o in [&kept, &fresh] {
             assert_eq!(o.keep_alive(), KEEP_ALIVE);
             assert_eq!(o.max_packet_size(), Some(MAX_PACKET_BYTES));

@@ -11,10 +11,6 @@
 //! ECDSA P-256 with SHA-256: the handshake transcript is hashed, the 32-byte digest is signed
 //! by the store, and the `r ‖ s` signature is DER-encoded as TLS wants it.
 
-mod session;
-
-pub use session::{options, Session, KEEP_ALIVE, MAX_PACKET_BYTES};
-
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -232,90 +228,6 @@ pub fn der_signature(rs: &[u8; 64]) -> Result<Vec<u8>, rustls::Error> {
     p256::ecdsa::Signature::from_slice(rs)
         .map(|s| s.to_der().as_bytes().to_vec())
         .map_err(|_| rustls::Error::General("key store returned an invalid P-256 signature".into()))
-}
-
-/// Command-line TLS flags shared by the fleet's tools (`--tls-ca`, `--tls-cert`, `--tls-key`).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
-    /// PEM file of the fleet CA: connect to the broker with mutual TLS.
-    #[arg(long, global = true, requires_all = ["tls_cert", "tls_key"])]
-    pub tls_ca: Option<PathBuf>,
-    /// PEM file of this client's certificate (with --tls-ca).
-    #[arg(long, global = true, requires = "tls_ca")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM file of this client's private key (with --tls-ca).
-    #[arg(long, global = true, requires = "tls_ca")]
-    pub tls_key: Option<PathBuf>,
-}
-
-impl TlsArgs {
-    /// The files named, or `None` for a plain TCP connection.
-    pub fn files(&self) -> Option<TlsFiles> {
-        Some(TlsFiles {
-            ca: self.tls_ca.clone()?,
-            cert: self.tls_cert.clone()?,
-            key: self.tls_key.clone(),
-        })
-    }
-}
-
-/// One MQTT 5 request/response exchange on a fresh session: subscribes to `mailbox`,
-/// publishes `payload` on `topic` with `mailbox` as response topic and random correlation
-/// data, and returns the payload of the first message on `mailbox` carrying that correlation
-/// data. `opts` must name a client id the broker lets read `mailbox`.
-pub async fn request(
-    mut opts: rumqttc::v5::MqttOptions,
-    topic: &str,
-    mailbox: &str,
-    payload: Vec<u8>,
-    timeout: std::time::Duration,
-) -> Result<bytes::Bytes, String> {
-    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event};
-    let correlation = bytes::Bytes::from(rand::random::<[u8; 16]>().to_vec());
-    // A handful of small packets each way: without TCP_NODELAY each waits on a delayed ACK.
-    let mut network = rumqttc::NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    opts.set_network_options(network);
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    let exchange = async {
-        loop {
-            match eventloop.poll().await.map_err(|e| e.to_string())? {
-                Event::Incoming(Packet::ConnAck(_)) => client
-                    .try_subscribe(mailbox, QoS::AtLeastOnce)
-                    .map_err(|e| e.to_string())?,
-                Event::Incoming(Packet::SubAck(_)) => client
-                    .try_publish_with_properties(
-                        topic,
-                        QoS::AtLeastOnce,
-                        false,
-                        payload.clone(),
-                        PublishProperties {
-                            response_topic: Some(mailbox.to_owned()),
-                            correlation_data: Some(correlation.clone()),
-                            ..PublishProperties::default()
-                        },
-                    )
-                    .map_err(|e| e.to_string())?,
-                Event::Incoming(Packet::Publish(m))
-                    if m.topic == mailbox.as_bytes()
-                        && m.properties
-                            .as_ref()
-                            .and_then(|p| p.correlation_data.as_ref())
-                            == Some(&correlation) =>
-                {
-                    return Ok(m.payload);
-                }
-                _ => {}
-            }
-        }
-    };
-    let out = tokio::time::timeout(timeout, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
-    let _ = client.try_disconnect();
-    out
 }
 
 /// The common name of the first certificate in a PEM file (the MQTT user name the broker

@@ -1,0 +1,28 @@
+//! The fleet client: how every fleet program (rigd, the coordinator, the provisioner, rigctl)
+//! reaches the broker.
+//!
+//! - [`tls`](client_config): mutual TLS towards the broker, with the key in a file or in a key
+//!   store that signs without showing it;
+//! - [`options`]: the MQTT 5 options, the same for every program;
+//! - [`Session`]: the session loop (reconnect with jittered backoff, subscriptions renewed on
+//!   every ConnAck, a clean close that the broker sees before it would publish a last will);
+//! - [`request`]: one MQTT 5 request/response exchange.
+
+mod backoff;
+#[cfg(feature = "cli")]
+mod cli;
+mod options;
+mod request;
+mod session;
+mod tls;
+
+pub use backoff::Backoff;
+#[cfg(feature = "cli")]
+pub use cli::TlsArgs;
+pub use options::{options, Lifetime, KEEP_ALIVE, MAX_PACKET_BYTES};
+pub use request::{request, RequestError};
+pub use session::{Reconnect, Session, SessionEvent, SessionSpec};
+pub use tls::{
+    client_config, client_config_from_files, common_name, der_signature, load_certs, parse_certs,
+    sha256, transport, ClientIdentity, DigestSigner, TlsError, TlsFiles,
+};
