@@ -46,14 +46,7 @@ fn main() -> ExitCode {
     if let Some(Cmd::Worker) = args.command {
         return rigd::worker::serve_stdio();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    rigd_client::init_logging("info");
     let config = match rigd::RigConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -161,12 +161,7 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    rigd_client::init_logging("info");
     let config = match config(Args::parse()) {
         Ok(c) => c,
         Err(e) => {

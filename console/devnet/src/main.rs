@@ -3,10 +3,8 @@
 
 use clap::Parser;
 use rigd_devnet::DevnetArgs;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
@@ -16,14 +14,7 @@ fn main() -> ExitCode {
     let args = DevnetArgs::parse();
     // rumqttd logs every client disconnect as an error: keep it quiet unless asked. The demo
     // says once that its rigs use software keys instead of once per rig.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("warn,rumqttd=off,rigd::keys=error")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    rigd_client::init_logging("warn,rumqttd=off,rigd::keys=error");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,5 @@
-//! The command-line flags of the fleet's tools for their broker link (feature `cli`: only
-//! binaries with a clap command line need them).
+//! What the fleet's command-line programs share (feature `cli`: only binaries need it): the
+//! flags of their broker link and their log setup.
 
 use crate::TlsFiles;
 use std::path::PathBuf;
@@ -26,5 +26,24 @@ impl TlsArgs {
             cert: self.tls_cert.clone()?,
             key: self.tls_key.clone(),
         })
+    }
+}
+
+/// Sets up the program's log: `RUST_LOG` or else `default_filter`, on stderr, colored only on
+/// a terminal, and without timestamps under systemd (`JOURNAL_STREAM` set), where journald
+/// stamps every line itself.
+pub fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        log.without_time().init();
+    } else {
+        log.init();
     }
 }

@@ -18,7 +18,7 @@ mod tls;
 
 pub use backoff::Backoff;
 #[cfg(feature = "cli")]
-pub use cli::TlsArgs;
+pub use cli::{init_logging, TlsArgs};
 pub use options::{options, Lifetime, KEEP_ALIVE, MAX_PACKET_BYTES};
 pub use request::{request, RequestError};
 pub use session::{Reconnect, Session, SessionEvent, SessionSpec};
