@@ -42,7 +42,7 @@ pub fn open_key(
     match key.public_key() {
         PublicKey::P256(_) => Ok(key),
         PublicKey::Secp256k1(_) => Err(KeyError::Uri {
-            uri: config.tls_key.clone().unwrap_or_else(|| config.key.clone()),
+            uri: config.tls_key.as_ref().unwrap_or(&config.key).to_string(),
             reason: "TLS needs a P-256 key and this one is secp256k1: set tls_key in rig.conf to a P-256 key (e.g. \"file:tls-key?curve=p256\" or a TPM key)".into(),
         }),
     }
@@ -88,7 +88,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let c = config(dir.path(), "");
         let receipt: Arc<dyn KeyStore> =
-            Arc::from(keys::open(&c.key, &c.state_dir, true).unwrap_or_else(|e| panic!("{e}")));
+            Arc::from(keys::open_at(&c.key, &c.state_dir, true).unwrap_or_else(|e| panic!("{e}")));
         assert!(matches!(open_key(&c, &receipt), Err(KeyError::Uri { .. })));
         let c = config(dir.path(), "tls_key = \"file:tls?curve=p256\"\n");
         let tls = open_key(&c, &receipt).unwrap_or_else(|e| panic!("{e}"));

@@ -1,6 +1,7 @@
 //! `rig.conf`: TOML, every key known, every mistake named with its line.
 
 use crate::governor::ThermalOverrides;
+use crate::keys::KeyLocation;
 use rigd_protocol::{ActionKind, RigId};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,7 @@ pub struct RigConfig {
     /// Receipt signing key, by URI: `file:NAME` (relative to `state_dir`) or `file:///ABS/PATH`,
     /// optionally `?curve=secp256k1|p256`.
     #[serde(default = "default_key")]
-    pub key: String,
+    pub key: KeyLocation,
     /// The longest one call into a key store (open, signature) may take before rigd gives up
     /// on it, drops its connection and reopens it with backoff, ms.
     #[serde(default = "default_key_timeout_ms")]
@@ -130,7 +131,7 @@ pub struct RigConfig {
     /// receipt key is secp256k1 names a P-256 key here (for example `file:tls-key?curve=p256`
     /// or a TPM key). The key signs the handshake inside its store.
     #[serde(default)]
-    pub tls_key: Option<String>,
+    pub tls_key: Option<KeyLocation>,
     /// Zero-touch provisioning (`[provision]`): claim an identity from the fleet instead of
     /// a fixed `rig_id` and `[tls]`.
     #[serde(default)]
@@ -191,8 +192,8 @@ pub struct RigTls {
     pub cert: PathBuf,
 }
 
-fn default_key() -> String {
-    "file:receipt-key".into()
+fn default_key() -> KeyLocation {
+    KeyLocation::software("receipt-key")
 }
 fn default_key_timeout_ms() -> u64 {
     10_000
@@ -287,14 +288,14 @@ impl RigConfig {
         }
     }
 
-    /// Opens the key named by `uri` as rigd holds its keys: every call bounded by
+    /// Opens the key at `location` as rigd holds its keys: every call bounded by
     /// `key_timeout_ms`, the store reopened after a failure.
     pub fn open_key(
         &self,
-        uri: &str,
+        location: &KeyLocation,
     ) -> Result<crate::keys::guard::GuardedKey, crate::keys::KeyError> {
         crate::keys::open_guarded(
-            uri,
+            location,
             &self.state_dir,
             self.allow_software_key,
             std::time::Duration::from_millis(self.key_timeout_ms),

@@ -123,3 +123,42 @@ fn simulated_cards_are_asked_for_with_gpu_sim_and_described_in_their_own_section
         }
     }
 }
+
+/// Key URIs are parsed when rig.conf is loaded: a mistake in one is refused with its line
+/// and reason before any key store is touched; good ones of every scheme load.
+#[test]
+fn key_uris_are_parsed_at_load_and_bad_ones_refused_with_their_line() {
+    for bad in [
+        "key = \"file:k?curve=ed448\"",
+        "key = \"tpm://0x1234\"",
+        "key = \"yubihsm://usb\"",
+        "key = \"pkcs11:token=t?pin-value=secret-1234\"",
+        "key = \"nfc:card\"",
+        "tls_key = \"file://relative\"",
+    ] {
+        let text = format!("{GOOD}{bad}\n");
+        match RigConfig::parse(Path::new("rig.conf"), &text) {
+            Err(ConfigError::Parse {
+                line: 6, message, ..
+            }) => {
+                assert!(
+                    !message.contains("secret-1234"),
+                    "{bad}: the PIN is shown: {message}"
+                );
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    for good in [
+        "key = \"file:k?curve=p256&sign_delay_ms=5\"",
+        "key = \"file:///var/lib/rigd/k\"",
+        "key = \"tpm://0x81000001?tcti=swtpm:host=127.0.0.1,port=2321\"",
+        "key = \"yubihsm://usb?key=0x0100&password-file=/etc/rigd/hsm.pass\"",
+        "key = \"pkcs11:token=rig;object=receipt?module-path=/usr/lib/p11.so&pin-source=/etc/pin\"",
+    ] {
+        let text = format!("{GOOD}{good}\n");
+        let c = RigConfig::parse(Path::new("rig.conf"), &text)
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert_eq!(c.key.is_software(), good.contains("file:"), "{good}");
+    }
+}

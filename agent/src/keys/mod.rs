@@ -8,10 +8,14 @@
 
 pub mod file;
 pub mod guard;
+mod location;
 pub mod pkcs11;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod yubihsm;
+
+pub use location::KeyLocation;
+use location::Place;
 
 use rigd_protocol::digest::Hash32;
 use rigd_protocol::{KeyHealth, PublicKey, Signature};
@@ -118,18 +122,18 @@ impl KeyStore for Slow {
     }
 }
 
-/// Opens the key named by `uri` behind a deadline of `deadline` per call, reopening its
+/// Opens the key at `location` behind a deadline of `deadline` per call, reopening its
 /// store after a failure ([`guard::GuardedKey`]); relative `file:` paths are under
 /// `state_dir`. This is how rigd holds its keys.
 pub fn open_guarded(
-    uri: &str,
+    location: &KeyLocation,
     state_dir: &Path,
     allow_software: bool,
     deadline: Duration,
 ) -> Result<guard::GuardedKey, KeyError> {
-    let (uri, state_dir) = (uri.to_owned(), state_dir.to_owned());
+    let (location, state_dir) = (location.clone(), state_dir.to_owned());
     guard::GuardedKey::open(
-        Box::new(move || open(&uri, &state_dir, allow_software)),
+        Box::new(move || open_at(&location, &state_dir, allow_software)),
         guard::Timing::with_deadline(deadline),
     )
 }
@@ -141,70 +145,48 @@ pub fn open(
     state_dir: &Path,
     allow_software: bool,
 ) -> Result<Box<dyn KeyStore>, KeyError> {
-    let bad = |reason: &str| KeyError::Uri {
-        uri: uri.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (scheme, rest) = uri
-        .split_once(':')
-        .ok_or_else(|| bad("no scheme (expected file:...)"))?;
-    match scheme {
-        "file" => {
+    open_at(&KeyLocation::parse(uri)?, state_dir, allow_software)
+}
+
+/// Opens the key at `location` with no deadline on its calls; relative `file:` paths are
+/// under `state_dir`.
+pub fn open_at(
+    location: &KeyLocation,
+    state_dir: &Path,
+    allow_software: bool,
+) -> Result<Box<dyn KeyStore>, KeyError> {
+    let uri = location.uri();
+    match &location.place {
+        Place::File {
+            path,
+            curve,
+            sign_delay,
+        } => {
             if !allow_software {
                 return Err(KeyError::SoftwareRefused {
                     uri: uri.to_owned(),
                 });
             }
-            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let mut curve = file::Curve::Secp256k1;
-            let mut delay = None;
-            for part in query.split('&').filter(|p| !p.is_empty()) {
-                match part.split_once('=') {
-                    Some(("curve", "secp256k1")) => curve = file::Curve::Secp256k1,
-                    Some(("curve", "p256")) => curve = file::Curve::P256,
-                    Some(("sign_delay_ms", ms)) => {
-                        let ms = ms
-                            .parse::<u64>()
-                            .ok()
-                            .filter(|ms| *ms <= 60_000)
-                            .ok_or_else(|| bad("sign_delay_ms must be 0..=60000"))?;
-                        delay = Some(Duration::from_millis(ms));
-                    }
-                    _ => {
-                        return Err(bad(
-                            "query may hold curve=secp256k1|p256 and sign_delay_ms=N, joined by &",
-                        ))
-                    }
-                }
-            }
-            let path = match path.strip_prefix("//") {
-                Some(abs) if abs.starts_with('/') => PathBuf::from(abs),
-                Some(_) => return Err(bad("file:// must be followed by an absolute path")),
-                None if path.is_empty() => return Err(bad("no file name")),
-                None => state_dir.join(path),
-            };
-            let key = file::FileKey::open_or_create(&path, curve)?;
+            let path = KeyLocation::file_path(path, state_dir);
+            let key = file::FileKey::open_or_create(&path, *curve)?;
             tracing::warn!(
                 key = %key.describe(),
                 "receipts are signed with a SOFTWARE key that is NOT hardware-held: development only"
             );
-            Ok(match delay {
+            Ok(match sign_delay {
                 Some(delay) => Box::new(Slow {
                     inner: Box::new(key),
-                    delay,
+                    delay: *delay,
                 }),
                 None => Box::new(key),
             })
         }
         #[cfg(feature = "tpm")]
-        "tpm" => tpm::open(uri, rest).map(|k| Box::new(k) as Box<dyn KeyStore>),
-        #[cfg(not(feature = "tpm"))]
-        "tpm" => Err(bad(
-            "this rigd was built without TPM support (cargo feature `tpm`)",
-        )),
-        "yubihsm" => yubihsm::YubiHsmKey::open(uri).map(|k| Box::new(k) as Box<dyn KeyStore>),
-        "pkcs11" => Ok(Box::new(pkcs11::open(uri)?)),
-        _ => Err(bad("unknown scheme")),
+        Place::Tpm(at) => tpm::open(uri, at).map(|k| Box::new(k) as Box<dyn KeyStore>),
+        Place::YubiHsm(at) => {
+            yubihsm::YubiHsmKey::open(uri, at).map(|k| Box::new(k) as Box<dyn KeyStore>)
+        }
+        Place::Pkcs11(at) => Ok(Box::new(pkcs11::open_parsed(uri, at)?)),
     }
 }
 

@@ -60,14 +60,15 @@ impl Curve {
 }
 
 /// Where the user PIN comes from (no `Debug`: the PIN stays out of logs).
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Pin {
     Value(String),
     Source(PathBuf),
 }
 
 /// A parsed `pkcs11:` URI.
-struct Uri {
+#[derive(Clone)]
+pub(crate) struct Uri {
     token: String,
     object: String,
     module: PathBuf,
@@ -107,13 +108,23 @@ pub struct Pkcs11Key {
 /// Opens (creating on the token when missing) the key named by a `pkcs11:` URI.
 ///
 /// Errors name the URI without its query, so that no PIN reaches a log.
+#[cfg(test)]
 pub fn open(uri: &str) -> Result<Pkcs11Key, KeyError> {
-    let shown = uri.split('?').next().unwrap_or_default();
-    let bad = |reason: String| KeyError::Uri {
-        uri: shown.to_owned(),
+    let parsed = parse(uri).map_err(|reason| KeyError::Uri {
+        uri: shown(uri).to_owned(),
         reason,
-    };
-    let parsed = parse(uri).map_err(&bad)?;
+    })?;
+    open_parsed(uri, &parsed)
+}
+
+/// The URI without its query, where a PIN may be.
+pub(crate) fn shown(uri: &str) -> &str {
+    uri.split('?').next().unwrap_or_default()
+}
+
+/// Opens (creating on the token when missing) the key of an already parsed `pkcs11:` URI.
+pub(crate) fn open_parsed(uri: &str, parsed: &Uri) -> Result<Pkcs11Key, KeyError> {
+    let shown = shown(uri);
     let unavailable = |reason: String| KeyError::Unavailable {
         store: shown.to_owned(),
         reason,
@@ -162,7 +173,7 @@ pub fn open(uri: &str) -> Result<Pkcs11Key, KeyError> {
         match find_key(&session, object).map_err(&unavailable)? {
             Some(pair) => pair,
             None => {
-                let pair = generate(&session, &parsed).map_err(&unavailable)?;
+                let pair = generate(&session, parsed).map_err(&unavailable)?;
                 let curve = parsed.curve;
                 tracing::info!(%token, %object, ?curve, "created a new rig identity key");
                 pair
@@ -178,7 +189,7 @@ pub fn open(uri: &str) -> Result<Pkcs11Key, KeyError> {
         generation,
         private,
         verifier,
-        token: parsed.token,
+        token: parsed.token.clone(),
         described,
     })
 }
@@ -231,7 +242,7 @@ impl KeyStore for Pkcs11Key {
 }
 
 /// Parses a `pkcs11:` URI; the error is the reason, for [`KeyError::Uri`].
-fn parse(uri: &str) -> Result<Uri, String> {
+pub(crate) fn parse(uri: &str) -> Result<Uri, String> {
     let rest = uri.strip_prefix("pkcs11:").ok_or("not pkcs11:")?;
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut found: HashMap<&str, String> = HashMap::new();

@@ -131,10 +131,9 @@ struct Tpm {
     key: KeyHandle,
 }
 
-/// Opens the TPM key named by a `tpm:` URI (`rest` is the part after `tpm:`), creating and
+/// Opens the TPM key at `location` (parsed from `uri`, named in errors), creating and
 /// persisting it on first boot.
-pub fn open(uri: &str, rest: &str) -> Result<TpmKey, KeyError> {
-    let location = TpmLocation::parse(uri, rest)?;
+pub fn open(uri: &str, location: &TpmLocation) -> Result<TpmKey, KeyError> {
     let fail = |what: &str, e: tss_esapi::Error| KeyError::Unavailable {
         store: uri.to_owned(),
         reason: format!("{what} (TPM via {}): {e}", location.tcti),
@@ -188,7 +187,7 @@ pub fn open(uri: &str, rest: &str) -> Result<TpmKey, KeyError> {
         tpm: Mutex::new(Tpm { context, key }),
         public,
         verifying,
-        location,
+        location: location.clone(),
     })
 }
 
@@ -421,8 +420,13 @@ mod tests {
         tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Opens the key the way `keys::open` does: the URI's rest parsed, then opened.
+    fn open_rest(uri: &str, rest: &str) -> Result<TpmKey, KeyError> {
+        open(uri, &TpmLocation::parse(uri, rest)?)
+    }
+
     fn open_boxed(uri: &str, rest: &str) -> Result<Box<dyn KeyStore>, KeyError> {
-        open(uri, rest).map(|k| Box::new(k) as Box<dyn KeyStore>)
+        open_rest(uri, rest).map(|k| Box::new(k) as Box<dyn KeyStore>)
     }
 
     #[test]
@@ -432,7 +436,7 @@ mod tests {
         let rest = tpm.rest();
         let uri = format!("tpm:{rest}");
         conformance::check(&|| open_boxed(&uri, &rest));
-        let key = open(&uri, &rest).unwrap_or_else(|e| panic!("{e}"));
+        let key = open_rest(&uri, &rest).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             key.describe(),
             format!(
@@ -447,12 +451,12 @@ mod tests {
         let state = tempdir();
         let first = {
             let tpm = Swtpm::start(state.path());
-            open(&format!("tpm:{}", tpm.rest()), &tpm.rest())
+            open_rest(&format!("tpm:{}", tpm.rest()), &tpm.rest())
                 .unwrap_or_else(|e| panic!("{e}"))
                 .public_key()
         };
         let tpm = Swtpm::start(state.path());
-        let again = open(&format!("tpm:{}", tpm.rest()), &tpm.rest())
+        let again = open_rest(&format!("tpm:{}", tpm.rest()), &tpm.rest())
             .unwrap_or_else(|e| panic!("{e}"))
             .public_key();
         assert_eq!(again, first);
@@ -462,8 +466,8 @@ mod tests {
     fn a_replaced_tpm_changes_the_rig_identity() {
         let (state_a, state_b) = (tempdir(), tempdir());
         let (a, b) = (Swtpm::start(state_a.path()), Swtpm::start(state_b.path()));
-        let key_a = open("tpm:a", &a.rest()).unwrap_or_else(|e| panic!("{e}"));
-        let key_b = open("tpm:b", &b.rest()).unwrap_or_else(|e| panic!("{e}"));
+        let key_a = open_rest("tpm:a", &a.rest()).unwrap_or_else(|e| panic!("{e}"));
+        let key_b = open_rest("tpm:b", &b.rest()).unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(key_a.public_key(), key_b.public_key());
     }
 
@@ -473,7 +477,7 @@ mod tests {
         let tpm = Swtpm::start(state.path());
         let tcti = format!("swtpm:host=127.0.0.1,port={}", tpm.port);
         let rest = format!("//0x81010002?tcti={tcti}");
-        let key = open("tpm:x", &rest).unwrap_or_else(|e| panic!("{e}"));
+        let key = open_rest("tpm:x", &rest).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(key.location().handle, 0x8101_0002);
         assert!(key.describe().contains("handle 0x81010002"));
     }
@@ -483,7 +487,7 @@ mod tests {
         // A port that was free a moment ago: nothing listens there.
         let port = free_port_pair().unwrap_or_else(|| panic!("no free port"));
         let rest = format!("//?tcti=swtpm:host=127.0.0.1,port={port}");
-        let err = open("tpm:unreachable", &rest)
+        let err = open_rest("tpm:unreachable", &rest)
             .err()
             .unwrap_or_else(|| panic!("opening an unreachable TPM succeeded"));
         let text = err.to_string();
@@ -529,7 +533,7 @@ mod tests {
     fn swtpm_signatures_per_second() {
         let state = tempdir();
         let tpm = Swtpm::start(state.path());
-        let key = open("tpm:bench", &tpm.rest()).unwrap_or_else(|e| panic!("{e}"));
+        let key = open_rest("tpm:bench", &tpm.rest()).unwrap_or_else(|e| panic!("{e}"));
         let n = 500u32;
         let digests: Vec<Hash32> = (0..n)
             .map(|i| rigd_protocol::digest::keccak256(&[&i.to_be_bytes()]))

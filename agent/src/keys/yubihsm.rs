@@ -51,7 +51,7 @@ pub struct YubiHsmKey {
 }
 
 /// How the HSM is reached.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Transport {
     Usb {
         serial: Option<device::SerialNumber>,
@@ -89,8 +89,8 @@ impl fmt::Display for Transport {
 }
 
 /// A parsed `yubihsm://` URI.
-#[derive(Debug)]
-struct Settings {
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
     transport: Transport,
     key_id: object::Id,
     auth_key_id: object::Id,
@@ -98,7 +98,8 @@ struct Settings {
 }
 
 impl Settings {
-    fn parse(uri: &str) -> Result<Self, KeyError> {
+    /// Parses a `yubihsm://` URI (see the module documentation).
+    pub(crate) fn parse(uri: &str) -> Result<Self, KeyError> {
         let bad = |reason: String| KeyError::Uri {
             uri: uri.to_owned(),
             reason,
@@ -228,10 +229,9 @@ fn read_credentials(auth_key_id: object::Id, path: &Path) -> Result<Credentials,
 }
 
 impl YubiHsmKey {
-    /// Opens the key named by a `yubihsm://` URI (see the module documentation), creating it
-    /// inside the HSM when the id holds no key yet.
-    pub fn open(uri: &str) -> Result<Self, KeyError> {
-        let settings = Settings::parse(uri)?;
+    /// Opens the key of a parsed `yubihsm://` URI (`uri`, named in errors), creating it inside
+    /// the HSM when the id holds no key yet.
+    pub(crate) fn open(uri: &str, settings: &Settings) -> Result<Self, KeyError> {
         let Some(path) = settings.password_file.as_deref() else {
             let reason = "password-file=/absolute/path is required (never the password itself)";
             return Err(KeyError::Uri {
@@ -485,7 +485,8 @@ mod tests {
         let empty = dir.path().join("empty.pass");
         std::fs::write(&empty, b"\n").unwrap_or_else(|e| panic!("{e}"));
         let uri = format!("{URI}&password-file={}", empty.display());
-        let err = YubiHsmKey::open(&uri)
+        let err = Settings::parse(&uri)
+            .and_then(|settings| YubiHsmKey::open(&uri, &settings))
             .err()
             .unwrap_or_else(|| panic!("an empty password was accepted"));
         assert!(err.to_string().contains("empty"), "{err}");
@@ -564,7 +565,8 @@ mod tests {
             "yubihsm://http/127.0.0.1:{port}?key=0x0100&password-file={}",
             pass.display()
         );
-        let err = YubiHsmKey::open(&uri)
+        let err = Settings::parse(&uri)
+            .and_then(|settings| YubiHsmKey::open(&uri, &settings))
             .err()
             .unwrap_or_else(|| panic!("opened a closed port"));
         assert!(err.to_string().contains("http://127.0.0.1:"), "{err}");
