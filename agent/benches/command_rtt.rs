@@ -8,11 +8,8 @@
 //! `rigctl diag --all` end to end (connect, find the rigs, send, gather every reply).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use bytes::Bytes;
-use common::{workspace_bin, Mosquitto};
+use rigd_harness::{workspace_bin, Mosquitto};
 use rigd_protocol::command::{Action, Command, CommandReply, Outcome};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, encode, RigId, RigState, RigStatus};

@@ -7,10 +7,7 @@
 //! last finish; the rest is the gap between units (reply, journal, dispatch, request).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{Coordinator, Mosquitto, RigProcess};
 use rigd_protocol::Receipt;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -11,9 +11,6 @@
 //!   stored, signed batch.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use rigd::batcher::{Batcher, Decision};
 use rigd::journal::{Journal, JournalStore};
 use rigd::keys::{self, KeyStore};
@@ -35,9 +32,9 @@ fn signatures_per_second(key: &dyn KeyStore, n: u32) -> f64 {
 fn receipts_per_second(key: Arc<dyn KeyStore>, total: u64, batch_max: u32) -> (f64, u64, u32) {
     let dir = tempfile::tempdir().unwrap();
     let mut j = Journal::open(&dir.path().join("j.db"), RigId::new("bench").unwrap()).unwrap();
-    let units: Vec<_> = (0..total).map(common::bench_unit).collect();
+    let units: Vec<_> = (0..total).map(rigd_harness::bench_unit).collect();
     j.add_units(&units).unwrap();
-    let done: Vec<_> = units.iter().map(common::bench_completion).collect();
+    let done: Vec<_> = units.iter().map(rigd_harness::bench_completion).collect();
     let journal = Arc::new(Mutex::new(j));
     let (tx, rx) = mpsc::channel::<u64>();
     let t0 = Instant::now();
@@ -93,9 +90,9 @@ fn receipts_per_second(key: Arc<dyn KeyStore>, total: u64, batch_max: u32) -> (f
 
 fn main() {
     let state = tempfile::tempdir().unwrap();
-    let tpm = common::swtpm::Swtpm::start(state.path());
+    let tpm = rigd_harness::swtpm::Swtpm::start(state.path());
     // SoftHSM2 reads SOFTHSM2_CONF once per process, before the first token is opened.
-    let hsm = common::softhsm::SoftHsm::new("bench");
+    let hsm = rigd_harness::softhsm::SoftHsm::new("bench");
     std::env::set_var("SOFTHSM2_CONF", hsm.conf());
     let pkcs11 = |curve: &str| hsm.uri_curve(&format!("key-{curve}"), curve);
     let keydir = tempfile::tempdir().unwrap();

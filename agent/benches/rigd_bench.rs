@@ -7,12 +7,9 @@
 //! - telemetry bytes per card sample, postcard frame beside JSON.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{Mosquitto, RigProcess};
 use rigd::journal::{Journal, JournalStore};
 use rigd::keys;
+use rigd_harness::{Mosquitto, RigProcess};
 use rigd_protocol::{encode, CardState, GpuSample, GpuUuid, RigId, Telemetry};
 use std::time::{Duration, Instant};
 
@@ -27,10 +24,10 @@ fn overhead_per_unit(units: u64) -> (Duration, Duration) {
     let mut j = Journal::open(&dir.path().join("j.db"), rig.clone()).unwrap();
     let mut times = vec![];
     for n in 0..units {
-        let u = common::bench_unit(n);
+        let u = rigd_harness::bench_unit(n);
         let t0 = Instant::now();
         j.add_units(std::slice::from_ref(&u)).unwrap();
-        j.record(&[common::bench_completion(&u)]).unwrap();
+        j.record(&[rigd_harness::bench_completion(&u)]).unwrap();
         j.seal_all(256, key.as_ref()).unwrap();
         let batches = j.unacked_batches(1, &Default::default()).unwrap();
         let bytes = batches.iter().map(|b| encode(b).len()).sum::<usize>();
@@ -64,9 +61,9 @@ fn group_commit_rate(total: u64, group: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let key = keys::open("file:key", dir.path(), true).unwrap();
     let mut j = Journal::open(&dir.path().join("j.db"), RigId::new("bench").unwrap()).unwrap();
-    let units: Vec<_> = (0..total).map(common::bench_unit).collect();
+    let units: Vec<_> = (0..total).map(rigd_harness::bench_unit).collect();
     j.add_units(&units).unwrap();
-    let done: Vec<_> = units.iter().map(common::bench_completion).collect();
+    let done: Vec<_> = units.iter().map(rigd_harness::bench_completion).collect();
     let t0 = Instant::now();
     for chunk in done.chunks(group as usize) {
         j.record(chunk).unwrap();
@@ -108,7 +105,7 @@ fn idle_rss_kib() -> Option<u64> {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let rig = RigProcess::start("bench", broker.port, 8, dir.path(), "");
-    common::wait_until("rigd connected", 20, || rig.log().contains("rigd started"));
+    rigd_harness::wait_until("rigd connected", 20, || rig.log().contains("rigd started"));
     std::thread::sleep(Duration::from_secs(3));
     let status = std::fs::read_to_string(format!("/proc/{}/status", rig.pid())).unwrap_or_default();
     status

@@ -13,18 +13,16 @@
 //!    signed batches of 1,500 receipts for never-issued units as fast as the broker takes them.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::rogue::{Rogue, Signer};
-use common::tls::Pki;
-use common::{mosquitto_tls, Coordinator};
 use rigd_coordinator::engine::Outbound;
 use rigd_coordinator::{CoordinatorConfig, Engine, JobSpec};
+use rigd_harness::rogue::Rogue;
+use rigd_harness::tls::Pki;
+use rigd_harness::{mosquitto_tls, Coordinator};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
-    decode, encode, JobId, ReceiptBatch, RigId, UnitAssignment, UnitOutput, WorkUnit,
+    decode, encode, JobId, ReceiptBatch, RigId, RigState, UnitAssignment, UnitOutput, WorkUnit,
 };
+use rigd_testkit::signer::TestRig;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Distinct flood batches, published over and over.
@@ -49,7 +47,7 @@ fn results(units: &[WorkUnit]) -> Vec<(WorkUnit, UnitOutput)> {
         .collect()
 }
 
-fn signed(rig: &mut Signer, done: &[(WorkUnit, UnitOutput)]) -> ReceiptBatch {
+fn signed(rig: &mut TestRig, done: &[(WorkUnit, UnitOutput)]) -> ReceiptBatch {
     let items = done
         .iter()
         .map(|(u, out)| rig.receipt(u, out, rigd_kernels::unit::work(&u.kind)))
@@ -90,9 +88,9 @@ fn verification_cost(total_units: u64) {
     };
     let config = CoordinatorConfig::new("127.0.0.1", 1, dir.path().join("ledger.db"), spec);
     let mut engine = Engine::open(&config, now_ms()).unwrap();
-    let mut rig = Signer::new(RigId::new("rig-honest").unwrap(), 3);
+    let mut rig = TestRig::new("rig-honest", 3);
     let (mut units, mut jobs) = (vec![], vec![]);
-    let status = encode(&rig.status(8));
+    let status = encode(&rig.status(8, RigState::Idle));
     let out = engine.handle(&topics::rig(&rig.id, Channel::Status), &status, now_ms());
     sort_out(out, &rig.id, &mut units, &mut jobs);
     let receipts_topic = topics::rig(&rig.id, Channel::Receipts);
@@ -207,7 +205,7 @@ fn honest_rounds(
 }
 
 fn flood_latency(rounds: usize) {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let broker = mosquitto_tls(&pki.ca_dir());
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::process_gemm(

@@ -1,9 +1,7 @@
 //! Hostile input: bad rig.conf files and bad frames on every topic rigd subscribes to.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_until, Mosquitto, RigProcess};
+use rigd_harness::{wait_until, Mosquitto, RigProcess};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
     decode, encode, Ack, JobId, ReceiptBatch, RigId, RigStatus, UnitAssignment, UnitKind, WorkUnit,

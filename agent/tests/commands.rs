@@ -3,11 +3,9 @@
 //! working rig with the coordinator crediting every unit once, limits in telemetry.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
 use bytes::Bytes;
-use common::{wait_job_done, wait_until, workspace_bin, Coordinator, Mosquitto, RigProcess};
 use rigd::hold::{Point, TEST_HOLD_DIR_ENV};
+use rigd_harness::{wait_job_done, wait_until, workspace_bin, Coordinator, Mosquitto, RigProcess};
 use rigd_protocol::command::{Action, Command, CommandReply, Outcome, Rejection};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, encode, CardState, GpuUuid, RigId, RigState, RigStatus, Telemetry};
@@ -323,7 +321,7 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_survives_
         std::thread::spawn(move || rigctl(port, &key, &["drain", "rig-d"]))
     };
     wait_until("rigd draining", 30, || {
-        common::status_row(broker.port, "rig-d")["state"] == "draining"
+        rigd_harness::status_row(broker.port, "rig-d")["state"] == "draining"
     });
     std::fs::remove_file(&computing).unwrap();
     let (out, json) = drain.join().unwrap();
@@ -349,7 +347,7 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_survives_
     );
     // Idle: no unit starts while drained, though units wait for the rig, over five turns of
     // rigd's main loop (five status reports).
-    common::watch_statuses(broker.port, "rig-d", 5, 30, |row| {
+    rigd_harness::watch_statuses(broker.port, "rig-d", 5, 30, |row| {
         assert_eq!(row["running"], 0, "a unit ran while drained: {row}");
         assert!(row["queued"].as_u64() > Some(0), "no unit waits: {row}");
     });
@@ -361,7 +359,7 @@ fn rigctl_drain_lets_running_units_finish_and_flush_then_the_rig_idles_survives_
         rig.log()
             .contains("operator holds kept from before the restart")
     });
-    common::watch_statuses(broker.port, "rig-d", 5, 30, |row| {
+    rigd_harness::watch_statuses(broker.port, "rig-d", 5, 30, |row| {
         assert_eq!(row["running"], 0, "a unit ran after the restart: {row}");
     });
     assert_eq!(rig.journal().0, journaled, "a unit ran after the restart");

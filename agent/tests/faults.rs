@@ -8,9 +8,7 @@
 //! `units_done` in the first frame that shows the fault against a frame taken after the job.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, CardEarnings, CardState, GpuSample, RigId, Telemetry};
 use rumqttc::v5::mqttbytes::v5::Packet;

@@ -1,10 +1,8 @@
 //! End to end against a real mosquitto: rigd processes, the coordinator, rigctl.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, wait_until, workspace_bin, Coordinator, Mosquitto, RigProcess};
 use rigd::hold::{Point, TEST_HOLD_DIR_ENV};
+use rigd_harness::{wait_job_done, wait_until, workspace_bin, Coordinator, Mosquitto, RigProcess};
 use std::process::Command;
 use std::time::Duration;
 

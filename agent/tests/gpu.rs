@@ -1,9 +1,7 @@
 //! GPU backends as a rig owner meets them.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_until, Mosquitto, RigProcess};
+use rigd_harness::{wait_until, Mosquitto, RigProcess};
 
 /// A rig.conf that names no `gpu` means NVIDIA cards: on a machine without the driver the rig
 /// runs with no cards, never with simulated ones.
@@ -24,7 +22,7 @@ fn without_a_gpu_line_and_no_driver_rigd_says_so_and_keeps_running_with_no_cards
     wait_until("connected with no cards", 20, || {
         rig.log().contains("rigd started") && rig.log().contains("cards=0")
     });
-    common::watch_statuses(broker.port, "rig-nodriver", 3, 20, |row| {
+    rigd_harness::watch_statuses(broker.port, "rig-nodriver", 3, 20, |row| {
         assert_eq!(row["cards"], 0, "{row}");
     });
     assert!(rig.alive(), "rigd stopped without a driver:\n{}", rig.log());

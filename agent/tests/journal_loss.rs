@@ -2,9 +2,7 @@
 //! far the network recorded it and continues above that, so its new work is paid.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 
 #[test]
 fn a_rig_whose_journal_is_lost_but_key_kept_continues_above_the_network_record_and_is_paid() {

@@ -8,15 +8,13 @@
 //! signature meets the dead store.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd::hold::{Point, TEST_HOLD_DIR_ENV};
+use rigd_harness::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use std::path::Path;
 
 /// The rig's key health as `rigctl --json status` shows it.
 fn key_health(port: u16, rig: &str) -> String {
-    common::status_row(port, rig)["key_health"]
+    rigd_harness::status_row(port, rig)["key_health"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -97,7 +95,7 @@ fn survive(key_conf: &str, env: &[(&str, &str)], outage: Outage<'_>) {
 #[cfg(feature = "tpm")]
 mod tpm {
     use super::*;
-    use common::swtpm::Swtpm;
+    use rigd_harness::swtpm::Swtpm;
     use std::cell::RefCell;
 
     #[test]
@@ -135,7 +133,7 @@ mod tpm {
 /// A SoftHSM2 token whose token directory disappears (renamed away) and comes back.
 #[test]
 fn a_softhsm2_token_that_vanishes_is_reopened_once_it_is_back_and_every_receipt_is_signed() {
-    let hsm = common::softhsm::SoftHsm::new("outage");
+    let hsm = rigd_harness::softhsm::SoftHsm::new("outage");
     let tokens = hsm.tokens();
     let away = tokens.with_extension("away");
     let conf = hsm.conf().display().to_string();

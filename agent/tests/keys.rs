@@ -1,8 +1,6 @@
 //! `rigd keys`: the receipt key as a rig owner manages it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
 use std::path::Path;
 
 /// Writes a rig.conf naming `key` (none: the default key) in `dir` and returns a runner of
@@ -43,7 +41,7 @@ fn line(text: &str, what: &str) -> Option<String> {
 fn rigd_keys_attest_shows_the_tpm_handle_name_and_that_the_key_cannot_leave_the_tpm() {
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let tpm = common::swtpm::Swtpm::start(state.path());
+    let tpm = rigd_harness::swtpm::Swtpm::start(state.path());
     let run = keys_cli(dir.path(), Some(&format!("tpm:{}", tpm.rest())));
     let show = run("show");
     let attest = run("attest");

@@ -7,11 +7,9 @@
 //! (default 50; 30 with the slow key, 21 with the TPM key).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rand::Rng;
 use rigd::hold::{Point, TEST_HOLD_DIR_ENV};
+use rigd_harness::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -57,7 +55,7 @@ fn sigkill_between_journaling_signing_and_publishing_loses_and_duplicates_no_rec
 #[cfg(feature = "tpm")]
 fn sigkill_while_a_tpm_signs_the_batches_loses_and_duplicates_no_receipt() {
     let state = tempfile::tempdir().unwrap();
-    let tpm = common::swtpm::Swtpm::start(state.path());
+    let tpm = rigd_harness::swtpm::Swtpm::start(state.path());
     kill_run(
         rounds(21),
         &format!("key = \"tpm:{}\"\n", tpm.rest()),

@@ -4,10 +4,8 @@
 //! to end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::tls::{connect, next, options, options_with_signer, options_without_cert, Pki};
-use common::{mosquitto_tls, wait_job_done, Coordinator, RigProcess};
+use rigd_harness::tls::{connect, next, options, options_with_signer, options_without_cert, Pki};
+use rigd_harness::{mosquitto_tls, wait_job_done, Coordinator, RigProcess};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use std::sync::Arc;
@@ -35,7 +33,7 @@ fn puback(p: &Packet) -> Option<PubAckReason> {
 
 #[test]
 fn a_rig_can_neither_publish_nor_subscribe_under_another_rigs_topics() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let broker = mosquitto_tls(&pki.ca_dir());
     let coordinator = pki.client("fleet:coordinator");
     let rig_a = pki.client("rig-a");
@@ -131,9 +129,9 @@ fn a_rig_can_neither_publish_nor_subscribe_under_another_rigs_topics() {
 
 #[test]
 fn clients_without_a_fleet_certificate_are_refused() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let broker = mosquitto_tls(&pki.ca_dir());
-    let other = Pki::new();
+    let other = Pki::create();
     let stranger = other.client("rig-a");
     runtime().block_on(async {
         let no_cert = connect(options_without_cert("x", broker.port, &pki.ca_cert())).await;
@@ -156,7 +154,7 @@ fn clients_without_a_fleet_certificate_are_refused() {
 /// handshake signature: a certificate for one key with another key signing is refused.
 #[test]
 fn a_handshake_signed_by_a_key_other_than_the_certificates_is_refused() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let broker = mosquitto_tls(&pki.ca_dir());
     let dir = tempfile::tempdir().unwrap();
     let open = |name: &str| -> Arc<dyn rigd::keys::KeyStore> {
@@ -180,7 +178,7 @@ fn a_handshake_signed_by_a_key_other_than_the_certificates_is_refused() {
 
 #[test]
 fn a_rig_works_end_to_end_over_mutual_tls_with_its_tls_key_in_the_key_store() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let broker = mosquitto_tls(&pki.ca_dir());
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("rig-m");

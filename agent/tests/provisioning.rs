@@ -5,13 +5,11 @@
 //! Needs the workspace's binaries (`cargo build --workspace --bins`), as `./test.sh` does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::tls::{
+use rigd_harness::tls::{
     create_claim, create_claim_expiring, options_with_signer, provision_conf, rigctl, Pki,
     ProvisionerProcess, OPERATOR_KEY_HEX,
 };
-use common::{mosquitto_tls, wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{mosquitto_tls, wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use std::path::Path;
@@ -26,7 +24,7 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Fleet {
-        let pki = Pki::new();
+        let pki = Pki::create();
         let broker = mosquitto_tls(&pki.ca_dir());
         let work = tempfile::tempdir().unwrap();
         let provisioner = ProvisionerProcess::start(
@@ -242,7 +240,7 @@ fn used_up_expired_and_revoked_claims_and_revoked_rigs_are_refused() {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(common::tls::connect(opts))
+            .block_on(rigd_harness::tls::connect(opts))
             .is_ok()
     };
     assert!(
@@ -261,7 +259,7 @@ fn used_up_expired_and_revoked_claims_and_revoked_rigs_are_refused() {
         &cert,
         signer.clone(),
     );
-    let (client, mut events) = rt.block_on(common::tls::connect(open)).unwrap();
+    let (client, mut events) = rt.block_on(rigd_harness::tls::connect(open)).unwrap();
     let (code, out) = rigctl(&fleet.pki, port, &["rigs", "revoke", &a_id]);
     assert_eq!(code, 0, "{out}");
     let (_, listed) = rigctl(&fleet.pki, port, &["rigs", "registry"]);
@@ -276,7 +274,7 @@ fn used_up_expired_and_revoked_claims_and_revoked_rigs_are_refused() {
             .publish(own, QoS::AtLeastOnce, false, "after revocation")
             .await
             .unwrap();
-        common::tls::next(&mut events, |p| match p {
+        rigd_harness::tls::next(&mut events, |p| match p {
             Packet::PubAck(a) => Some(a.reason),
             _ => None,
         })
@@ -322,7 +320,7 @@ fn malformed_and_oversized_claims_are_refused_and_the_provisioner_keeps_serving(
     let claim = fleet.pki.client("fleet:claim");
     let ask = |payload: Vec<u8>| {
         let id = format!("claim-{}", hex::encode(rand::random::<[u8; 8]>()));
-        let opts = common::tls::options(&id, fleet.broker.port, &claim);
+        let opts = rigd_harness::tls::options(&id, fleet.broker.port, &claim);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,9 +1,7 @@
 //! `rigctl receipts verify RIG`: the batches a real rigd publishes are checked live.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, workspace_bin, Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{wait_job_done, workspace_bin, Coordinator, Mosquitto, RigProcess};
 use std::process::Command;
 
 #[test]
@@ -20,11 +18,11 @@ fn rigctl_verifies_every_receipt_a_working_rig_publishes_and_refuses_another_key
         &dir.path().join("r"),
         "sim.gflops = 0.0002\n",
     );
-    common::wait_until("rigd up", 30, || rig.log().contains("rigd started"));
+    rigd_harness::wait_until("rigd up", 30, || rig.log().contains("rigd started"));
     let broker_arg = format!("127.0.0.1:{}", broker.port);
     // rigctl takes the rig's key from the network's record (the coordinator's retained
     // earnings), not from the rig's own status.
-    common::wait_until("the coordinator's record of the rig's key", 30, || {
+    rigd_harness::wait_until("the coordinator's record of the rig's key", 30, || {
         let out = Command::new(workspace_bin("rigctl"))
             .args(["--broker", &broker_arg, "--json", "earnings", "rig-live"])
             .output()

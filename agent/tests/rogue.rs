@@ -5,13 +5,11 @@
 //! pay.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::rogue::Rogue;
-use common::tls::Pki;
-use common::{mosquitto_tls, wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd_coordinator::job::Job;
 use rigd_coordinator::JobSpec;
+use rigd_harness::rogue::Rogue;
+use rigd_harness::tls::Pki;
+use rigd_harness::{mosquitto_tls, wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd_protocol::{encode, RigId, WorkUnit};
 
 const UNITS: u64 = 40;
@@ -60,7 +58,7 @@ impl Scene {
         gpus: u32,
         extra: &str,
     ) -> Self {
-        let pki = Pki::new();
+        let pki = Pki::create();
         let broker = mosquitto_tls(&pki.ca_dir());
         let dir = tempfile::tempdir().unwrap();
         let coordinator = coordinator(broker.port, dir.path(), &pki.client("fleet:coordinator"));

@@ -2,9 +2,7 @@
 //! and signed, rigd exits 0 well within the unit's `TimeoutStopSec=`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{RigId, RigState, RigStatus};
 use rumqttc::v5::mqttbytes::v5::Packet;

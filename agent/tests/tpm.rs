@@ -2,9 +2,7 @@
 #![cfg(feature = "tpm")]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::{wait_job_done, workspace_bin, Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{wait_job_done, workspace_bin, Coordinator, Mosquitto, RigProcess};
 use rigd_protocol::topics::{self, Channel};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
@@ -40,7 +38,7 @@ fn a_rig_signing_with_a_tpm_key_gets_every_receipt_verified_and_credited() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let tpm_state = tempfile::tempdir().unwrap();
-    let tpm = common::swtpm::Swtpm::start(tpm_state.path());
+    let tpm = rigd_harness::swtpm::Swtpm::start(tpm_state.path());
     let units = 40;
     let coordinator = Coordinator::gemm(broker.port, dir.path(), units, 32, |c| {
         c.verify_fraction = 0.2;
@@ -90,7 +88,7 @@ fn the_devnet_mlp_job_signed_in_tpms_reaches_its_loss_and_every_receipt_is_credi
     let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let tpms: Vec<_> = states
         .iter()
-        .map(|s| common::swtpm::Swtpm::start(s.path()))
+        .map(|s| rigd_harness::swtpm::Swtpm::start(s.path()))
         .collect();
     let rigs: Vec<RigProcess> = tpms
         .iter()
@@ -105,7 +103,7 @@ fn the_devnet_mlp_job_signed_in_tpms_reaches_its_loss_and_every_receipt_is_credi
             )
         })
         .collect();
-    common::wait_until("the job finished", 120, || {
+    rigd_harness::wait_until("the job finished", 120, || {
         coordinator.status().is_some_and(|s| s.finished)
     });
     let status = coordinator.status().unwrap();
@@ -120,7 +118,7 @@ fn the_devnet_mlp_job_signed_in_tpms_reaches_its_loss_and_every_receipt_is_credi
         "every unit of every step credited: {status:?}"
     );
     let refs: Vec<&RigProcess> = rigs.iter().collect();
-    common::wait_until("every outbox drained", 60, || {
+    rigd_harness::wait_until("every outbox drained", 60, || {
         refs.iter().all(|r| r.journal().1 == 0)
     });
     coordinator.assert_exactly_once(units, &refs);

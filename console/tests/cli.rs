@@ -4,11 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{
-    encode, CardEarnings, CardInfo, CardState, CoordinatorStatus, Earnings, GpuSample, GpuUuid,
-    JobId, PublicKey, RigId, RigState, RigStatus, Telemetry,
-};
-use rigd_testkit::Mosquitto;
+use rigd_protocol::{encode, CoordinatorStatus, Earnings, RigState, RigStatus, Telemetry};
+use rigd_testkit::{fixtures, Mosquitto};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -26,94 +23,35 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn uuid(rig: &str, i: u32) -> GpuUuid {
-    GpuUuid::new(format!("SIM-{rig}-{i}")).unwrap()
-}
-
+/// A rig's status as it reads at the instant of the test (a rig not heard from for long is
+/// shown offline).
 fn status(rig: &str, cards: u32, state: RigState) -> RigStatus {
     RigStatus {
-        rig: RigId::new(rig).unwrap(),
-        agent_version: "0.1.0".into(),
-        pubkey: PublicKey::Secp256k1(vec![2; 33]),
-        key_backend: "file (software, not hardware-held)".into(),
-        key_health: rigd_protocol::KeyHealth::Answering,
         state,
-        cards: (0..cards)
-            .map(|index| CardInfo {
-                uuid: uuid(rig, index),
-                index,
-                name: "Sim RTX 3090".into(),
-                vram_mib: 24576,
-                power_limit_w: 350,
-            })
-            .collect(),
-        units_running: cards,
-        units_queued: 2,
-        seq_journaled: 17,
-        receipts_unacked: 1,
         started_ms: now_ms() - 60_000,
         sent_ms: now_ms(),
+        ..fixtures::status(rig, cards)
     }
 }
 
 fn telemetry(rig: &str, cards: u32) -> Telemetry {
     Telemetry {
-        rig: RigId::new(rig).unwrap(),
         at_ms: now_ms(),
-        gpus: (0..cards)
-            .map(|i| GpuSample {
-                uuid: uuid(rig, i),
-                core_dc: 712 + i as i16,
-                mem_dc: None,
-                power_w: 300,
-                power_limit_w: 350,
-                fan_pct: 55,
-                util_pct: 99,
-                sm_mhz: 1700,
-                governor_level: 0,
-                state: CardState::Busy,
-                unit: Some(u64::from(i)),
-                units_done: 5 + i,
-                worker_restarts: 0,
-            })
-            .collect(),
+        ..fixtures::telemetry(rig, cards)
     }
 }
 
 fn earnings(rig: &str, cards: u32) -> Earnings {
     Earnings {
-        rig: RigId::new(rig).unwrap(),
-        cards: (0..cards)
-            .map(|i| CardEarnings {
-                card: Some(uuid(rig, i)),
-                credited_units: 4,
-                credited_micros: 2_500_000,
-                pending_units: 1,
-                pending_micros: 625_000,
-                rejected_units: 0,
-            })
-            .collect(),
-        micros_per_mflop: 1,
-        last_seq: 17,
-        missing_seqs: 0,
         updated_ms: now_ms(),
-        pinned_key: None,
-        key_changed: false,
+        ..fixtures::earnings(rig, cards)
     }
 }
 
 fn coordinator() -> CoordinatorStatus {
     CoordinatorStatus {
-        job: JobId::new("mlp-test").unwrap(),
-        step: 7,
-        steps_total: 60,
-        loss: Some(0.5),
-        units_done: 56,
-        units_verified: 9,
-        units_rejected: 0,
-        rigs_online: 2,
-        finished: false,
         updated_ms: now_ms(),
+        ..fixtures::coordinator(false)
     }
 }
 
@@ -175,7 +113,7 @@ async fn rigctl_json(broker: &Mosquitto, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_gpus_and_earnings_read_retained_frames_and_skip_bad_ones() {
     let broker = tokio::task::spawn_blocking(Mosquitto::start).await.unwrap();
-    let rig = |name: &str, ch| topics::rig(&RigId::new(name).unwrap(), ch);
+    let rig = |name: &str, ch| topics::rig(&fixtures::rig_id(name), ch);
     let mut messages = vec![
         (
             rig("rig-a", Channel::Status),
@@ -224,42 +162,42 @@ async fn status_gpus_and_earnings_read_retained_frames_and_skip_bad_ones() {
     assert_eq!(rigs[0]["rig"], "rig-a");
     assert_eq!(rigs[0]["online"], true);
     assert_eq!(rigs[0]["state"], "working");
-    assert_eq!(rigs[0]["journaled"], 17);
+    assert_eq!(rigs[0]["journaled"], 41);
     assert_eq!(rigs[1]["online"], false);
     assert_eq!(rigs[1]["cards"], 2);
     assert!(rigs[1]["last_seen_age_ms"].as_u64().unwrap() < 60_000);
-    assert_eq!(s["coordinator"]["step"], 7);
+    assert_eq!(s["coordinator"]["step"], 12);
 
     let g = rigctl_json(&broker, &["gpus", "rig-b"]).await;
     let cards = g["cards"].as_array().unwrap();
     assert_eq!(cards.len(), 2, "{g}");
     assert_eq!(cards[1]["uuid"], "SIM-rig-b-1");
     assert_eq!(cards[1]["name"], "Sim RTX 3090");
-    assert_eq!(cards[1]["units_done"], 6);
-    assert!((cards[1]["core_c"].as_f64().unwrap() - 71.3).abs() < 1e-3);
+    assert_eq!(cards[1]["units_done"], 12);
+    assert!((cards[1]["core_c"].as_f64().unwrap() - 76.5).abs() < 1e-3);
 
     let e = rigctl_json(&broker, &["earnings"]).await;
     assert_eq!(e["rigs"].as_array().unwrap().len(), 2, "{e}");
-    assert_eq!(e["total"]["credited_micros"], 3 * 2_500_000);
-    assert_eq!(e["total"]["credited"], "7.500000");
-    assert_eq!(e["total"]["pending"], "1.875000");
+    assert_eq!(e["total"]["credited_micros"], 3 * 1_234_567);
+    assert_eq!(e["total"]["credited"], "3.703701");
+    assert_eq!(e["total"]["pending"], "0.000015");
 
     let one = rigctl_json(&broker, &["earnings", "rig-a"]).await;
     assert_eq!(one["rigs"].as_array().unwrap().len(), 1, "{one}");
-    assert_eq!(one["total"]["credited"], "2.500000");
+    assert_eq!(one["total"]["credited"], "1.234567");
 
     // The text table of the same data.
     let addr = format!("127.0.0.1:{}", broker.port);
     let out = rigctl(&["--broker", &addr, "--wait-ms", "5000", "earnings"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("RIG"), "{text}");
-    assert!(text.contains("7.500000"), "{text}");
+    assert!(text.contains("3.703701"), "{text}");
 
     let out = rigctl(&["--broker", &addr, "--wait-ms", "5000", "status"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(
-        text.starts_with("coordinator: job mlp-test  step 7/60"),
+        text.starts_with("coordinator: job mlp-1  step 12/60"),
         "{text}"
     );
     assert!(text.lines().nth(1).unwrap().starts_with("RIG  "), "{text}");

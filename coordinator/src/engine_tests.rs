@@ -1,8 +1,9 @@
 use super::*;
-use crate::test_support::{job_id, TestRig};
 use crate::verify;
 use crate::JobSpec;
-use rigd_protocol::{decode, Ack, CardInfo, Earnings, GpuUuid, ReceiptBatch, UnitOutput, WorkUnit};
+use rigd_protocol::{decode, Ack, Earnings, ReceiptBatch, UnitOutput, WorkUnit};
+use rigd_testkit::fixtures::job_id;
+use rigd_testkit::signer::TestRig;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -44,29 +45,7 @@ fn gemm(units: u64) -> JobSpec {
 const GEMM_WORK: u64 = 2 * 16 * 16 * 16;
 
 fn status(rig: &TestRig, cards: usize, state: RigState) -> RigStatus {
-    RigStatus {
-        rig: rig.id.clone(),
-        agent_version: "test".into(),
-        pubkey: rig.pubkey(),
-        key_backend: "file".into(),
-        key_health: rigd_protocol::KeyHealth::Answering,
-        state,
-        cards: (0..cards)
-            .map(|i| CardInfo {
-                uuid: GpuUuid::new(format!("SIM-{i}")).unwrap_or_else(|_| unreachable!()),
-                index: i as u32,
-                name: "sim".into(),
-                vram_mib: 1,
-                power_limit_w: 1,
-            })
-            .collect(),
-        units_running: 0,
-        units_queued: 0,
-        seq_journaled: 0,
-        receipts_unacked: 0,
-        started_ms: 0,
-        sent_ms: 0,
-    }
+    rig.status(cards as u32, state)
 }
 
 fn published<T: rigd_protocol::Frame>(out: &[Outbound], topic: &str) -> Vec<T> {

@@ -1,6 +1,6 @@
 use super::*;
-use crate::test_support::job_id;
 use crate::verify::recompute;
+use rigd_testkit::fixtures::job_id;
 
 fn mlp_spec(max_steps: u64, loss_target: f32) -> JobSpec {
     JobSpec::TrainMlp {

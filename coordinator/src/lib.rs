@@ -41,8 +41,6 @@ pub mod ledger;
 mod mqtt;
 pub mod recompute;
 pub mod scheduler;
-#[cfg(test)]
-mod test_support;
 pub mod verify;
 
 use rigd_protocol::{CoordinatorStatus, JobId};

@@ -199,7 +199,7 @@ impl Drop for Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::rig_id;
+    use rigd_testkit::fixtures::rig_id;
 
     fn gemm(seed: u64) -> UnitKind {
         UnitKind::GemmI8 {

@@ -1,8 +1,9 @@
 use super::*;
-use crate::test_support::{job_id, rig_id, TestRig};
 use rigd_kernels::MlpShape;
 use rigd_protocol::verify::ReceiptError;
 use rigd_protocol::WorkUnit;
+use rigd_testkit::fixtures::{job_id, rig_id};
+use rigd_testkit::signer::TestRig;
 
 fn gemm_unit() -> WorkUnit {
     WorkUnit {

@@ -2,8 +2,7 @@
 
 use super::*;
 
-const PIN: &str = "user-pin-1234";
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use rigd_testkit::softhsm::{MODULE, PIN};
 
 fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))

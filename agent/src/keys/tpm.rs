@@ -405,15 +405,11 @@ impl KeyStore for TpmKey {
 }
 
 #[cfg(test)]
-#[path = "../../tests/common/swtpm.rs"]
-mod swtpm;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::conformance;
 
-    use super::swtpm::{free_port_pair, Swtpm};
+    use rigd_testkit::swtpm::{free_port_pair, Swtpm};
     use std::time::Instant;
 
     fn tempdir() -> tempfile::TempDir {

@@ -13,6 +13,11 @@ pub fn rig_id(name: &str) -> RigId {
     RigId::new(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The job id `name`.
+pub fn job_id(name: &str) -> JobId {
+    JobId::new(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The UUID of simulated card `index` of `rig`.
 pub fn uuid(rig: &str, index: u32) -> GpuUuid {
     GpuUuid::new(format!("SIM-{rig}-{index}")).unwrap_or_else(|e| panic!("{e}"))
@@ -96,7 +101,7 @@ pub fn earnings(rig: &str, cards: u32) -> Earnings {
 /// The coordinator's status at step 12 of 60, `finished` or not.
 pub fn coordinator(finished: bool) -> CoordinatorStatus {
     CoordinatorStatus {
-        job: JobId::new("mlp-1").unwrap_or_else(|e| panic!("{e}")),
+        job: job_id("mlp-1"),
         step: 12,
         steps_total: 60,
         loss: Some(0.4312),

@@ -30,7 +30,8 @@ pub struct Pki {
 }
 
 impl Pki {
-    pub fn new() -> Self {
+    /// Creates the fleet CA in a fresh temporary directory.
+    pub fn create() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::init(&dir.path().join("ca"), "test fleet CA").expect("CA");
         Pki { dir, ca }

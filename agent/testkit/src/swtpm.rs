@@ -1,6 +1,4 @@
-//! A real swtpm on free loopback ports, for tests (shared by the TPM unit tests and the
-//! integration tests).
-#![allow(dead_code)]
+//! A real swtpm on free loopback ports, for the TPM unit tests and the integration tests.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -3,28 +3,18 @@
 //! over mutual TLS, sending whatever a test wants it to: receipts for units it was never
 //! leased, invented results, floods.
 
-use k256::ecdsa::SigningKey;
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{
-    encode, Ack, BatchHeader, CardInfo, GpuUuid, KeyHealth, PublicKey, Receipt, ReceiptBatch,
-    ReceiptItem, RigId, RigState, RigStatus, Signature, UnitAssignment, UnitOutput, WorkUnit,
-};
+use rigd_protocol::{encode, Ack, RigState, UnitAssignment, WorkUnit};
+use rigd_testkit::signer::TestRig;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Client, Event, MqttOptions};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A rig's receipt key and sequence numbers: builds signed batches of whatever receipts.
-pub struct Signer {
-    pub id: RigId,
-    key: SigningKey,
-    pub next_seq: u64,
-}
-
-/// A rogue rig connected to the broker; its [`Signer`] through `Deref`.
+/// A rogue rig connected to the broker; its receipt key ([`TestRig`]) through `Deref`.
 pub struct Rogue {
-    signer: Signer,
+    signer: TestRig,
     client: Client,
     /// First sequence numbers of the batches acknowledged, and when.
     acks: Arc<Mutex<Vec<(u64, Instant)>>>,
@@ -32,14 +22,14 @@ pub struct Rogue {
 }
 
 impl std::ops::Deref for Rogue {
-    type Target = Signer;
-    fn deref(&self) -> &Signer {
+    type Target = TestRig;
+    fn deref(&self) -> &TestRig {
         &self.signer
     }
 }
 
 impl std::ops::DerefMut for Rogue {
-    fn deref_mut(&mut self) -> &mut Signer {
+    fn deref_mut(&mut self) -> &mut TestRig {
         &mut self.signer
     }
 }
@@ -48,7 +38,7 @@ impl Rogue {
     /// Connects as `name` with the fleet certificate `tls` and a receipt key made from
     /// `secret`, and listens for its acks and units.
     pub fn connect(port: u16, name: &str, secret: u8, tls: &rigd_client::TlsFiles) -> Self {
-        let id = RigId::new(name).unwrap();
+        let id = rigd_testkit::fixtures::rig_id(name);
         let mut opts = MqttOptions::new(format!("rogue-{name}"), "127.0.0.1", port);
         opts.set_max_packet_size(Some(2 << 20));
         let config = rigd_client::client_config_from_files(tls).expect("TLS config");
@@ -84,7 +74,7 @@ impl Rogue {
             }
         });
         Self {
-            signer: Signer::new(id, secret),
+            signer: TestRig::new(name, secret),
             client,
             acks,
             units,
@@ -103,7 +93,11 @@ impl Rogue {
 
     /// Publishes its retained status: idle, with `cards` cards (so it is leased units).
     pub fn announce_cards(&self, cards: u32) {
-        self.publish(Channel::Status, true, encode(&self.status(cards)));
+        self.publish(
+            Channel::Status,
+            true,
+            encode(&self.signer.status(cards, RigState::Idle)),
+        );
     }
 
     /// Publishes a frame on its receipts topic.
@@ -131,91 +125,5 @@ impl Rogue {
     pub fn acked_at(&self, first_seq: u64) -> Option<Instant> {
         let acks = self.acks.lock().unwrap();
         acks.iter().find(|(s, _)| *s == first_seq).map(|(_, t)| *t)
-    }
-}
-
-impl Signer {
-    /// Its status: idle, with `cards` cards.
-    pub fn status(&self, cards: u32) -> RigStatus {
-        RigStatus {
-            rig: self.id.clone(),
-            agent_version: "rogue".into(),
-            pubkey: self.pubkey(),
-            key_backend: "rogue".into(),
-            key_health: KeyHealth::Answering,
-            state: RigState::Idle,
-            cards: (0..cards)
-                .map(|index| CardInfo {
-                    uuid: GpuUuid::new(format!("SIM-rogue-{index}")).unwrap(),
-                    index,
-                    name: "rogue".into(),
-                    vram_mib: 1,
-                    power_limit_w: 1,
-                })
-                .collect(),
-            units_running: 0,
-            units_queued: 0,
-            seq_journaled: 0,
-            receipts_unacked: 0,
-            started_ms: 1,
-            sent_ms: 1,
-        }
-    }
-
-    /// Rig `id` with a secp256k1 key made from `secret`, starting at seq 1.
-    pub fn new(id: RigId, secret: u8) -> Self {
-        Self {
-            id,
-            key: SigningKey::from_slice(&[secret; 32]).unwrap(),
-            next_seq: 1,
-        }
-    }
-
-    pub fn pubkey(&self) -> PublicKey {
-        let point = self.key.verifying_key().to_encoded_point(true);
-        PublicKey::Secp256k1(point.as_bytes().to_vec())
-    }
-
-    /// A receipt for `unit` claiming `output` and `work`, with the next sequence number.
-    pub fn receipt(
-        &mut self,
-        unit: &WorkUnit,
-        output: &UnitOutput,
-        work: u64,
-    ) -> (Receipt, UnitOutput) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let receipt = Receipt {
-            rig: self.id.clone(),
-            seq,
-            card: GpuUuid::new("SIM-rogue-0").unwrap(),
-            job: unit.job.clone(),
-            unit: unit.unit,
-            attempt: unit.attempt,
-            work,
-            input_digest: unit.kind.input_digest(),
-            output_digest: output.digest(),
-            started_ms: 1,
-            finished_ms: 2,
-            governor_level: 0,
-        };
-        (receipt, output.clone())
-    }
-
-    /// A signed batch over consecutive receipts.
-    pub fn batch(&self, items: Vec<(Receipt, UnitOutput)>) -> ReceiptBatch {
-        let receipts: Vec<Receipt> = items.iter().map(|(r, _)| r.clone()).collect();
-        let header = BatchHeader::over(&self.id, &receipts).unwrap();
-        let (sig, recid) = self
-            .key
-            .sign_prehash_recoverable(&header.signing_digest())
-            .unwrap();
-        let mut signature = sig.to_bytes().to_vec();
-        signature.push(27 + recid.to_byte());
-        ReceiptBatch {
-            header,
-            signature: Signature(signature),
-            items: ReceiptItem::with_proofs(items),
-        }
     }
 }

@@ -1,20 +1,15 @@
-//! Test harness: a real mosquitto per test on a free loopback port, real rigd processes,
-//! and polling with deadlines instead of sleeps.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! The process harness of rigd's integration tests and benches: real rigd processes beside
+//! a real mosquitto per test on a free loopback port ([`RigProcess`]), the coordinator in
+//! or out of process ([`Coordinator`]), the fleet PKI and a mutual-TLS broker ([`tls`]), a
+//! rogue rig ([`rogue`]), and polling with deadlines instead of sleeps. Dev-only.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod coordinator;
 pub mod rogue;
-pub mod softhsm;
-pub mod swtpm;
 pub mod tls;
 
-// Not every test binary uses both.
-#[allow(unused_imports)]
 pub use coordinator::{wait_job_done, Coordinator};
-
-// Not every test binary uses each.
-#[allow(unused_imports)]
-pub use rigd_testkit::{free_port, wait_until, Mosquitto};
+pub use rigd_testkit::{free_port, softhsm, swtpm, wait_until, Mosquitto};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -201,7 +196,7 @@ impl RigProcess {
     }
 
     fn spawn_env(&mut self, env: &[(&str, &str)]) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rigd"));
+        let mut cmd = Command::new(workspace_bin("rigd"));
         cmd.arg("--config").arg(&self.conf).env(
             "RUST_LOG",
             std::env::var("RIGD_TEST_LOG").unwrap_or_else(|_| "rigd=info".into()),
