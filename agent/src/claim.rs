@@ -5,11 +5,11 @@
 //! rename, fsync of the directory) after every transition. The CSR is made for the TLS key
 //! in the key store (rcgen with a remote key: the key store signs).
 
-use crate::config::{ProvisionConfig, RigTls};
+use crate::config::{Assigned, Identity, ProvisionConfig, RigSettings, RigTls};
 use crate::keys::KeyStore;
 use crate::provision::{State, Step};
 use crate::state_dir::{StateDir, StateFile};
-use crate::{RigConfig, RunError};
+use crate::RunError;
 use rigd_client::ClientIdentity;
 use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
 use rigd_protocol::{decode, encode, PublicKey};
@@ -37,6 +37,11 @@ fn crash_point(crash_at: &Option<String>, step: &str) {
         std::process::abort();
     }
 }
+
+/// The name a rig goes by before the fleet assigns its id: the common name of its CSR (the
+/// provisioner writes the assigned id into the certificate) and the seed of simulated cards'
+/// uuids in the claim's inventory.
+const CLAIMING: &str = "claiming";
 
 fn runtime(what: &str, e: impl std::fmt::Display) -> RunError {
     RunError::Runtime(format!("{what}: {e}"))
@@ -129,7 +134,7 @@ pub fn csr(key: Arc<dyn KeyStore>) -> Result<Vec<u8>, RunError> {
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, crate::config::UNPROVISIONED);
+        .push(rcgen::DnType::CommonName, CLAIMING);
     let csr = params
         .serialize_request(&pair)
         .map_err(|e| runtime("CSR", e))?;
@@ -184,15 +189,17 @@ async fn claim_once(
     decode::<ClaimResponse>(&answer).map_err(|e| e.to_string())
 }
 
-/// Provisions the rig if rig.conf asks for it: returns the configuration with the assigned
-/// `rig_id` and `[tls]`, and the operator keys granted. Without `[provision]` the
-/// configuration is returned as it is, with no operator keys.
+/// The identity the rig runs with, and the operator keys granted with it: a fixed one as
+/// rig.conf gives it (no keys granted), a claimed one as the fleet assigned it (claimed
+/// now, or read back from the state directory).
 pub async fn provision(
-    mut config: RigConfig,
+    config: &RigSettings,
+    identity: Identity,
     stop: &CancellationToken,
-) -> Result<(RigConfig, Vec<[u8; 32]>), RunError> {
-    let Some(p) = config.provision.clone() else {
-        return Ok((config, vec![]));
+) -> Result<(Assigned, Vec<[u8; 32]>), RunError> {
+    let p = match identity {
+        Identity::Fixed(assigned) => return Ok((assigned, vec![])),
+        Identity::Claim(p) => p,
     };
     let (host, port) = config
         .broker_addr()
@@ -201,7 +208,7 @@ pub async fn provision(
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| runtime(&config.state_dir.display().to_string(), e))?;
     let receipt_key: Arc<dyn KeyStore> = Arc::new(config.open_key(&config.key)?);
-    let tls_key = crate::tls::open_key(&config, &receipt_key)?;
+    let tls_key = crate::tls::open_key(config, &receipt_key)?;
     let PublicKey::P256(sec1) = tls_key.public_key() else {
         return Err(runtime("TLS key", "not P-256"));
     };
@@ -216,15 +223,16 @@ pub async fn provision(
             Step::Ready(p_rec) => {
                 crash_point(&crash_at, "provisioned");
                 write(&dir, StateFile::Certificate, p_rec.chain_pem.as_bytes())?;
-                let cert = dir.file(StateFile::Certificate);
-                config.rig_id = rigd_protocol::RigId::new(&p_rec.rig)
-                    .map_err(|e| runtime("assigned rig id", e))?;
-                config.tls = Some(RigTls {
-                    ca: p.ca.clone(),
-                    cert,
-                });
+                let assigned = Assigned {
+                    rig: rigd_protocol::RigId::new(&p_rec.rig)
+                        .map_err(|e| runtime("assigned rig id", e))?,
+                    tls: Some(RigTls {
+                        ca: p.ca.clone(),
+                        cert: dir.file(StateFile::Certificate),
+                    }),
+                };
                 tracing::info!(rig = %p_rec.rig, owner = %p_rec.owner, elapsed_ms = started.elapsed().as_millis() as u64, "provisioned: ready");
-                return Ok((config, p_rec.operator_keys));
+                return Ok((assigned, p_rec.operator_keys));
             }
             Step::Stop => {
                 return Err(RunError::Revoked(
@@ -240,7 +248,9 @@ pub async fn provision(
             Step::Claim => {}
         }
         let (cards, driver) = {
-            let (gpu, _) = config.open_cards();
+            let seed = rigd_protocol::RigId::new(CLAIMING)
+                .unwrap_or_else(|_| unreachable!("a valid rig id"));
+            let (gpu, _) = config.open_cards(&seed);
             let driver = match config.gpu {
                 crate::config::GpuBackend::Sim => "sim",
                 crate::config::GpuBackend::Nvml => "nvidia",

@@ -30,7 +30,7 @@ pub mod worker;
 mod fixtures;
 
 pub use cards::WorkerCommand;
-pub use config::{ConfigError, RigConfig};
+pub use config::{Assigned, ConfigError, RigConfig, RigSettings};
 pub use rig::run;
 
 /// Why rigd stopped with an error.

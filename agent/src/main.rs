@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Cmd::Keys { action }) = &args.command {
-        return keys(&config, action);
+        return keys(&config.settings, action);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -77,11 +77,16 @@ fn main() -> ExitCode {
             wait_for_signal().await;
             stop.cancel();
         });
-        // With [provision], claim an identity first (a no-op once provisioned). The operator
-        // keys granted are the ones signed commands are checked against.
-        let (mut config, operator_keys) = rigd::claim::provision(config, &shutdown).await?;
-        config.trust_operators(operator_keys);
-        rigd::run(config, worker, shutdown).await
+        // With [provision], claim an identity first (read back once provisioned). The
+        // operator keys granted are the ones signed commands are checked against.
+        let rigd::RigConfig {
+            identity,
+            mut settings,
+        } = config;
+        let (assigned, operator_keys) =
+            rigd::claim::provision(&settings, identity, &shutdown).await?;
+        settings.trust_operators(operator_keys);
+        rigd::run(settings, assigned, worker, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +116,7 @@ async fn wait_for_signal() {
 
 /// `rigd keys init|show|attest`. Opening a key creates it where the backend creates keys on first
 /// use (TPM, PKCS#11 token, YubiHSM2, file), so `init` and `show` differ only in wording.
-fn keys(config: &rigd::RigConfig, action: &KeysAction) -> ExitCode {
+fn keys(config: &rigd::RigSettings, action: &KeysAction) -> ExitCode {
     let key = match config.open_key(&config.key) {
         Ok(k) => k,
         Err(e) => {

@@ -9,7 +9,7 @@
 
 use crate::batcher::{Batcher, Decision};
 use crate::cards::{run_card, CardHandle, CardSettings, WorkerCommand};
-use crate::config::RigConfig;
+use crate::config::{Assigned, RigSettings};
 use crate::gpu::Gpu;
 use crate::hold::{Holds, Point};
 use crate::journal::{self, Journal, JournalError, JournalStats, JournalStore, Sealed};
@@ -20,7 +20,7 @@ use crate::supervisor::{CoreSettings, FailurePolicy, Input, RigCore};
 use crate::worker::unix_ms;
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{decode, encode, Ack, RigState, UnitAssignment};
+use rigd_protocol::{decode, encode, Ack, RigId, RigState, UnitAssignment};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use std::collections::{HashMap, HashSet};
@@ -43,7 +43,9 @@ use status::offline_status;
 /// The shell around [`RigCore`]: it carries out the core's effects on the link, the
 /// journal, the key, the cards' driver and the card tasks, and feeds it what they report.
 struct Rig {
-    config: RigConfig,
+    config: RigSettings,
+    /// The rig's id.
+    rig: RigId,
     core: RigCore,
     /// The core's clock starts here.
     epoch: Instant,
@@ -79,9 +81,11 @@ async fn journal_op<R: Send + 'static>(
     .map_err(|e| RunError::Runtime(format!("journal task: {e}")))?
 }
 
-/// Runs a rig until `shutdown`, then drains in-flight units, flushes the journal and returns.
+/// Runs the rig `assigned` until `shutdown`, then drains in-flight units, flushes the journal
+/// and returns.
 pub async fn run(
-    config: RigConfig,
+    config: RigSettings,
+    assigned: Assigned,
     worker: WorkerCommand,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -104,12 +108,12 @@ pub async fn run(
     }
     let journal = Journal::open(
         &config.state().file(crate::state_dir::StateFile::Journal),
-        config.rig_id.clone(),
+        assigned.rig.clone(),
     )?;
-    let command_state = commands::CommandState::open(&config)?;
+    let command_state = commands::CommandState::open(&config, &assigned.rig)?;
     let queue = journal.queued_units()?;
     let stats = journal.stats()?;
-    let (gpu, device) = config.open_cards();
+    let (gpu, device) = config.open_cards(&assigned.rig);
     let stop_cards = CancellationToken::new();
     let (events_tx, mut events) = mpsc::channel(64);
     let mut tasks = vec![];
@@ -154,12 +158,12 @@ pub async fn run(
     )
     .map_err(RunError::Hardware)?;
     let started_ms = unix_ms();
-    let will = encode(&offline_status(&config, key.as_ref(), started_ms));
-    let tls = crate::tls::client_config(&config, &key)?;
+    let will = encode(&offline_status(&assigned.rig, key.as_ref(), started_ms));
+    let tls = crate::tls::client_config(&config, assigned.tls.as_ref(), &key)?;
     let stop_link = CancellationToken::new();
     let (link, mut link_events) = Link::start(
         LinkSettings {
-            rig: config.rig_id.clone(),
+            rig: assigned.rig.clone(),
             host,
             port,
             will,
@@ -167,7 +171,7 @@ pub async fn run(
         },
         stop_link.clone(),
     );
-    tracing::info!(rig = %config.rig_id, cards = cards.len(), queued = core.queued(), key = %key.describe(), "rigd started");
+    tracing::info!(rig = %assigned.rig, cards = cards.len(), queued = core.queued(), key = %key.describe(), "rigd started");
     let (sealed_tx, mut sealed) = mpsc::channel(1);
     let mut rig = Rig {
         batcher: Batcher::new(
@@ -192,6 +196,7 @@ pub async fn run(
         commands: command_state,
         holds: Holds::from_env(),
         config,
+        rig: assigned.rig,
     };
     let holds = rig.commands.restore_holds();
     rig.step(Input::Restored(holds)).await?;
@@ -300,7 +305,7 @@ impl Rig {
                 crate::claim::record_revoked(&self.config.state())?;
                 return Err(RunError::Revoked(format!(
                     "the broker refused the certificate of {}: {reason}",
-                    self.config.rig_id
+                    self.rig
                 )));
             }
             LinkEvent::Disconnected { reason } => {
@@ -321,7 +326,7 @@ impl Rig {
     async fn on_message(&mut self, p: &Publish) -> Result<(), RunError> {
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         match topics::parse(&topic) {
-            Some((rig, Channel::Units)) if rig == self.config.rig_id => {
+            Some((rig, Channel::Units)) if rig == self.rig => {
                 match decode::<UnitAssignment>(&p.payload) {
                     Ok(msg) => {
                         let added =
@@ -332,13 +337,13 @@ impl Rig {
                     Err(e) => tracing::warn!(%topic, error = %e, "refused a unit assignment"),
                 }
             }
-            Some((rig, Channel::Acks)) if rig == self.config.rig_id => {
+            Some((rig, Channel::Acks)) if rig == self.rig => {
                 if self.holds.held(Point::Acks) {
                     tracing::info!("an acknowledgement dropped unread (held by a test)");
                     return Ok(());
                 }
                 match decode::<Ack>(&p.payload) {
-                    Ok(ack) if ack.rig == self.config.rig_id => {
+                    Ok(ack) if ack.rig == self.rig => {
                         for b in &ack.batches {
                             self.sent.remove(&b.first_seq);
                         }
@@ -358,10 +363,8 @@ impl Rig {
                     Err(e) => tracing::warn!(%topic, error = %e, "refused an ack"),
                 }
             }
-            Some((rig, Channel::Commands)) if rig == self.config.rig_id => {
-                self.on_command(p).await?
-            }
-            Some((rig, Channel::Earnings)) if rig == self.config.rig_id => {
+            Some((rig, Channel::Commands)) if rig == self.rig => self.on_command(p).await?,
+            Some((rig, Channel::Earnings)) if rig == self.rig => {
                 self.on_earnings(&p.payload).await?
             }
             _ => tracing::warn!(%topic, "message on an unexpected topic ignored"),

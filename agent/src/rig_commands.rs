@@ -4,7 +4,7 @@
 
 use super::Rig;
 use crate::commands::{NonceStore, Verifier};
-use crate::config::RigConfig;
+use crate::config::RigSettings;
 use crate::state_dir::{StateDir, StateFile};
 use crate::supervisor::{Input, OperatorHolds, ReplyTo};
 use crate::worker::unix_ms;
@@ -13,7 +13,7 @@ use rigd_protocol::command::{
     Command, CommandReply, Diagnostics, Outcome, Rejection, MAX_CORRELATION_BYTES,
 };
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{decode, encode, GpuUuid, RigState};
+use rigd_protocol::{decode, encode, GpuUuid, RigId, RigState};
 use rumqttc::v5::mqttbytes::v5::Publish;
 
 /// What the shell keeps about commands: who may send them, the nonces they used, counts,
@@ -28,8 +28,8 @@ pub(super) struct CommandState {
 }
 
 impl CommandState {
-    /// The policy of `config`, with the nonces of its state directory.
-    pub(super) fn open(config: &RigConfig) -> Result<Self, RunError> {
+    /// The policy of `config` for commands to `rig`, with the nonces of its state directory.
+    pub(super) fn open(config: &RigSettings, rig: &RigId) -> Result<Self, RunError> {
         let nonces =
             NonceStore::open(&config.state()).map_err(|e| RunError::Runtime(e.to_string()))?;
         tracing::info!(
@@ -39,7 +39,7 @@ impl CommandState {
         );
         Ok(Self {
             verifier: Verifier::new(
-                config.rig_id.clone(),
+                rig.clone(),
                 config.operator_keys(),
                 config.allowed_commands.clone(),
             ),
@@ -92,7 +92,7 @@ impl Rig {
     pub(super) async fn on_command(&mut self, p: &Publish) -> Result<(), RunError> {
         let props = p.properties.as_ref();
         let response = props.and_then(|p| p.response_topic.clone());
-        let own = topics::rig(&self.config.rig_id, Channel::Replies);
+        let own = topics::rig(&self.rig, Channel::Replies);
         let decoded = decode::<Command>(&p.payload);
         let to = ReplyTo {
             correlation: props
@@ -175,7 +175,7 @@ impl Rig {
 
     pub(super) fn reply(&self, to: &ReplyTo, outcome: Outcome) {
         let reply = CommandReply {
-            rig: self.config.rig_id.clone(),
+            rig: self.rig.clone(),
             nonce: to.nonce,
             action: to.action,
             outcome,

@@ -26,7 +26,7 @@ impl Rig {
     /// The coordinator's earnings for this rig arrived.
     pub(super) async fn on_earnings(&mut self, payload: &[u8]) -> Result<(), RunError> {
         let earnings = match decode::<Earnings>(payload) {
-            Ok(e) if e.rig == self.config.rig_id => e,
+            Ok(e) if e.rig == self.rig => e,
             Ok(e) => {
                 tracing::warn!(other = %e.rig, "refused earnings of another rig");
                 return Ok(());

@@ -2,17 +2,16 @@
 //! telemetry.
 
 use super::Rig;
-use crate::config::RigConfig;
 use crate::keys::KeyStore;
 use crate::worker::unix_ms;
 use rigd_protocol::topics::Channel;
-use rigd_protocol::{encode, RigState, RigStatus, Telemetry};
+use rigd_protocol::{encode, RigId, RigState, RigStatus, Telemetry};
 use rumqttc::v5::mqttbytes::QoS;
 
 /// The status of a rig that is not working (yet, or any more).
-pub(super) fn offline_status(config: &RigConfig, key: &dyn KeyStore, started_ms: u64) -> RigStatus {
+pub(super) fn offline_status(rig: &RigId, key: &dyn KeyStore, started_ms: u64) -> RigStatus {
     RigStatus {
-        rig: config.rig_id.clone(),
+        rig: rig.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         pubkey: key.public_key(),
         key_backend: key
@@ -35,7 +34,7 @@ pub(super) fn offline_status(config: &RigConfig, key: &dyn KeyStore, started_ms:
 impl Rig {
     pub(super) fn status(&self, state: RigState) -> RigStatus {
         let stats = self.stats();
-        let mut s = offline_status(&self.config, self.key.as_ref(), self.started_ms);
+        let mut s = offline_status(&self.rig, self.key.as_ref(), self.started_ms);
         s.state = state;
         s.cards = self.core.inventory();
         s.units_running = self.core.running() as u32;
@@ -57,7 +56,7 @@ impl Rig {
 
     pub(super) fn publish_telemetry(&mut self) {
         let msg = Telemetry {
-            rig: self.config.rig_id.clone(),
+            rig: self.rig.clone(),
             at_ms: unix_ms(),
             gpus: self.core.samples(self.now_ms()),
         };

@@ -5,8 +5,9 @@
 //! [`KeyStore::sign_digest`], so a TPM, HSM or PKCS#11 key never leaves its store. TLS knows
 //! no secp256k1: the TLS key must be P-256.
 
+use crate::config::{RigSettings, RigTls};
 use crate::keys::{KeyError, KeyStore};
-use crate::{RigConfig, RunError};
+use crate::RunError;
 use rigd_client::{ClientIdentity, DigestSigner};
 use rigd_protocol::PublicKey;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ impl DigestSigner for StoreSigner {
 
 /// Opens the TLS key: `tls_key` when set and different from `key`, else the receipt key.
 pub fn open_key(
-    config: &RigConfig,
+    config: &RigSettings,
     receipt_key: &Arc<dyn KeyStore>,
 ) -> Result<Arc<dyn KeyStore>, KeyError> {
     let key = match &config.tls_key {
@@ -48,12 +49,13 @@ pub fn open_key(
     }
 }
 
-/// The rustls settings of the rig's link, or `None` when rig.conf has no `[tls]`.
+/// The rustls settings of the rig's link with the certificate `tls`, or `None` without one.
 pub fn client_config(
-    config: &RigConfig,
+    config: &RigSettings,
+    tls: Option<&RigTls>,
     receipt_key: &Arc<dyn KeyStore>,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, RunError> {
-    let Some(files) = &config.tls else {
+    let Some(files) = tls else {
         return Ok(None);
     };
     let key = open_key(config, receipt_key)?;
@@ -75,12 +77,14 @@ mod tests {
     use crate::keys;
     use std::path::Path;
 
-    fn config(dir: &Path, extra: &str) -> RigConfig {
+    fn config(dir: &Path, extra: &str) -> RigSettings {
         let text = format!(
             "rig_id = \"r\"\nbroker = \"127.0.0.1:1\"\nstate_dir = \"{}\"\nallow_software_key = true\n{extra}",
             dir.display()
         );
-        RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"))
+        crate::RigConfig::parse(Path::new("rig.conf"), &text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .settings
     }
 
     #[test]

@@ -3,11 +3,14 @@
 use crate::governor::ThermalOverrides;
 use crate::keys::KeyLocation;
 use rigd_protocol::{ActionKind, RigId};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+mod identity;
 mod sim;
 
+pub use identity::{Assigned, Identity, ProvisionConfig, RigTls};
 pub use sim::{SimConfig, SimFaultConfig, SimFaultKind};
 
 /// Why `rig.conf` was refused.
@@ -53,14 +56,20 @@ pub enum GpuBackend {
     Nvml,
 }
 
-/// The rig's configuration.
+/// The rig's configuration: who it is and how it runs.
+#[derive(Debug, Clone)]
+pub struct RigConfig {
+    /// `rig_id` and `[tls]`, or `[provision]`.
+    pub identity: Identity,
+    /// Everything else.
+    pub settings: RigSettings,
+}
+
+/// rig.conf less the identity: the broker, the state directory, the keys, the cards, the
+/// intervals and limits, the operators.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RigConfig {
-    /// The rig's identity (one topic level: letters, digits, `.`, `_`, `-`). Left out when
-    /// the rig provisions itself (`[provision]`): the provisioner assigns it.
-    #[serde(default = "unprovisioned")]
-    pub rig_id: RigId,
+pub struct RigSettings {
     /// MQTT broker, `host:port`.
     pub broker: String,
     /// Where the journal, the outbox and the software key live.
@@ -124,18 +133,18 @@ pub struct RigConfig {
     /// `diagnostics`); absent: all of them.
     #[serde(default)]
     pub allowed_commands: Option<Vec<ActionKind>>,
-    /// Mutual TLS to the broker (`[tls]`): without it the link is plain TCP.
-    #[serde(default)]
-    pub tls: Option<RigTls>,
     /// Key URI of the TLS client key; defaults to `key`. TLS has no secp256k1: a rig whose
     /// receipt key is secp256k1 names a P-256 key here (for example `file:tls-key?curve=p256`
     /// or a TPM key). The key signs the handshake inside its store.
     #[serde(default)]
     pub tls_key: Option<KeyLocation>,
-    /// Zero-touch provisioning (`[provision]`): claim an identity from the fleet instead of
-    /// a fixed `rig_id` and `[tls]`.
-    #[serde(default)]
-    pub provision: Option<ProvisionConfig>,
+    /// `rig_id`, `[tls]` and `[provision]`, read by the identity's own pass over the file.
+    #[serde(default, rename = "rig_id")]
+    _rig_id: IgnoredAny,
+    #[serde(default, rename = "tls")]
+    _tls: IgnoredAny,
+    #[serde(default, rename = "provision")]
+    _provision: IgnoredAny,
 }
 
 /// An operator's Ed25519 public key, written in rig.conf as 64 hex digits.
@@ -151,45 +160,6 @@ impl TryFrom<String> for OperatorKey {
             .map_err(|_| format!("operator key {text:?} is not 64 hex digits"))?;
         Ok(Self(key))
     }
-}
-
-/// `[provision]` in rig.conf: the claim token and the fleet-wide claim credential shipped
-/// with the image. The rig's own TLS key is `tls_key` (or `key`), never a file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionConfig {
-    /// The claim token (`rigctl claims create` prints it).
-    pub claim: String,
-    /// PEM file of the fleet CA.
-    pub ca: PathBuf,
-    /// PEM file of the fleet's claim certificate (CN `fleet:claim`).
-    pub claim_cert: PathBuf,
-    /// PEM file of the claim certificate's key (low privilege: it can only send claims).
-    pub claim_key: PathBuf,
-    /// How long to wait for the provisioner's answer to one claim, ms.
-    #[serde(default = "default_claim_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-/// The `rig_id` of a rig that has not been provisioned yet.
-pub const UNPROVISIONED: &str = "unprovisioned";
-
-fn unprovisioned() -> RigId {
-    RigId::new(UNPROVISIONED).unwrap_or_else(|_| unreachable!("a valid rig id"))
-}
-fn default_claim_timeout_ms() -> u64 {
-    5000
-}
-
-/// `[tls]` in rig.conf: the fleet CA and this rig's certificate. The private key is the one
-/// named by `tls_key` (or `key`) and never leaves its key store.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RigTls {
-    /// PEM file of the fleet CA the broker's certificate is checked against.
-    pub ca: PathBuf,
-    /// PEM file of this rig's certificate (common name = rig id), leaf first.
-    pub cert: PathBuf,
 }
 
 fn default_key() -> KeyLocation {
@@ -239,30 +209,36 @@ impl RigConfig {
         Self::parse(path, &text)
     }
 
-    /// Parses and checks `text`, naming `path` in errors.
+    /// Parses and checks `text`, naming `path` in errors. The identity keys and the
+    /// settings are read in two passes over the same text, each keeping the parser's
+    /// positions for its errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: RigConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
             line: e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(0),
             message: e.message().to_owned(),
-        })?;
-        config.check(path)?;
-        Ok(config)
+        };
+        let settings: RigSettings = toml::from_str(text).map_err(parse_error)?;
+        let keys: identity::IdentityKeys = toml::from_str(text).map_err(parse_error)?;
+        let identity = keys
+            .identity()
+            .map_err(|(key, message)| ConfigError::Value {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        settings.check(path)?;
+        Ok(Self { identity, settings })
     }
+}
 
+impl RigSettings {
     /// A simulated rig with defaults, for the demo and tests.
-    pub fn sim(
-        rig: RigId,
-        broker_host: &str,
-        broker_port: u16,
-        state_dir: PathBuf,
-        gpus: u32,
-    ) -> Self {
+    pub fn sim(broker_host: &str, broker_port: u16, state_dir: PathBuf, gpus: u32) -> Self {
         Self {
-            rig_id: rig,
             broker: format!("{broker_host}:{broker_port}"),
             state_dir,
             key: default_key(),
@@ -282,9 +258,10 @@ impl RigConfig {
             failure_window_ms: default_failure_window_ms(),
             operator_keys: vec![],
             allowed_commands: None,
-            tls: None,
             tls_key: None,
-            provision: None,
+            _rig_id: IgnoredAny,
+            _tls: IgnoredAny,
+            _provision: IgnoredAny,
         }
     }
 
@@ -302,15 +279,16 @@ impl RigConfig {
         )
     }
 
-    /// The cards of the configured backend, and where their workers compute. With `nvml`
-    /// and no usable driver, the rig runs with no cards (and says so) rather than stopping.
-    pub fn open_cards(&self) -> (Box<dyn crate::gpu::Gpu>, crate::worker::Device) {
+    /// The cards of the configured backend, and where their workers compute (`rig` seeds
+    /// simulated cards' uuids). With `nvml` and no usable driver, the rig runs with no cards
+    /// (and says so) rather than stopping.
+    pub fn open_cards(&self, rig: &RigId) -> (Box<dyn crate::gpu::Gpu>, crate::worker::Device) {
         use crate::gpu::{faults::Scheduled, nvml::NvmlGpu, SimGpu};
         use crate::worker::Device;
         match self.gpu {
             GpuBackend::Sim => {
                 let sim = self.sim.clone().unwrap_or_default();
-                let mut cards = SimGpu::new(&self.rig_id, sim.gpus);
+                let mut cards = SimGpu::new(rig, sim.gpus);
                 cards.set_ambient(sim.ambient_c);
                 let plan = sim.fault.iter().map(SimFaultConfig::planned).collect();
                 (
@@ -322,7 +300,7 @@ impl RigConfig {
                 Ok(gpu) => (Box::new(gpu), Device::Cuda),
                 Err(e) => {
                     tracing::error!(error = %e, "no NVIDIA driver: running with no cards");
-                    (Box::new(SimGpu::new(&self.rig_id, 0)), Device::Cuda)
+                    (Box::new(SimGpu::new(rig, 0)), Device::Cuda)
                 }
             },
         }
@@ -363,28 +341,6 @@ impl RigConfig {
         };
         if self.broker_addr().is_none() {
             return bad("broker", format!("{:?} is not host:port", self.broker));
-        }
-        match (&self.provision, self.rig_id.as_str() == UNPROVISIONED) {
-            (None, true) => {
-                return bad(
-                    "rig_id",
-                    "missing: give a rig_id, or a [provision] claim to be assigned one".into(),
-                )
-            }
-            (Some(_), false) => {
-                return bad(
-                    "rig_id",
-                    "a provisioned rig is assigned its id: leave rig_id out with [provision]"
-                        .into(),
-                )
-            }
-            (Some(_), true) if self.tls.is_some() => {
-                return bad(
-                    "tls",
-                    "[provision] writes the rig's certificate itself: leave [tls] out".into(),
-                )
-            }
-            _ => {}
         }
         match (&self.sim, self.gpu) {
             (Some(_), GpuBackend::Nvml) => {

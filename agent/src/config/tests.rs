@@ -7,12 +7,17 @@ fn a_minimal_config_parses_with_defaults() {
     let c = RigConfig::parse(Path::new("rig.conf"), GOOD);
     let c = c.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        (c.gpu, c.sim.as_ref()),
+        (c.settings.gpu, c.settings.sim.as_ref()),
         (GpuBackend::Nvml, None),
         "simulated cards only when asked for"
     );
-    assert_eq!(c.broker_addr(), Some(("127.0.0.1", 1883)));
-    assert!(c.operator_keys().is_empty() && c.allowed_commands.is_none());
+    assert!(
+        matches!(&c.identity, Identity::Fixed(Assigned { rig, tls: None }) if rig.as_str() == "rig-1"),
+        "{:?}",
+        c.identity
+    );
+    assert_eq!(c.settings.broker_addr(), Some(("127.0.0.1", 1883)));
+    assert!(c.settings.operator_keys().is_empty() && c.settings.allowed_commands.is_none());
 }
 
 #[test]
@@ -20,8 +25,9 @@ fn operator_keys_granted_at_provisioning_join_rig_conf_ones_once() {
     let key = "ab".repeat(32);
     let text = format!("{GOOD}operator_keys = [\"{key}\"]\n");
     let mut c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
-    c.trust_operators([[0xab; 32], [0xcd; 32], [0xcd; 32]]);
-    assert_eq!(c.operator_keys(), vec![[0xab; 32], [0xcd; 32]]);
+    c.settings
+        .trust_operators([[0xab; 32], [0xcd; 32], [0xcd; 32]]);
+    assert_eq!(c.settings.operator_keys(), vec![[0xab; 32], [0xcd; 32]]);
 }
 
 #[test]
@@ -30,9 +36,9 @@ fn operator_keys_and_allowed_commands_parse_and_bad_ones_are_named() {
     let text =
         format!("{GOOD}operator_keys = [\"{key}\"]\nallowed_commands = [\"drain\", \"resume\"]\n");
     let c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.operator_keys(), vec![[0xab; 32]]);
+    assert_eq!(c.settings.operator_keys(), vec![[0xab; 32]]);
     assert_eq!(
-        c.allowed_commands,
+        c.settings.allowed_commands,
         Some(vec![ActionKind::Drain, ActionKind::Resume])
     );
     for bad in [
@@ -86,7 +92,7 @@ fn a_rig_has_either_a_fixed_id_or_a_claim() {
     let provision =
         "[provision]\nclaim = \"rc_x\"\nca = \"/c\"\nclaim_cert = \"/a\"\nclaim_key = \"/b\"\n";
     let c = parse(&format!("{base}{provision}")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.provision.map(|p| p.timeout_ms), Some(5000));
+    assert!(matches!(c.identity, Identity::Claim(p) if p.timeout_ms == 5000));
     assert!(matches!(
         parse(&format!("{GOOD}{provision}")),
         Err(ConfigError::Value { key: "rig_id", .. })
@@ -104,10 +110,13 @@ fn simulated_cards_are_asked_for_with_gpu_sim_and_described_in_their_own_section
     let parse = |t: &str| RigConfig::parse(Path::new("rig.conf"), &format!("{GOOD}{t}"));
     let table = "gpu = \"sim\"\n[sim]\ngpus = 3\ngflops = 0.5\n[[sim.fault]]\ncard = 2\nfault = \"crash\"\n";
     let c = parse(table).unwrap_or_else(|e| panic!("{e}"));
-    let sim = c.sim.unwrap_or_else(|| panic!("no [sim]"));
+    let sim = c.settings.sim.unwrap_or_else(|| panic!("no [sim]"));
     assert_eq!((sim.gpus, sim.gflops, sim.fault.len()), (3, 0.5, 1));
     let dotted = parse("gpu = \"sim\"\nsim.gpus = 2\n").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(dotted.sim.map(|s| (s.gpus, s.ambient_c)), Some((2, 25.0)));
+    assert_eq!(
+        dotted.settings.sim.map(|s| (s.gpus, s.ambient_c)),
+        Some((2, 25.0))
+    );
     for (bad, key) in [
         ("sim.gpus = 2\n", "sim"),
         ("gpu = \"sim\"\nsim.gpus = 0\n", "sim.gpus"),
@@ -159,6 +168,10 @@ fn key_uris_are_parsed_at_load_and_bad_ones_refused_with_their_line() {
         let text = format!("{GOOD}{good}\n");
         let c = RigConfig::parse(Path::new("rig.conf"), &text)
             .unwrap_or_else(|e| panic!("{good}: {e}"));
-        assert_eq!(c.key.is_software(), good.contains("file:"), "{good}");
+        assert_eq!(
+            c.settings.key.is_software(),
+            good.contains("file:"),
+            "{good}"
+        );
     }
 }

@@ -149,20 +149,19 @@ pub async fn run(args: &DevnetArgs) -> Result<Outcome, DevnetError> {
     for i in 0..args.rigs {
         let rig = RigId::new(format!("rig-{:02}", i + 1))?;
         let dir = root.join(rig.as_str());
-        let config = rigd::RigConfig::sim(
-            rig.clone(),
-            &broker.host(),
-            broker.port(),
-            dir,
-            cards_of(i, args.gpus),
-        );
+        let config =
+            rigd::RigSettings::sim(&broker.host(), broker.port(), dir, cards_of(i, args.gpus));
         let worker = rigd::WorkerCommand {
             program: program.clone(),
             args: vec!["worker".into()],
         };
         let token = shutdown.clone();
         rigs.push(tokio::spawn(async move {
-            if let Err(error) = rigd::run(config, worker, token).await {
+            let assigned = rigd::Assigned {
+                rig: rig.clone(),
+                tls: None,
+            };
+            if let Err(error) = rigd::run(config, assigned, worker, token).await {
                 tracing::error!(rig = %rig, %error, "rig stopped");
             }
         }));
