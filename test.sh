@@ -12,10 +12,11 @@ cd "$(dirname "$0")"
 # TPM backend; swtpm, swtpm-tools: the TPM its tests start; softhsm2: the PKCS#11 token its
 # tests use; the rig image's boot test: mmdebstrap, mtools, dosfstools, fdisk (building the
 # image), systemd-container (systemd-nspawn), mosquitto-clients (reading the rig's status);
-# afl++: the coverage-guided fuzzer of the wire decoders.
+# afl++: the coverage-guided fuzzer of the wire decoders; prometheus: the server that scrapes
+# the fleet exporter in its test.
 need=()
 for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2 \
-  mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients afl++; do
+  mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients afl++ prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -245,7 +245,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let engine = Engine::open(&config, mqtt::now_ms())?;
+    let engine = Engine::open(&config, rigd_client::unix_ms())?;
     mqtt::serve(&config, tls, engine, shutdown, progress).await;
     Ok(())
 }

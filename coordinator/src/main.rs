@@ -9,7 +9,6 @@ use rigd_coordinator::{CoordinatorConfig, CoordinatorError, JobSpec};
 use rigd_protocol::JobId;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum JobKind {
@@ -144,22 +143,6 @@ fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
     Ok(config)
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    shutdown.cancel();
-}
-
 fn main() -> ExitCode {
     rigd_client::init_logging("info");
     let config = match config(Args::parse()) {
@@ -169,22 +152,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
+    match rigd_client::run_until_signal(|stop| rigd_coordinator::run(config, stop, None)) {
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
-    };
-    let shutdown = CancellationToken::new();
-    runtime.spawn(wait_for_signal(shutdown.clone()));
-    match runtime.block_on(rigd_coordinator::run(config, shutdown, None)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (CoordinatorError::Config(_) | CoordinatorError::Job(_))) => {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e @ (CoordinatorError::Config(_) | CoordinatorError::Job(_)))) => {
             tracing::error!(error = %e, "configuration error");
             ExitCode::from(2)
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "coordinator failed");
             ExitCode::from(1)
         }

@@ -11,7 +11,7 @@ use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::CoordinatorStatus;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::MqttOptions;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,13 +22,6 @@ const REQUEST_CAPACITY: usize = 4096;
 const INBOUND_CAPACITY: usize = 1024;
 /// Timer period of the engine: lease expiry, assignment, earnings.
 const TICK: Duration = Duration::from_millis(100);
-
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn options(
     config: &CoordinatorConfig,
@@ -99,15 +92,15 @@ pub(crate) async fn serve(
             }
         }
     };
-    emit(engine.tick(now_ms()));
+    emit(engine.tick(rigd_client::unix_ms()));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             event = rx.recv() => match event {
-                Some(SessionEvent::Connected { .. }) => emit(engine.connected(now_ms())),
+                Some(SessionEvent::Connected { .. }) => emit(engine.connected(rigd_client::unix_ms())),
                 Some(SessionEvent::Message(p)) => {
                     let topic = String::from_utf8_lossy(&p.topic);
-                    emit(engine.handle(&topic, &p.payload, now_ms()));
+                    emit(engine.handle(&topic, &p.payload, rigd_client::unix_ms()));
                 }
                 Some(SessionEvent::Revoked { reason } | SessionEvent::Failed { reason, .. }) => {
                     tracing::error!(%reason, "broker session ended");
@@ -116,8 +109,8 @@ pub(crate) async fn serve(
                 Some(SessionEvent::Subscribed | SessionEvent::Disconnected { .. }) => {}
                 None => break,
             },
-            Some(r) = done.recv() => emit(engine.recomputed(r, now_ms())),
-            _ = tick.tick() => emit(engine.tick(now_ms())),
+            Some(r) = done.recv() => emit(engine.recomputed(r, rigd_client::unix_ms())),
+            _ = tick.tick() => emit(engine.tick(rigd_client::unix_ms())),
         }
     }
     tracing::info!("coordinator shutting down");

@@ -7,7 +7,7 @@
 //! the client chooses. The one place `%c` appears is the claim mailbox: it names a reply
 //! topic, not an identity (see [`acl`]).
 
-use crate::ca::{self, Ca, CaError, Role, CLAIM_CN, COORDINATOR_CN, PROVISIONER_CN};
+use crate::ca::{self, Ca, CaError, Role, CLAIM_CN, COORDINATOR_CN, EXPORTER_CN, PROVISIONER_CN};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -59,6 +59,7 @@ pub struct BrokerSettings {
 /// - `fleet:provisioner`: read claims and admin requests, write the mailboxes.
 /// - `fleet:coordinator`: read every rig's status, telemetry, receipts; write every rig's
 ///   units, acks, earnings and its own status.
+/// - `fleet:exporter`: read every rig's status and telemetry and the coordinator's status.
 /// - `operator:NAME`: read the fleet (rig and coordinator topics), write commands to rigs and
 ///   admin requests to the provisioner, read its own admin mailbox.
 pub fn acl() -> String {
@@ -105,6 +106,14 @@ pub fn acl() -> String {
     for ch in COORDINATOR_WRITES {
         let _ = writeln!(s, "topic write rigd/v1/rig/+/{ch}");
     }
+    let _ = write!(
+        s,
+        "\n# The metrics exporter: reads statuses, telemetry and progress; writes nothing.\n\
+         user {EXPORTER_CN}\n\
+         topic read rigd/v1/rig/+/status\n\
+         topic read rigd/v1/rig/+/telemetry\n\
+         topic read rigd/v1/coordinator/status\n"
+    );
     s
 }
 
@@ -249,6 +258,19 @@ mod tests {
         assert!(acl.contains("pattern read rigd/v1/rig/%u/commands"));
         assert!(!acl.contains("pattern write rigd/v1/rig/%u/units"));
         assert!(acl.contains("user operator:alice"));
+        let exporter = acl
+            .split("user fleet:exporter\n")
+            .nth(1)
+            .unwrap_or_default();
+        let rules: Vec<&str> = exporter
+            .lines()
+            .take_while(|l| l.starts_with("topic"))
+            .collect();
+        assert_eq!(rules.len(), 3, "{exporter}");
+        assert!(
+            rules.iter().all(|r| r.starts_with("topic read ")),
+            "{rules:?}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | a rig | its rig id, e.g. `rig-7` |
 //! | the coordinator | `fleet:coordinator` |
 //! | the provisioner | `fleet:provisioner` |
+//! | the metrics exporter (read-only) | `fleet:exporter` |
 //! | an operator | `operator:NAME` |
 //! | the claim identity shipped in rig images | `fleet:claim` |
 
@@ -26,6 +27,8 @@ use time::{Duration, OffsetDateTime};
 pub const COORDINATOR_CN: &str = "fleet:coordinator";
 /// CN of the provisioner's certificate.
 pub const PROVISIONER_CN: &str = "fleet:provisioner";
+/// CN of the metrics exporter's certificate: it reads statuses and telemetry, writes nothing.
+pub const EXPORTER_CN: &str = "fleet:exporter";
 /// CN of the claim certificate shipped with rig images.
 pub const CLAIM_CN: &str = "fleet:claim";
 /// Prefix of operators' CNs.

@@ -47,3 +47,34 @@ pub fn init_logging(default_filter: &str) {
         log.init();
     }
 }
+
+/// Runs `work` to its end on a new multi-threaded runtime; the token it is given is cancelled
+/// at the first SIGINT or SIGTERM, which is how the fleet's daemons are stopped. `Err` when
+/// the runtime cannot start.
+pub fn run_until_signal<F, T>(
+    work: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> std::io::Result<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let runtime = tokio::runtime::Runtime::new()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    runtime.spawn(cancel_on_signal(stop.clone()));
+    Ok(runtime.block_on(work(stop)))
+}
+
+async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    shutdown.cancel();
+}

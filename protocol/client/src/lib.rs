@@ -18,7 +18,7 @@ mod tls;
 
 pub use backoff::Backoff;
 #[cfg(feature = "cli")]
-pub use cli::{init_logging, TlsArgs};
+pub use cli::{init_logging, run_until_signal, TlsArgs};
 pub use options::{options, Lifetime, KEEP_ALIVE, MAX_PACKET_BYTES};
 pub use request::{request, RequestError};
 pub use session::{Reconnect, Session, SessionEvent, SessionSpec};
@@ -26,3 +26,10 @@ pub use tls::{
     client_config, client_config_from_files, common_name, der_signature, load_certs, parse_certs,
     sha256, transport, ClientIdentity, DigestSigner, TlsError, TlsFiles,
 };
+
+/// Unix time in milliseconds (0 before 1970, saturating far in the future).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
