@@ -10,9 +10,13 @@
 //! Only leased work is paid: [`Scheduler::leased_to`] says whether a unit attempt is leased
 //! to a rig now, or was until less than `grace_ms` ago (a result that arrives just after its
 //! lease ran out is still leased work).
+//!
+//! Every call costs in proportion to the leases it touches, not to the live units: current
+//! leases are indexed by deadline (for [`Scheduler::expire`]) and by rig (for
+//! [`Scheduler::suspend`]), so an idle tick over a job of a million units is a few lookups.
 
 use rigd_protocol::RigId;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Lease {
@@ -45,11 +49,12 @@ impl Live {
 /// A lease handed out, for the ledger: `(unit, attempt, rig, deadline_ms)`.
 pub type Granted = (u64, u32, RigId, u64);
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Slot {
     cards: u32,
     accepting: bool,
-    leased: usize,
+    /// The units leased to this rig now.
+    leased: BTreeSet<u64>,
     cooldown_until_ms: u64,
     suspended_until_ms: u64,
 }
@@ -71,6 +76,8 @@ pub struct Scheduler {
     units_per_card: u32,
     queue: VecDeque<u64>,
     live: HashMap<u64, Live>,
+    /// Every current lease as `(deadline_ms, unit)`.
+    deadlines: BTreeSet<(u64, u64)>,
     rigs: BTreeMap<RigId, Slot>,
 }
 
@@ -84,6 +91,7 @@ impl Scheduler {
             units_per_card,
             queue: VecDeque::new(),
             live: HashMap::new(),
+            deadlines: BTreeSet::new(),
             rigs: BTreeMap::new(),
         }
     }
@@ -123,7 +131,7 @@ impl Scheduler {
                 .iter()
                 .filter(|(_, s)| {
                     s.accepting
-                        && s.leased < self.capacity(s)
+                        && s.leased.len() < self.capacity(s)
                         && now_ms >= s.cooldown_until_ms
                         && now_ms >= s.suspended_until_ms
                 })
@@ -133,18 +141,16 @@ impl Scheduler {
                 let Some(unit) = self.pop_queued() else {
                     return Self::collect(out);
                 };
-                if let Some(live) = self.live.get_mut(&unit) {
-                    live.lease = Some(Lease {
-                        rig: rig.clone(),
-                        attempt: live.attempt,
-                        deadline_ms: now_ms.saturating_add(self.lease_ms),
-                    });
-                    out.entry(rig.clone())
-                        .or_default()
-                        .push((unit, live.attempt));
-                }
-                if let Some(slot) = self.rigs.get_mut(&rig) {
-                    slot.leased += 1;
+                if let Some(attempt) = self.attempt(unit) {
+                    self.lease(
+                        unit,
+                        Lease {
+                            rig: rig.clone(),
+                            attempt,
+                            deadline_ms: now_ms.saturating_add(self.lease_ms),
+                        },
+                    );
+                    out.entry(rig).or_default().push((unit, attempt));
                 }
                 gave = true;
             }
@@ -164,6 +170,33 @@ impl Scheduler {
         (slot.cards as usize).saturating_mul(self.units_per_card as usize)
     }
 
+    /// Makes `lease` the unit's current lease, indexed by deadline and rig; a lease it held
+    /// before is taken first and returned.
+    fn lease(&mut self, unit: u64, lease: Lease) -> Option<Lease> {
+        let old = self.take_lease(unit);
+        let Some(live) = self.live.get_mut(&unit) else {
+            return old;
+        };
+        self.deadlines.insert((lease.deadline_ms, unit));
+        self.rigs
+            .entry(lease.rig.clone())
+            .or_default()
+            .leased
+            .insert(unit);
+        live.lease = Some(lease);
+        old
+    }
+
+    /// Takes the unit's current lease out of the unit and out of both indexes.
+    fn take_lease(&mut self, unit: u64) -> Option<Lease> {
+        let lease = self.live.get_mut(&unit)?.lease.take()?;
+        self.deadlines.remove(&(lease.deadline_ms, unit));
+        if let Some(slot) = self.rigs.get_mut(&lease.rig) {
+            slot.leased.remove(&unit);
+        }
+        Some(lease)
+    }
+
     fn pop_queued(&mut self) -> Option<u64> {
         while let Some(unit) = self.queue.pop_front() {
             if self.live.get(&unit).is_some_and(|l| l.lease.is_none()) {
@@ -177,10 +210,9 @@ impl Scheduler {
     /// them.
     pub fn expire(&mut self, now_ms: u64) -> Vec<u64> {
         let mut expired: Vec<u64> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.lease.as_ref().is_some_and(|l| l.deadline_ms <= now_ms))
-            .map(|(u, _)| *u)
+            .deadlines
+            .range(..=(now_ms, u64::MAX))
+            .map(|(_, u)| *u)
             .collect();
         expired.sort_unstable();
         for unit in &expired {
@@ -202,13 +234,7 @@ impl Scheduler {
     pub fn suspend(&mut self, rig: &RigId, until_ms: u64) {
         let slot = self.rigs.entry(rig.clone()).or_default();
         slot.suspended_until_ms = slot.suspended_until_ms.max(until_ms);
-        let mut held: Vec<u64> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.lease.as_ref().is_some_and(|l| &l.rig == rig))
-            .map(|(u, _)| *u)
-            .collect();
-        held.sort_unstable();
+        let held: Vec<u64> = slot.leased.iter().copied().collect();
         for unit in held {
             self.end_lease(unit, false);
         }
@@ -232,16 +258,13 @@ impl Scheduler {
     /// ended lease honoured for the grace period (not after a refused result or a
     /// suspension: a rig caught wrong gets no second try at the same attempt).
     fn end_lease(&mut self, unit: u64, grace: bool) {
+        let Some(lease) = self.take_lease(unit) else {
+            return;
+        };
         let Some(live) = self.live.get_mut(&unit) else {
             return;
         };
-        let Some(lease) = live.lease.take() else {
-            return;
-        };
         live.attempt = live.attempt.saturating_add(1);
-        if let Some(slot) = self.rigs.get_mut(&lease.rig) {
-            slot.leased = slot.leased.saturating_sub(1);
-        }
         if grace {
             live.remember(lease);
         }
@@ -278,14 +301,12 @@ impl Scheduler {
             live.remember(lease);
             return;
         }
-        if let Some(old) = live.lease.replace(lease.clone()) {
-            if let Some(slot) = self.rigs.get_mut(&old.rig) {
-                slot.leased = slot.leased.saturating_sub(1);
-            }
-            live.remember(old);
-        }
         live.attempt = attempt;
-        self.rigs.entry(lease.rig).or_default().leased += 1;
+        if let Some(old) = self.lease(unit, lease) {
+            if let Some(live) = self.live.get_mut(&unit) {
+                live.remember(old);
+            }
+        }
     }
 
     /// A result of `rig` for the unit was refused: if the unit is leased to that rig, it is
@@ -303,14 +324,8 @@ impl Scheduler {
 
     /// The unit has its result: it leaves the queue and its lease is freed.
     pub fn done(&mut self, unit: u64) {
-        if let Some(Live {
-            lease: Some(lease), ..
-        }) = self.live.remove(&unit)
-        {
-            if let Some(slot) = self.rigs.get_mut(&lease.rig) {
-                slot.leased = slot.leased.saturating_sub(1);
-            }
-        }
+        self.take_lease(unit);
+        self.live.remove(&unit);
     }
 
     /// The current attempt of a live unit.
@@ -320,7 +335,7 @@ impl Scheduler {
 
     /// Units leased to `rig` now.
     pub fn outstanding(&self, rig: &RigId) -> usize {
-        self.rigs.get(rig).map_or(0, |s| s.leased)
+        self.rigs.get(rig).map_or(0, |s| s.leased.len())
     }
 
     /// Live units (queued or leased).

@@ -158,11 +158,13 @@ fn a_done_unit_is_never_handed_out_again() {
 proptest! {
     #[test]
     fn leases_never_exceed_capacity_and_every_live_unit_is_queued_or_leased(
-        ops in proptest::collection::vec((0u8..5, 0u32..3, 0u64..12), 1..80)
+        ops in proptest::collection::vec((0u8..8, 0u32..3, 0u64..12), 1..80)
     ) {
         let mut s = Scheduler::new(50, 0, 2);
         s.add_units(0..12);
         let mut now = 0;
+        // Leases restored after a restart may exceed what the rig now offers.
+        let mut restored = false;
         for (op, r, unit) in ops {
             now += 10;
             match op {
@@ -170,15 +172,34 @@ proptest! {
                 1 => s.rig_status(&rig(r), r, false, false),
                 2 => { s.assign(now); }
                 3 => s.done(unit),
-                _ => { s.expire(now); }
+                4 => { s.expire(now); }
+                5 => s.suspend(&rig(r), now + 30),
+                6 => s.release(unit, &rig(r)),
+                _ => {
+                    let attempt = s.attempt(unit).unwrap_or(0);
+                    s.restore_lease((unit, attempt, rig(r), now + 50));
+                    restored = true;
+                }
             }
             for r in 0..3 {
-                prop_assert!(s.outstanding(&rig(r)) <= (r as usize) * 2);
+                prop_assert!(restored || s.outstanding(&rig(r)) <= (r as usize) * 2);
             }
             let leased: usize = (0..3).map(|r| s.outstanding(&rig(r))).sum();
             let queued: std::collections::HashSet<u64> = s.queue.iter().copied()
                 .filter(|u| s.live.get(u).is_some_and(|l| l.lease.is_none())).collect();
             prop_assert_eq!(leased + queued.len(), s.live_units());
+            // The indexes hold exactly the current leases.
+            let current: std::collections::BTreeSet<(u64, u64)> = s.live.iter()
+                .filter_map(|(u, l)| l.lease.as_ref().map(|l| (l.deadline_ms, *u)))
+                .collect();
+            prop_assert_eq!(&current, &s.deadlines);
+            for r in 0..3 {
+                let held: std::collections::BTreeSet<u64> = s.live.iter()
+                    .filter(|(_, l)| l.lease.as_ref().is_some_and(|l| l.rig == rig(r)))
+                    .map(|(u, _)| *u)
+                    .collect();
+                prop_assert_eq!(held.len(), s.outstanding(&rig(r)));
+            }
         }
     }
 }
