@@ -26,6 +26,18 @@ impl TestRig {
         }
     }
 
+    /// Rig `name` with the `n`th of 2^32 distinct keys, starting at seq 1 (fleets larger
+    /// than [`TestRig::new`]'s 255 keys).
+    pub fn numbered(name: &str, n: u32) -> Self {
+        let mut secret = [0x11; 32];
+        secret[28..].copy_from_slice(&n.to_be_bytes());
+        Self {
+            id: fixtures::rig_id(name),
+            key: SigningKey::from_slice(&secret).unwrap_or_else(|e| panic!("{e}")),
+            next_seq: 1,
+        }
+    }
+
     /// The public half of its receipt key.
     pub fn pubkey(&self) -> PublicKey {
         let point = self.key.verifying_key().to_encoded_point(true);

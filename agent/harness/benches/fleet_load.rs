@@ -1,0 +1,570 @@
+//! The fleet load generator: N light simulated rigs in this one process against a real
+//! mosquitto, the real `coordinator` and the real `rigd-exporter` (release builds of the
+//! workspace's binaries, run as processes of their own).
+//!
+//! Each rig has its own MQTT 5 connection, client id, persistent session, last will and
+//! secp256k1 receipt key, and speaks the real protocol through the same session code and
+//! reconnect backoff as rigd: retained status, telemetry every `RIGD_LOAD_TELEMETRY_MS`,
+//! units taken from the coordinator and run one per card for about `RIGD_LOAD_UNIT_MS`
+//! (results computed with the CPU reference kernels), receipts batched every
+//! `RIGD_LOAD_BATCH_MS`, signed and published, acks matched by first seq and digest, batches
+//! resent after `RIGD_LOAD_RESEND_MS`. `RIGD_LOAD_GARBAGE` of the rigs also publish garbage
+//! frames on their receipts and telemetry topics.
+//!
+//! Phases: ramp (`RIGD_LOAD_RAMP` connections per second), warm-up of one unit time, a
+//! measured window of `RIGD_LOAD_SECS`, then (with `RIGD_LOAD_RESTART=1`) a broker restart
+//! and the time until every rig is connected again, then a drain in which no new unit is
+//! started and every receipt must be acknowledged. It ends with the ledger checked against
+//! what the rigs sent (every receipt recorded once, none missing) and prints a table row.
+//!
+//! `cargo build --release --workspace --bins && RIGD_LOAD_RIGS=1000 cargo bench -p
+//! rigd-harness --bench fleet_load`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rigd_client::{Backoff, Lifetime, Reconnect, Session, SessionEvent, SessionSpec};
+use rigd_harness::{spawn_logged, workspace_bin, Mosquitto};
+use rigd_kernels::unit::{compute, work};
+use rigd_kernels::CpuKernels;
+use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::{encode, Ack, ReceiptItem, RigState, UnitAssignment, WorkUnit};
+use rigd_testkit::fixtures;
+use rigd_testkit::signer::TestRig;
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::mqttbytes::QoS;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const CARDS: u32 = 8;
+const UNITS_PER_CARD: u32 = 2;
+const DIM: u32 = 16;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    port: u16,
+    unit_ms: u64,
+    telemetry_ms: u64,
+    batch_ms: u64,
+    resend_ms: u64,
+}
+
+/// What the rigs did, summed over all of them.
+#[derive(Default)]
+struct Stats {
+    connected: AtomicI64,
+    units_received: AtomicU64,
+    receipts_made: AtomicU64,
+    receipts_acked: AtomicU64,
+    batches_sent: AtomicU64,
+    resends: AtomicU64,
+    garbage_sent: AtomicU64,
+    /// Milliseconds from a batch's first publish to its ack, one entry per receipt.
+    latencies_ms: Mutex<Vec<u32>>,
+    /// Once set, rigs start no new units (the drain).
+    draining: AtomicBool,
+    /// The last seq each rig used, by rig index.
+    last_seq: Mutex<BTreeMap<u32, u64>>,
+}
+
+/// A batch sent and not acknowledged yet.
+struct Pending {
+    digest: rigd_protocol::digest::Hash32,
+    receipts: u64,
+    first_sent: Instant,
+    last_sent: Instant,
+    payload: Vec<u8>,
+}
+
+struct LightRig {
+    index: u32,
+    name: String,
+    signer: TestRig,
+    garbage: bool,
+    queue: VecDeque<WorkUnit>,
+    /// What each card runs and when it finishes.
+    cards: Vec<Option<(Instant, WorkUnit)>>,
+    done: Vec<(u32, ReceiptItem)>,
+    pending: BTreeMap<u64, Pending>,
+    last_batch: Instant,
+    last_telemetry: Instant,
+}
+
+impl LightRig {
+    fn publish(&self, session: &Session, channel: Channel, retain: bool, payload: Vec<u8>) {
+        let topic = topics::rig(&self.signer.id, channel);
+        // A full request queue is a lost publish, as for rigd: the resend covers receipts.
+        let _ = session
+            .client()
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload);
+    }
+
+    fn announce(&self, session: &Session) {
+        let status = self.signer.status(CARDS, RigState::Idle);
+        self.publish(session, Channel::Status, true, encode(&status));
+    }
+
+    fn telemetry(&mut self, session: &Session, now: Instant) {
+        let mut t = fixtures::telemetry(&self.name, CARDS);
+        t.at_ms = rigd_client::unix_ms();
+        for (sample, card) in t.gpus.iter_mut().zip(&self.cards) {
+            sample.unit = card.as_ref().map(|(_, u)| u.unit);
+        }
+        self.publish(session, Channel::Telemetry, false, encode(&t));
+        self.last_telemetry = now;
+    }
+
+    /// Finishes the units whose time is up and starts queued ones on free cards.
+    fn run_cards(&mut self, cfg: &Config, stats: &Stats, now: Instant) {
+        for card in 0..self.cards.len() {
+            if let Some((at, _)) = &self.cards[card] {
+                if *at > now {
+                    continue;
+                }
+                let Some((_, unit)) = self.cards[card].take() else {
+                    continue;
+                };
+                let output = compute(&CpuKernels, &unit.kind).expect("reference kernels");
+                let mut item = self.signer.receipt(&unit, &output, work(&unit.kind));
+                item.receipt.card = fixtures::uuid(&self.name, card as u32);
+                self.done.push((card as u32, item));
+                stats.receipts_made.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.cards[card].is_none() && !stats.draining.load(Ordering::Relaxed) {
+                if let Some(unit) = self.queue.pop_front() {
+                    // About a unit time each, spread by ±10 % so cards do not finish in step.
+                    let spread = cfg.unit_ms / 10;
+                    let ms = cfg.unit_ms - spread + rand::random::<u64>() % (2 * spread + 1);
+                    self.cards[card] = Some((now + Duration::from_millis(ms), unit));
+                }
+            }
+        }
+    }
+
+    fn send_batch(&mut self, session: &Session, stats: &Stats, now: Instant) {
+        if self.done.is_empty() {
+            return;
+        }
+        let items: Vec<ReceiptItem> = self.done.drain(..).map(|(_, i)| i).collect();
+        let receipts = items.len() as u64;
+        let batch = self.signer.batch(items);
+        let first = batch.header.first_seq;
+        let payload = encode(&batch);
+        self.publish(session, Channel::Receipts, false, payload.clone());
+        stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+        self.pending.insert(
+            first,
+            Pending {
+                digest: batch.header.signing_digest(),
+                receipts,
+                first_sent: now,
+                last_sent: now,
+                payload,
+            },
+        );
+        self.last_batch = now;
+    }
+
+    fn resend(&mut self, session: &Session, cfg: &Config, stats: &Stats, now: Instant) {
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_sent).as_millis() as u64 >= cfg.resend_ms)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            if let Some(p) = self.pending.get_mut(&seq) {
+                p.last_sent = now;
+                let payload = p.payload.clone();
+                self.publish(session, Channel::Receipts, false, payload);
+                stats.resends.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn garbage(&self, session: &Session, stats: &Stats) {
+        let mut junk = vec![0u8; 64 + rand::random::<usize>() % 512];
+        junk.iter_mut().for_each(|b| *b = rand::random());
+        self.publish(session, Channel::Receipts, false, junk.clone());
+        self.publish(session, Channel::Telemetry, false, junk);
+        stats.garbage_sent.fetch_add(2, Ordering::Relaxed);
+    }
+
+    fn on_message(&mut self, payload: &[u8], stats: &Stats, now: Instant) {
+        if let Ok(ack) = rigd_protocol::decode::<Ack>(payload) {
+            let mut lat = vec![];
+            for b in ack.batches {
+                if self
+                    .pending
+                    .get(&b.first_seq)
+                    .is_some_and(|p| p.digest == b.digest)
+                {
+                    if let Some(p) = self.pending.remove(&b.first_seq) {
+                        stats
+                            .receipts_acked
+                            .fetch_add(p.receipts, Ordering::Relaxed);
+                        let ms = now.duration_since(p.first_sent).as_millis() as u32;
+                        lat.extend(std::iter::repeat_n(ms, p.receipts as usize));
+                    }
+                }
+            }
+            if !lat.is_empty() {
+                stats.latencies_ms.lock().unwrap().extend(lat);
+            }
+        } else if let Ok(a) = rigd_protocol::decode::<UnitAssignment>(payload) {
+            stats
+                .units_received
+                .fetch_add(a.units.len() as u64, Ordering::Relaxed);
+            self.queue.extend(a.units);
+        }
+    }
+}
+
+async fn run_rig(
+    index: u32,
+    garbage: bool,
+    cfg: Arc<Config>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let name = format!("load-{index:05}");
+    let signer = TestRig::numbered(&name, index + 1);
+    let mut options = rigd_client::options(
+        name.clone(),
+        "127.0.0.1",
+        cfg.port,
+        None,
+        Lifetime::Persistent { expiry_s: 3600 },
+    );
+    options.set_last_will(LastWill::new(
+        topics::rig(&signer.id, Channel::Status),
+        encode(&signer.status(CARDS, RigState::Offline)),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    let subscriptions = [Channel::Units, Channel::Acks, Channel::Earnings]
+        .map(|ch| (topics::rig(&signer.id, ch), QoS::AtLeastOnce))
+        .to_vec();
+    let spec = SessionSpec {
+        options,
+        subscriptions,
+        requests: 64,
+        events: 64,
+        reconnect: Reconnect::Backoff(Backoff::default()),
+    };
+    let (session, mut events) = Session::start(spec, stop.clone());
+    let now = Instant::now();
+    let mut rig = LightRig {
+        index,
+        name,
+        signer,
+        garbage,
+        queue: VecDeque::new(),
+        cards: vec![None; CARDS as usize],
+        done: vec![],
+        pending: BTreeMap::new(),
+        last_batch: now,
+        last_telemetry: now,
+    };
+    let mut connected = false;
+    // Rigs tick once a second, each at its own phase.
+    let phase = Duration::from_millis(u64::from(index) * 7 % 1000);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            event = events.recv() => match event {
+                Some(SessionEvent::Connected { .. }) => {
+                    if !connected {
+                        stats.connected.fetch_add(1, Ordering::Relaxed);
+                        connected = true;
+                    }
+                    rig.announce(&session);
+                }
+                Some(SessionEvent::Disconnected { .. }) => {
+                    if connected {
+                        stats.connected.fetch_sub(1, Ordering::Relaxed);
+                        connected = false;
+                    }
+                }
+                Some(SessionEvent::Message(p)) => rig.on_message(&p.payload, &stats, Instant::now()),
+                Some(_) => {}
+                None => break,
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                rig.run_cards(&cfg, &stats, now);
+                if now.duration_since(rig.last_batch).as_millis() as u64 >= cfg.batch_ms {
+                    rig.send_batch(&session, &stats, now);
+                }
+                rig.resend(&session, &cfg, &stats, now);
+                if now.duration_since(rig.last_telemetry).as_millis() as u64 >= cfg.telemetry_ms {
+                    rig.telemetry(&session, now);
+                }
+                if rig.garbage {
+                    rig.garbage(&session, &stats);
+                }
+            }
+        }
+    }
+    stats
+        .last_seq
+        .lock()
+        .unwrap()
+        .insert(rig.index, rig.signer.next_seq - 1);
+}
+
+/// CPU seconds (user + system) and RSS in MiB of a process, from /proc.
+fn cpu_rss(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, rss_kb / 1024.0)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let rigs = env("RIGD_LOAD_RIGS", 1_000) as u32;
+    let secs = env("RIGD_LOAD_SECS", 120);
+    let ramp = env("RIGD_LOAD_RAMP", 500).max(1);
+    let garbage = env("RIGD_LOAD_GARBAGE", u64::from(rigs / 100)) as u32;
+    let restart = env("RIGD_LOAD_RESTART", 1) == 1;
+    let mut broker = Mosquitto::start();
+    let cfg = Arc::new(Config {
+        port: broker.port,
+        unit_ms: env("RIGD_LOAD_UNIT_MS", 60_000),
+        telemetry_ms: env("RIGD_LOAD_TELEMETRY_MS", 10_000),
+        batch_ms: env("RIGD_LOAD_BATCH_MS", 5_000),
+        resend_ms: env("RIGD_LOAD_RESEND_MS", 30_000),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ramp_secs = u64::from(rigs) / ramp + 1;
+    let total_ms = (ramp_secs + secs) * 1000 + 2 * cfg.unit_ms;
+    let units =
+        u64::from(rigs) * u64::from(CARDS) * (total_ms / cfg.unit_ms + UNITS_PER_CARD as u64 + 1);
+    let db = dir.path().join("ledger.db");
+    let mut coordinator = spawn_logged(
+        {
+            let mut c = std::process::Command::new(workspace_bin("coordinator"));
+            c.args(["--broker", &format!("127.0.0.1:{}", broker.port)])
+                .arg("--db")
+                .arg(&db)
+                .args([
+                    "--job",
+                    "gemm",
+                    "--job-id",
+                    "load",
+                    "--units",
+                    &units.to_string(),
+                ])
+                .args(["--mnk", &format!("{DIM},{DIM},{DIM}")])
+                .args(["--units-per-card", &UNITS_PER_CARD.to_string()])
+                .args(["--lease-ms", &(cfg.unit_ms * 4).to_string()])
+                .args(["--verify-fraction", "0.05"])
+                .env("RUST_LOG", "warn");
+            c
+        },
+        &dir.path().join("coordinator.log"),
+    );
+    let exporter_port = rigd_harness::free_port();
+    let mut exporter = spawn_logged(
+        {
+            let mut c = std::process::Command::new(workspace_bin("rigd-exporter"));
+            c.args(["--broker", &format!("127.0.0.1:{}", broker.port)])
+                .args(["--listen", &format!("127.0.0.1:{exporter_port}")])
+                .env("RUST_LOG", "warn");
+            c
+        },
+        &dir.path().join("exporter.log"),
+    );
+    let stats = Arc::new(Stats::default());
+    let stop = CancellationToken::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut tasks = vec![];
+    let started = Instant::now();
+    for i in 0..rigs {
+        let due = started + Duration::from_secs_f64(f64::from(i) / ramp as f64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        tasks.push(runtime.spawn(run_rig(
+            i,
+            i < garbage,
+            cfg.clone(),
+            stats.clone(),
+            stop.clone(),
+        )));
+    }
+    let ramp_time = wait_for("every rig connected", 600, || {
+        stats.connected.load(Ordering::Relaxed) == i64::from(rigs)
+    }) + started.elapsed();
+    eprintln!(
+        "{rigs} rigs connected in {:.1} s; warming up",
+        ramp_time.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_millis(cfg.unit_ms + cfg.batch_ms));
+
+    let (c0, _) = cpu_rss(coordinator.id());
+    let (b0, _) = cpu_rss(broker.pid());
+    let (e0, _) = cpu_rss(exporter.id());
+    let (l0, _) = cpu_rss(std::process::id());
+    let acked0 = stats.receipts_acked.load(Ordering::Relaxed);
+    stats.latencies_ms.lock().unwrap().clear();
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let elapsed = window.elapsed().as_secs_f64();
+    let acked = stats.receipts_acked.load(Ordering::Relaxed) - acked0;
+    let (c1, c_rss) = cpu_rss(coordinator.id());
+    let (b1, b_rss) = cpu_rss(broker.pid());
+    let (e1, e_rss) = cpu_rss(exporter.id());
+    let (l1, l_rss) = cpu_rss(std::process::id());
+    let mut lat = std::mem::take(&mut *stats.latencies_ms.lock().unwrap());
+    lat.sort_unstable();
+    let scrape = Instant::now();
+    let metrics = rigd_testkit::prometheus::http_get(exporter_port, "/metrics");
+    let scrape_ms = scrape.elapsed().as_millis();
+    let series = metrics.as_ref().map_or(0, |(_, body)| {
+        body.lines()
+            .filter(|l| l.starts_with("DCGM_FI_DEV_GPU_TEMP{"))
+            .count()
+    });
+
+    let reconnect = restart.then(|| {
+        broker.restart();
+        let t = wait_for("every rig back after the broker restart", 600, || {
+            stats.connected.load(Ordering::Relaxed) == i64::from(rigs)
+        });
+        eprintln!(
+            "broker restarted; every rig back in {:.2} s",
+            t.as_secs_f64()
+        );
+        t
+    });
+
+    eprintln!("draining");
+    stats.draining.store(true, Ordering::Relaxed);
+    let drain_started = Instant::now();
+    // Units already running finish within 1.1 unit times, and their batch goes out after
+    // `batch_ms`; after that every receipt made must come to be acknowledged.
+    let settle = Duration::from_millis(cfg.unit_ms * 11 / 10 + cfg.batch_ms + 2_000);
+    let drain = wait_for("every receipt acknowledged", 900, || {
+        drain_started.elapsed() > settle
+            && stats.receipts_made.load(Ordering::Relaxed)
+                == stats.receipts_acked.load(Ordering::Relaxed)
+    });
+    let coordinator_alive = coordinator.try_wait().ok().flatten().is_none();
+    let exporter_alive = exporter.try_wait().ok().flatten().is_none()
+        && rigd_testkit::prometheus::http_get(exporter_port, "/metrics")
+            .is_some_and(|(code, _)| code == 200);
+    stop.cancel();
+    for t in tasks {
+        let _ = runtime.block_on(t);
+    }
+
+    // The ledger against what the rigs sent: every seq of every rig recorded once.
+    let ledger = rigd_coordinator::Ledger::open(&db).expect("ledger");
+    let last_seq = stats.last_seq.lock().unwrap().clone();
+    let mut missing = 0u64;
+    let mut extra = 0u64;
+    for (index, last) in &last_seq {
+        let rig = fixtures::rig_id(&format!("load-{index:05}"));
+        let seqs = ledger.recorded_seqs(&rig).expect("recorded seqs");
+        let expected: Vec<u64> = (1..=*last).collect();
+        if seqs != expected {
+            let got: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+            missing += (1..=*last).filter(|s| !got.contains(s)).count() as u64;
+            extra += got.iter().filter(|s| **s == 0 || **s > *last).count() as u64;
+            extra += (seqs.len() - got.len()) as u64;
+        }
+    }
+    let job = rigd_protocol::JobId::new("load").expect("job id");
+    let credited = ledger.credited_units(&job).expect("credited");
+    let twice = credited.iter().filter(|(_, n)| *n > 1).count();
+    let made = stats.receipts_made.load(Ordering::Relaxed);
+    let _ = coordinator.kill();
+    let _ = exporter.kill();
+
+    println!(
+        "| rigs x cards | receipts credited/s | latency p50 / p99 | coordinator CPU / RSS | broker CPU / RSS | exporter CPU / RSS | loadgen CPU / RSS | scrape | lost | reconnect after broker restart |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {rigs} x {CARDS} | {:.1} | {} / {} ms | {:.0} % / {:.0} MiB | {:.0} % / {:.0} MiB | {:.0} % / {:.0} MiB | {:.0} % / {:.0} MiB | {scrape_ms} ms, {series} cards | {} | {} |",
+        acked as f64 / elapsed,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        (c1 - c0) / elapsed * 100.0,
+        c_rss,
+        (b1 - b0) / elapsed * 100.0,
+        b_rss,
+        (e1 - e0) / elapsed * 100.0,
+        e_rss,
+        (l1 - l0) / elapsed * 100.0,
+        l_rss,
+        missing,
+        reconnect.map_or("-".to_string(), |t| format!("{:.2} s", t.as_secs_f64())),
+    );
+    println!(
+        "receipts made {made}, acknowledged {}, units received {}, batches {}, resends {}, garbage frames {}, units credited {} (twice: {twice}), seqs missing {missing}, extra {extra}, drain {:.1} s, coordinator alive {coordinator_alive}, exporter alive {exporter_alive}",
+        stats.receipts_acked.load(Ordering::Relaxed),
+        stats.units_received.load(Ordering::Relaxed),
+        stats.batches_sent.load(Ordering::Relaxed),
+        stats.resends.load(Ordering::Relaxed),
+        stats.garbage_sent.load(Ordering::Relaxed),
+        credited.len(),
+        drain.as_secs_f64(),
+    );
+    assert!(
+        coordinator_alive && exporter_alive,
+        "a fleet-side process stopped"
+    );
+    assert_eq!((missing, extra), (0, 0), "receipts lost or recorded twice");
+    assert_eq!(twice, 0, "a unit credited twice");
+}
