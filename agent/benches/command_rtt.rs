@@ -13,6 +13,7 @@ use rigd_harness::{workspace_bin, Mosquitto};
 use rigd_protocol::command::{Action, Command, CommandReply, Outcome};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{decode, encode, RigId, RigState, RigStatus};
+use rigd_testkit::measure::percentile;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -141,18 +142,13 @@ impl Operator {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn row(name: &str, mut v: Vec<f64>) {
     v.sort_by(f64::total_cmp);
     println!(
         "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
         v.len(),
-        percentile(&v, 0.5),
-        percentile(&v, 0.99),
+        percentile(&v, 0.5).unwrap(),
+        percentile(&v, 0.99).unwrap(),
         v.last().copied().unwrap_or(0.0)
     );
 }

@@ -11,11 +11,8 @@ use rigd::journal::{Journal, JournalStore};
 use rigd::keys;
 use rigd_harness::{Mosquitto, RigProcess};
 use rigd_protocol::{encode, CardState, GpuSample, GpuUuid, RigId, Telemetry};
+use rigd_testkit::measure::{percentile, rss_kib};
 use std::time::{Duration, Instant};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn overhead_per_unit(units: u64) -> (Duration, Duration) {
     let dir = tempfile::tempdir().unwrap();
@@ -43,7 +40,10 @@ fn overhead_per_unit(units: u64) -> (Duration, Duration) {
         j.ack(&acked).unwrap();
     }
     times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99))
+    (
+        percentile(&times, 0.5).unwrap(),
+        percentile(&times, 0.99).unwrap(),
+    )
 }
 
 fn signatures_per_second(uri: &str) -> f64 {
@@ -107,12 +107,7 @@ fn idle_rss_kib() -> Option<u64> {
     let rig = RigProcess::start("bench", broker.port, 8, dir.path(), "");
     rigd_harness::wait_until("rigd connected", 20, || rig.log().contains("rigd started"));
     std::thread::sleep(Duration::from_secs(3));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", rig.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    rss_kib(rig.pid())
 }
 
 fn main() {

@@ -22,6 +22,7 @@ use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
     decode, encode, JobId, ReceiptBatch, RigId, RigState, UnitAssignment, UnitOutput, WorkUnit,
 };
+use rigd_testkit::measure::percentile;
 use rigd_testkit::signer::TestRig;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -142,11 +143,6 @@ fn verification_cost(total_units: u64) {
         status.units_verified,
         status.units_done
     );
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// rigd's default resend interval.
@@ -274,8 +270,8 @@ fn flood_latency(rounds: usize) {
     ] {
         println!(
             "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {r} |",
-            percentile(l, 0.5).as_secs_f64() * 1e3,
-            percentile(l, 0.99).as_secs_f64() * 1e3,
+            percentile(l, 0.5).unwrap().as_secs_f64() * 1e3,
+            percentile(l, 0.99).unwrap().as_secs_f64() * 1e3,
             l.last().unwrap().as_secs_f64() * 1e3
         );
     }

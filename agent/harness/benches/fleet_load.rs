@@ -22,13 +22,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use rigd_client::{Backoff, Lifetime, Reconnect, Session, SessionEvent, SessionSpec};
-use rigd_harness::{spawn_logged, workspace_bin, Mosquitto};
+use rigd_harness::{spawn_logged, wait_until, workspace_bin, Mosquitto};
 use rigd_kernels::unit::{compute, work};
 use rigd_kernels::CpuKernels;
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{encode, Ack, ReceiptItem, RigState, UnitAssignment, WorkUnit};
-use rigd_testkit::fixtures;
 use rigd_testkit::signer::TestRig;
+use rigd_testkit::{fixtures, measure};
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 use std::collections::{BTreeMap, VecDeque};
@@ -92,7 +92,7 @@ struct LightRig {
     queue: VecDeque<WorkUnit>,
     /// What each card runs and when it finishes.
     cards: Vec<Option<(Instant, WorkUnit)>>,
-    done: Vec<(u32, ReceiptItem)>,
+    done: Vec<ReceiptItem>,
     pending: BTreeMap<u64, Pending>,
     last_batch: Instant,
     last_telemetry: Instant,
@@ -135,7 +135,7 @@ impl LightRig {
                 let output = compute(&CpuKernels, &unit.kind).expect("reference kernels");
                 let mut item = self.signer.receipt(&unit, &output, work(&unit.kind));
                 item.receipt.card = fixtures::uuid(&self.name, card as u32);
-                self.done.push((card as u32, item));
+                self.done.push(item);
                 stats.receipts_made.fetch_add(1, Ordering::Relaxed);
             }
             if self.cards[card].is_none() && !stats.draining.load(Ordering::Relaxed) {
@@ -153,7 +153,7 @@ impl LightRig {
         if self.done.is_empty() {
             return;
         }
-        let items: Vec<ReceiptItem> = self.done.drain(..).map(|(_, i)| i).collect();
+        let items = std::mem::take(&mut self.done);
         let receipts = items.len() as u64;
         let batch = self.signer.batch(items);
         let first = batch.header.first_seq;
@@ -324,48 +324,12 @@ async fn run_rig(
         .insert(rig.index, rig.signer.next_seq - 1);
 }
 
-/// CPU seconds (user + system) and RSS in MiB of a process, from /proc.
+/// CPU seconds and RSS in MiB of a process (zero for what cannot be read).
 fn cpu_rss(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu, rss_kb / 1024.0)
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !cond() {
-        assert!(
-            started.elapsed() < Duration::from_secs(secs),
-            "{what}: not within {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
+    (
+        measure::cpu_seconds(pid).unwrap_or(0.0),
+        measure::rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+    )
 }
 
 fn main() {
@@ -442,9 +406,10 @@ fn main() {
             stop.clone(),
         )));
     }
-    let ramp_time = wait_for("every rig connected", 600, || {
+    wait_until("every rig connected", 600, || {
         stats.connected.load(Ordering::Relaxed) == i64::from(rigs)
-    }) + started.elapsed();
+    });
+    let ramp_time = started.elapsed();
     eprintln!(
         "{rigs} rigs connected in {:.1} s; warming up",
         ramp_time.as_secs_f64()
@@ -478,7 +443,7 @@ fn main() {
 
     let reconnect = restart.then(|| {
         broker.restart();
-        let t = wait_for("every rig back after the broker restart", 600, || {
+        let t = wait_until("every rig back after the broker restart", 600, || {
             stats.connected.load(Ordering::Relaxed) == i64::from(rigs)
         });
         eprintln!(
@@ -494,7 +459,7 @@ fn main() {
     // Units already running finish within 1.1 unit times, and their batch goes out after
     // `batch_ms`; after that every receipt made must come to be acknowledged.
     let settle = Duration::from_millis(cfg.unit_ms * 11 / 10 + cfg.batch_ms + 2_000);
-    let drain = wait_for("every receipt acknowledged", 900, || {
+    let drain = wait_until("every receipt acknowledged", 900, || {
         drain_started.elapsed() > settle
             && stats.receipts_made.load(Ordering::Relaxed)
                 == stats.receipts_acked.load(Ordering::Relaxed)
@@ -538,8 +503,8 @@ fn main() {
     println!(
         "| {rigs} x {CARDS} | {:.1} | {} / {} ms | {:.0} % / {:.0} MiB | {:.0} % / {:.0} MiB | {:.0} % / {:.0} MiB | {:.0} % / {:.0} MiB | {scrape_ms} ms, {series} cards | {} | {} |",
         acked as f64 / elapsed,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
+        measure::percentile(&lat, 0.5).unwrap_or(0),
+        measure::percentile(&lat, 0.99).unwrap_or(0),
         (c1 - c0) / elapsed * 100.0,
         c_rss,
         (b1 - b0) / elapsed * 100.0,

@@ -1,10 +1,12 @@
 //! What the tests of every crate start and wait on: a real mosquitto per test on a free
 //! loopback port, polling with deadlines instead of sleeps, a TPM ([`swtpm`]) and a PKCS#11
 //! token ([`softhsm`]) of their own, a Prometheus ([`prometheus`]), [`fixtures`]: messages of every kind, and
-//! [`signer::TestRig`]: a rig's receipt key building signed batches. Dev-only.
+//! [`signer::TestRig`]: a rig's receipt key building signed batches, and [`measure`]: what benches
+//! read off samples and processes. Dev-only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fixtures;
+pub mod measure;
 pub mod prometheus;
 pub mod signer;
 pub mod softhsm;
@@ -17,8 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Polls `cond` every 50 ms until it holds or `secs` pass; panics naming `what` on timeout.
-pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+/// Returns how long it waited.
+pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
     while !cond() {
         assert!(
             Instant::now() < deadline,
@@ -26,6 +30,7 @@ pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    started.elapsed()
 }
 
 /// A port that was free a moment ago.

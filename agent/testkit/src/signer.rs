@@ -19,11 +19,7 @@ pub struct TestRig {
 impl TestRig {
     /// Rig `name` with a key made from `secret` (any nonzero byte), starting at seq 1.
     pub fn new(name: &str, secret: u8) -> Self {
-        Self {
-            id: fixtures::rig_id(name),
-            key: SigningKey::from_slice(&[secret; 32]).unwrap_or_else(|e| panic!("{e}")),
-            next_seq: 1,
-        }
+        Self::with_secret(name, [secret; 32])
     }
 
     /// Rig `name` with the `n`th of 2^32 distinct keys, starting at seq 1 (fleets larger
@@ -31,6 +27,10 @@ impl TestRig {
     pub fn numbered(name: &str, n: u32) -> Self {
         let mut secret = [0x11; 32];
         secret[28..].copy_from_slice(&n.to_be_bytes());
+        Self::with_secret(name, secret)
+    }
+
+    fn with_secret(name: &str, secret: [u8; 32]) -> Self {
         Self {
             id: fixtures::rig_id(name),
             key: SigningKey::from_slice(&secret).unwrap_or_else(|e| panic!("{e}")),
