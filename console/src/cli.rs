@@ -64,6 +64,13 @@ pub enum Command {
         #[command(subcommand)]
         action: ClaimsCommand,
     },
+    /// Owner accounts, through the provisioner (needs an operator certificate): the people
+    /// rigs belong to and are paid for.
+    Owners {
+        /// What to do; none lists the owners.
+        #[command(subcommand)]
+        action: Option<OwnersCommand>,
+    },
     /// The fleet: every rig's retained status as a table; `rigs revoke` and `rigs registry`
     /// go to the provisioner's registry (they need an operator certificate).
     Rigs {
@@ -232,6 +239,25 @@ pub enum ClaimsCommand {
     Revoke {
         /// The token.
         token: String,
+    },
+}
+
+/// `rigctl owners ...`.
+#[derive(Debug, Subcommand)]
+pub enum OwnersCommand {
+    /// Adds an owner; prints their generated password once (the provisioner keeps only its
+    /// hash). Claims are then created for them with `claims create --owner NAME`.
+    Add {
+        /// Login name: 1 to 64 letters, digits, '.', '_' or '-'.
+        name: String,
+        /// Ethereum address payouts go to.
+        #[arg(long)]
+        payout: String,
+    },
+    /// Gives an owner a new generated password; the old one stops working.
+    ResetPassword {
+        /// The owner.
+        name: String,
     },
 }
 

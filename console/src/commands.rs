@@ -2,7 +2,7 @@
 //! and check saved receipts (`receipts verify`).
 
 use crate::admin::{self, AdminError};
-use crate::cli::{ClaimsCommand, Cli, Command, ReceiptsCommand, RigsCommand};
+use crate::cli::{ClaimsCommand, Cli, Command, OwnersCommand, ReceiptsCommand, RigsCommand};
 use crate::collect::{collect, listen, now_ms, Collect};
 use crate::output::{emit, Error};
 use crate::{receipts, report, table};
@@ -117,6 +117,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             };
             admin_command(cli.json, &cli.tls, &opts, &request).await?;
         }
+        Command::Owners { action } => {
+            let request = match action {
+                None => AdminRequest::Owners,
+                Some(OwnersCommand::Add { name, payout }) => {
+                    AdminRequest::AddOwner { name, payout }
+                }
+                Some(OwnersCommand::ResetPassword { name }) => AdminRequest::ResetPassword { name },
+            };
+            admin_command(cli.json, &cli.tls, &opts, &request).await?;
+        }
         Command::Rigs {
             action: Some(action),
         } => {
@@ -166,6 +176,16 @@ async fn admin_command(
             let mut t = format!("{:<22} {:<16} {:<8} SERIAL\n", "RIG", "OWNER", "STATE");
             for (rig, owner, state, serial) in rigs {
                 t.push_str(&format!("{rig:<22} {owner:<16} {state:<8} {serial}\n"));
+            }
+            t
+        }
+        AdminResponse::Password { name, password } => {
+            format!("owner {name}: password (shown once) {password}\n")
+        }
+        AdminResponse::Owners { owners } => {
+            let mut t = format!("{:<24} {:<44} RIGS\n", "OWNER", "PAYOUT");
+            for (name, payout, rigs) in owners {
+                t.push_str(&format!("{name:<24} {payout:<44} {rigs}\n"));
             }
             t
         }

@@ -63,6 +63,20 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every rejection, for tools that explain their reasons.
+    pub const ALL: [Rejection; 10] = [
+        Rejection::KeyChanged,
+        Rejection::UnknownJob,
+        Rejection::NotAssigned,
+        Rejection::AlreadyDone,
+        Rejection::NotLeased,
+        Rejection::InputDigest,
+        Rejection::OutputDigest,
+        Rejection::Work,
+        Rejection::MalformedOutput,
+        Rejection::ResultMismatch,
+    ];
+
     /// Whether the receipt was refused before any check of its result: such receipts are
     /// recorded as runs of sequence numbers, not one by one (see `ledger::Refused`).
     pub fn before_checks(self) -> bool {

@@ -220,3 +220,10 @@ fn the_sampler_picks_about_the_share_asked() {
     let picked = (0..2000).filter(|s| half.pick(&rig, *s)).count();
     assert!((800..1200).contains(&picked), "{picked}");
 }
+
+#[test]
+fn every_rejection_is_listed_once_with_its_own_reason() {
+    let reasons: std::collections::HashSet<&str> =
+        Rejection::ALL.iter().map(|r| r.reason()).collect();
+    assert_eq!(reasons.len(), Rejection::ALL.len());
+}

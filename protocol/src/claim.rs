@@ -196,6 +196,20 @@ pub enum AdminRequest {
     },
     /// Lists the registry's rigs.
     Rigs,
+    /// Adds an owner; the answer carries their generated password, once.
+    AddOwner {
+        /// Login name: 1 to 64 letters, digits, `.`, `_` or `-`.
+        name: String,
+        /// Ethereum address payouts go to (EIP-55 checked when in mixed case).
+        payout: String,
+    },
+    /// Gives an owner a new generated password; the old one stops working.
+    ResetPassword {
+        /// The owner.
+        name: String,
+    },
+    /// Lists the owners.
+    Owners,
 }
 
 /// The provisioner's answer to an [`AdminRequest`].
@@ -218,6 +232,18 @@ pub enum AdminResponse {
     Rigs {
         /// (rig, owner, state, certificate serial).
         rigs: Vec<(String, String, String, String)>,
+    },
+    /// An owner's new password (shown once; the provisioner keeps only its hash).
+    Password {
+        /// The owner.
+        name: String,
+        /// The password.
+        password: String,
+    },
+    /// The owners.
+    Owners {
+        /// (name, payout address, rigs).
+        owners: Vec<(String, String, u64)>,
     },
     /// Refused or failed.
     Error {

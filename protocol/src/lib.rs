@@ -9,7 +9,9 @@
 //! - [`command`]: signed operator commands and their replies.
 //! - [`crypto`]: public keys, signatures and their verification (secp256k1, P-256).
 //! - [`verify`]: checking one receipt with its proof, batch header, signature and key.
+//! - [`address`]: Ethereum payout addresses, checked per EIP-55.
 
+pub mod address;
 pub mod claim;
 pub mod command;
 pub mod crypto;
@@ -23,6 +25,7 @@ pub mod topics;
 pub mod units;
 pub mod verify;
 
+pub use address::{AddressError, EthAddress};
 pub use command::{Action, ActionKind, Command, CommandReply, Outcome, Rejection};
 pub use crypto::{PublicKey, Signature, VerifyError};
 pub use frame::{decode, encode, Frame, FrameError, MAX_FRAME_BYTES, WIRE_VERSION};

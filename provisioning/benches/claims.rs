@@ -9,7 +9,7 @@
 
 use rigd_client::{ClientIdentity, TlsFiles};
 use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
-use rigd_protocol::{decode, encode, PublicKey};
+use rigd_protocol::{decode, encode, EthAddress, PublicKey};
 use rigd_provisioning::broker::{self, BrokerSettings};
 use rigd_provisioning::ca::{Ca, Role};
 use rigd_provisioning::provisioner::Provisioner;
@@ -130,6 +130,9 @@ fn main() {
     let claim_tls = client(&ca, dir.path(), "fleet:claim");
     let prov_tls = client(&ca, dir.path(), "fleet:provisioner");
     let mut registry = Registry::open(&dir.path().join("registry.db")).unwrap();
+    for owner in ["bench", "warm"] {
+        registry.add_owner(owner, &EthAddress([1; 20]), 0).unwrap();
+    }
     let token = registry
         .create_claim("bench", rigs as u32, u64::MAX / 2)
         .unwrap()
@@ -139,6 +142,7 @@ fn main() {
     let core = {
         let d = tempfile::tempdir().unwrap();
         let mut r = Registry::open(&d.path().join("r.db")).unwrap();
+        r.add_owner("core", &EthAddress([1; 20]), 0).unwrap();
         let t = r.create_claim("core", 50, u64::MAX / 2).unwrap().token;
         let mut p = Provisioner::new(
             Ca::load(&dir.path().join("ca")).unwrap(),

@@ -214,6 +214,38 @@ impl Provisioner {
                 ),
                 Err(e) => (fail(&e), false),
             },
+            AdminRequest::AddOwner { name, payout } => {
+                let payout = match rigd_protocol::EthAddress::parse(&payout) {
+                    Ok(a) => a,
+                    Err(e) => return (fail(&format!("payout address: {e}")), false),
+                };
+                match self.registry.add_owner(&name, &payout, now_ms) {
+                    Ok(password) => {
+                        tracing::info!(owner = %name, %payout, "owner added");
+                        (AdminResponse::Password { name, password }, false)
+                    }
+                    Err(e) => (fail(&e), false),
+                }
+            }
+            AdminRequest::ResetPassword { name } => match self.registry.reset_password(&name) {
+                Ok(password) => {
+                    tracing::info!(owner = %name, "owner password reset");
+                    (AdminResponse::Password { name, password }, false)
+                }
+                Err(e) => (fail(&e), false),
+            },
+            AdminRequest::Owners => match self.registry.owners_with_rig_counts() {
+                Ok(owners) => (
+                    AdminResponse::Owners {
+                        owners: owners
+                            .into_iter()
+                            .map(|(o, rigs)| (o.name, o.payout.to_string(), rigs))
+                            .collect(),
+                    },
+                    false,
+                ),
+                Err(e) => (fail(&e), false),
+            },
         }
     }
 
@@ -335,6 +367,9 @@ mod tests {
         let ca = Ca::init(&dir.path().join("ca"), "t").unwrap_or_else(|e| panic!("{e}"));
         let mut registry =
             Registry::open(&dir.path().join("r.db")).unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .add_owner("alice", &rigd_protocol::EthAddress([1; 20]), 0)
+            .unwrap_or_else(|e| panic!("{e}"));
         let claim = registry
             .create_claim("alice", 2, u64::MAX / 2)
             .unwrap_or_else(|e| panic!("{e}"));

@@ -8,7 +8,7 @@
 //! second use of the claim.
 
 use rigd_protocol::claim::{Inventory, Refusal};
-use rigd_protocol::RigId;
+use rigd_protocol::{EthAddress, RigId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
@@ -21,6 +21,34 @@ pub enum RegistryError {
     /// No rig by that id.
     #[error("no rig {0} in the registry")]
     NoSuchRig(String),
+    /// No owner by that name.
+    #[error("no owner {0:?} in the registry (add the owner first)")]
+    NoSuchOwner(String),
+    /// An owner by that name exists already.
+    #[error("owner {0:?} exists already")]
+    OwnerExists(String),
+    /// An owner name outside the allowed form.
+    #[error("an owner name is 1 to 64 letters, digits, '.', '_' or '-'")]
+    OwnerName,
+}
+
+/// An owner: the person the rigs of their claims belong to and are paid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The login name.
+    pub name: String,
+    /// Where payouts go.
+    pub payout: EthAddress,
+    /// When the owner was added (Unix ms).
+    pub created_ms: u64,
+}
+
+/// Whether `name` is a valid owner name: 1 to 64 ASCII letters, digits, `.`, `_` or `-`.
+pub fn valid_owner_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A claim as created.
@@ -90,6 +118,12 @@ impl Registry {
                 expires_ms INTEGER NOT NULL,
                 revoked INTEGER NOT NULL DEFAULT 0
             );
+            CREATE TABLE IF NOT EXISTS owners (
+                name TEXT PRIMARY KEY,
+                payout TEXT NOT NULL,
+                password TEXT NOT NULL,
+                created_ms INTEGER NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS rigs (
                 id TEXT PRIMARY KEY,
                 owner TEXT NOT NULL,
@@ -101,18 +135,143 @@ impl Registry {
                 state TEXT NOT NULL,
                 claim INTEGER NOT NULL REFERENCES claims(id),
                 created_ms INTEGER NOT NULL
-            );",
+            );
+            CREATE INDEX IF NOT EXISTS rigs_by_owner ON rigs(owner, id);",
         )?;
         Ok(Registry { db })
     }
 
-    /// Creates a claim for `owner`, usable `uses` times until `expires_ms`.
+    /// Opens an existing registry read-only (WAL lets it run beside the provisioner): the
+    /// owners' dashboard reads owners and rigs this way.
+    pub fn open_read_only(path: &Path) -> Result<Registry, RegistryError> {
+        let db = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Registry { db })
+    }
+
+    /// Adds an owner paid at `payout`; returns their password, generated here and shown once
+    /// (only its hash is stored).
+    pub fn add_owner(
+        &mut self,
+        name: &str,
+        payout: &EthAddress,
+        now_ms: u64,
+    ) -> Result<String, RegistryError> {
+        if !valid_owner_name(name) {
+            return Err(RegistryError::OwnerName);
+        }
+        let password = crate::password::generate();
+        let inserted = self.db.execute(
+            "INSERT OR IGNORE INTO owners (name, payout, password, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, payout.to_string(), crate::password::hash(&password), now_ms as i64],
+        )?;
+        if inserted == 0 {
+            return Err(RegistryError::OwnerExists(name.to_owned()));
+        }
+        Ok(password)
+    }
+
+    /// Gives `name` a new generated password (the old one stops working); returns it.
+    pub fn reset_password(&mut self, name: &str) -> Result<String, RegistryError> {
+        let password = crate::password::generate();
+        let changed = self.db.execute(
+            "UPDATE owners SET password = ?2 WHERE name = ?1",
+            params![name, crate::password::hash(&password)],
+        )?;
+        if changed == 0 {
+            return Err(RegistryError::NoSuchOwner(name.to_owned()));
+        }
+        Ok(password)
+    }
+
+    /// The owner `name`, when `password` is theirs; `None` for an unknown name or a wrong
+    /// password alike.
+    pub fn login(&self, name: &str, password: &str) -> Result<Option<Owner>, RegistryError> {
+        let row = self
+            .db
+            .query_row(
+                "SELECT password FROM owners WHERE name = ?1",
+                params![name],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?;
+        match row {
+            Some(stored) if crate::password::verify(&stored, password) => self.owner(name),
+            Some(_) => Ok(None),
+            None => {
+                crate::password::verify_nothing(password);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The owner `name`, if there is one.
+    pub fn owner(&self, name: &str) -> Result<Option<Owner>, RegistryError> {
+        let row = self
+            .db
+            .query_row(
+                "SELECT name, payout, created_ms FROM owners WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(row.and_then(|(name, payout, created_ms)| {
+            Some(Owner {
+                name,
+                payout: EthAddress::parse(&payout).ok()?,
+                created_ms: created_ms as u64,
+            })
+        }))
+    }
+
+    /// Every owner, by name, with how many rigs they have.
+    pub fn owners_with_rig_counts(&self) -> Result<Vec<(Owner, u64)>, RegistryError> {
+        let mut st = self.db.prepare(
+            "SELECT o.name, o.payout, o.created_ms, (SELECT COUNT(*) FROM rigs r WHERE r.owner = o.name)
+             FROM owners o ORDER BY o.name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (name, payout, created_ms, rigs) = row?;
+            if let Ok(payout) = EthAddress::parse(&payout) {
+                let owner = Owner {
+                    name,
+                    payout,
+                    created_ms: created_ms as u64,
+                };
+                out.push((owner, rigs as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a claim for `owner` (who must exist), usable `uses` times until `expires_ms`.
     pub fn create_claim(
         &mut self,
         owner: &str,
         uses: u32,
         expires_ms: u64,
     ) -> Result<NewClaim, RegistryError> {
+        if self.owner(owner)?.is_none() {
+            return Err(RegistryError::NoSuchOwner(owner.to_owned()));
+        }
         let token = format!(
             "rc_{}{}",
             hex::encode(rand::random::<[u8; 16]>()),
@@ -277,10 +436,23 @@ impl Registry {
 
     /// Every rig: (id, owner, state, serial).
     pub fn rigs(&self) -> Result<Vec<RigRecord>, RegistryError> {
-        let mut st = self
-            .db
-            .prepare("SELECT id, owner, cert_pem, serial, state FROM rigs ORDER BY id")?;
-        let rows = st.query_map([], |r| {
+        self.rigs_where("", [])
+    }
+
+    /// The rigs of `owner`, by id.
+    pub fn owner_rigs(&self, owner: &str) -> Result<Vec<RigRecord>, RegistryError> {
+        self.rigs_where("WHERE owner = ?1", [owner])
+    }
+
+    fn rigs_where<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<RigRecord>, RegistryError> {
+        let mut st = self.db.prepare(&format!(
+            "SELECT id, owner, cert_pem, serial, state FROM rigs {filter} ORDER BY id"
+        ))?;
+        let rows = st.query_map(params, |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -324,6 +496,56 @@ mod tests {
         Ok((format!("cert of {rig}"), format!("serial-{rig}")))
     }
 
+    fn add_owners(r: &mut Registry, names: &[&str]) {
+        let payout = EthAddress([7; 20]);
+        for name in names {
+            r.add_owner(name, &payout, 1)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn owners_log_in_with_their_generated_password_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("r.db");
+        let mut r = Registry::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let payout = EthAddress([9; 20]);
+        let pw = r
+            .add_owner("alice", &payout, 5)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            r.add_owner("alice", &payout, 6),
+            Err(RegistryError::OwnerExists(_))
+        ));
+        for bad in ["", "a b", "x'--", &"a".repeat(65), "<script>"] {
+            assert!(
+                matches!(r.add_owner(bad, &payout, 6), Err(RegistryError::OwnerName)),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            r.create_claim("nobody", 1, u64::MAX / 2),
+            Err(RegistryError::NoSuchOwner(_))
+        ));
+        let read = Registry::open_read_only(&path).unwrap_or_else(|e| panic!("{e}"));
+        let alice = read.login("alice", &pw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            alice,
+            Some(Owner {
+                name: "alice".into(),
+                payout,
+                created_ms: 5
+            })
+        );
+        assert_eq!(read.login("alice", "guess").unwrap_or_default(), None);
+        assert_eq!(read.login("bob", &pw).unwrap_or_default(), None);
+        let fresh = r.reset_password("alice").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.login("alice", &pw).unwrap_or_default(), None);
+        assert!(read.login("alice", &fresh).unwrap_or_default().is_some());
+        let mut read = read;
+        assert!(read.reset_password("alice").is_err(), "read-only");
+    }
+
     #[test]
     fn a_claim_is_refused_when_unknown_expired_revoked_or_used_up() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -336,6 +558,7 @@ mod tests {
             claim(&mut r, "nope", b"k0", 0).err(),
             Some(Refusal::UnknownClaim)
         );
+        add_owners(&mut r, &["alice", "bob"]);
         let c = r
             .create_claim("alice", 1, 1000)
             .unwrap_or_else(|e| panic!("{e}"));

@@ -310,12 +310,30 @@ pub fn provision_conf(pki: &Pki, token: &str) -> String {
     )
 }
 
-/// Creates a claim through rigctl; returns the token.
+/// Adds `owner` through rigctl (payouts to a fixed test address); returns the generated
+/// password, or `None` when the owner exists already.
+pub fn add_owner(pki: &Pki, port: u16, owner: &str) -> Option<String> {
+    let payout = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    let (code, out) = rigctl(
+        pki,
+        port,
+        &["--json", "owners", "add", owner, "--payout", payout],
+    );
+    if code != 0 && out.contains("exists already") {
+        return None;
+    }
+    assert_eq!(code, 0, "rigctl owners add: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    Some(v["password"].as_str().expect("password").to_owned())
+}
+
+/// Creates a claim through rigctl for `owner`, adding the owner first where needed;
+/// returns the token.
 pub fn create_claim(pki: &Pki, port: u16, owner: &str, uses: u32) -> String {
     create_claim_expiring(pki, port, owner, uses, "1h")
 }
 
-/// Creates a claim through rigctl valid for `expires` (rigctl's syntax, e.g. `1s`).
+/// Creates a claim through rigctl for `owner` (added first where needed), valid for `expires` (rigctl's syntax, e.g. `1s`).
 pub fn create_claim_expiring(
     pki: &Pki,
     port: u16,
@@ -323,6 +341,7 @@ pub fn create_claim_expiring(
     uses: u32,
     expires: &str,
 ) -> String {
+    add_owner(pki, port, owner);
     let (code, out) = rigctl(
         pki,
         port,

@@ -133,6 +133,11 @@ impl Fleet {
         self.rigs.iter()
     }
 
+    /// The rig `rig` as last heard, if it was.
+    pub fn get(&self, rig: &RigId) -> Option<&RigSeen> {
+        self.rigs.get(rig)
+    }
+
     /// Rigs tracked.
     pub fn len(&self) -> usize {
         self.rigs.len()

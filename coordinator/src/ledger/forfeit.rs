@@ -5,6 +5,9 @@ use super::{u, LedgerError};
 use rigd_protocol::{JobId, RigId};
 use rusqlite::params;
 
+/// The reason forfeited receipts are recorded with.
+pub const FORFEITED: &str = "forfeited";
+
 /// Turns the rig's receipts of `job` credited or pending since `since_ms` into rejected ones
 /// (`forfeited`, nothing paid) and drops the kept MLP results of the pending ones; returns
 /// their units, ascending.
@@ -35,10 +38,16 @@ pub(super) fn forfeit(
     )?;
     tx.execute(
         &format!(
-            "UPDATE receipts SET state = 'rejected', reason = 'forfeited', micros = 0,
+            "UPDATE receipts SET state = 'rejected', reason = ?5, micros = 0,
              changed_ms = ?4 WHERE {held}"
         ),
-        params![rig.as_str(), job.as_str(), u(since_ms), u(now_ms)],
+        params![
+            rig.as_str(),
+            job.as_str(),
+            u(since_ms),
+            u(now_ms),
+            FORFEITED
+        ],
     )?;
     Ok(units)
 }

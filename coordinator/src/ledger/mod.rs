@@ -200,11 +200,13 @@ impl Ledger {
     /// stores the price earnings are quoted at.
     pub fn create(path: &Path, micros_per_mflop: u64) -> Result<Self, LedgerError> {
         let open = || -> Result<Connection, rusqlite::Error> {
-            let conn = Connection::open(path)?;
+            let mut conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(5))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(rollup::SCHEMA)?;
+            rollup::backfill(&mut conn)?;
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES('micros_per_mflop', ?1)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -562,9 +564,12 @@ impl Ledger {
 mod forfeit;
 mod leases;
 mod refused;
+mod rollup;
 mod training;
 
+pub use forfeit::FORFEITED;
 pub use refused::{push_refused, Refused};
+pub use rollup::{CardDay, ReceiptLine, RefusedLine, DAY_MS};
 pub use training::Checkpoint;
 
 #[cfg(test)]

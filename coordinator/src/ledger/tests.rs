@@ -210,3 +210,118 @@ fn the_read_side_opens_after_the_writer_closed() {
     assert_eq!(reader.recorded_seqs(&rig()).unwrap_or_default(), vec![1]);
     assert!(Ledger::open(&dir.path().join("missing.db")).is_err());
 }
+
+/// The rollup as a GROUP BY over the receipts computes it.
+fn rollup_from_receipts(ledger: &Ledger) -> Vec<CardDay> {
+    let mut stmt = ledger
+        .conn
+        .prepare(
+            "SELECT card, changed_ms / 86400000,
+                 SUM(IIF(state = 'credited', micros, 0)), SUM(IIF(state = 'pending', micros, 0)),
+                 SUM(state = 'credited'), SUM(state = 'pending'), SUM(state = 'rejected')
+             FROM receipts WHERE rig = ?1 GROUP BY card, changed_ms / 86400000 ORDER BY 1, 2",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    stmt.query_map([rig().as_str()], |r| super::rollup::card_day(&rig(), r))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default()
+}
+
+/// Drops lines whose every count went back to zero (a receipt that moved to another day).
+fn nonzero(days: Vec<CardDay>) -> Vec<CardDay> {
+    days.into_iter()
+        .filter(|d| d.credited + d.pending + d.rejected > 0)
+        .collect()
+}
+
+#[test]
+fn the_daily_rollup_follows_records_stitches_and_forfeits_and_backfills_once() {
+    let (dir, mut ledger) = fresh();
+    let receipts: Vec<Receipt> = (1..=40).map(|s| receipt(s, s)).collect();
+    for (day, chunk) in receipts.chunks(10).enumerate() {
+        let entries = chunk
+            .iter()
+            .map(|r| Entry {
+                receipt: r,
+                state: match r.seq % 3 {
+                    0 => ReceiptState::Credited,
+                    1 => ReceiptState::Pending,
+                    _ => ReceiptState::Rejected,
+                },
+                reason: (r.seq % 3 == 2).then_some("result mismatch"),
+                micros: if r.seq % 3 == 2 { 0 } else { r.seq * 7 },
+            })
+            .collect();
+        let batch = BatchRecord {
+            entries,
+            ..BatchRecord::default()
+        };
+        let at = day as u64 * DAY_MS + 5;
+        ledger
+            .record_batch(&rig(), &batch, at)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Delivered again: nothing moves.
+        ledger
+            .record_batch(&rig(), &batch, at + 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let checkpoint = Checkpoint {
+        step: 1,
+        params: vec![0.5],
+        loss: None,
+    };
+    ledger
+        .stitch(&job(), 1..20, &checkpoint, 5 * DAY_MS + 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let forfeit = BatchRecord {
+        forfeit: Some((&job(), 3 * DAY_MS)),
+        ..BatchRecord::default()
+    };
+    ledger
+        .record_batch(&rig(), &forfeit, 6 * DAY_MS + 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let expected = rollup_from_receipts(&ledger);
+    assert!(expected.len() > 8, "{expected:?}");
+    let rolled = nonzero(ledger.card_days(&rig()).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(rolled, expected);
+    let earnings = ledger.earnings(&rig()).unwrap_or_else(|e| panic!("{e}"));
+    let credited: u64 = earnings.cards.iter().map(|c| c.credited_micros).sum();
+    assert_eq!(
+        credited,
+        rolled.iter().map(|d| d.credited_micros).sum::<u64>()
+    );
+
+    // A ledger from before the rollup: the table is filled on the next open, once.
+    ledger
+        .conn
+        .execute_batch("DELETE FROM earnings_daily; DELETE FROM meta WHERE key = 'rollup';")
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(ledger);
+    let ledger = Ledger::create(&dir.path().join("ledger.db"), 3).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ledger.card_days(&rig()).unwrap_or_else(|e| panic!("{e}")),
+        expected
+    );
+    let before = ledger.credited_since(&rig(), 0).unwrap_or(0);
+    assert_eq!(before, credited);
+    assert_eq!(ledger.credited_since(&rig(), 7 * DAY_MS).unwrap_or(1), 0);
+    let rejected = ledger
+        .receipt_lines(&rig(), None, true, 1000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(rejected.iter().all(|r| r.state == "rejected"));
+    assert!(rejected
+        .iter()
+        .any(|r| r.reason.as_deref() == Some("forfeited")));
+    assert!(
+        rejected.windows(2).all(|w| w[0].seq > w[1].seq),
+        "newest first"
+    );
+    let page = ledger
+        .receipt_lines(&rig(), Some(11), false, 3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![10, 9, 8]
+    );
+}
