@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs the Debian packages the build and the tests need when they
-# are missing (the tests start their own broker, TPM and token on loopback), then
-# checks formatting and lints, checks the committed PTX against its CUDA sources (NVRTC and
-# ptxas from pinned PyPI wheels, no GPU needed), checks the receipt test vectors with
-# implementations we did not write (eth-account, cryptography), builds every binary, runs
-# every test, fuzzes the wire decoders for 20 s and boots the rig image.
+# are missing (the tests start their own broker, TPM and token on loopback) and the
+# dashboard test's browser driver from npm, then checks formatting and lints, checks the
+# committed PTX against its CUDA sources (NVRTC and ptxas from pinned PyPI wheels, no GPU
+# needed), checks the receipt test vectors with implementations we did not write
+# (eth-account, cryptography), builds every binary, runs every test, fuzzes the wire
+# decoders for 20 s and boots the rig image.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,10 +14,11 @@ cd "$(dirname "$0")"
 # tests use; the rig image's boot test: mmdebstrap, mtools, dosfstools, fdisk (building the
 # image), systemd-container (systemd-nspawn), mosquitto-clients (reading the rig's status);
 # afl++: the coverage-guided fuzzer of the wire decoders; prometheus: the server that scrapes
-# the fleet exporter in its test.
+# the fleet exporter in its test; chromium: the browser the owners' dashboard test drives.
 need=()
 for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2 \
-  mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients afl++ prometheus; do
+  mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients afl++ prometheus \
+  chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -25,6 +27,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# playwright-core (pinned in its package-lock.json): drives that browser.
+npm ci --prefix coordinator/dashboard/e2e --no-audit --no-fund --silent
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

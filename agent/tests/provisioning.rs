@@ -6,41 +6,34 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rigd_harness::tls::{
-    create_claim, create_claim_expiring, options_with_signer, provision_conf, rigctl, Pki,
-    ProvisionerProcess, OPERATOR_KEY_HEX,
+    create_claim, create_claim_expiring, options_with_signer, provision_conf, provisioned_id,
+    rigctl, ProvisioningFleet, OPERATOR_KEY_HEX,
 };
-use rigd_harness::{mosquitto_tls, wait_job_done, wait_until, Coordinator, Mosquitto, RigProcess};
+use rigd_harness::{wait_job_done, wait_until, Coordinator, RigProcess};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use std::path::Path;
 use std::sync::Arc;
 
-struct Fleet {
-    pki: Pki,
-    broker: Mosquitto,
-    provisioner: ProvisionerProcess,
-    work: tempfile::TempDir,
+/// The provisioning fleet, with the rig helpers of these tests.
+struct Fleet(ProvisioningFleet);
+
+impl std::ops::Deref for Fleet {
+    type Target = ProvisioningFleet;
+    fn deref(&self) -> &ProvisioningFleet {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut ProvisioningFleet {
+        &mut self.0
+    }
 }
 
 impl Fleet {
     fn start() -> Fleet {
-        let pki = Pki::create();
-        let broker = mosquitto_tls(&pki.ca_dir());
-        let work = tempfile::tempdir().unwrap();
-        let provisioner = ProvisionerProcess::start(
-            &pki,
-            broker.port,
-            broker.dir(),
-            broker.pid(),
-            &work.path().join("provisioner"),
-        );
-        provisioner.wait_serving(1);
-        Fleet {
-            pki,
-            broker,
-            provisioner,
-            work,
-        }
+        Fleet(ProvisioningFleet::start())
     }
 
     fn rig(&self, name: &str, token: &str) -> RigProcess {
@@ -83,11 +76,6 @@ const OPERATOR_PKCS8_HEX: &str = concat!(
 /// The persisted provisioning state of a rig, as JSON text.
 fn state(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("provision.json")).unwrap_or_default()
-}
-
-fn provisioned_id(dir: &Path) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(&state(dir)).ok()?;
-    Some(v["Provisioned"]["rig"].as_str()?.to_owned())
 }
 
 /// The `elapsed_ms` of rigd's "provisioned: ready" line.

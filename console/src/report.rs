@@ -2,7 +2,9 @@
 //! [`crate::table`] prints as tables and `--json` prints as JSON.
 
 use crate::view::FleetView;
-use rigd_protocol::{CardEarnings, CardState, CoordinatorStatus, Earnings, RigId, RigState};
+use rigd_protocol::{
+    CardEarnings, CardState, CoordinatorStatus, Earnings, RigId, RigState, RigStatus, Telemetry,
+};
 use serde::Serialize;
 
 /// The coordinator's progress line.
@@ -142,9 +144,9 @@ pub struct CardRow {
     /// What the card is doing.
     pub state: Option<String>,
     /// Core temperature, °C.
-    pub core_c: Option<f32>,
+    pub core_c: Option<f64>,
     /// Memory temperature, °C, where the card reports it.
-    pub mem_c: Option<f32>,
+    pub mem_c: Option<f64>,
     /// Power draw, W.
     pub power_w: Option<u16>,
     /// Power limit, W.
@@ -182,8 +184,18 @@ pub fn gpus(view: &FleetView, rig: &RigId) -> Option<GpusReport> {
     if v.status.is_none() && v.telemetry.is_none() {
         return None;
     }
-    let mut cards: Vec<CardRow> = v
-        .status
+    Some(GpusReport {
+        rig: rig.to_string(),
+        state: v.status.as_ref().map(|s| rig_state(s.state).into()),
+        sampled_ms: v.telemetry.as_ref().map(|t| t.at_ms),
+        cards: card_rows(v.status.as_ref(), v.telemetry.as_ref()),
+    })
+}
+
+/// One line per card a rig's status lists, with its readings from the telemetry, and a line
+/// for each card heard only in the telemetry.
+pub fn card_rows(status: Option<&RigStatus>, telemetry: Option<&Telemetry>) -> Vec<CardRow> {
+    let mut cards: Vec<CardRow> = status
         .iter()
         .flat_map(|s| &s.cards)
         .map(|c| CardRow {
@@ -194,7 +206,7 @@ pub fn gpus(view: &FleetView, rig: &RigId) -> Option<GpusReport> {
             ..CardRow::empty(c.uuid.to_string())
         })
         .collect();
-    for sample in v.telemetry.iter().flat_map(|t| &t.gpus) {
+    for sample in telemetry.iter().flat_map(|t| &t.gpus) {
         let uuid = sample.uuid.to_string();
         let row = match cards.iter().position(|c| c.uuid == uuid) {
             Some(i) => &mut cards[i],
@@ -205,8 +217,8 @@ pub fn gpus(view: &FleetView, rig: &RigId) -> Option<GpusReport> {
             }
         };
         row.state = Some(card_state(sample.state).into());
-        row.core_c = Some(f32::from(sample.core_dc) / 10.0);
-        row.mem_c = sample.mem_dc.map(|d| f32::from(d) / 10.0);
+        row.core_c = Some(f64::from(sample.core_dc) / 10.0);
+        row.mem_c = sample.mem_dc.map(|d| f64::from(d) / 10.0);
         row.power_w = Some(sample.power_w);
         row.power_limit_w = Some(u32::from(sample.power_limit_w));
         row.fan_pct = Some(sample.fan_pct);
@@ -216,12 +228,7 @@ pub fn gpus(view: &FleetView, rig: &RigId) -> Option<GpusReport> {
         row.units_done = Some(sample.units_done);
         row.worker_restarts = Some(sample.worker_restarts);
     }
-    Some(GpusReport {
-        rig: rig.to_string(),
-        state: v.status.as_ref().map(|s| rig_state(s.state).into()),
-        sampled_ms: v.telemetry.as_ref().map(|t| t.at_ms),
-        cards,
-    })
+    cards
 }
 
 impl CardRow {
@@ -376,7 +383,8 @@ pub fn credits(micros: u64) -> String {
     format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
-fn rig_state(s: RigState) -> &'static str {
+/// A rig state as `rigctl` and the dashboard print it.
+pub fn rig_state(s: RigState) -> &'static str {
     match s {
         RigState::Working => "working",
         RigState::Idle => "idle",

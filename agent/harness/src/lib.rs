@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod coordinator;
+pub mod dashboard;
 pub mod rogue;
 pub mod tls;
 

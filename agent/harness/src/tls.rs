@@ -361,3 +361,41 @@ pub fn create_claim_expiring(
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     v["token"].as_str().expect("token").to_owned()
 }
+
+/// The fleet side of a provisioning test: a PKI, a mutual-TLS mosquitto with the fleet ACL,
+/// and `rig-provisioner serve` connected to it, all in `work`.
+pub struct ProvisioningFleet {
+    pub pki: Pki,
+    pub broker: super::Mosquitto,
+    pub provisioner: ProvisionerProcess,
+    pub work: tempfile::TempDir,
+}
+
+impl ProvisioningFleet {
+    pub fn start() -> Self {
+        let pki = Pki::create();
+        let broker = super::mosquitto_tls(&pki.ca_dir());
+        let work = tempfile::tempdir().expect("temp dir");
+        let provisioner = ProvisionerProcess::start(
+            &pki,
+            broker.port,
+            broker.dir(),
+            broker.pid(),
+            &work.path().join("provisioner"),
+        );
+        provisioner.wait_serving(1);
+        Self {
+            pki,
+            broker,
+            provisioner,
+            work,
+        }
+    }
+}
+
+/// The rig id a rig provisioned into `dir` was given, once it has been.
+pub fn provisioned_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("provision.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v["Provisioned"]["rig"].as_str()?.to_owned())
+}

@@ -2,7 +2,7 @@
 
 use rigd_protocol::{
     CardEarnings, CardInfo, CardState, CoordinatorStatus, Earnings, GpuSample, GpuUuid, JobId,
-    PublicKey, RigId, RigState, RigStatus, Telemetry,
+    PublicKey, Receipt, RigId, RigState, RigStatus, Telemetry,
 };
 
 /// Start of the fixtures' clock, Unix ms.
@@ -21,6 +21,24 @@ pub fn job_id(name: &str) -> JobId {
 /// The UUID of simulated card `index` of `rig`.
 pub fn uuid(rig: &str, index: u32) -> GpuUuid {
     GpuUuid::new(format!("SIM-{rig}-{index}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Receipt `seq` of `rig` for unit `unit` of job `job`, computed on card `card` (2 MFLOP).
+pub fn receipt(rig: &str, seq: u64, job: &str, unit: u64, card: u32) -> Receipt {
+    Receipt {
+        rig: rig_id(rig),
+        seq,
+        card: uuid(rig, card),
+        job: job_id(job),
+        unit,
+        attempt: 0,
+        work: 2_000_000,
+        input_digest: [1; 32],
+        output_digest: [2; 32],
+        started_ms: 1,
+        finished_ms: 2,
+        governor_level: 0,
+    }
 }
 
 /// A working rig's retained status with `cards` cards.

@@ -8,6 +8,7 @@
 //! `rigd_exporter_messages_refused_total{reason}`; it changes nothing.
 
 pub mod fleet;
+pub mod follow;
 pub mod http;
 pub mod metrics;
 #[cfg(test)]

@@ -9,20 +9,7 @@ fn job() -> JobId {
 }
 
 fn receipt(seq: u64, unit: u64) -> Receipt {
-    Receipt {
-        rig: rig(),
-        seq,
-        card: GpuUuid::new(format!("SIM-{}", seq % 2)).unwrap_or_else(|_| unreachable!()),
-        job: job(),
-        unit,
-        attempt: 0,
-        work: 2_000_000,
-        input_digest: [1; 32],
-        output_digest: [2; 32],
-        started_ms: 1,
-        finished_ms: 2,
-        governor_level: 0,
-    }
+    rigd_testkit::fixtures::receipt("rig-1", seq, "job", unit, (seq % 2) as u32)
 }
 
 fn fresh() -> (tempfile::TempDir, Ledger) {

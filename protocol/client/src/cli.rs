@@ -63,6 +63,41 @@ where
     Ok(runtime.block_on(work(stop)))
 }
 
+/// The `main` of a fleet daemon, after its log is set up: a configuration error exits 2;
+/// otherwise `run` runs with [`run_until_signal`]'s token and exits 0 when it returns `Ok`
+/// (stopped by SIGINT or SIGTERM) and 1 when it fails or the runtime cannot start. Errors
+/// are logged with their whole chain.
+pub fn daemon_main<C, E, R, F>(
+    what: &str,
+    config: Result<C, E>,
+    run: impl FnOnce(C, tokio_util::sync::CancellationToken) -> F,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    R: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), R>>,
+{
+    use std::process::ExitCode;
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "configuration error");
+            return ExitCode::from(2);
+        }
+    };
+    match run_until_signal(|stop| run(config, stop)) {
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            ExitCode::from(1)
+        }
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!(error = format!("{e:#}"), "{what} failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

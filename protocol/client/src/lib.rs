@@ -18,7 +18,7 @@ mod tls;
 
 pub use backoff::Backoff;
 #[cfg(feature = "cli")]
-pub use cli::{init_logging, run_until_signal, TlsArgs};
+pub use cli::{daemon_main, init_logging, run_until_signal, TlsArgs};
 pub use options::{options, Lifetime, KEEP_ALIVE, MAX_PACKET_BYTES};
 pub use request::{request, RequestError};
 pub use session::{Reconnect, Session, SessionEvent, SessionSpec};

@@ -1,0 +1,225 @@
+//! What an owner may read, from the provisioner's registry (owners and their rigs) and the
+//! coordinator's ledger (receipts, refused runs, the daily rollup), both opened read-only.
+//! Every query names the owner and reads only that owner's rigs: a rig of another owner is
+//! answered exactly like a rig that does not exist.
+
+use rigd_coordinator::ledger::{CardDay, Ledger, LedgerError, ReceiptLine, RefusedLine};
+use rigd_protocol::RigId;
+use rigd_provisioning::registry::{Owner, Registry, RegistryError, RigRecord};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The registry could not be read.
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    /// The ledger could not be read.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+}
+
+/// Most receipts or refused runs one answer holds.
+pub const MAX_LINES: u32 = 500;
+
+struct Conns {
+    registry: Registry,
+    ledger: Ledger,
+}
+
+/// Read-only connections to the registry and the ledger, kept for reuse (at most
+/// `max_idle` idle at once; a busy moment opens more and closes them after).
+pub struct Store {
+    registry: PathBuf,
+    ledger: PathBuf,
+    idle: Mutex<Vec<Conns>>,
+    max_idle: usize,
+}
+
+/// An owner's earnings: one row per rig, card and UTC day, and the sums.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OwnerEarnings {
+    /// Sums over every row.
+    pub total: Totals,
+    /// Sums per UTC day (Unix day number), oldest first.
+    pub days: Vec<DayTotal>,
+    /// Sums per rig and card.
+    pub cards: Vec<CardTotal>,
+}
+
+/// Earnings summed over some rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Credited micro-credits (verified, and their training step stitched).
+    pub credited_micros: u64,
+    /// Pending micro-credits (verified, step not stitched yet).
+    pub pending_micros: u64,
+    /// Receipts credited.
+    pub credited: u64,
+    /// Receipts pending.
+    pub pending: u64,
+    /// Receipts rejected or forfeited.
+    pub rejected: u64,
+    /// What is owed and not paid yet: the credited micros less what was paid.
+    pub payable_micros: u64,
+    /// Micro-credits paid out (no payouts are made yet).
+    pub paid_micros: u64,
+}
+
+impl Totals {
+    fn add(&mut self, d: &CardDay) {
+        self.credited_micros = self.credited_micros.saturating_add(d.credited_micros);
+        self.pending_micros = self.pending_micros.saturating_add(d.pending_micros);
+        self.credited = self.credited.saturating_add(d.credited);
+        self.pending = self.pending.saturating_add(d.pending);
+        self.rejected = self.rejected.saturating_add(d.rejected);
+        self.payable_micros = self.credited_micros.saturating_sub(self.paid_micros);
+    }
+}
+
+/// One day's sums.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DayTotal {
+    /// Days since 1970-01-01 (UTC).
+    pub day: u64,
+    /// The sums.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// One card's sums.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CardTotal {
+    /// The rig.
+    pub rig: String,
+    /// The card's UUID.
+    pub card: String,
+    /// The sums.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+impl Store {
+    /// A store over the registry and ledger databases at these paths.
+    pub fn new(registry: PathBuf, ledger: PathBuf, max_idle: usize) -> Self {
+        Self {
+            registry,
+            ledger,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Conns) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conns = match idle {
+            Some(c) => c,
+            None => Conns {
+                registry: Registry::open_read_only(&self.registry)?,
+                ledger: Ledger::open(&self.ledger)?,
+            },
+        };
+        let out = f(&conns);
+        if out.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.max_idle {
+                idle.push(conns);
+            }
+        }
+        out
+    }
+
+    /// The owner `name` when `password` is theirs.
+    pub fn login(&self, name: &str, password: &str) -> Result<Option<Owner>, StoreError> {
+        self.with(|c| Ok(c.registry.login(name, password)?))
+    }
+
+    /// The owner `name`.
+    pub fn owner(&self, name: &str) -> Result<Option<Owner>, StoreError> {
+        self.with(|c| Ok(c.registry.owner(name)?))
+    }
+
+    /// The owner's rigs as the registry has them.
+    pub fn rigs(&self, owner: &str) -> Result<Vec<RigRecord>, StoreError> {
+        self.with(|c| Ok(c.registry.owner_rigs(owner)?))
+    }
+
+    /// The owner's earnings.
+    pub fn earnings(&self, owner: &str) -> Result<OwnerEarnings, StoreError> {
+        self.with(|c| {
+            let mut total = Totals::default();
+            let mut days = std::collections::BTreeMap::<u64, Totals>::new();
+            let mut cards = std::collections::BTreeMap::<(String, String), Totals>::new();
+            for rig in c.registry.owner_rigs(owner)? {
+                for d in c.ledger.card_days(&rig.rig)? {
+                    total.add(&d);
+                    days.entry(d.day).or_default().add(&d);
+                    cards
+                        .entry((d.rig.clone(), d.card.clone()))
+                        .or_default()
+                        .add(&d);
+                }
+            }
+            Ok(OwnerEarnings {
+                total,
+                days: days
+                    .into_iter()
+                    .map(|(day, totals)| DayTotal { day, totals })
+                    .collect(),
+                cards: cards
+                    .into_iter()
+                    .map(|((rig, card), totals)| CardTotal { rig, card, totals })
+                    .collect(),
+            })
+        })
+    }
+
+    /// Receipts of the owner's rig `rig` below sequence number `before` (all when `None`),
+    /// newest first; `None` when the owner has no such rig.
+    pub fn receipts(
+        &self,
+        owner: &str,
+        rig: &RigId,
+        before: Option<u64>,
+        rejected_only: bool,
+        limit: u32,
+    ) -> Result<Option<Vec<ReceiptLine>>, StoreError> {
+        self.with(|c| {
+            if !owns(&c.registry, owner, rig)? {
+                return Ok(None);
+            }
+            Ok(Some(c.ledger.receipt_lines(
+                rig,
+                before,
+                rejected_only,
+                limit.min(MAX_LINES),
+            )?))
+        })
+    }
+
+    /// The owner's disputes: rejected receipts and refused runs of all their rigs, newest
+    /// first, at most `MAX_LINES` of each.
+    pub fn disputes(
+        &self,
+        owner: &str,
+    ) -> Result<(Vec<ReceiptLine>, Vec<RefusedLine>), StoreError> {
+        self.with(|c| {
+            let mut rejected = Vec::new();
+            let mut refused = Vec::new();
+            for rig in c.registry.owner_rigs(owner)? {
+                rejected.extend(c.ledger.receipt_lines(&rig.rig, None, true, MAX_LINES)?);
+                refused.extend(c.ledger.refused_lines(&rig.rig, MAX_LINES)?);
+            }
+            rejected.sort_by_key(|r| std::cmp::Reverse(r.changed_ms));
+            rejected.truncate(MAX_LINES as usize);
+            refused.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
+            refused.truncate(MAX_LINES as usize);
+            Ok((rejected, refused))
+        })
+    }
+}
+
+fn owns(registry: &Registry, owner: &str, rig: &RigId) -> Result<bool, StoreError> {
+    Ok(registry.owner_rigs(owner)?.iter().any(|r| &r.rig == rig))
+}

@@ -1,0 +1,92 @@
+//! `rigd-dashboard`: the owners' dashboard, served until SIGINT or SIGTERM. It reads the
+//! provisioner's registry and the coordinator's ledger read-only and the rigs' retained
+//! statuses and telemetry from the broker.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for a configuration error, 1 when the broker
+//! session ends for good or the listener fails.
+
+use anyhow::Context;
+use clap::Parser;
+use rigd_dashboard::auth::{Limits, LoginLimiter, Sessions};
+use rigd_dashboard::data::Store;
+use rigd_dashboard::http::App;
+use rigd_exporter::fleet::Fleet;
+use rigd_exporter::follow::{follow_while_serving, Broker, BrokerArgs};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Serves owners their rigs, earnings and disputes.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The provisioner's registry database (read-only).
+    #[arg(long)]
+    registry: PathBuf,
+    /// The coordinator's ledger database (read-only).
+    #[arg(long)]
+    ledger: PathBuf,
+    /// Where to serve the dashboard.
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: SocketAddr,
+    /// Most rigs tracked from the broker.
+    #[arg(long, default_value_t = 200_000)]
+    max_rigs: usize,
+    /// How long a session lasts, seconds.
+    #[arg(long, default_value_t = 12 * 3600)]
+    session_ttl_s: u64,
+    /// Leave `Secure` off the session cookie: only for plain HTTP on loopback; in production
+    /// the dashboard sits behind TLS.
+    #[arg(long)]
+    insecure_cookie: bool,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+fn config(args: Args) -> anyhow::Result<(Args, Broker)> {
+    let broker = args.broker.resolve("rigd-dashboard")?;
+    Ok((args, broker))
+}
+
+async fn run((args, broker): (Args, Broker), stop: CancellationToken) -> anyhow::Result<()> {
+    let app = Arc::new(App {
+        store: Store::new(args.registry.clone(), args.ledger.clone(), 8),
+        fleet: Mutex::new(Fleet::new(args.max_rigs)),
+        sessions: Mutex::new(Sessions::new(
+            args.session_ttl_s.saturating_mul(1000),
+            100_000,
+            16,
+        )),
+        limiter: Mutex::new(LoginLimiter::new(Limits::default())),
+        secure_cookie: !args.insecure_cookie,
+        clock: Arc::new(rigd_client::unix_ms),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    tracing::info!(%addr, broker = %args.broker.broker, "serving the dashboard");
+    let http = tokio::spawn(rigd_dashboard::http::serve(
+        listener,
+        app.clone(),
+        stop.clone(),
+    ));
+    follow_while_serving(&broker, stop, http, |topic, payload| {
+        let now = rigd_client::unix_ms();
+        let mut fleet = app.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = fleet.apply(topic, payload, now) {
+            tracing::debug!(%topic, reason = e.reason(), "message refused");
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    rigd_client::init_logging("info");
+    rigd_client::daemon_main("dashboard", config(Args::parse()), run)
+}
