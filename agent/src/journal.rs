@@ -20,8 +20,8 @@
 
 use crate::keys::KeyStore;
 use rigd_protocol::{
-    AckedBatch, BatchHeader, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RigId, Signature,
-    UnitOutput, WorkUnit,
+    AckedBatch, BatchHeader, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RefusedBatch, RigId,
+    Signature, UnitOutput, WorkUnit,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -292,6 +292,11 @@ pub trait JournalStore: Send {
     /// changed and how many acks named a batch held here with another digest.
     fn ack(&mut self, acked: &[AckedBatch]) -> Result<(usize, usize), JournalError>;
 
+    /// Marks batches the coordinator refused for good (it cannot attribute them to the rig's
+    /// pinned key): their receipts stay in the journal, the batches are never sent again and
+    /// their outputs are dropped. Matched like [`Self::ack`], with the same counts.
+    fn refuse(&mut self, refused: &[RefusedBatch]) -> Result<(usize, usize), JournalError>;
+
     /// Counters for status messages.
     fn stats(&self) -> Result<JournalStats, JournalError>;
 
@@ -310,6 +315,50 @@ pub trait JournalStore: Send {
             self.store_batch(&header, &signature)?;
         }
         Ok(())
+    }
+}
+
+/// What the coordinator made of a stored batch (the `acked` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchState {
+    /// Recorded (credited, pending or rejected): forgotten.
+    Acked = 1,
+    /// Refused for good: kept, not sent again.
+    Refused = 2,
+}
+
+impl Journal {
+    /// Sets the state of each open batch named by its first sequence number and digest.
+    fn settle(
+        &mut self,
+        batches: &[(u64, rigd_protocol::digest::Hash32)],
+        state: BatchState,
+    ) -> Result<(usize, usize), JournalError> {
+        let tx = self.db.transaction()?;
+        let (mut changed, mut mismatched) = (0, 0);
+        for (first_seq, digest) in batches {
+            let first = i64::try_from(*first_seq).unwrap_or(i64::MAX);
+            let header: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT header FROM batches WHERE first_seq = ?1 AND acked = 0")?
+                .query_row([first], |r| r.get(0))
+                .optional()?;
+            let Some(header) = header else {
+                continue;
+            };
+            let header: BatchHeader =
+                postcard::from_bytes(&header).map_err(|e| corrupt(format!("batch {first}"), e))?;
+            if header.signing_digest() != *digest {
+                mismatched += 1;
+                continue;
+            }
+            tx.prepare_cached("UPDATE batches SET acked = ?2 WHERE first_seq = ?1")?
+                .execute([first, state as i64])?;
+            tx.prepare_cached("UPDATE receipts SET output = NULL WHERE batch = ?1")?
+                .execute([first])?;
+            changed += 1;
+        }
+        tx.commit()?;
+        Ok((changed, mismatched))
     }
 }
 
@@ -486,31 +535,13 @@ impl JournalStore for Journal {
     }
 
     fn ack(&mut self, acked: &[AckedBatch]) -> Result<(usize, usize), JournalError> {
-        let tx = self.db.transaction()?;
-        let (mut changed, mut mismatched) = (0, 0);
-        for a in acked {
-            let first = i64::try_from(a.first_seq).unwrap_or(i64::MAX);
-            let header: Option<Vec<u8>> = tx
-                .prepare_cached("SELECT header FROM batches WHERE first_seq = ?1 AND acked = 0")?
-                .query_row([first], |r| r.get(0))
-                .optional()?;
-            let Some(header) = header else {
-                continue;
-            };
-            let header: BatchHeader =
-                postcard::from_bytes(&header).map_err(|e| corrupt(format!("batch {first}"), e))?;
-            if header.signing_digest() != a.digest {
-                mismatched += 1;
-                continue;
-            }
-            tx.prepare_cached("UPDATE batches SET acked = 1 WHERE first_seq = ?1")?
-                .execute([first])?;
-            tx.prepare_cached("UPDATE receipts SET output = NULL WHERE batch = ?1")?
-                .execute([first])?;
-            changed += 1;
-        }
-        tx.commit()?;
-        Ok((changed, mismatched))
+        let batches: Vec<_> = acked.iter().map(|a| (a.first_seq, a.digest)).collect();
+        self.settle(&batches, BatchState::Acked)
+    }
+
+    fn refuse(&mut self, refused: &[RefusedBatch]) -> Result<(usize, usize), JournalError> {
+        let batches: Vec<_> = refused.iter().map(|r| (r.first_seq, r.digest)).collect();
+        self.settle(&batches, BatchState::Refused)
     }
 
     fn stats(&self) -> Result<JournalStats, JournalError> {
@@ -520,7 +551,7 @@ impl JournalStore for Journal {
             .query_row([], |r| r.get(0))?;
         let acked: i64 = self
             .db
-            .prepare_cached("SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 1")?
+            .prepare_cached("SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked != 0")?
             .query_row([], |r| r.get(0))?;
         let queued: i64 = self
             .db

@@ -3,8 +3,10 @@
 //! and tools, never for a rig that is paid.
 
 use super::{Completion, Continuity, JournalError, JournalStats, JournalStore, Receipt, MAX_INBOX};
+use rigd_protocol::digest::Hash32;
 use rigd_protocol::{
-    AckedBatch, BatchHeader, ReceiptBatch, ReceiptItem, RigId, Signature, UnitOutput, WorkUnit,
+    AckedBatch, BatchHeader, ReceiptBatch, ReceiptItem, RefusedBatch, RigId, Signature, UnitOutput,
+    WorkUnit,
 };
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,11 +17,11 @@ struct Row {
     batch: Option<u64>,
 }
 
-/// A signed batch and whether the coordinator acknowledged it.
+/// A signed batch and whether the coordinator settled it (acknowledged or refused for good).
 struct Batch {
     header: BatchHeader,
     signature: Signature,
-    acked: bool,
+    settled: bool,
 }
 
 /// The journal of one rig, in memory.
@@ -51,6 +53,28 @@ impl MemJournal {
         self.receipts.values().any(|r| {
             r.receipt.job == u.job && r.receipt.unit == u.unit && r.receipt.attempt == u.attempt
         })
+    }
+
+    /// Settles each open batch named by its first sequence number and digest.
+    fn settle(&mut self, batches: &[(u64, Hash32)]) -> (usize, usize) {
+        let (mut changed, mut mismatched) = (0, 0);
+        for (first_seq, digest) in batches {
+            let Some(b) = self.batches.get_mut(first_seq).filter(|b| !b.settled) else {
+                continue;
+            };
+            if b.header.signing_digest() != *digest {
+                mismatched += 1;
+                continue;
+            }
+            b.settled = true;
+            for row in self.receipts.values_mut() {
+                if row.batch == Some(*first_seq) {
+                    row.output = None;
+                }
+            }
+            changed += 1;
+        }
+        (changed, mismatched)
     }
 
     fn last_seq(&self) -> u64 {
@@ -154,7 +178,7 @@ impl JournalStore for MemJournal {
             Batch {
                 header: header.clone(),
                 signature: signature.clone(),
-                acked: false,
+                settled: false,
             },
         );
         Ok(())
@@ -172,7 +196,7 @@ impl JournalStore for MemJournal {
     ) -> Result<Vec<ReceiptBatch>, JournalError> {
         let mut out = vec![];
         for (first, b) in &self.batches {
-            if b.acked || skip.contains(first) {
+            if b.settled || skip.contains(first) {
                 continue;
             }
             if out.len() == limit {
@@ -197,31 +221,20 @@ impl JournalStore for MemJournal {
     }
 
     fn ack(&mut self, acked: &[AckedBatch]) -> Result<(usize, usize), JournalError> {
-        let (mut changed, mut mismatched) = (0, 0);
-        for a in acked {
-            let Some(b) = self.batches.get_mut(&a.first_seq).filter(|b| !b.acked) else {
-                continue;
-            };
-            if b.header.signing_digest() != a.digest {
-                mismatched += 1;
-                continue;
-            }
-            b.acked = true;
-            for row in self.receipts.values_mut() {
-                if row.batch == Some(a.first_seq) {
-                    row.output = None;
-                }
-            }
-            changed += 1;
-        }
-        Ok((changed, mismatched))
+        let batches: Vec<_> = acked.iter().map(|a| (a.first_seq, a.digest)).collect();
+        Ok(self.settle(&batches))
+    }
+
+    fn refuse(&mut self, refused: &[RefusedBatch]) -> Result<(usize, usize), JournalError> {
+        let batches: Vec<_> = refused.iter().map(|r| (r.first_seq, r.digest)).collect();
+        Ok(self.settle(&batches))
     }
 
     fn stats(&self) -> Result<JournalStats, JournalError> {
         let acked: u64 = self
             .batches
             .values()
-            .filter(|b| b.acked)
+            .filter(|b| b.settled)
             .map(|b| u64::from(b.header.count))
             .sum();
         let sealed = self.batches.values().next_back().map_or(0, |b| {

@@ -332,3 +332,52 @@ fn script(j: &mut dyn JournalStore, k: &dyn KeyStore) -> Vec<String> {
     log.push(ok(j.stats().map(|s| format!("{s:?}"))));
     log
 }
+
+#[test]
+fn a_refused_batch_is_kept_but_never_sent_again_and_counts_as_settled() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let k = key(&dir);
+    for mut j in stores(&dir) {
+        refused_batches(j.as_mut(), k.as_ref());
+    }
+}
+
+fn refused_batches(j: &mut dyn JournalStore, k: &dyn KeyStore) {
+    let units: Vec<_> = (1..=5).map(unit).collect();
+    let _ = j.add_units(&units);
+    let c: Vec<_> = units.iter().map(done).collect();
+    assert_eq!(j.record(&c).map(|r| r.len()).ok(), Some(5));
+    assert!(j.seal_all(3, k).is_ok());
+    let batches = j
+        .unacked_batches(10, &Default::default())
+        .unwrap_or_default();
+    assert_eq!(batches.len(), 2);
+    let refusal = |b: &ReceiptBatch, digest| rigd_protocol::RefusedBatch {
+        first_seq: b.header.first_seq,
+        digest,
+        reason: rigd_protocol::RefusalReason::KeyChanged,
+    };
+    let first = &batches[0];
+    assert_eq!(
+        j.refuse(&[refusal(first, [9; 32])]).ok(),
+        Some((0, 1)),
+        "another digest changes nothing"
+    );
+    let right = refusal(first, first.header.signing_digest());
+    assert_eq!(j.refuse(&[right]).ok(), Some((1, 0)));
+    let open: Vec<u64> = j
+        .unacked_batches(10, &Default::default())
+        .unwrap_or_default()
+        .iter()
+        .map(|b| b.header.first_seq)
+        .collect();
+    assert_eq!(open, vec![4], "the refused batch is not sent again");
+    assert_eq!(j.stats().map(|s| s.unacked_receipts).ok(), Some(2));
+    let ack = AckedBatch {
+        first_seq: 1,
+        digest: first.header.signing_digest(),
+    };
+    assert_eq!(j.ack(&[ack]).ok(), Some((0, 0)), "settled once");
+    assert_eq!(j.refuse(&[right]).ok(), Some((0, 0)));
+    assert_eq!(j.stats().map(|s| s.last_seq).ok(), Some(5), "receipts kept");
+}

@@ -20,7 +20,9 @@ use crate::supervisor::{CoreSettings, FailurePolicy, Input, RigCore};
 use crate::worker::unix_ms;
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{decode, encode, Ack, RigId, RigState, UnitAssignment};
+use rigd_protocol::{
+    decode, encode, Ack, Frame, FrameError, Refusal, RigId, RigState, UnitAssignment,
+};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use std::collections::{HashMap, HashSet};
@@ -359,6 +361,9 @@ impl Rig {
                     }
                     Ok(ack) => {
                         tracing::warn!(%topic, other = %ack.rig, "refused an ack for another rig")
+                    }
+                    Err(FrameError::Kind { got, .. }) if got == Refusal::KIND => {
+                        self.on_refusal(&topic, &p.payload).await?;
                     }
                     Err(e) => tracing::warn!(%topic, error = %e, "refused an ack"),
                 }

@@ -2,14 +2,15 @@
 //! this rig say how far the network recorded its receipts; a fresh journal signs nothing
 //! until it has heard them (or [`FLOOR_WAIT`] passed without them: a network that never
 //! recorded the rig may publish none), and continues above that mark when its own history
-//! is gone.
+//! is gone. And the network's refusals: batches it cannot attribute to the rig's pinned key
+//! (after a TPM or token was replaced) are kept in the journal as refused, not sent again.
 
 use super::{journal_op, Rig};
 use crate::batcher::Batcher;
 use crate::journal::Continuity;
 use crate::supervisor::Input;
 use crate::RunError;
-use rigd_protocol::{decode, Earnings};
+use rigd_protocol::{decode, Earnings, Refusal};
 use std::time::{Duration, Instant};
 
 /// How long a fresh journal waits for the network's record before it signs anyway.
@@ -75,6 +76,36 @@ impl Rig {
                 "the network's record of this rig is known: signing starts"
             );
             self.start_seal();
+        }
+        Ok(())
+    }
+
+    /// The coordinator refused batches for good: the journal keeps them as refused and they
+    /// are not sent again.
+    pub(super) async fn on_refusal(&mut self, topic: &str, payload: &[u8]) -> Result<(), RunError> {
+        let refusal = match decode::<Refusal>(payload) {
+            Ok(r) if r.rig == self.rig => r,
+            Ok(r) => {
+                tracing::warn!(%topic, other = %r.rig, "ignored a refusal for another rig");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "ignored a malformed refusal");
+                return Ok(());
+            }
+        };
+        for b in &refusal.batches {
+            self.sent.remove(&b.first_seq);
+            tracing::error!(first_seq = b.first_seq, reason = b.reason.as_str(), "the network refused a receipt batch for good; it is kept in the journal as refused and not sent again");
+        }
+        let (stats, mismatched) = journal_op(&self.journal, move |j| {
+            let (_, mismatched) = j.refuse(&refusal.batches)?;
+            Ok((j.stats()?, mismatched))
+        })
+        .await?;
+        self.step(Input::Journal(stats)).await?;
+        if mismatched > 0 {
+            tracing::warn!(%topic, mismatched, "ignored refusals naming a batch with another digest than the one held");
         }
         Ok(())
     }

@@ -9,11 +9,14 @@
 
 use super::judge::Judged;
 use super::{publish, Engine, Outbound, Verdict, SEQ_WINDOW};
-use crate::ledger::{push_refused, BatchRecord, Entry, LedgerError, ReceiptState};
+use crate::ledger::{push_refused, BatchRecord, Entry, LedgerError, ReceiptState, Refused};
 use crate::recompute::{Recompute, Recomputed};
 use crate::verify::{self, Rejection};
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{Ack, AckedBatch, ReceiptBatch, ReceiptItem, RigId, UnitOutput};
+use rigd_protocol::{
+    Ack, AckedBatch, ReceiptBatch, ReceiptItem, Refusal, RefusalReason, RefusedBatch, RigId,
+    UnitOutput,
+};
 use std::collections::{BTreeMap, HashSet};
 
 /// Batches of one rig waiting for their recomputation, at most; a further batch of the rig
@@ -58,20 +61,23 @@ impl Engine {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, "batch from a rig whose key is not known yet; not acked");
             return Ok(vec![]);
         };
-        if let Err(e) = verify::authenticate(rig, &batch, &key) {
-            tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
-            return Ok(vec![]);
-        }
-        if !self.may_judge(rig, now_ms) {
-            tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig's recompute budget is spent; its batch waits for a resend");
-            return Ok(vec![]);
-        }
         let high_water = match self.high_water.get(rig) {
             Some(h) => *h,
             None => self.ledger.earnings(rig)?.last_seq,
         };
         if header.first_seq > high_water.saturating_add(SEQ_WINDOW) {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, high_water, "batch far beyond the rig's sequence numbers refused unrecorded");
+            return Ok(vec![]);
+        }
+        if key_changed {
+            return self.refuse(rig, &batch, RefusalReason::KeyChanged, high_water, now_ms);
+        }
+        if let Err(e) = verify::authenticate(rig, &batch, &key) {
+            tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
+            return Ok(vec![]);
+        }
+        if !self.may_judge(rig, now_ms) {
+            tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig's recompute budget is spent; its batch waits for a resend");
             return Ok(vec![]);
         }
         self.scheduler.heard_from(rig);
@@ -88,14 +94,7 @@ impl Engine {
                 duplicates += 1;
                 continue;
             }
-            let j = if key_changed {
-                Judged::Done(Verdict::Rejected {
-                    why: Rejection::KeyChanged,
-                    requeue: false,
-                })
-            } else {
-                self.judge(rig, item, &taken, now_ms)
-            };
+            let j = self.judge(rig, item, &taken, now_ms);
             // A unit is judged once per batch: copies of it are refused without a recompute.
             taken.insert(item.receipt.unit);
             let verdict = match j {
@@ -166,6 +165,55 @@ impl Engine {
                 tracing::error!(rig = %rig, error = %e, "ledger write failed; the rig will resend");
                 vec![]
             })
+    }
+
+    /// A batch the network will never record because it cannot attribute it to the rig's
+    /// pinned key: its sequence numbers are recorded as one refused run (a resend changes
+    /// nothing) and the rig is told, on its acks topic, to keep the batch as refused and stop
+    /// sending it.
+    fn refuse(
+        &mut self,
+        rig: &RigId,
+        batch: &ReceiptBatch,
+        reason: RefusalReason,
+        high_water: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Outbound>, LedgerError> {
+        let header = &batch.header;
+        let Some(last_seq) = header
+            .first_seq
+            .checked_add(u64::from(header.count))
+            .and_then(|end| end.checked_sub(1))
+            .filter(|last| *last >= header.first_seq)
+        else {
+            return Ok(vec![]);
+        };
+        let record = BatchRecord {
+            refused: vec![Refused {
+                first_seq: header.first_seq,
+                last_seq,
+                reason: reason.as_str(),
+            }],
+            ..BatchRecord::default()
+        };
+        self.ledger.record_batch(rig, &record, now_ms)?;
+        self.high_water
+            .insert(rig.clone(), high_water.max(last_seq));
+        self.earnings_dirty.insert(rig.clone());
+        tracing::warn!(rig = %rig, first_seq = header.first_seq, last_seq, reason = reason.as_str(), "batch cannot be attributed to the rig's pinned key; recorded as refused and the rig told");
+        let refusal = Refusal {
+            rig: rig.clone(),
+            batches: vec![RefusedBatch {
+                first_seq: header.first_seq,
+                digest: header.signing_digest(),
+                reason,
+            }],
+        };
+        Ok(vec![publish(
+            topics::rig(rig, Channel::Acks),
+            rigd_protocol::encode(&refusal),
+            false,
+        )])
     }
 
     /// Turns recomputed outputs into verdicts, then records, applies and acks the batch.

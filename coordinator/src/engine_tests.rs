@@ -1,7 +1,9 @@
 use super::*;
 use crate::verify;
 use crate::JobSpec;
-use rigd_protocol::{decode, Ack, Earnings, ReceiptBatch, UnitOutput, WorkUnit};
+use rigd_protocol::{
+    decode, Ack, Earnings, ReceiptBatch, Refusal, RefusalReason, RefusedBatch, UnitOutput, WorkUnit,
+};
 use rigd_testkit::fixtures::job_id;
 use rigd_testkit::signer::TestRig;
 
@@ -71,6 +73,13 @@ fn acks(out: &[Outbound], rig: &TestRig) -> Vec<u64> {
         .into_iter()
         .flat_map(|a| a.batches)
         .map(|b| b.first_seq)
+        .collect()
+}
+
+fn refusals(out: &[Outbound], rig: &TestRig) -> Vec<RefusedBatch> {
+    published::<Refusal>(out, &topics::rig(&rig.id, Channel::Acks))
+        .into_iter()
+        .flat_map(|r| r.batches)
         .collect()
 }
 
@@ -324,19 +333,40 @@ fn batches_that_cannot_be_attributed_are_neither_recorded_nor_acked() {
     assert_eq!(acks(&send(&mut engine, &batch, 4), &a), vec![1]);
 }
 
+/// After a TPM replacement the rig signs with a key the network did not pin: its batches,
+/// old key or new, are recorded as one refused run each and the rig is told (a refusal, not
+/// an ack) so it keeps them as refused instead of sending them forever; a resend changes
+/// nothing in the ledger.
 #[test]
-fn after_a_key_change_batches_are_recorded_as_rejected_and_acked() {
+fn after_a_key_change_batches_are_refused_recorded_and_the_rig_is_told() {
     let f = Fixture::new(gemm(2));
     let mut engine = f.engine();
     let mut a = TestRig::new("rig-a", 1);
     let given = units(&hello(&mut engine, &a, 1, 0), &a);
-    let new_key = TestRig::new("rig-a", 3);
+    let mut new_key = TestRig::new("rig-a", 3);
     let changed = status(&new_key, 1, RigState::Idle);
     engine.handle(&topics::rig(&a.id, Channel::Status), &encode(&changed), 5);
-    let out = send(&mut engine, &honest(&mut a, &given, |_| GEMM_WORK), 10);
-    assert_eq!(acks(&out, &a), vec![1]);
+    let old = honest(&mut a, &given, |_| GEMM_WORK);
+    new_key.next_seq = 3;
+    let new = honest(&mut new_key, &given, |_| GEMM_WORK);
+    for (batch, now) in [(&old, 10), (&new, 20), (&old, 30)] {
+        let out = send(&mut engine, batch, now);
+        assert!(acks(&out, &a).is_empty(), "no ack");
+        let told = refusals(&out, &a);
+        assert_eq!(
+            told,
+            vec![RefusedBatch {
+                first_seq: batch.header.first_seq,
+                digest: batch.header.signing_digest(),
+                reason: RefusalReason::KeyChanged,
+            }]
+        );
+    }
     assert!(reasons(&f, &a).is_empty());
-    assert_eq!(refused(&f, &a), vec![(1, 2, "key changed".into())]);
+    assert_eq!(
+        refused(&f, &a),
+        vec![(1, 2, "key changed".into()), (3, 4, "key changed".into())]
+    );
     assert!(f
         .ledger()
         .credited_units(&job_id("gemm"))

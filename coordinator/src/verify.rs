@@ -40,8 +40,6 @@ pub enum AuthError {
 /// Why a receipt was refused; its text is what the ledger records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// The rig's announced key differs from the pinned one.
-    KeyChanged,
     /// The receipt names another job.
     UnknownJob,
     /// The unit (or attempt) was never issued.
@@ -64,8 +62,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every rejection, for tools that explain their reasons.
-    pub const ALL: [Rejection; 10] = [
-        Rejection::KeyChanged,
+    pub const ALL: [Rejection; 9] = [
         Rejection::UnknownJob,
         Rejection::NotAssigned,
         Rejection::AlreadyDone,
@@ -82,8 +79,7 @@ impl Rejection {
     pub fn before_checks(self) -> bool {
         matches!(
             self,
-            Rejection::KeyChanged
-                | Rejection::UnknownJob
+            Rejection::UnknownJob
                 | Rejection::NotAssigned
                 | Rejection::AlreadyDone
                 | Rejection::NotLeased
@@ -93,7 +89,6 @@ impl Rejection {
     /// The reason as recorded.
     pub fn reason(self) -> &'static str {
         match self {
-            Rejection::KeyChanged => "key changed",
             Rejection::UnknownJob => "unknown job",
             Rejection::NotAssigned => "unit not assigned",
             Rejection::AlreadyDone => "unit already done",

@@ -158,6 +158,7 @@ mod tests {
         let _ = decode::<UnitAssignment>(bytes);
         let _ = decode::<ReceiptBatch>(bytes);
         let _ = decode::<Ack>(bytes);
+        let _ = decode::<Refusal>(bytes);
         let _ = decode::<Earnings>(bytes);
         let _ = decode::<CoordinatorStatus>(bytes);
         let _ = decode::<crate::command::Command>(bytes);
@@ -168,12 +169,30 @@ mod tests {
 
     proptest! {
         #[test]
-        fn no_decoder_panics_on_random_bytes(body in proptest::collection::vec(any::<u8>(), 0..512), kind in 1u8..12) {
+        fn no_decoder_panics_on_random_bytes(body in proptest::collection::vec(any::<u8>(), 0..512), kind in 1u8..13) {
             let mut bytes = vec![WIRE_VERSION, kind];
             bytes.extend_from_slice(&body);
             never_panics(&bytes);
             never_panics(&body);
         }
+    }
+
+    #[test]
+    fn a_refusal_on_the_acks_topic_is_told_from_an_ack_by_its_kind() {
+        let refusal = Refusal {
+            rig: crate::RigId::new("r").unwrap_or_else(|_| unreachable!()),
+            batches: vec![RefusedBatch {
+                first_seq: 7,
+                digest: [3; 32],
+                reason: RefusalReason::KeyChanged,
+            }],
+        };
+        let bytes = encode(&refusal);
+        assert_eq!(decode::<Refusal>(&bytes), Ok(refusal));
+        assert!(matches!(
+            decode::<Ack>(&bytes),
+            Err(FrameError::Kind { got, .. }) if got == Refusal::KIND
+        ));
     }
 
     #[test]

@@ -296,6 +296,54 @@ impl Frame for Ack {
     }
 }
 
+/// On `rig/{rig}/acks`, beside [`Ack`]: batches the coordinator will never record because it
+/// cannot attribute them to the rig, with why. The rig keeps such a batch in its journal as
+/// refused and stops sending it. Like an ack, a refusal names the batch's first sequence
+/// number and signed digest, and a rig changes only the batch that matches both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The rig.
+    pub rig: RigId,
+    /// Each refused batch.
+    pub batches: Vec<RefusedBatch>,
+}
+
+/// One refused batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedBatch {
+    /// First sequence number of the batch.
+    pub first_seq: u64,
+    /// The batch header's EIP-712 signing digest.
+    pub digest: crate::digest::Hash32,
+    /// Why it is refused.
+    pub reason: RefusalReason,
+}
+
+/// Why a batch cannot be attributed to its rig.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// The rig announced another key than the one the network pinned for it (a replaced TPM
+    /// or token): nothing it signs with the new key is credited until it is provisioned again.
+    KeyChanged,
+}
+
+impl RefusalReason {
+    /// The reason as the ledger records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::KeyChanged => "key changed",
+        }
+    }
+}
+
+impl Frame for Refusal {
+    const KIND: u8 = 12;
+    const NAME: &'static str = "Refusal";
+    fn validate(&self) -> Result<(), String> {
+        cap("batches", self.batches.len(), MAX_BATCH)
+    }
+}
+
 /// One card's line in the ledger. Amounts are in micro-credits (10^-6 of the network's
 /// payment unit), integers so that sums are exact.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -307,6 +307,19 @@ impl RigProcess {
         })
     }
 
+    /// Signed batches the network refused for good, and their receipts (from the journal).
+    pub fn refused_batches(&self) -> (u64, u64) {
+        self.read_journal(|db| {
+            (
+                scalar(db, "SELECT COUNT(*) FROM batches WHERE acked = 2") as u64,
+                scalar(
+                    db,
+                    "SELECT COALESCE(SUM(count), 0) FROM batches WHERE acked = 2",
+                ) as u64,
+            )
+        })
+    }
+
     /// `read` over the journal opened read-only; (0, 0) while there is no journal yet.
     fn read_journal(&self, read: impl FnOnce(&rusqlite::Connection) -> (u64, u64)) -> (u64, u64) {
         rusqlite::Connection::open_with_flags(

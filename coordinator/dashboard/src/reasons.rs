@@ -15,7 +15,8 @@ pub fn explain(code: &str) -> &'static str {
         "key changed" => {
             "The rig signed with a different key than the one the network pinned for it (for \
              example after a TPM or token was replaced); nothing it signs is credited until an \
-             operator re-provisions it."
+             operator re-provisions it. The rig keeps these receipts as refused and stops \
+             sending them."
         }
         "unit not leased to the rig" => {
             "The unit was not leased to this rig, or its lease had ended (the rig was offline \
@@ -49,10 +50,11 @@ mod tests {
     fn every_reason_the_coordinator_records_has_its_own_sentence() {
         let unknown = explain("");
         let recorded = Rejection::ALL.map(Rejection::reason);
-        for code in recorded
-            .iter()
-            .chain(&[rigd_coordinator::ledger::FORFEITED])
-        {
+        let others = [
+            rigd_coordinator::ledger::FORFEITED,
+            rigd_protocol::RefusalReason::KeyChanged.as_str(),
+        ];
+        for code in recorded.iter().chain(&others) {
             assert_ne!(explain(code), unknown, "{code}");
         }
     }

@@ -12,7 +12,7 @@ use rigd_dashboard::data::Store;
 use rigd_dashboard::http::{self, App};
 use rigd_exporter::fleet::Fleet;
 use rigd_protocol::claim::Inventory;
-use rigd_protocol::{encode, topics, EthAddress, JobId, PublicKey, Receipt, RigId};
+use rigd_protocol::{encode, topics, EthAddress, JobId, PublicKey, Receipt, RefusalReason, RigId};
 use rigd_provisioning::registry::Registry;
 use rigd_testkit::fixtures;
 use serde_json::Value;
@@ -114,7 +114,7 @@ fn fixture() -> Fixture {
                 vec![Refused {
                     first_seq: 31,
                     last_seq: 40,
-                    reason: Rejection::KeyChanged.reason(),
+                    reason: RefusalReason::KeyChanged.as_str(),
                 }]
             } else {
                 vec![]

@@ -16,7 +16,7 @@ use rigd_protocol::topics;
 use rigd_protocol::verify::verify_batch;
 use rigd_protocol::{
     decode, encode, Ack, Command, CommandReply, CoordinatorStatus, Earnings, Frame, PublicKey,
-    ReceiptBatch, RigStatus, Telemetry, UnitAssignment, WIRE_VERSION,
+    ReceiptBatch, Refusal, RigStatus, Telemetry, UnitAssignment, WIRE_VERSION,
 };
 use std::fmt::Debug;
 
@@ -49,6 +49,7 @@ pub fn frames(data: &[u8]) {
     round_trip::<Telemetry>(data);
     round_trip::<UnitAssignment>(data);
     round_trip::<Ack>(data);
+    round_trip::<Refusal>(data);
     round_trip::<Earnings>(data);
     round_trip::<CoordinatorStatus>(data);
     round_trip::<ClaimRequest>(data);
