@@ -27,6 +27,10 @@ impl DashboardProcess {
             .args(["--broker", &format!("127.0.0.1:{broker_port}")])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--client-id", &format!("dashboard-{port}")])
+            .arg("--alerts")
+            .arg(dir.join("alerts.db"))
+            .args(["--alert-tick-ms", "200"])
+            .arg("--allow-private-webhooks")
             .arg("--insecure-cookie")
             .arg("--tls-ca")
             .arg(&tls.ca)
@@ -100,4 +104,112 @@ pub fn browse_as(
         String::from_utf8_lossy(&run.stderr)
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// One HTTP/1.1 request to the dashboard on `port` (with `token` as Bearer when given);
+/// returns the status and the JSON body (`Null` when the body is not JSON).
+pub fn api(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: dashboard\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// One received POST: its headers (lowercased names) and body.
+pub type Received = (Vec<(String, String)>, String);
+
+/// A webhook receiver on a free loopback port: it answers every POST with 200 and keeps
+/// each one's headers (lowercased names) and body.
+pub struct WebhookReceiver {
+    pub port: u16,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = BufReader::new(stream);
+                let mut headers = vec![];
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                    }
+                }
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                keep.lock()
+                    .unwrap()
+                    .push((headers, String::from_utf8_lossy(&body).into_owned()));
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { port, received }
+    }
+
+    /// The bodies received so far, as JSON, with whether each one's signature is the
+    /// HMAC-SHA256 of its body under `secret`.
+    pub fn notices(&self, secret: &str) -> Vec<(serde_json::Value, bool)> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(headers, body)| {
+                let signed = headers
+                    .iter()
+                    .find(|(k, _)| k == "x-rigd-signature")
+                    .and_then(|(_, v)| v.strip_prefix("sha256="))
+                    .and_then(|h| hex::decode(h).ok())
+                    .is_some_and(|mac| ring::hmac::verify(&key, body.as_bytes(), &mac).is_ok());
+                (serde_json::from_str(body).unwrap_or_default(), signed)
+            })
+            .collect()
+    }
 }

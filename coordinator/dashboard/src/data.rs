@@ -145,6 +145,11 @@ impl Store {
         self.with(|c| Ok(c.registry.owner_rigs(owner)?))
     }
 
+    /// When the ledger last recorded or changed a receipt of `rig`.
+    pub fn last_change_ms(&self, rig: &RigId) -> Result<Option<u64>, StoreError> {
+        self.with(|c| Ok(c.ledger.last_change_ms(rig)?))
+    }
+
     /// The owner's earnings.
     pub fn earnings(&self, owner: &str) -> Result<OwnerEarnings, StoreError> {
         self.with(|c| {

@@ -40,13 +40,18 @@ pub struct App {
     pub sessions: Mutex<Sessions>,
     /// Failed logins.
     pub limiter: Mutex<LoginLimiter>,
+    /// Owners' alert settings, incidents and notices.
+    pub alerts: Mutex<crate::alerts::Alerts>,
+    /// Whether webhooks may point at loopback and private addresses (tests, closed networks).
+    pub allow_private_webhooks: bool,
     /// Whether the session cookie is marked `Secure` (off only for plain-HTTP loopback use).
     pub secure_cookie: bool,
     /// The time.
     pub clock: Clock,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, whatever a panicked holder left (every guarded value stays consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -384,6 +389,78 @@ async fn disputes(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertBody {
+    url: String,
+    offline_after_s: u64,
+    #[serde(default)]
+    quiet_after_s: u64,
+}
+
+/// Most seconds an alert delay may be (a week).
+const MAX_DELAY_S: u64 = 7 * 86_400;
+
+async fn set_alerts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<AlertBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = owner(&app, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let bad = |what: &str| ApiError(StatusCode::UNPROCESSABLE_ENTITY, what.to_owned());
+    crate::webhook::Target::parse(&body.url)
+        .map_err(|_| bad("url must be an http:// or https:// URL of at most 512 bytes"))?;
+    if !(1..=MAX_DELAY_S).contains(&body.offline_after_s) || body.quiet_after_s > MAX_DELAY_S {
+        return Err(bad("delays are 1 s to a week (quiet_after_s 0: off)"));
+    }
+    let settings = crate::alerts::Settings {
+        url: body.url,
+        offline_after_ms: body.offline_after_s * 1000,
+        quiet_after_ms: body.quiet_after_s * 1000,
+    };
+    let secret = blocking(move || {
+        lock(&app.alerts)
+            .set(&name, &settings)
+            .map(|secret| (secret, settings))
+            .map_err(|e| {
+                tracing::error!(error = %e, "alert settings not stored");
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not stored; try again".into(),
+                )
+            })
+    })
+    .await?;
+    Ok(Json(
+        serde_json::json!({ "secret": secret.0, "settings": secret.1 }),
+    ))
+}
+
+async fn alerts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = owner(&app, &headers)?;
+    blocking(move || {
+        let alerts = lock(&app.alerts);
+        let read = alerts
+            .settings(&name)
+            .and_then(|s| Ok((s, alerts.incidents(&name, MAX_LINES)?)));
+        let (settings, incidents) = read.map_err(|e| {
+            tracing::error!(error = %e, "alerts not read");
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not readable just now".into(),
+            )
+        })?;
+        Ok(Json(
+            serde_json::json!({ "settings": settings, "incidents": incidents }),
+        ))
+    })
+    .await
+}
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
@@ -445,6 +522,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/earnings", get(earnings))
         .route("/api/disputes", get(disputes))
         .route("/api/rigs/:rig/receipts", get(receipts))
+        .route("/api/alerts", get(alerts).put(set_alerts))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(headers))

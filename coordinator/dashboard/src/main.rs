@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use rigd_dashboard::alerts::Alerts;
 use rigd_dashboard::auth::{Limits, LoginLimiter, Sessions};
 use rigd_dashboard::data::Store;
 use rigd_dashboard::http::App;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Serves owners their rigs, earnings and disputes.
@@ -37,6 +39,16 @@ struct Args {
     /// How long a session lasts, seconds.
     #[arg(long, default_value_t = 12 * 3600)]
     session_ttl_s: u64,
+    /// The dashboard's own database: owners' alert settings, incidents and notices.
+    #[arg(long)]
+    alerts: PathBuf,
+    /// How often rigs are judged for alerts, ms.
+    #[arg(long, default_value_t = 1000)]
+    alert_tick_ms: u64,
+    /// Allow webhooks on loopback and private addresses (tests, closed networks); by default
+    /// a webhook must resolve to a public address.
+    #[arg(long)]
+    allow_private_webhooks: bool,
     /// Leave `Secure` off the session cookie: only for plain HTTP on loopback; in production
     /// the dashboard sits behind TLS.
     #[arg(long)]
@@ -60,6 +72,8 @@ async fn run((args, broker): (Args, Broker), stop: CancellationToken) -> anyhow:
             16,
         )),
         limiter: Mutex::new(LoginLimiter::new(Limits::default())),
+        alerts: Mutex::new(Alerts::open(&args.alerts).context("--alerts")?),
+        allow_private_webhooks: args.allow_private_webhooks,
         secure_cookie: !args.insecure_cookie,
         clock: Arc::new(rigd_client::unix_ms),
     });
@@ -73,6 +87,11 @@ async fn run((args, broker): (Args, Broker), stop: CancellationToken) -> anyhow:
     let http = tokio::spawn(rigd_dashboard::http::serve(
         listener,
         app.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(rigd_dashboard::watch::watch(
+        app.clone(),
+        Duration::from_millis(args.alert_tick_ms.max(100)),
         stop.clone(),
     ));
     follow_while_serving(&broker, stop, http, |topic, payload| {

@@ -157,6 +157,10 @@ fn fixture() -> Fixture {
         fleet: Mutex::new(fleet),
         sessions: Mutex::new(Sessions::new(TTL_MS, 100, 4)),
         limiter: Mutex::new(LoginLimiter::new(Limits::default())),
+        alerts: Mutex::new(ok(rigd_dashboard::alerts::Alerts::open(
+            &dir.path().join("alerts.db"),
+        ))),
+        allow_private_webhooks: true,
         secure_cookie: true,
         clock: Arc::new(move || now.load(Ordering::SeqCst)),
     });
@@ -446,6 +450,25 @@ fn another_owners_rigs_are_refused_by_every_path() {
         assert_eq!(get(&f, path, "not-a-token").status, 401, "{path}");
     }
 
+    // Alert settings and incidents are per owner.
+    let set = request(
+        f.addr,
+        "PUT",
+        "/api/alerts",
+        &[
+            "Content-Type: application/json",
+            &format!("Authorization: Bearer {alice}"),
+        ],
+        r#"{"url":"https://hooks.example.net/alice","offline_after_s":60}"#,
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.json()["secret"].as_str().map(str::len), Some(64));
+    let mine = get(&f, "/api/alerts", &alice).json();
+    assert_eq!(mine["settings"]["url"], "https://hooks.example.net/alice");
+    let theirs = get(&f, "/api/alerts", &bob);
+    assert!(!theirs.body.contains("alice"), "{}", theirs.body);
+    assert_eq!(theirs.json()["settings"], Value::Null);
+
     // The cookie works like the bearer token, and logging out ends the session.
     let cookie = format!("Cookie: theme=dark; rigd_session={alice}");
     assert_eq!(
@@ -642,6 +665,44 @@ fn hostile_requests_are_refused_and_the_service_keeps_serving() {
             400,
         ),
     ];
+    let auth = format!("Authorization: Bearer {alice}");
+    let put = |body: &str| request(f.addr, "PUT", "/api/alerts", &[json, &auth], body);
+    let cases: Vec<(&str, Answer, u16)> = cases
+        .into_iter()
+        .chain([
+            (
+                "webhook not http",
+                put(r#"{"url":"javascript:alert(1)","offline_after_s":60}"#),
+                422,
+            ),
+            (
+                "webhook with credentials",
+                put(r#"{"url":"http://u:p@h/","offline_after_s":60}"#),
+                422,
+            ),
+            (
+                "delay zero",
+                put(r#"{"url":"https://h.example/","offline_after_s":0}"#),
+                422,
+            ),
+            (
+                "delay over a week",
+                put(r#"{"url":"https://h.example/","offline_after_s":999999999}"#),
+                422,
+            ),
+            (
+                "alerts without a session",
+                request(
+                    f.addr,
+                    "PUT",
+                    "/api/alerts",
+                    &[json],
+                    r#"{"url":"https://h.example/","offline_after_s":60}"#,
+                ),
+                401,
+            ),
+        ])
+        .collect();
     for (what, answer, status) in &cases {
         assert_eq!(answer.status, *status, "{what}: {}", answer.body);
         assert!(

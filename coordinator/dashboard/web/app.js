@@ -138,16 +138,30 @@ function renderDisputes(d) {
     table(["Rig", "Receipts", "Unit", "When", "Reason", "What it means"], rows, []));
 }
 
+function renderAlerts(a) {
+  const box = document.getElementById("alerts");
+  const rows = a.incidents.map(i => [
+    el("span", { class: i.closed_ms ? "" : "bad" }, i.closed_ms ? "ended" : "open"),
+    i.kind.replace("_", " "), i.rig, i.card || "", when(i.opened_ms), i.closed_ms ? when(i.closed_ms) : "",
+  ]);
+  const note = a.settings
+    ? el("p", {}, `Posted to ${a.settings.url} after ${a.settings.offline_after_ms / 1000} s offline.`)
+    : el("p", {}, "No webhook set (PUT /api/alerts); incidents are watched once one is.");
+  box.replaceChildren(note, rows.length === 0 ? el("p", {}, "No incidents.") :
+    table(["", "What", "Rig", "Card", "Since", "Ended"], rows, []));
+}
+
 async function refresh() {
   try {
-    const [me, rigs, earnings, disputes] = await Promise.all([
-      api("/api/me"), api("/api/rigs"), api("/api/earnings"), api("/api/disputes")]);
+    const [me, rigs, earnings, disputes, alerts] = await Promise.all([
+      api("/api/me"), api("/api/rigs"), api("/api/earnings"), api("/api/disputes"), api("/api/alerts")]);
     document.getElementById("who").textContent = `${me.owner} · payout ${me.payout}`;
     renderTotals(earnings.total);
     renderChart(earnings.days);
     renderRigs(rigs.rigs);
     renderCards(earnings.cards);
     renderDisputes(disputes);
+    renderAlerts(alerts);
     document.getElementById("updated").textContent = when(me.now_ms);
     document.getElementById("login").hidden = true;
     document.getElementById("board").hidden = false;
