@@ -346,15 +346,11 @@ impl Rig {
                 }
                 match decode::<Ack>(&p.payload) {
                     Ok(ack) if ack.rig == self.rig => {
-                        for b in &ack.batches {
-                            self.sent.remove(&b.first_seq);
-                        }
-                        let (stats, mismatched) = journal_op(&self.journal, move |j| {
-                            let (_, mismatched) = j.ack(&ack.batches)?;
-                            Ok((j.stats()?, mismatched))
-                        })
-                        .await?;
-                        self.step(Input::Journal(stats)).await?;
+                        let first_seqs: Vec<u64> =
+                            ack.batches.iter().map(|b| b.first_seq).collect();
+                        let mismatched = self
+                            .settle(&first_seqs, move |j| j.ack(&ack.batches))
+                            .await?;
                         if mismatched > 0 {
                             tracing::warn!(%topic, mismatched, "refused acks naming a batch with another digest than the one held; those batches are sent again");
                         }
@@ -375,6 +371,26 @@ impl Rig {
             _ => tracing::warn!(%topic, "message on an unexpected topic ignored"),
         }
         Ok(())
+    }
+
+    /// Settles batches in the journal with `op` (an ack or a refusal), forgets them as sent
+    /// and gives the supervisor the new counts; returns how many named a batch held here with
+    /// another digest.
+    async fn settle(
+        &mut self,
+        first_seqs: &[u64],
+        op: impl FnOnce(&mut dyn JournalStore) -> Result<(usize, usize), JournalError> + Send + 'static,
+    ) -> Result<usize, RunError> {
+        for first in first_seqs {
+            self.sent.remove(first);
+        }
+        let (stats, mismatched) = journal_op(&self.journal, move |j| {
+            let (_, mismatched) = op(j)?;
+            Ok((j.stats()?, mismatched))
+        })
+        .await?;
+        self.step(Input::Journal(stats)).await?;
+        Ok(mismatched)
     }
 
     /// Asks the batcher what to do and, when a batch is due, signs it in the background.

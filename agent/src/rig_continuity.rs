@@ -95,15 +95,12 @@ impl Rig {
             }
         };
         for b in &refusal.batches {
-            self.sent.remove(&b.first_seq);
             tracing::error!(first_seq = b.first_seq, reason = b.reason.as_str(), "the network refused a receipt batch for good; it is kept in the journal as refused and not sent again");
         }
-        let (stats, mismatched) = journal_op(&self.journal, move |j| {
-            let (_, mismatched) = j.refuse(&refusal.batches)?;
-            Ok((j.stats()?, mismatched))
-        })
-        .await?;
-        self.step(Input::Journal(stats)).await?;
+        let first_seqs: Vec<u64> = refusal.batches.iter().map(|b| b.first_seq).collect();
+        let mismatched = self
+            .settle(&first_seqs, move |j| j.refuse(&refusal.batches))
+            .await?;
         if mismatched > 0 {
             tracing::warn!(%topic, mismatched, "ignored refusals naming a batch with another digest than the one held");
         }

@@ -234,19 +234,7 @@ impl Alerts {
             "SELECT id, rig, card, kind, opened_ms, closed_ms FROM incidents
              WHERE owner = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = st.query_map(params![owner, limit], |r| {
-            let card: String = r.get(2)?;
-            Ok(Incident {
-                id: r.get(0)?,
-                condition: Condition {
-                    rig: r.get(1)?,
-                    card: (!card.is_empty()).then_some(card),
-                    kind: kind_name(&r.get::<_, String>(3)?),
-                },
-                opened_ms: r.get::<_, i64>(4)? as u64,
-                closed_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-            })
-        })?;
+        let rows = st.query_map(params![owner, limit], incident)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -262,40 +250,30 @@ impl Alerts {
         now_ms: u64,
     ) -> Result<(usize, usize), AlertError> {
         let tx = self.db.transaction()?;
-        let open: Vec<(i64, Condition, u64)> = {
+        let open: Vec<Incident> = {
             let mut st = tx.prepare(
-                "SELECT id, rig, card, kind, opened_ms FROM incidents
+                "SELECT id, rig, card, kind, opened_ms, closed_ms FROM incidents
                  WHERE owner = ?1 AND closed_ms IS NULL",
             )?;
-            let rows = st.query_map([owner], |r| {
-                let card: String = r.get(2)?;
-                Ok((
-                    r.get(0)?,
-                    Condition {
-                        rig: r.get(1)?,
-                        card: (!card.is_empty()).then_some(card),
-                        kind: kind_name(&r.get::<_, String>(3)?),
-                    },
-                    r.get::<_, i64>(4)? as u64,
-                ))
-            })?;
+            let rows = st.query_map([owner], incident)?;
             rows.collect::<Result<_, _>>()?
         };
         let (mut opened, mut closed) = (0, 0);
-        for (id, c, opened_ms) in &open {
+        for i in &open {
+            let c = &i.condition;
             let unknown = c.card.is_some() && offline.contains(&c.rig);
             if !now.contains(c) && !unknown {
                 tx.execute(
                     "UPDATE incidents SET closed_ms = ?2 WHERE id = ?1",
-                    params![id, u(now_ms)],
+                    params![i.id, u(now_ms)],
                 )?;
-                let body = notice(*id, owner, c, "recovered", *opened_ms, Some(now_ms));
+                let body = notice(i.id, owner, c, "recovered", i.opened_ms, Some(now_ms));
                 queue(&tx, owner, &body, now_ms)?;
                 closed += 1;
             }
         }
         for c in now {
-            if open.iter().any(|(_, o, _)| o == c) {
+            if open.iter().any(|i| &i.condition == c) {
                 continue;
             }
             tx.execute(
@@ -353,6 +331,21 @@ impl Alerts {
         )?;
         Ok(())
     }
+}
+
+/// An incident from a row of (id, rig, card, kind, opened_ms, closed_ms).
+fn incident(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
+    let card: String = r.get(2)?;
+    Ok(Incident {
+        id: r.get(0)?,
+        condition: Condition {
+            rig: r.get(1)?,
+            card: (!card.is_empty()).then_some(card),
+            kind: kind_name(&r.get::<_, String>(3)?),
+        },
+        opened_ms: r.get::<_, i64>(4)? as u64,
+        closed_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+    })
 }
 
 fn kind_name(stored: &str) -> &'static str {
