@@ -7,9 +7,9 @@
 //! Needs the workspace's binaries (`cargo build --workspace --bins`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use rigd_harness::dashboard::{api, DashboardProcess, WebhookReceiver};
+use rigd_harness::dashboard::{api, WebhookReceiver};
 use rigd_harness::tls::{
-    add_owner, create_claim, provision_conf, provisioned_id, ProvisioningFleet,
+    add_owner, create_claim, provision_conf, wait_provisioned, ProvisioningFleet,
 };
 use rigd_harness::{wait_until, Coordinator, RigProcess};
 use serde_json::json;
@@ -53,19 +53,10 @@ fn a_killed_rig_and_a_quarantined_card_are_one_signed_alert_each_and_recovery_is
             &format!("{keys}{provision}{tables}"),
         );
         let mut rig = RigProcess::start_conf_env(name, &dir, &conf, &[]);
-        wait_until("the rig is provisioned", 30, || {
-            provisioned_id(&rig.dir).is_some()
-        });
-        rig.rig = provisioned_id(&rig.dir).unwrap();
+        wait_provisioned(&mut rig);
         rigs.push(rig);
     }
-    let dashboard = DashboardProcess::start(
-        pki,
-        broker.port,
-        &fleet.provisioner.dir.join("registry.db"),
-        &coord.db,
-        &fleet.work.path().join("dashboard"),
-    );
+    let dashboard = fleet.dashboard(&coord.db);
     let (status, login) = api(
         dashboard.port,
         "POST",

@@ -7,12 +7,12 @@
 //! npm package (`npm ci --prefix coordinator/dashboard/e2e`), as `./test.sh` does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use rigd_harness::dashboard::{browse_as, DashboardProcess};
+use rigd_harness::dashboard::browse_as;
 use rigd_harness::tls::{
-    add_owner, connect, create_claim, options_without_cert, provision_conf, provisioned_id,
+    add_owner, connect, create_claim, options_without_cert, provision_conf, wait_provisioned,
     ProvisioningFleet,
 };
-use rigd_harness::{wait_job_done, wait_until, Coordinator, RigProcess};
+use rigd_harness::{wait_job_done, Coordinator, RigProcess};
 use rigd_protocol::RigId;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,11 +31,24 @@ fn cells(v: &serde_json::Value, table: &str, column: usize) -> Vec<String> {
         .collect()
 }
 
+/// `rigctl --json earnings --owner NAME --dashboard URL` with the password in the
+/// environment; (exit code, stdout and stderr).
+fn owner_earnings(url: &str, name: &str, password: &str) -> (i32, String) {
+    let out = std::process::Command::new(rigd_harness::workspace_bin("rigctl"))
+        .args(["--json", "earnings", "--owner", name, "--dashboard", url])
+        .env("RIGD_OWNER_PASSWORD", password)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 #[test]
 fn two_owners_each_see_exactly_their_rigs_and_earnings_in_the_browser() {
     let fleet = ProvisioningFleet::start();
-    let (pki, broker, provisioner, work) =
-        (&fleet.pki, &fleet.broker, &fleet.provisioner, &fleet.work);
+    let (pki, broker, work) = (&fleet.pki, &fleet.broker, &fleet.work);
 
     let mut passwords = Vec::new();
     let mut tokens = Vec::new();
@@ -56,22 +69,13 @@ fn two_owners_each_see_exactly_their_rigs_and_earnings_in_the_browser() {
         rigs.push((owner, RigProcess::start_conf_env(name, &dir, &conf, &[])));
     }
     for (_, rig) in &mut rigs {
-        wait_until("the rig is provisioned", 30, || {
-            provisioned_id(&rig.dir).is_some()
-        });
-        rig.rig = provisioned_id(&rig.dir).unwrap();
+        wait_provisioned(rig);
     }
     let all: Vec<&RigProcess> = rigs.iter().map(|(_, r)| r).collect();
     wait_job_done(&coord, 24, &all, 90);
 
     let ledger = coord.ledger().unwrap();
-    let dashboard = DashboardProcess::start(
-        pki,
-        broker.port,
-        &provisioner.dir.join("registry.db"),
-        &coord.db,
-        &work.path().join("dashboard"),
-    );
+    let dashboard = fleet.dashboard(&coord.db);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     for (owner, name) in ["alice", "bob"].iter().enumerate() {
         let mine: Vec<&RigProcess> = rigs
@@ -147,7 +151,26 @@ fn two_owners_each_see_exactly_their_rigs_and_earnings_in_the_browser() {
         for shot in ["desktop", "phone"] {
             assert!(shots.join(format!("{name}-{shot}.png")).exists());
         }
+
+        // The same earnings at a terminal: `rigctl earnings --owner`, from the dashboard's API.
+        let (code, out) = owner_earnings(&dashboard.url(), name, &passwords[owner]);
+        assert_eq!(code, 0, "{out}");
+        let cli: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(cli["total"]["credited_micros"], credited, "{name}: {cli}");
+        assert_eq!(cli["total"]["pending_micros"], pending, "{name}: {cli}");
+        assert_eq!(cli["total"]["payable_micros"], credited, "{name}: {cli}");
+        let cli_rigs: BTreeSet<String> = cli["cards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["rig"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(cli_rigs, expected, "{name}: {cli}");
     }
+
+    let (code, out) = owner_earnings(&dashboard.url(), "alice", "not her password");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("wrong name or password"), "{out}");
 
     // An owner's password is no broker identity: without a fleet certificate the broker
     // refuses the connection however the owner names themselves.

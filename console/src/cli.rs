@@ -46,10 +46,14 @@ pub enum Command {
         /// The rig.
         rig: RigId,
     },
-    /// Earnings per rig and card as the coordinator's ledger credited them.
+    /// Earnings per rig and card as the coordinator's ledger credited them; with --owner,
+    /// one owner's earnings from the owners' dashboard (no broker needed).
     Earnings {
         /// Only this rig.
         rig: Option<RigId>,
+        /// Read this owner's earnings from the dashboard instead of the broker.
+        #[command(flatten)]
+        owner: OwnerArgs,
     },
     /// Signed work receipts.
     Receipts {
@@ -107,6 +111,20 @@ pub enum Command {
     Diag(SendArgs),
     /// Asks rigs to rotate their logs (rigd answers that journald rotates them).
     RotateLogs(SendArgs),
+}
+
+/// `rigctl earnings --owner NAME --dashboard URL`.
+#[derive(Debug, Clone, Args)]
+pub struct OwnerArgs {
+    /// The owner's name.
+    #[arg(long, requires = "dashboard")]
+    pub owner: Option<String>,
+    /// The owners' dashboard, e.g. https://dashboard.example.net.
+    #[arg(long, requires = "owner")]
+    pub dashboard: Option<String>,
+    /// A file whose first line is the owner's password (otherwise RIGD_OWNER_PASSWORD).
+    #[arg(long, requires = "owner")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `rigctl operator ...`.
@@ -369,7 +387,32 @@ mod tests {
         assert!(cli.json);
         assert_eq!(cli.wait_ms, 200);
         assert_eq!(cli.broker.to_string(), "127.0.0.1:1883");
-        assert!(matches!(cli.command, Command::Earnings { rig: None }));
+        assert!(matches!(
+            cli.command,
+            Command::Earnings {
+                rig: None,
+                owner: OwnerArgs { owner: None, .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn an_owner_needs_a_dashboard_and_a_dashboard_an_owner() {
+        for args in [
+            &["rigctl", "earnings", "--owner", "alice"][..],
+            &["rigctl", "earnings", "--dashboard", "http://127.0.0.1:8480"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "rigctl",
+            "earnings",
+            "--owner",
+            "alice",
+            "--dashboard",
+            "http://127.0.0.1:8480",
+        ]);
+        assert!(cli.is_ok(), "{cli:?}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! and check saved receipts (`receipts verify`).
 
 use crate::admin::{self, AdminError};
-use crate::cli::{ClaimsCommand, Cli, Command, OwnersCommand, ReceiptsCommand, RigsCommand};
+use crate::cli::{
+    ClaimsCommand, Cli, Command, OwnerArgs, OwnersCommand, ReceiptsCommand, RigsCommand,
+};
 use crate::collect::{collect, listen, now_ms, Collect};
 use crate::output::{emit, Error};
-use crate::{receipts, report, table};
+use crate::{owner, receipts, report, table};
 use rigd_protocol::claim::{AdminRequest, AdminResponse};
 use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::RigId;
@@ -43,7 +45,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             let r = report::gpus(&view, &rig).ok_or(Error::NoSuchRig(rig))?;
             emit(cli.json, &r, || table::gpus(&r, now_ms()))?;
         }
-        Command::Earnings { rig } => {
+        Command::Earnings {
+            rig,
+            owner:
+                OwnerArgs {
+                    owner: Some(name),
+                    dashboard: Some(dashboard),
+                    password_file,
+                },
+        } => {
+            let password = owner::password(password_file.as_deref())?;
+            let mut e = owner::earnings(&dashboard, &name, &password).await?;
+            if let Some(rig) = &rig {
+                e = owner::only_rig(e, rig.as_str());
+            }
+            emit(cli.json, &e, || table::owner_earnings(&e))?;
+        }
+        Command::Earnings { rig, .. } => {
             let filter = match &rig {
                 Some(rig) => topics::rig(rig, Channel::Earnings),
                 None => topics::all_rigs(Channel::Earnings),

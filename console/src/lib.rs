@@ -1,5 +1,5 @@
 //! rigctl, the operator and owner console of a rigd network. It speaks to the fleet over
-//! MQTT only: it depends on the wire types and the TLS settings, never on rigd or the
+//! MQTT (and to the owners' dashboard over HTTP): it depends on the wire types and the TLS settings, never on rigd or the
 //! coordinator (the demo network is `rigd-devnet`).
 //!
 //! - [`collect`]: an MQTT 5 client that reads the retained messages of the fleet into a
@@ -7,6 +7,7 @@
 //! - [`report`] and [`table`]: what `status`, `gpus` and `earnings` show, as JSON or tables.
 //! - [`commands`]: the subcommands, [`cli`]: their arguments.
 //! - [`operator`], [`fleet`], [`control`]: signed operator commands to many rigs at once.
+//! - [`owner`]: an owner's earnings, read from the owners' dashboard over HTTPS.
 
 pub mod admin;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod fleet;
 pub mod operator;
 pub mod output;
+pub mod owner;
 pub mod receipts;
 pub mod report;
 pub mod table;

@@ -70,6 +70,9 @@ pub enum Error {
     /// The TLS files could not be used.
     #[error(transparent)]
     Tls(#[from] rigd_client::TlsError),
+    /// An owner's earnings could not be read from the dashboard.
+    #[error(transparent)]
+    Owner(#[from] crate::owner::OwnerError),
     /// A subcommand reached the code that sends fleet commands without being one (a bug).
     #[error("internal error: this subcommand is not a command sent to rigs")]
     NotAFleetCommand,

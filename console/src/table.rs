@@ -3,7 +3,8 @@
 //! drive the terminal.
 
 use crate::fleet::FleetReport;
-use crate::report::{Amounts, CoordinatorLine, EarningsReport, GpusReport, StatusReport};
+use crate::report::{credits, Amounts, CoordinatorLine, EarningsReport, GpusReport, StatusReport};
+use rigd_protocol::owner_api::{OwnerEarnings, Totals};
 use std::fmt::Display;
 
 /// A table of left- or right-aligned columns.
@@ -245,6 +246,49 @@ pub fn earnings(report: &EarningsReport) -> String {
     }
     t.row(cells("TOTAL".into(), String::new(), &report.total));
     t.render()
+}
+
+/// An owner's earnings as text: a line per rig and card with its total, then a line per
+/// UTC day.
+pub fn owner_earnings(e: &OwnerEarnings) -> String {
+    if e.cards.is_empty() {
+        return "no earnings recorded yet\n".to_string();
+    }
+    let cols = [
+        ("CREDITED UNITS", true),
+        ("CREDITED", true),
+        ("PENDING UNITS", true),
+        ("PENDING", true),
+        ("REJECTED", true),
+        ("PAYABLE", true),
+        ("PAID", true),
+    ];
+    let amounts = |t: &Totals| {
+        vec![
+            t.credited.to_string(),
+            credits(t.credited_micros),
+            t.pending.to_string(),
+            credits(t.pending_micros),
+            t.rejected.to_string(),
+            credits(t.payable_micros),
+            credits(t.paid_micros),
+        ]
+    };
+    let mut cards = Table::new(&[&[("RIG", false), ("CARD", false)][..], &cols].concat());
+    for c in &e.cards {
+        cards.row([vec![clean(&c.rig), clean(&c.card)], amounts(&c.totals)].concat());
+    }
+    cards.row([vec!["TOTAL".into(), String::new()], amounts(&e.total)].concat());
+    let mut out = cards.render();
+    if !e.days.is_empty() {
+        let mut days = Table::new(&[&[("DAY (UTC)", false)][..], &cols].concat());
+        for d in &e.days {
+            days.row([vec![crate::owner::date(d.day)], amounts(&d.totals)].concat());
+        }
+        out.push('\n');
+        out.push_str(&days.render());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`crypto`]: public keys, signatures and their verification (secp256k1, P-256).
 //! - [`verify`]: checking one receipt with its proof, batch header, signature and key.
 //! - [`address`]: Ethereum payout addresses, checked per EIP-55.
+//! - [`owner_api`]: the owners' dashboard API answers that rigctl reads.
 
 pub mod address;
 pub mod claim;
@@ -20,6 +21,7 @@ pub mod frame;
 pub mod ids;
 pub mod merkle;
 pub mod messages;
+pub mod owner_api;
 pub mod receipt;
 pub mod topics;
 pub mod units;

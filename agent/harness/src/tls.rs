@@ -391,6 +391,26 @@ impl ProvisioningFleet {
             work,
         }
     }
+
+    /// The owners' dashboard over this fleet's registry and the ledger at `ledger`.
+    pub fn dashboard(&self, ledger: &Path) -> crate::dashboard::DashboardProcess {
+        crate::dashboard::DashboardProcess::start(
+            &self.pki,
+            self.broker.port,
+            &self.provisioner.dir.join("registry.db"),
+            ledger,
+            &self.work.path().join("dashboard"),
+        )
+    }
+}
+
+/// Waits until `rig` is provisioned, names it by its rig id and returns that id.
+pub fn wait_provisioned(rig: &mut super::RigProcess) -> String {
+    super::wait_until("the rig is provisioned", 30, || {
+        provisioned_id(&rig.dir).is_some()
+    });
+    rig.rig = provisioned_id(&rig.dir).expect("provisioned");
+    rig.rig.clone()
 }
 
 /// The rig id a rig provisioned into `dir` was given, once it has been.

@@ -4,6 +4,7 @@
 //! answered exactly like a rig that does not exist.
 
 use rigd_coordinator::ledger::{CardDay, Ledger, LedgerError, ReceiptLine, RefusedLine};
+use rigd_protocol::owner_api::{CardTotal, DayTotal, OwnerEarnings, Totals};
 use rigd_protocol::RigId;
 use rigd_provisioning::registry::{Owner, Registry, RegistryError, RigRecord};
 use std::path::PathBuf;
@@ -37,67 +38,17 @@ pub struct Store {
     max_idle: usize,
 }
 
-/// An owner's earnings: one row per rig, card and UTC day, and the sums.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct OwnerEarnings {
-    /// Sums over every row.
-    pub total: Totals,
-    /// Sums per UTC day (Unix day number), oldest first.
-    pub days: Vec<DayTotal>,
-    /// Sums per rig and card.
-    pub cards: Vec<CardTotal>,
-}
-
-/// Earnings summed over some rows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Totals {
-    /// Credited micro-credits (verified, and their training step stitched).
-    pub credited_micros: u64,
-    /// Pending micro-credits (verified, step not stitched yet).
-    pub pending_micros: u64,
-    /// Receipts credited.
-    pub credited: u64,
-    /// Receipts pending.
-    pub pending: u64,
-    /// Receipts rejected or forfeited.
-    pub rejected: u64,
-    /// What is owed and not paid yet: the credited micros less what was paid.
-    pub payable_micros: u64,
-    /// Micro-credits paid out (no payouts are made yet).
-    pub paid_micros: u64,
-}
-
-impl Totals {
-    fn add(&mut self, d: &CardDay) {
-        self.credited_micros = self.credited_micros.saturating_add(d.credited_micros);
-        self.pending_micros = self.pending_micros.saturating_add(d.pending_micros);
-        self.credited = self.credited.saturating_add(d.credited);
-        self.pending = self.pending.saturating_add(d.pending);
-        self.rejected = self.rejected.saturating_add(d.rejected);
-        self.payable_micros = self.credited_micros.saturating_sub(self.paid_micros);
+/// A ledger row's sums.
+fn totals(d: &CardDay) -> Totals {
+    Totals {
+        credited_micros: d.credited_micros,
+        pending_micros: d.pending_micros,
+        credited: d.credited,
+        pending: d.pending,
+        rejected: d.rejected,
+        payable_micros: d.credited_micros,
+        paid_micros: 0,
     }
-}
-
-/// One day's sums.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DayTotal {
-    /// Days since 1970-01-01 (UTC).
-    pub day: u64,
-    /// The sums.
-    #[serde(flatten)]
-    pub totals: Totals,
-}
-
-/// One card's sums.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CardTotal {
-    /// The rig.
-    pub rig: String,
-    /// The card's UUID.
-    pub card: String,
-    /// The sums.
-    #[serde(flatten)]
-    pub totals: Totals,
 }
 
 impl Store {
@@ -158,12 +109,10 @@ impl Store {
             let mut cards = std::collections::BTreeMap::<(String, String), Totals>::new();
             for rig in c.registry.owner_rigs(owner)? {
                 for d in c.ledger.card_days(&rig.rig)? {
-                    total.add(&d);
-                    days.entry(d.day).or_default().add(&d);
-                    cards
-                        .entry((d.rig.clone(), d.card.clone()))
-                        .or_default()
-                        .add(&d);
+                    let t = totals(&d);
+                    total.add(&t);
+                    days.entry(d.day).or_default().add(&t);
+                    cards.entry((d.rig, d.card)).or_default().add(&t);
                 }
             }
             Ok(OwnerEarnings {

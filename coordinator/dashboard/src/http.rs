@@ -286,7 +286,7 @@ async fn rigs(
 async fn earnings(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-) -> Result<Json<crate::data::OwnerEarnings>, ApiError> {
+) -> Result<Json<rigd_protocol::owner_api::OwnerEarnings>, ApiError> {
     let name = owner(&app, &headers)?;
     blocking(move || Ok(Json(app.store.earnings(&name)?))).await
 }
@@ -409,7 +409,7 @@ async fn set_alerts(
     let name = owner(&app, &headers)?;
     let Json(body) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     let bad = |what: &str| ApiError(StatusCode::UNPROCESSABLE_ENTITY, what.to_owned());
-    crate::webhook::Target::parse(&body.url)
+    rigd_client::http::Url::parse(&body.url)
         .map_err(|_| bad("url must be an http:// or https:// URL of at most 512 bytes"))?;
     if !(1..=MAX_DELAY_S).contains(&body.offline_after_s) || body.quiet_after_s > MAX_DELAY_S {
         return Err(bad("delays are 1 s to a week (quiet_after_s 0: off)"));

@@ -4,7 +4,8 @@
 
 use crate::alerts::{conditions, signature, RigClock};
 use crate::http::{lock, App};
-use crate::webhook::{self, Target};
+use crate::webhook;
+use rigd_client::http::Url;
 use rigd_protocol::RigState;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -109,7 +110,7 @@ async fn deliver(app: &Arc<App>, now: u64) {
             ("x-rigd-delivery", d.id.to_string()),
             ("x-rigd-signature", signature(&d.secret, d.body.as_bytes())),
         ];
-        let outcome = match Target::parse(&d.url) {
+        let outcome = match Url::parse(&d.url) {
             Ok(target) => {
                 webhook::post(&target, &d.body, &headers, app.allow_private_webhooks).await
             }

@@ -6,11 +6,14 @@
 //! - [`options`]: the MQTT 5 options, the same for every program;
 //! - [`Session`]: the session loop (reconnect with jittered backoff, subscriptions renewed on
 //!   every ConnAck, a clean close that the broker sees before it would publish a last will);
-//! - [`request`]: one MQTT 5 request/response exchange.
+//! - [`request`]: one MQTT 5 request/response exchange;
+//! - `http` (feature `http`): one HTTP/1.1 exchange over TCP or TLS.
 
 mod backoff;
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "http")]
+pub mod http;
 mod options;
 mod request;
 mod session;

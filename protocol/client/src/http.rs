@@ -1,0 +1,336 @@
+//! One HTTP/1.1 exchange over TCP, or over TLS (rustls with the system's roots) for
+//! `https://`: what the fleet side posts owners' webhooks with and what `rigctl` reads the
+//! owners' dashboard with. Every exchange has a deadline, connection included; the caller
+//! decides which addresses may be reached and how much of the answer's body is read.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The longest URL taken.
+pub const MAX_URL: usize = 512;
+
+/// Why a URL or an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Not an absolute `http://` or `https://` URL of at most [`MAX_URL`] bytes without
+    /// credentials in it.
+    #[error("not an http:// or https:// URL")]
+    Url,
+    /// The host does not resolve.
+    #[error("the host does not resolve: {0}")]
+    Resolve(String),
+    /// The host resolves to an address the caller does not reach.
+    #[error("{0} is not an address this program reaches")]
+    Refused(IpAddr),
+    /// Connecting, TLS or HTTP failed.
+    #[error("{0}")]
+    Io(String),
+    /// The answer's body is longer than the caller takes.
+    #[error("the answer is longer than {0} bytes")]
+    TooLong(usize),
+    /// No answer within the deadline.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+}
+
+/// An `http://` or `https://` URL, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    tls: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl Url {
+    /// Parses `url`, checking its form only (not where it resolves).
+    pub fn parse(url: &str) -> Result<Self, HttpError> {
+        if url.len() > MAX_URL {
+            return Err(HttpError::Url);
+        }
+        let uri: hyper::Uri = url.parse().map_err(|_| HttpError::Url)?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(HttpError::Url),
+        };
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or(HttpError::Url)?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(HttpError::Url);
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
+        Ok(Self {
+            tls,
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// The same server with `path` (starting with `/`) in place of this URL's path, its own
+    /// path prefix kept (`https://h/dash` + `/api/me` is `https://h/dash/api/me`).
+    pub fn join(&self, path: &str) -> Self {
+        Self {
+            path: format!("{}{path}", self.path.trim_end_matches('/')),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the URL is `https://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+/// A request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, `PUT`...
+    pub method: &'a str,
+    /// Headers besides `Host` and `User-Agent`.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// A JSON body, when there is one.
+    pub json: Option<&'a str>,
+}
+
+/// How an exchange is bounded.
+#[derive(Clone, Copy)]
+pub struct Bounds {
+    /// The deadline of the whole exchange, connection included.
+    pub timeout: Duration,
+    /// Most bytes of the answer's body read (0: the body is not read).
+    pub max_body: usize,
+    /// Whether an address may be reached: every address the host resolves to must pass.
+    pub reach: fn(IpAddr) -> bool,
+    /// The `User-Agent` sent.
+    pub agent: &'static str,
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body (empty when [`Bounds::max_body`] is 0).
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` to `url` and waits for the answer, within `bounds`.
+pub async fn exchange(
+    url: &Url,
+    request: Request<'_>,
+    bounds: Bounds,
+) -> Result<Answer, HttpError> {
+    tokio::time::timeout(bounds.timeout, exchange_now(url, request, bounds))
+        .await
+        .map_err(|_| HttpError::Timeout(bounds.timeout))?
+}
+
+async fn exchange_now(
+    url: &Url,
+    request: Request<'_>,
+    bounds: Bounds,
+) -> Result<Answer, HttpError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| HttpError::Resolve(e.to_string()))?
+        .collect();
+    let addr = addrs
+        .first()
+        .copied()
+        .ok_or_else(|| HttpError::Resolve("no address".into()))?;
+    if let Some(bad) = addrs.iter().find(|a| !(bounds.reach)(a.ip())) {
+        return Err(HttpError::Refused(bad.ip()));
+    }
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| HttpError::Io(e.to_string()))?;
+    let mut built = hyper::Request::builder()
+        .method(request.method)
+        .uri(url.path.as_str())
+        .header(hyper::header::HOST, url.host.as_str())
+        .header(hyper::header::USER_AGENT, bounds.agent);
+    for (name, value) in request.headers {
+        built = built.header(*name, *value);
+    }
+    if request.json.is_some() {
+        built = built.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let body = Bytes::copy_from_slice(request.json.unwrap_or("").as_bytes());
+    let built = built
+        .body(Full::new(body))
+        .map_err(|e| HttpError::Io(e.to_string()))?;
+    if !url.tls {
+        return send(tcp, built, bounds.max_body).await;
+    }
+    let name =
+        rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|_| HttpError::Url)?;
+    let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| HttpError::Io(e.to_string()))?;
+    send(tls, built, bounds.max_body).await
+}
+
+async fn send<S>(
+    io: S,
+    request: hyper::Request<Full<Bytes>>,
+    max_body: usize,
+) -> Result<Answer, HttpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| HttpError::Io(e.to_string()))?;
+    let driver = tokio::spawn(connection);
+    let answer = read(sender.send_request(request).await, max_body).await;
+    driver.abort();
+    answer
+}
+
+async fn read(
+    answer: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
+    max_body: usize,
+) -> Result<Answer, HttpError> {
+    let answer = answer.map_err(|e| HttpError::Io(e.to_string()))?;
+    let status = answer.status().as_u16();
+    if max_body == 0 {
+        return Ok(Answer {
+            status,
+            body: Vec::new(),
+        });
+    }
+    let body = Limited::new(answer.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                HttpError::TooLong(max_body)
+            } else {
+                HttpError::Io(e.to_string())
+            }
+        })?
+        .to_bytes()
+        .to_vec();
+    Ok(Answer { status, body })
+}
+
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, HttpError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| HttpError::Io(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_absolute_http_urls_without_credentials_are_taken() {
+        let t = Url::parse("https://hooks.example.net/x?y=1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.path.as_str()),
+            (true, "hooks.example.net", 443, "/x?y=1")
+        );
+        for bad in [
+            "ftp://x/",
+            "/relative",
+            "http://",
+            "javascript:alert(1)",
+            "http://user:pw@host/",
+            &format!("http://h/{}", "a".repeat(MAX_URL)),
+        ] {
+            assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn join_keeps_the_path_prefix() {
+        let base = Url::parse("http://127.0.0.1:8480/dash/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(base.join("/api/me").path, "/dash/api/me");
+        let root = Url::parse("http://127.0.0.1:8480").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(root.join("/api/me").path, "/api/me");
+    }
+
+    const GET: Request<'static> = Request {
+        method: "GET",
+        headers: &[],
+        json: None,
+    };
+
+    fn bounds(max_body: usize, reach: fn(IpAddr) -> bool) -> Bounds {
+        Bounds {
+            timeout: Duration::from_secs(10),
+            max_body,
+            reach,
+            agent: "test",
+        }
+    }
+
+    fn answer_of(raw: &'static [u8], max_body: usize) -> Result<Answer, HttpError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let port = listener.local_addr().map_or(0, |a| a.port());
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                if let Ok((mut s, _)) = listener.accept().await {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(raw).await;
+                }
+            });
+            let url = Url::parse(&format!("http://127.0.0.1:{port}/"))?;
+            exchange(&url, GET, bounds(max_body, |_| true)).await
+        })
+    }
+
+    #[test]
+    fn a_body_is_read_up_to_the_bound_and_no_further() {
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        let a = answer_of(raw, 5).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"hello"[..]));
+        assert!(matches!(answer_of(raw, 4), Err(HttpError::TooLong(4))));
+        let a = answer_of(raw, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert!(a.body.is_empty());
+    }
+
+    #[test]
+    fn an_address_the_caller_does_not_reach_is_not_connected_to() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = Url::parse("http://127.0.0.1:9/").unwrap_or_else(|e| panic!("{e}"));
+        let r = rt.block_on(exchange(&url, GET, bounds(0, |ip| !ip.is_loopback())));
+        assert!(matches!(r, Err(HttpError::Refused(_))), "{r:?}");
+    }
+}
