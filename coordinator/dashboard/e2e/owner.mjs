@@ -34,6 +34,8 @@ try {
   await page.click("#login button[type=submit]");
   await page.waitForFunction(() => document.body.dataset.loaded, null, { timeout: 60000 });
   const loadedMs = Date.now() - started;
+  const paintMs = await page.evaluate(() =>
+    performance.getEntriesByName("first-contentful-paint")[0]?.startTime ?? null);
   const read = () => page.evaluate(() => {
     const rows = sel => [...document.querySelectorAll(sel)].map(tr => [...tr.cells].map(c => c.textContent));
     const id = i => document.getElementById(i)?.textContent ?? null;
@@ -64,7 +66,7 @@ try {
   const foreignStatus = foreign
     ? await page.evaluate(async rig => (await fetch(`/api/rigs/${encodeURIComponent(rig)}/receipts`)).status, foreign)
     : null;
-  console.log(JSON.stringify({ ...first, loadedMs, phoneOverflow, refreshed: true, foreignStatus, failures }));
+  console.log(JSON.stringify({ ...first, loadedMs, paintMs, phoneOverflow, refreshed: true, foreignStatus, failures }));
 } finally {
   await browser.close();
 }
