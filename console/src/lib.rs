@@ -1,6 +1,6 @@
 //! rigctl, the operator and owner console of a rigd network. It speaks to the fleet over
-//! MQTT (and to the owners' dashboard over HTTP): it depends on the wire types and the TLS settings, never on rigd or the
-//! coordinator (the demo network is `rigd-devnet`).
+//! MQTT (and to the owners' dashboard over HTTP): it depends on the wire types and the TLS
+//! settings, never on rigd or the coordinator (the demo network is `rigd-devnet`).
 //!
 //! - [`collect`]: an MQTT 5 client that reads the retained messages of the fleet into a
 //!   [`view::FleetView`] (a pure fold: bad frames are logged and skipped).

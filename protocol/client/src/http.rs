@@ -88,11 +88,6 @@ impl Url {
             ..self.clone()
         }
     }
-
-    /// Whether the URL is `https://`.
-    pub fn is_tls(&self) -> bool {
-        self.tls
-    }
 }
 
 /// A request.
