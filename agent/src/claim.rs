@@ -6,12 +6,15 @@
 //! in the key store (rcgen with a remote key: the key store signs).
 
 use crate::config::{Assigned, Identity, ProvisionConfig, RigSettings, RigTls};
+use crate::journal::{Journal, JournalStore};
 use crate::keys::KeyStore;
 use crate::provision::{State, Step};
 use crate::state_dir::{StateDir, StateFile};
 use crate::RunError;
 use rigd_client::ClientIdentity;
-use rigd_protocol::claim::{reply_topic, ClaimRequest, ClaimResponse, Inventory, CLAIM_TOPIC};
+use rigd_protocol::claim::{
+    reply_topic, ClaimRequest, ClaimResponse, Inventory, Rekey, CLAIM_TOPIC,
+};
 use rigd_protocol::{decode, encode, PublicKey};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -189,6 +192,19 @@ async fn claim_once(
     decode::<ClaimResponse>(&answer).map_err(|e| e.to_string())
 }
 
+/// Before a rekey: seals every receipt journaled under the old key into signed batches
+/// (signed by the new key, as the old one is gone), so that no batch holds receipts of both
+/// keys, and returns the first sequence number the rig journals under the new key. Sealing
+/// again after a crash finds nothing left and gives the same number.
+fn seal_before_rekey(config: &RigSettings, rig: &str, key: &dyn KeyStore) -> Result<u64, RunError> {
+    let rig = rigd_protocol::RigId::new(rig).map_err(|e| runtime("the rig id to keep", e))?;
+    let mut journal = Journal::open(&config.state().file(StateFile::Journal), rig)?;
+    journal.seal_all(config.batch_max_receipts, key)?;
+    let from_seq = journal.stats()?.last_seq.saturating_add(1);
+    tracing::warn!(from_seq, "the key store holds new keys: receipts journaled before are sealed and will be refused as key changed");
+    Ok(from_seq)
+}
+
 /// The identity the rig runs with, and the operator keys granted with it: a fixed one as
 /// rig.conf gives it (no keys granted), a claimed one as the fleet assigned it (claimed
 /// now, or read back from the state directory).
@@ -216,6 +232,13 @@ pub async fn provision(
     let started = Instant::now();
     let dir = config.state();
     let (mut state, mut step) = load_state(&dir)?.start(&sec1);
+    let rekey = match state.rekey() {
+        Some(rig) => Some(Rekey {
+            rig: rigd_protocol::RigId::new(rig).map_err(|e| runtime("the rig id to keep", e))?,
+            from_seq: seal_before_rekey(config, rig, receipt_key.as_ref())?,
+        }),
+        None => None,
+    };
     loop {
         save_state(&dir, &state)?;
         tracing::info!(status = %state.describe(), "provisioning");
@@ -267,6 +290,7 @@ pub async fn provision(
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 receipt_key: receipt_key.public_key(),
             },
+            rekey: rekey.clone(),
         };
         crash_point(&crash_at, "claiming");
         let answer = tokio::select! {

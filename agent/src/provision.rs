@@ -3,7 +3,8 @@
 //! `Unprovisioned -> Claiming -> Provisioned`, with `Refused` (the claim was refused for a
 //! reason that retrying the same request cannot fix: wait long, the operator may fix the
 //! claim) and `Revoked` (the fleet revoked this rig: stop). A key change (the key store was
-//! replaced) turns `Provisioned` back into `Unprovisioned`. The state is persisted after
+//! replaced) turns `Provisioned` back into `Claiming`, remembering the rig it was: the claim
+//! asks to keep that identity under the new keys (a rekey). The state is persisted after
 //! every transition (atomically, by the shell), so a crash or power loss at any step resumes
 //! from the last state; the provisioner answers a repeated claim by the same key with the same
 //! identity, so resuming never makes a second rig.
@@ -41,6 +42,9 @@ pub enum State {
     Claiming {
         /// Failed attempts.
         attempt: u32,
+        /// The rig id to keep under new keys (a rekey), if the rig had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rekey: Option<String>,
     },
     /// Refused for a reason retrying cannot fix by itself.
     Refused {
@@ -48,6 +52,9 @@ pub enum State {
         reason: Refusal,
         /// Attempts refused so far.
         attempt: u32,
+        /// The rig id to keep under new keys (a rekey), if the rig had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rekey: Option<String>,
     },
     /// Has its identity.
     Provisioned(Provisioned),
@@ -85,10 +92,23 @@ impl State {
                 let step = Step::Ready(p.clone());
                 (State::Provisioned(p), step)
             }
-            // Another key than the certificate's: the key store was replaced. Claim again.
-            State::Provisioned(_) => (State::Claiming { attempt: 0 }, Step::Claim),
+            // Another key than the certificate's: the key store was replaced. Claim again,
+            // asking to stay the same rig.
+            State::Provisioned(p) => (
+                State::Claiming {
+                    attempt: 0,
+                    rekey: Some(p.rig),
+                },
+                Step::Claim,
+            ),
             State::Revoked { rig } => (State::Revoked { rig }, Step::Stop),
-            State::Unprovisioned => (State::Claiming { attempt: 0 }, Step::Claim),
+            State::Unprovisioned => (
+                State::Claiming {
+                    attempt: 0,
+                    rekey: None,
+                },
+                Step::Claim,
+            ),
             s @ (State::Claiming { .. } | State::Refused { .. }) => (s, Step::Claim),
         }
     }
@@ -102,6 +122,7 @@ impl State {
         chain_key_matches: bool,
     ) -> (State, Step) {
         let attempt = self.attempt();
+        let rekey = self.rekey().map(str::to_owned);
         match response {
             ClaimResponse::Granted(Grant {
                 rig,
@@ -127,7 +148,11 @@ impl State {
             ClaimResponse::Refused { reason, .. } => {
                 let attempt = attempt + 1;
                 (
-                    State::Refused { reason, attempt },
+                    State::Refused {
+                        reason,
+                        attempt,
+                        rekey,
+                    },
                     Step::Retry(BACKOFF_MAX.max(backoff(attempt))),
                 )
             }
@@ -137,13 +162,25 @@ impl State {
     /// After an attempt that got no answer (broker unreachable, timeout, garbage).
     pub fn on_failure(self) -> (State, Step) {
         let attempt = self.attempt() + 1;
-        (State::Claiming { attempt }, Step::Retry(backoff(attempt)))
+        let rekey = self.rekey().map(str::to_owned);
+        (
+            State::Claiming { attempt, rekey },
+            Step::Retry(backoff(attempt)),
+        )
     }
 
     fn attempt(&self) -> u32 {
         match self {
-            State::Claiming { attempt } | State::Refused { attempt, .. } => *attempt,
+            State::Claiming { attempt, .. } | State::Refused { attempt, .. } => *attempt,
             _ => 0,
+        }
+    }
+
+    /// The rig id a claim in this state asks to keep under new keys, if any.
+    pub fn rekey(&self) -> Option<&str> {
+        match self {
+            State::Claiming { rekey, .. } | State::Refused { rekey, .. } => rekey.as_deref(),
+            _ => None,
         }
     }
 
@@ -151,8 +188,14 @@ impl State {
     pub fn describe(&self) -> String {
         match self {
             State::Unprovisioned => "unprovisioned".into(),
-            State::Claiming { attempt } => format!("claiming (failed attempts: {attempt})"),
-            State::Refused { reason, attempt } => {
+            State::Claiming {
+                attempt,
+                rekey: Some(rig),
+            } => format!("claiming to stay {rig} under a new key (failed attempts: {attempt})"),
+            State::Claiming { attempt, .. } => format!("claiming (failed attempts: {attempt})"),
+            State::Refused {
+                reason, attempt, ..
+            } => {
                 format!("claim refused: {reason:?} ({attempt} times); fix the claim in rig.conf or ask the fleet operator")
             }
             State::Provisioned(p) => format!("provisioned as {} for {}", p.rig, p.owner),
@@ -240,16 +283,36 @@ mod tests {
         let s = State::Unprovisioned.start(b"k").0;
         let (s, step) = s.on_response(grant(), b"k", false);
         assert!(matches!(step, Step::Retry(_)));
-        assert!(matches!(s, State::Claiming { attempt: 1 }));
+        assert!(matches!(s, State::Claiming { attempt: 1, .. }));
     }
 
     #[test]
-    fn a_replaced_key_store_provisions_again() {
+    fn a_replaced_key_store_claims_to_stay_the_same_rig_through_failures_and_refusals() {
         let s = State::Unprovisioned.start(b"k").0;
+        assert_eq!(s.rekey(), None);
         let (s, _) = s.on_response(grant(), b"k", true);
+        let (s, step) = s.start(b"other");
+        assert_eq!(step, Step::Claim);
+        assert_eq!(s.rekey(), Some("rig-1"));
+        let (s, _) = s.on_failure();
+        let (s, _) = s.on_response(refused(Refusal::UsedUp), b"other", false);
+        assert_eq!(s.rekey(), Some("rig-1"), "kept while refused");
+        let json = serde_json::to_string(&s).unwrap_or_default();
+        let back: State = serde_json::from_str(&json).unwrap_or(State::Unprovisioned);
         assert_eq!(
-            s.start(b"other"),
-            (State::Claiming { attempt: 0 }, Step::Claim)
+            back.start(b"other").0.rekey(),
+            Some("rig-1"),
+            "and across a restart"
         );
+        let old: State =
+            serde_json::from_str(r#"{"Claiming":{"attempt":2}}"#).unwrap_or(State::Unprovisioned);
+        assert_eq!(
+            old.attempt(),
+            2,
+            "a state written before rekeys still reads"
+        );
+        let (s, step) = s.on_response(grant(), b"other", true);
+        assert!(matches!(step, Step::Ready(_)));
+        assert_eq!(s.rekey(), None);
     }
 }

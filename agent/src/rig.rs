@@ -105,7 +105,7 @@ pub async fn run(
         keys::Identity::Same => {}
         keys::Identity::Changed { previous } => tracing::error!(
             key = %key.public_key(), %previous,
-            "the rig's identity changed: its key store holds another key than before (replaced or cleared); the fleet must learn the new key before it credits these receipts"
+            "the rig's identity changed: its key store holds another key than before (replaced or cleared); receipts journaled under the old key are refused as key changed; a provisioned rig has claimed to stay the same rig under the new key, a rig with a fixed id needs the fleet to learn it"
         ),
     }
     let journal = Journal::open(

@@ -34,15 +34,7 @@ fn batches_signed_after_a_key_change_are_refused_once_and_kept_not_resent() {
     let pinned = coordinator.ledger().unwrap().registered(&id).unwrap();
     assert!(pinned.is_some(), "the first key was pinned");
     // The key is replaced; the hold is lifted.
-    for entry in std::fs::read_dir(&state).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("receipt-key"))
-        {
-            std::fs::remove_file(path).unwrap();
-        }
-    }
+    rigd_harness::remove_receipt_keys(&state);
     std::fs::remove_file(holds.path().join(Point::Signing.file_name())).unwrap();
     rig.start_again();
     wait_until("both receipts refused and kept", 60, || {

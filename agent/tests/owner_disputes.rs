@@ -2,13 +2,13 @@
 //! provisioner, the coordinator, a rigd provisioned with the owner's claim, the dashboard and
 //! headless Chromium. The rig's card returns a wrong result; the network recomputes it and
 //! rejects it, and the owner's page shows the rejected receipt with its reason in words.
-//! (Refused batches after a key change are shown by the API test and kept by the rig as
-//! `key_change.rs` shows.)
+//! (A batch refused after a key change is on the owner's page in `owner_rekey.rs`; the rig
+//! keeps refused batches as `key_change.rs` shows.)
 //!
 //! Needs the workspace's binaries and the e2e driver's npm package, as `./test.sh` provides.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use rigd_harness::dashboard::browse_as;
+use rigd_harness::dashboard::{browse_as, page_table};
 use rigd_harness::tls::{
     add_owner, create_claim, provision_conf, wait_provisioned, ProvisioningFleet,
 };
@@ -52,18 +52,7 @@ fn a_result_rejected_on_recompute_shows_on_the_owners_page_with_its_reason() {
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dispute-screenshots");
     let page = browse_as(&dashboard.url(), "carol", &password, &shots, None);
     assert_eq!(page["failures"], serde_json::json!([]), "{page}");
-    let rows: Vec<Vec<String>> = page["disputes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c.as_str().unwrap().to_owned())
-                .collect()
-        })
-        .collect();
+    let rows = page_table(&page, "disputes");
     // Columns: rig, receipts, unit, when, reason, explanation.
     let shown = |rig: &RigId, reason: &str, says: &str| {
         rows.iter().any(|r| {

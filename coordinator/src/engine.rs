@@ -51,6 +51,29 @@ enum Verdict {
     Rejected { why: Rejection, requeue: bool },
 }
 
+/// A rig's pinned receipt key, as batches are checked against it.
+#[derive(Debug, Clone)]
+struct Pinned {
+    key: PublicKey,
+    /// It announced another key that no registry vouches for: its batches are refused.
+    changed: bool,
+    /// Receipts numbered below this were made under an earlier key: refused.
+    from_seq: u64,
+    /// The last key it announced that the registry did not hold for it (not read again).
+    unvouched: Option<PublicKey>,
+}
+
+impl Pinned {
+    fn new(key: PublicKey) -> Self {
+        Self {
+            key,
+            changed: false,
+            from_seq: 0,
+            unvouched: None,
+        }
+    }
+}
+
 /// The coordinator's state.
 #[derive(Debug)]
 pub struct Engine {
@@ -60,7 +83,9 @@ pub struct Engine {
     sampler: Sampler,
     tolerance: f32,
     price: u64,
-    keys: HashMap<RigId, (PublicKey, bool)>,
+    keys: HashMap<RigId, Pinned>,
+    /// The provisioner's registry, which vouches for the keys of rekeyed rigs.
+    registry: Option<std::path::PathBuf>,
     /// The highest sequence number recorded per rig, read from the ledger on first use.
     high_water: HashMap<RigId, u64>,
     lease_ms: u64,
@@ -121,7 +146,15 @@ impl Engine {
         let keys = ledger
             .registry()?
             .into_iter()
-            .map(|r| (r.rig, (r.key, r.key_changed)))
+            .map(|r| {
+                let pinned = Pinned {
+                    key: r.key,
+                    changed: r.key_changed,
+                    from_seq: r.from_seq,
+                    unvouched: None,
+                };
+                (r.rig, pinned)
+            })
             .collect();
         let (units_done, units_rejected) = ledger.job_counts(&id)?;
         let mut scheduler = Scheduler::new(
@@ -149,6 +182,7 @@ impl Engine {
             tolerance: config.float_rel_tolerance,
             price: config.micros_per_mflop,
             keys,
+            registry: config.registry.clone(),
             high_water: HashMap::new(),
             lease_ms: config.lease_ms,
             online: BTreeMap::new(),
@@ -226,20 +260,15 @@ impl Engine {
             KeyCheck::Pinned => {
                 tracing::info!(rig = %rig, key = %status.pubkey, "rig key pinned on first sight");
                 self.keys
-                    .insert(rig.clone(), (status.pubkey.clone(), false));
+                    .insert(rig.clone(), Pinned::new(status.pubkey.clone()));
             }
             KeyCheck::Same => {}
-            KeyCheck::Changed => {
-                tracing::error!(rig = %rig, key = %status.pubkey, "rig announced a different key; its batches are refused");
-                if let Some(entry) = self.keys.get_mut(rig) {
-                    entry.1 = true;
-                }
-            }
+            KeyCheck::Changed => self.key_changed(rig, &status.pubkey)?,
         }
         let cards: Vec<_> = status.cards.iter().map(|c| c.uuid.clone()).collect();
         self.ledger.add_cards(rig, &cards)?;
         let online = status.state != RigState::Offline;
-        let trusted = self.keys.get(rig).is_some_and(|(_, changed)| !changed);
+        let trusted = self.keys.get(rig).is_some_and(|p| !p.changed);
         let accepting = trusted && matches!(status.state, RigState::Working | RigState::Idle);
         let card_count = u32::try_from(cards.len()).unwrap_or(u32::MAX);
         self.scheduler
@@ -253,6 +282,47 @@ impl Engine {
         }
         out.extend(self.assign(now_ms));
         Ok(out)
+    }
+
+    /// `rig` announced `key`, not the one pinned: trusted again under it when the registry
+    /// vouches for it (receipts below the rekey's first sequence number stay refused),
+    /// otherwise its batches are refused. The registry is read once per key announced.
+    fn key_changed(&mut self, rig: &RigId, key: &PublicKey) -> Result<(), LedgerError> {
+        let Some(pinned) = self.keys.get_mut(rig) else {
+            return Ok(());
+        };
+        if pinned.unvouched.as_ref() == Some(key) {
+            return Ok(());
+        }
+        let Some(path) = &self.registry else {
+            tracing::error!(rig = %rig, %key, "rig announced a different key; its batches are refused");
+            pinned.changed = true;
+            pinned.unvouched = Some(key.clone());
+            return Ok(());
+        };
+        let vouched = rigd_provisioning::registry::Registry::open_read_only(path)
+            .and_then(|r| r.vouched_key(rig));
+        match vouched {
+            Ok(Some(v)) if v.receipt_key == key.to_string() => {
+                self.ledger.rekey(rig, key, v.from_seq)?;
+                self.scheduler.end_leases(rig);
+                tracing::warn!(rig = %rig, %key, from_seq = v.from_seq, "rig rekeyed with its owner's claim: trusted under its new key; its receipts from before are refused");
+                *pinned = Pinned {
+                    from_seq: v.from_seq,
+                    ..Pinned::new(key.clone())
+                };
+            }
+            Ok(_) => {
+                tracing::error!(rig = %rig, %key, "rig announced a key the registry does not hold for it; its batches are refused");
+                pinned.changed = true;
+                pinned.unvouched = Some(key.clone());
+            }
+            Err(e) => {
+                tracing::error!(rig = %rig, %key, error = %e, "registry unreadable: the rig's changed key is refused until it is read");
+                pinned.changed = true;
+            }
+        }
+        Ok(())
     }
 
     fn stitched(&mut self, s: Stitched, now_ms: u64) -> Vec<Outbound> {

@@ -57,7 +57,7 @@ impl Engine {
             tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig has the most batches waiting for recomputation; this one waits for a resend");
             return Ok(vec![]);
         }
-        let Some((key, key_changed)) = self.keys.get(rig).cloned() else {
+        let Some(pinned) = self.keys.get(rig).cloned() else {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, "batch from a rig whose key is not known yet; not acked");
             return Ok(vec![]);
         };
@@ -69,10 +69,13 @@ impl Engine {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, high_water, "batch far beyond the rig's sequence numbers refused unrecorded");
             return Ok(vec![]);
         }
-        if key_changed {
+        // A batch that begins below the rekey's first sequence number holds receipts made
+        // under the old key (rigd seals every one of them before it rekeys, so none holds
+        // both): refused before its signature is checked, as it may be the old key's.
+        if pinned.changed || header.first_seq < pinned.from_seq {
             return self.refuse(rig, &batch, RefusalReason::KeyChanged, high_water, now_ms);
         }
-        if let Err(e) = verify::authenticate(rig, &batch, &key) {
+        if let Err(e) = verify::authenticate(rig, &batch, &pinned.key) {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
             return Ok(vec![]);
         }

@@ -362,3 +362,101 @@ fn a_suspension_survives_a_restart_of_the_coordinator() {
         "suspension over"
     );
 }
+
+/// A rig rekeyed with its owner's claim (its TPM was replaced): the registry holds its new
+/// key, so the engine trusts it again under that key. Its receipts made under the old key
+/// (numbered below the rekey's first sequence number) are refused as `key changed` and the
+/// rig is told; its old leases end, and its receipts for new ones are credited. A key the registry does not
+/// hold stays refused.
+#[test]
+fn a_rekey_the_registry_vouches_for_refuses_the_old_receipts_and_credits_the_new() {
+    use rigd_protocol::claim::{Inventory, Rekey};
+    use rigd_provisioning::registry::{rig_id_for, Registry};
+    let mut f = Fixture::new(gemm(4));
+    let path = f.config.db_path.with_file_name("registry.db");
+    let mut registry = Registry::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    registry
+        .add_owner("alice", &rigd_protocol::EthAddress([1; 20]), 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let claim = registry
+        .create_claim("alice", 2, u64::MAX / 2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = rig_id_for(b"old tls key");
+    let mut claim_with = |tls: &[u8], key: PublicKey, rekey: Option<&Rekey>, serial: &str| {
+        let inventory = Inventory {
+            cards: vec![],
+            driver: "sim".into(),
+            agent_version: "test".into(),
+            receipt_key: key,
+        };
+        registry
+            .claim(&claim.token, tls, &inventory, rekey, 0, |_| {
+                Ok::<_, ()>(("cert".into(), serial.to_owned()))
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    };
+    let old = TestRig::new(id.as_str(), 1);
+    claim_with(b"old tls key", old.pubkey(), None, "s1");
+    f.config.registry = Some(path.clone());
+    let mut engine = f.engine();
+    let given = units(&hello(&mut engine, &old, 1, 0), &old);
+    assert_eq!(given.len(), 2);
+
+    // A key the registry does not hold: refused, the rig gets no work.
+    let stranger = TestRig::new(id.as_str(), 9);
+    let out = hello(&mut engine, &stranger, 1, 1);
+    assert!(units(&out, &stranger).is_empty());
+
+    // The key store is replaced with receipts 1 and 2 journaled; rigd seals them under the
+    // new key and rekeys from sequence number 3.
+    let mut sealed_late = TestRig::new(id.as_str(), 3);
+    claim_with(
+        b"new tls key",
+        sealed_late.pubkey(),
+        Some(&Rekey {
+            rig: id.clone(),
+            from_seq: 3,
+        }),
+        "s2",
+    );
+    // Trusted again: its old leases ended with the old key, it is leased anew.
+    let fresh = units(&hello(&mut engine, &sealed_late, 1, 2), &sealed_late);
+    assert_eq!(fresh.len(), 2);
+    let before = honest(&mut sealed_late, &given, |_| GEMM_WORK);
+    let out = send(&mut engine, &before, 10);
+    assert_eq!(
+        refusals(&out, &sealed_late)
+            .iter()
+            .map(|r| (r.first_seq, r.reason))
+            .collect::<Vec<_>>(),
+        vec![(1, RefusalReason::KeyChanged)]
+    );
+    assert_eq!(
+        refused(&f, &sealed_late),
+        vec![(1, 2, "key changed".into())]
+    );
+
+    // Under the new key from sequence number 3: judged and credited as any rig's.
+    let after = honest(&mut sealed_late, &fresh, |_| GEMM_WORK);
+    assert_eq!(after.header.first_seq, 3);
+    assert_eq!(acks(&send(&mut engine, &after, 20), &sealed_late), vec![3]);
+    assert_eq!(
+        reasons(&f, &sealed_late)
+            .iter()
+            .map(|(seq, state, _)| (*seq, state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(3, "credited"), (4, "credited")]
+    );
+
+    // A restarted engine keeps both the new key and the rekey's first sequence number.
+    drop(engine);
+    let mut engine = f.engine();
+    hello(&mut engine, &sealed_late, 1, 30);
+    let out = send(&mut engine, &before, 40);
+    assert!(acks(&out, &sealed_late).is_empty());
+    assert_eq!(
+        refused(&f, &sealed_late),
+        vec![(1, 2, "key changed".into())]
+    );
+}

@@ -80,6 +80,11 @@ pub struct CoordinatorConfig {
     pub tls: Option<rigd_client::TlsFiles>,
     /// How rigs earn trust and what a caught wrong result costs them.
     pub trust: Trust,
+    /// The provisioner's registry (read-only), where the fleet has one: a rig that announces
+    /// another key than the one pinned is trusted again under it when the registry holds that
+    /// key for it (the rig was rekeyed with its owner's claim); its receipts from before the
+    /// rekey are refused as `key changed`. Without it a changed key is refused for good.
+    pub registry: Option<PathBuf>,
 }
 
 /// The levers that make cheating a losing bet (see `docs/verification.md`).
@@ -147,6 +152,7 @@ impl CoordinatorConfig {
             float_rel_tolerance: 1e-4,
             tls: None,
             trust: Trust::default(),
+            registry: None,
         }
     }
 }

@@ -91,6 +91,9 @@ struct Args {
     /// GEMM seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The provisioner's registry (read-only): keys of rigs rekeyed with their owner's claim.
+    #[arg(long)]
+    registry: Option<PathBuf>,
     #[command(flatten)]
     tls: rigd_client::TlsArgs,
 }
@@ -133,6 +136,7 @@ fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
     };
     let mut config = CoordinatorConfig::new(host, port, args.db, spec);
     config.tls = args.tls.files();
+    config.registry = args.registry;
     config.client_id = args.client_id;
     config.lease_ms = args.lease_ms;
     config.lease_grace_ms = args.lease_grace_ms;

@@ -234,7 +234,18 @@ impl Scheduler {
     pub fn suspend(&mut self, rig: &RigId, until_ms: u64) {
         let slot = self.rigs.entry(rig.clone()).or_default();
         slot.suspended_until_ms = slot.suspended_until_ms.max(until_ms);
-        let held: Vec<u64> = slot.leased.iter().copied().collect();
+        self.end_leases(rig);
+    }
+
+    /// Ends every lease of `rig` at once, with no grace: its units are queued again with
+    /// `attempt + 1` (after a suspension, or a rekey: leases granted under a key the rig no
+    /// longer holds).
+    pub fn end_leases(&mut self, rig: &RigId) {
+        let held: Vec<u64> = self
+            .rigs
+            .get(rig)
+            .map(|s| s.leased.iter().copied().collect())
+            .unwrap_or_default();
         for unit in held {
             self.end_lease(unit, false);
         }

@@ -55,6 +55,21 @@ pub struct ClaimRequest {
     pub csr_der: Vec<u8>,
     /// The rig's hardware and software.
     pub inventory: Inventory,
+    /// Set when the rig had an identity and its key store was replaced (a new TPM or token):
+    /// the identity it asks to keep under its new keys.
+    pub rekey: Option<Rekey>,
+}
+
+/// A rig asking to keep its identity under new keys. The provisioner grants it only with a
+/// claim of the rig's own owner that has a use left (the claim's use is spent), and retires
+/// the old certificate. Receipts numbered below `from_seq` were made under the old key: the
+/// network cannot attribute them to the new one and refuses them as `key changed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rekey {
+    /// The rig's id under its old keys.
+    pub rig: RigId,
+    /// The first sequence number the rig journals under its new key.
+    pub from_seq: u64,
 }
 
 impl Frame for ClaimRequest {
@@ -100,6 +115,8 @@ pub enum Refusal {
     KeyMismatch,
     /// This key belongs to a revoked rig.
     RigRevoked,
+    /// A rekey for a rig the claim's owner does not own, or that the registry does not know.
+    NotYourRig,
     /// The request could not be decoded.
     Malformed,
     /// The provisioner failed (try again later).
@@ -268,6 +285,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 receipt_key: PublicKey::P256(vec![3; 33]),
             },
+            rekey: None,
         }
     }
 

@@ -81,6 +81,7 @@ fn request(token: &str) -> Vec<u8> {
             agent_version: "bench".into(),
             receipt_key: PublicKey::P256(key.public_key_raw().to_vec()),
         },
+        rekey: None,
     })
 }
 
@@ -155,7 +156,7 @@ fn main() {
         let requests: Vec<_> = (0..50).map(|_| request(&t)).collect();
         let start = Instant::now();
         for req in &requests {
-            assert!(matches!(p.claim(req, 0), ClaimResponse::Granted(_)));
+            assert!(matches!(p.claim(req, 0).0, ClaimResponse::Granted(_)));
         }
         start.elapsed() / 50
     };

@@ -102,43 +102,64 @@ impl Provisioner {
         })
     }
 
-    /// Answers one ClaimRequest frame.
-    pub fn claim(&mut self, payload: &[u8], now_ms: u64) -> ClaimResponse {
+    /// Answers one ClaimRequest frame; the flag tells whether the CRL changed (a rekey
+    /// retired a certificate) and the broker must reload it.
+    pub fn claim(&mut self, payload: &[u8], now_ms: u64) -> (ClaimResponse, bool) {
         let req: ClaimRequest = match decode(payload) {
             Ok(r) => r,
-            Err(e) => return refused(Refusal::Malformed, e.to_string()),
+            Err(e) => return (refused(Refusal::Malformed, e.to_string()), false),
         };
         let key = match check_csr(&req.tls_key, &req.csr_der) {
             Ok(k) => k,
-            Err(r) => return refused(r, "the CSR must be signed by the key in tls_key (P-256)"),
+            Err(r) => {
+                return (
+                    refused(r, "the CSR must be signed by the key in tls_key (P-256)"),
+                    false,
+                )
+            }
         };
         let ca = &self.ca;
         let crash_at = &self.crash_at;
-        let outcome =
-            self.registry
-                .claim(&req.token, &req.tls_key, &req.inventory, now_ms, |rig| {
-                    let issued = ca.issue_for(rig.as_str(), &key);
-                    crash_point(crash_at, "issued");
-                    issued.map(|i| (i.cert_pem, i.serial))
-                });
+        let outcome = self.registry.claim(
+            &req.token,
+            &req.tls_key,
+            &req.inventory,
+            req.rekey.as_ref(),
+            now_ms,
+            |rig| {
+                let issued = ca.issue_for(rig.as_str(), &key);
+                crash_point(crash_at, "issued");
+                issued.map(|i| (i.cert_pem, i.serial))
+            },
+        );
         match outcome {
             Ok(Ok(claimed)) => {
                 crash_point(&self.crash_at, "recorded");
-                tracing::info!(rig = %claimed.record.rig, owner = %claimed.record.owner, new = claimed.created, "rig provisioned");
-                ClaimResponse::Granted(Grant {
+                tracing::info!(rig = %claimed.record.rig, owner = %claimed.record.owner, new = claimed.created, rekeyed = claimed.rekeyed, "rig provisioned");
+                let crl_changed = claimed.rekeyed;
+                if crl_changed {
+                    if let Err(e) = self.write_revocations() {
+                        tracing::error!(error = %e, "the retired certificate is not in the CRL yet");
+                    }
+                }
+                let grant = ClaimResponse::Granted(Grant {
                     rig: claimed.record.rig,
                     owner: claimed.record.owner,
                     chain_pem: format!("{}{}", claimed.record.cert_pem, self.ca_pem),
                     operator_keys: self.operator_keys.clone(),
-                })
+                });
+                (grant, crl_changed)
             }
             Ok(Err(reason)) => {
                 tracing::warn!(?reason, "claim refused");
-                refused(reason, format!("claim refused: {reason:?}"))
+                (refused(reason, format!("claim refused: {reason:?}")), false)
             }
             Err(e) => {
                 tracing::error!(error = %e, "registry failed");
-                refused(Refusal::Internal, "the provisioner failed; try again")
+                (
+                    refused(Refusal::Internal, "the provisioner failed; try again"),
+                    false,
+                )
             }
         }
     }
@@ -311,6 +332,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 receipt_key: PublicKey::P256(tls_key.to_vec()),
             },
+            rekey: None,
         })
     }
 
@@ -381,11 +403,14 @@ mod tests {
             ClaimResponse::Granted(_) => None,
         };
         assert_eq!(
-            refused(p.claim(&request(&claim.token, b.public_key_raw(), csr_for(&a)), 0)),
+            refused(
+                p.claim(&request(&claim.token, b.public_key_raw(), csr_for(&a)), 0)
+                    .0
+            ),
             Some(Refusal::KeyMismatch)
         );
-        assert_eq!(refused(p.claim(b"\x01\x0a", 0)), Some(Refusal::Malformed));
-        let ClaimResponse::Granted(g) =
+        assert_eq!(refused(p.claim(b"\x01\x0a", 0).0), Some(Refusal::Malformed));
+        let (ClaimResponse::Granted(g), false) =
             p.claim(&request(&claim.token, a.public_key_raw(), csr_for(&a)), 0)
         else {
             panic!("refused")

@@ -7,7 +7,7 @@
 //! claims again and gets the same identity, with no second rig, no second certificate and no
 //! second use of the claim.
 
-use rigd_protocol::claim::{Inventory, Refusal};
+use rigd_protocol::claim::{Inventory, Refusal, Rekey};
 use rigd_protocol::{EthAddress, RigId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -82,11 +82,102 @@ pub struct Claimed {
     pub record: RigRecord,
     /// Whether this request created it (false: a repeat of an earlier claim by this key).
     pub created: bool,
+    /// Whether this request moved an existing rig to a new key (its old certificate is
+    /// retired: the CRL must be written again).
+    pub rekeyed: bool,
+}
+
+/// The receipt key the registry holds for a rig, as the coordinator checks a key it did not
+/// pin: a rig rekeyed with its owner's claim has its new key here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VouchedKey {
+    /// The receipt key, as [`rigd_protocol::PublicKey`] prints it.
+    pub receipt_key: String,
+    /// Receipts numbered below this were made under an earlier key (0: never rekeyed).
+    pub from_seq: u64,
 }
 
 /// The registry database.
 pub struct Registry {
     db: Connection,
+}
+
+/// The rekey half of [`Registry::claim`], inside its transaction: the claim `claim_id` of
+/// `owner` is valid and has a use left.
+#[allow(clippy::too_many_arguments)]
+fn rekey_rig<E>(
+    tx: rusqlite::Transaction<'_>,
+    rekey: &Rekey,
+    claim_id: i64,
+    owner: &str,
+    tls_key: &[u8],
+    inventory: &Inventory,
+    now_ms: u64,
+    issue: impl FnOnce(&RigId) -> Result<(String, String), E>,
+) -> Result<Result<Claimed, Refusal>, RegistryError> {
+    let rig = &rekey.rig;
+    let current = tx
+        .query_row(
+            "SELECT owner, serial, state FROM rigs WHERE id = ?1",
+            params![rig.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((rig_owner, old_serial, state)) = current else {
+        return Ok(Err(Refusal::NotYourRig));
+    };
+    if rig_owner != owner {
+        return Ok(Err(Refusal::NotYourRig));
+    }
+    if state != "active" {
+        return Ok(Err(Refusal::RigRevoked));
+    }
+    let Ok((cert_pem, serial)) = issue(rig) else {
+        return Ok(Err(Refusal::Internal));
+    };
+    let inventory_text = serde_json::to_string(inventory).unwrap_or_default();
+    tx.execute(
+        "INSERT OR IGNORE INTO retired_certs (serial, rig, retired_ms) VALUES (?1, ?2, ?3)",
+        params![old_serial, rig.as_str(), now_ms as i64],
+    )?;
+    tx.execute(
+        "UPDATE rigs SET tls_key = ?2, receipt_key = ?3, cert_pem = ?4, serial = ?5,
+                inventory = ?6, claim = ?7, rekey_from_seq = ?8
+         WHERE id = ?1",
+        params![
+            rig.as_str(),
+            tls_key,
+            inventory.receipt_key.to_string(),
+            cert_pem,
+            serial,
+            inventory_text,
+            claim_id,
+            i64::try_from(rekey.from_seq).unwrap_or(i64::MAX)
+        ],
+    )?;
+    tx.execute(
+        "UPDATE claims SET uses_left = uses_left - 1 WHERE id = ?1",
+        params![claim_id],
+    )?;
+    tx.commit()?;
+    tracing::warn!(rig = %rig, owner, from_seq = rekey.from_seq, retired = %old_serial, "rig moved to a new key");
+    Ok(Ok(Claimed {
+        record: RigRecord {
+            rig: rig.clone(),
+            owner: owner.to_owned(),
+            cert_pem,
+            serial,
+            state: "active".into(),
+        },
+        created: false,
+        rekeyed: true,
+    }))
 }
 
 /// The rig id for a TLS key: `rig-` and 16 hex digits of its SHA-256.
@@ -136,8 +227,19 @@ impl Registry {
                 claim INTEGER NOT NULL REFERENCES claims(id),
                 created_ms INTEGER NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS rigs_by_owner ON rigs(owner, id);",
+            CREATE INDEX IF NOT EXISTS rigs_by_owner ON rigs(owner, id);
+            CREATE TABLE IF NOT EXISTS retired_certs (
+                serial TEXT PRIMARY KEY,
+                rig TEXT NOT NULL,
+                retired_ms INTEGER NOT NULL
+            );",
         )?;
+        let has_from_seq = db
+            .prepare("SELECT 1 FROM pragma_table_info('rigs') WHERE name = 'rekey_from_seq'")?
+            .exists([])?;
+        if !has_from_seq {
+            db.execute("ALTER TABLE rigs ADD COLUMN rekey_from_seq INTEGER", [])?;
+        }
         Ok(Registry { db })
     }
 
@@ -296,12 +398,17 @@ impl Registry {
     }
 
     /// Checks a claim and, in the same transaction, records the rig with the certificate
-    /// `issue` makes for it. `issue` runs only for a new rig.
+    /// `issue` makes for it. `issue` runs only for a new rig or a rekey.
+    ///
+    /// With `rekey`, the claim moves the existing rig `rekey.rig` to this key instead of
+    /// creating one: only a claim of that rig's owner with a use left does (a use is spent,
+    /// as for a new rig), and the rig's old certificate is retired.
     pub fn claim<E>(
         &mut self,
         token: &str,
         tls_key: &[u8],
         inventory: &Inventory,
+        rekey: Option<&Rekey>,
         now_ms: u64,
         issue: impl FnOnce(&RigId) -> Result<(String, String), E>,
     ) -> Result<Result<Claimed, Refusal>, RegistryError> {
@@ -337,6 +444,7 @@ impl Registry {
                     state,
                 },
                 created: false,
+                rekeyed: false,
             }));
         }
         let claim = tx
@@ -365,6 +473,11 @@ impl Registry {
         }
         if uses_left <= 0 {
             return Ok(Err(Refusal::UsedUp));
+        }
+        if let Some(rekey) = rekey {
+            return rekey_rig(
+                tx, rekey, claim_id, &owner, tls_key, inventory, now_ms, issue,
+            );
         }
         let rig = rig_id_for(tls_key);
         let Ok((cert_pem, serial)) = issue(&rig) else {
@@ -400,7 +513,25 @@ impl Registry {
                 state: "active".into(),
             },
             created: true,
+            rekeyed: false,
         }))
+    }
+
+    /// The receipt key of the active rig `rig`, if the registry knows one.
+    pub fn vouched_key(&self, rig: &RigId) -> Result<Option<VouchedKey>, RegistryError> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT receipt_key, rekey_from_seq FROM rigs WHERE id = ?1 AND state = 'active'",
+                params![rig.as_str()],
+                |r| {
+                    Ok(VouchedKey {
+                        receipt_key: r.get(0)?,
+                        from_seq: r.get::<_, Option<i64>>(1)?.map_or(0, |s| s.max(0) as u64),
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// Marks `rig` revoked; returns its certificate serial.
@@ -416,11 +547,13 @@ impl Registry {
         serial.ok_or_else(|| RegistryError::NoSuchRig(rig.to_owned()))
     }
 
-    /// Serials of every revoked rig certificate (for the CRL).
+    /// Serials of every revoked rig certificate and every certificate retired by a rekey (for
+    /// the CRL).
     pub fn revoked_serials(&self) -> Result<Vec<String>, RegistryError> {
-        let mut st = self
-            .db
-            .prepare("SELECT serial FROM rigs WHERE state = 'revoked' ORDER BY serial")?;
+        let mut st = self.db.prepare(
+            "SELECT serial FROM rigs WHERE state = 'revoked'
+                 UNION SELECT serial FROM retired_certs ORDER BY 1",
+        )?;
         let rows = st.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -551,7 +684,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut r = Registry::open(&dir.path().join("r.db")).unwrap_or_else(|e| panic!("{e}"));
         let claim = |r: &mut Registry, token: &str, key: &[u8], now: u64| {
-            r.claim(token, key, &inventory(), now, issue)
+            r.claim(token, key, &inventory(), None, now, issue)
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         assert_eq!(
@@ -599,5 +732,80 @@ mod tests {
             vec![first.record.rig.to_string()]
         );
         assert_eq!(r.rigs().unwrap_or_default().len(), 1);
+    }
+
+    #[test]
+    fn a_rekey_keeps_the_rig_for_its_owners_claim_and_retires_the_old_certificate() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut r = Registry::open(&dir.path().join("r.db")).unwrap_or_else(|e| panic!("{e}"));
+        add_owners(&mut r, &["alice", "bob"]);
+        let a = r
+            .create_claim("alice", 3, u64::MAX / 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = r
+            .create_claim("bob", 1, u64::MAX / 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let issued = std::cell::Cell::new(0);
+        let claim = |r: &mut Registry, token: &str, key: &[u8], rekey: Option<&Rekey>| {
+            let mut inv = inventory();
+            inv.receipt_key = PublicKey::P256(vec![key.len() as u8; 33]);
+            r.claim(token, key, &inv, rekey, 5, |rig: &RigId| {
+                issued.set(issued.get() + 1);
+                Ok::<_, ()>((format!("cert {rig}"), format!("serial-{}", issued.get())))
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let first = claim(&mut r, &a.token, b"k1", None).unwrap_or_else(|e| panic!("{e:?}"));
+        let rig = first.record.rig.clone();
+        let rekey = Rekey {
+            rig: rig.clone(),
+            from_seq: 7,
+        };
+        assert_eq!(
+            claim(&mut r, &b.token, b"key2", Some(&rekey)).err(),
+            Some(Refusal::NotYourRig),
+            "another owner's claim cannot take the rig"
+        );
+        let nobody = Rekey {
+            rig: RigId::new("rig-nope").unwrap_or_else(|e| panic!("{e}")),
+            from_seq: 1,
+        };
+        assert_eq!(
+            claim(&mut r, &a.token, b"key2", Some(&nobody)).err(),
+            Some(Refusal::NotYourRig)
+        );
+        let moved =
+            claim(&mut r, &a.token, b"key2", Some(&rekey)).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(moved.rekeyed && !moved.created);
+        assert_eq!(moved.record.rig, rig, "the same rig id");
+        assert_ne!(
+            moved.record.serial, first.record.serial,
+            "a new certificate"
+        );
+        assert_eq!(
+            r.vouched_key(&rig).unwrap_or_default(),
+            Some(VouchedKey {
+                receipt_key: PublicKey::P256(vec![4; 33]).to_string(),
+                from_seq: 7
+            })
+        );
+        assert_eq!(
+            r.revoked_serials().unwrap_or_default(),
+            vec![first.record.serial.clone()],
+            "the old certificate is in the CRL"
+        );
+        let again =
+            claim(&mut r, &a.token, b"key2", Some(&rekey)).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!again.rekeyed, "a repeat of the rekey changes nothing");
+        assert_eq!(again.record, moved.record);
+        assert!(
+            claim(&mut r, &a.token, b"k3", None).is_ok(),
+            "two of three uses spent"
+        );
+        assert_eq!(
+            claim(&mut r, &a.token, b"k4", None).err(),
+            Some(Refusal::UsedUp)
+        );
+        assert_eq!(r.rigs().unwrap_or_default().len(), 2);
     }
 }

@@ -92,11 +92,8 @@ fn handle(
     let response_topic = props.and_then(|pr| pr.response_topic.clone());
     let correlation = props.and_then(|pr| pr.correlation_data.clone());
     let (prefix, payload, crl_changed) = if topic == CLAIM_TOPIC {
-        (
-            REPLY_PREFIX,
-            encode(&provisioner.claim(&p.payload, now_ms())),
-            false,
-        )
+        let (resp, changed) = provisioner.claim(&p.payload, now_ms());
+        (REPLY_PREFIX, encode(&resp), changed)
     } else if topic == ADMIN_TOPIC {
         let (resp, changed) = provisioner.admin(&p.payload, now_ms());
         (

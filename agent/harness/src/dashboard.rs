@@ -67,6 +67,22 @@ impl Drop for DashboardProcess {
     }
 }
 
+/// The rows of one table of what the page showed (`browse_as`'s JSON), as text cells.
+pub fn page_table(page: &serde_json::Value, table: &str) -> Vec<Vec<String>> {
+    page[table]
+        .as_array()
+        .unwrap_or_else(|| panic!("no table {table} in {page}"))
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap_or_else(|| panic!("a row of {table} is not a list: {row}"))
+                .iter()
+                .map(|cell| cell.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
 /// The e2e driver's directory (with its `node_modules`).
 pub fn e2e_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../coordinator/dashboard/e2e")

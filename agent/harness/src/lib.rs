@@ -89,6 +89,19 @@ pub fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
         .expect("spawn a workspace binary")
 }
 
+/// Deletes every receipt key file in a rig's state directory, as a replaced key store would.
+pub fn remove_receipt_keys(state_dir: &Path) {
+    for entry in std::fs::read_dir(state_dir).expect("read the state dir") {
+        let path = entry.expect("a state dir entry").path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("receipt-key"))
+        {
+            std::fs::remove_file(path).expect("remove a receipt key");
+        }
+    }
+}
+
 /// SIGKILLs the child, if any, and reaps it.
 pub fn kill9(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {

@@ -392,12 +392,17 @@ impl ProvisioningFleet {
         }
     }
 
+    /// The provisioner's registry database (the coordinator and the dashboard read it).
+    pub fn registry(&self) -> PathBuf {
+        self.provisioner.dir.join("registry.db")
+    }
+
     /// The owners' dashboard over this fleet's registry and the ledger at `ledger`.
     pub fn dashboard(&self, ledger: &Path) -> crate::dashboard::DashboardProcess {
         crate::dashboard::DashboardProcess::start(
             &self.pki,
             self.broker.port,
-            &self.provisioner.dir.join("registry.db"),
+            &self.registry(),
             ledger,
             &self.work.path().join("dashboard"),
         )

@@ -84,7 +84,7 @@ fn build_registry(path: &std::path::Path) -> Built {
             };
             let key = format!("tls key {o} {r}");
             let claimed = registry
-                .claim(&claim.token, key.as_bytes(), &inventory, 2, |rig| {
+                .claim(&claim.token, key.as_bytes(), &inventory, None, 2, |rig| {
                     Ok::<_, std::convert::Infallible>((
                         format!("cert {rig}"),
                         format!("serial {rig}"),

@@ -13,10 +13,11 @@ pub fn explain(code: &str) -> &'static str {
              so its credit of that window was taken back and the rig was suspended from the job."
         }
         "key changed" => {
-            "The rig signed with a different key than the one the network pinned for it (for \
-             example after a TPM or token was replaced); nothing it signs is credited until an \
-             operator re-provisions it. The rig keeps these receipts as refused and stops \
-             sending them."
+            "The rig signed these receipts with a different key than the one the network \
+             pinned for it (for example after a TPM or token was replaced): receipts made \
+             before the change cannot be attributed to the rig and are not credited. A rig \
+             provisioned again with your claim earns under its new key from then on. The rig \
+             keeps these receipts as refused and stops sending them."
         }
         "unit not leased to the rig" => {
             "The unit was not leased to this rig, or its lease had ended (the rig was offline \

@@ -70,14 +70,15 @@ fn fixture() -> Fixture {
                 receipt_key: PublicKey::P256(vec![2; 33]),
             };
             let key = format!("tls key of {owner} {i}");
-            let claimed = ok(
-                registry.claim(&claim.token, key.as_bytes(), &inventory, 2, |rig| {
-                    Ok::<_, std::convert::Infallible>((
-                        format!("cert {rig}"),
-                        format!("serial {rig}"),
-                    ))
-                }),
-            );
+            let claimed =
+                ok(
+                    registry.claim(&claim.token, key.as_bytes(), &inventory, None, 2, |rig| {
+                        Ok::<_, std::convert::Infallible>((
+                            format!("cert {rig}"),
+                            format!("serial {rig}"),
+                        ))
+                    }),
+                );
             let claimed = claimed.unwrap_or_else(|r| panic!("{r:?}"));
             rigs.push((owner.to_owned(), claimed.record.rig));
         }

@@ -22,7 +22,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rigs(
     rig TEXT PRIMARY KEY, curve TEXT NOT NULL, pubkey BLOB NOT NULL,
-    key_changed INTEGER NOT NULL DEFAULT 0, first_seen_ms INTEGER NOT NULL);
+    key_changed INTEGER NOT NULL DEFAULT 0, first_seen_ms INTEGER NOT NULL,
+    from_seq INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS cards(rig TEXT NOT NULL, card TEXT NOT NULL, PRIMARY KEY(rig, card));
 CREATE TABLE IF NOT EXISTS deliveries(rig TEXT PRIMARY KEY, duplicates INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts(
@@ -139,6 +140,8 @@ pub struct RegisteredRig {
     pub key: PublicKey,
     /// Whether it has since announced another key.
     pub key_changed: bool,
+    /// Receipts numbered below this were made under an earlier key (0: never rekeyed).
+    pub from_seq: u64,
 }
 
 /// The ledger. [`Ledger::open`] gives the read side for tests and tools (read-only: WAL lets
@@ -205,6 +208,15 @@ impl Ledger {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.execute_batch(SCHEMA)?;
+            let has_from_seq = conn
+                .prepare("SELECT 1 FROM pragma_table_info('rigs') WHERE name = 'from_seq'")?
+                .exists([])?;
+            if !has_from_seq {
+                conn.execute(
+                    "ALTER TABLE rigs ADD COLUMN from_seq INTEGER NOT NULL DEFAULT 0",
+                    [],
+                )?;
+            }
             conn.execute_batch(rollup::SCHEMA)?;
             rollup::backfill(&mut conn)?;
             conn.execute(
@@ -379,7 +391,7 @@ impl Ledger {
         args: P,
     ) -> Result<Vec<RegisteredRig>, LedgerError> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT rig, curve, pubkey, key_changed FROM rigs {filter} ORDER BY rig"
+            "SELECT rig, curve, pubkey, key_changed, from_seq FROM rigs {filter} ORDER BY rig"
         ))?;
         let rows = stmt
             .query_map(args, |r| {
@@ -388,11 +400,12 @@ impl Ledger {
                     r.get::<_, String>(1)?,
                     r.get::<_, Vec<u8>>(2)?,
                     r.get::<_, i64>(3)? != 0,
+                    r.get::<_, i64>(4)?.max(0) as u64,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(rig, curve, bytes, key_changed)| {
+            .map(|(rig, curve, bytes, key_changed, from_seq)| {
                 let key = match curve.as_str() {
                     "secp256k1" => PublicKey::Secp256k1(bytes),
                     "p256" => PublicKey::P256(bytes),
@@ -402,6 +415,7 @@ impl Ledger {
                     rig: parse_rig(rig)?,
                     key,
                     key_changed,
+                    from_seq,
                 })
             })
             .collect()
@@ -441,6 +455,21 @@ impl Ledger {
                 Ok(KeyCheck::Changed)
             }
         }
+    }
+
+    /// Pins `key` for `rig` in place of its old key, trusted again, with its receipts below
+    /// `from_seq` made under the old key (a rekey the registry vouches for); the rig's leases,
+    /// granted under the old key, are dropped with it.
+    pub fn rekey(&self, rig: &RigId, key: &PublicKey, from_seq: u64) -> Result<(), LedgerError> {
+        let (curve, bytes) = curve_key(key);
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE rigs SET curve = ?2, pubkey = ?3, key_changed = 0, from_seq = ?4 WHERE rig = ?1",
+            params![rig.as_str(), curve, bytes, u(from_seq)],
+        )?;
+        tx.execute("DELETE FROM leases WHERE rig = ?1", [rig.as_str()])?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Remembers the cards a rig reported, so its earnings list every one of them.
