@@ -10,12 +10,21 @@ use std::process::Child;
 pub struct DashboardProcess {
     pub port: u16,
     pub dir: PathBuf,
+    https: bool,
     child: Option<Child>,
 }
 
 impl DashboardProcess {
-    /// Starts it on a free port with plain-HTTP cookies (the browser reaches it on loopback).
-    pub fn start(pki: &Pki, broker_port: u16, registry: &Path, ledger: &Path, dir: &Path) -> Self {
+    /// Starts it on a free port: on HTTPS with `https` (certificate and key files), else on
+    /// plain HTTP with cookies without `Secure` (the browser reaches it on loopback).
+    pub fn start(
+        pki: &Pki,
+        broker_port: u16,
+        registry: &Path,
+        ledger: &Path,
+        dir: &Path,
+        https: Option<(PathBuf, PathBuf)>,
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("dir");
         let tls = pki.client("fleet:exporter");
         let port = crate::free_port();
@@ -31,7 +40,6 @@ impl DashboardProcess {
             .arg(dir.join("alerts.db"))
             .args(["--alert-tick-ms", "200"])
             .arg("--allow-private-webhooks")
-            .arg("--insecure-cookie")
             .arg("--tls-ca")
             .arg(&tls.ca)
             .arg("--tls-cert")
@@ -39,10 +47,22 @@ impl DashboardProcess {
             .arg("--tls-key")
             .arg(tls.key.expect("key"))
             .env("RUST_LOG", "info");
+        match &https {
+            Some((cert, key)) => {
+                cmd.arg("--https-cert")
+                    .arg(cert)
+                    .arg("--https-key")
+                    .arg(key);
+            }
+            None => {
+                cmd.arg("--insecure-cookie");
+            }
+        }
         let child = crate::spawn_logged(cmd, &dir.join("dashboard.log"));
         let d = DashboardProcess {
             port,
             dir: dir.to_owned(),
+            https: https.is_some(),
             child: Some(child),
         };
         crate::wait_until("the dashboard serves and follows the broker", 20, || {
@@ -52,8 +72,13 @@ impl DashboardProcess {
         d
     }
 
+    /// The page's URL (`https://localhost:PORT/` on HTTPS, as the certificate names it).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        if self.https {
+            format!("https://localhost:{}/", self.port)
+        } else {
+            format!("http://127.0.0.1:{}/", self.port)
+        }
     }
 
     pub fn log(&self) -> String {

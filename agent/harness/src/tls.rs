@@ -60,6 +60,18 @@ impl Pki {
         }
     }
 
+    /// A server certificate for `localhost` and 127.0.0.1 (the dashboard's HTTPS) and its
+    /// key, as files.
+    pub fn server(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let sans = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let issued = self.ca.issue(cn, Role::Server, &sans).expect("issue");
+        let cert = self.dir.path().join(format!("{cn}-server.pem"));
+        let key = self.dir.path().join(format!("{cn}-server-key.pem"));
+        std::fs::write(&cert, issued.cert_pem).expect("write cert");
+        std::fs::write(&key, issued.key_pem.expect("key")).expect("write key");
+        (cert, key)
+    }
+
     /// Creates rig `rig`'s P-256 TLS key in its key store under `state` (TLS has no
     /// secp256k1, the receipt key's curve), as `rigd keys init` would, has the CA certify it,
     /// and returns the rig.conf lines that connect with them.
@@ -397,7 +409,8 @@ impl ProvisioningFleet {
         self.provisioner.dir.join("registry.db")
     }
 
-    /// The owners' dashboard over this fleet's registry and the ledger at `ledger`.
+    /// The owners' dashboard over this fleet's registry and the ledger at `ledger`, on plain
+    /// HTTP (the browser reaches it on loopback).
     pub fn dashboard(&self, ledger: &Path) -> crate::dashboard::DashboardProcess {
         crate::dashboard::DashboardProcess::start(
             &self.pki,
@@ -405,6 +418,19 @@ impl ProvisioningFleet {
             &self.registry(),
             ledger,
             &self.work.path().join("dashboard"),
+            None,
+        )
+    }
+
+    /// The same on HTTPS, with a server certificate from the fleet CA.
+    pub fn dashboard_https(&self, ledger: &Path) -> crate::dashboard::DashboardProcess {
+        crate::dashboard::DashboardProcess::start(
+            &self.pki,
+            self.broker.port,
+            &self.registry(),
+            ledger,
+            &self.work.path().join("dashboard"),
+            Some(self.pki.server("dashboard")),
         )
     }
 }

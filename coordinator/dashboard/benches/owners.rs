@@ -206,7 +206,18 @@ fn main() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    runtime.spawn(http::serve(listener, app, stop.clone()));
+    // Every owner here connects from 127.0.0.1: the per-address cap is lifted to the load.
+    let front = rigd_httpd::Front::plain(rigd_httpd::Limits {
+        max_per_ip: 4096,
+        request_timeout: Duration::from_secs(120),
+        ..rigd_httpd::Limits::default()
+    });
+    runtime.spawn(rigd_httpd::serve(
+        listener,
+        http::router(app),
+        front,
+        stop.clone(),
+    ));
     let base = Url::parse(&format!("http://{addr}")).unwrap();
     let bounds = Bounds {
         timeout: Duration::from_secs(120),

@@ -19,8 +19,6 @@ use rigd_protocol::{RigId, RigState};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "rigd_session";
@@ -527,18 +525,4 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(headers))
         .with_state(app)
-}
-
-/// Serves on `listener` until `stop` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
 }

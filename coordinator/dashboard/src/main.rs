@@ -3,7 +3,7 @@
 //! statuses and telemetry from the broker.
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for a configuration error, 1 when the broker
-//! session ends for good or the listener fails.
+//! session ends for good.
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,6 +13,7 @@ use rigd_dashboard::data::Store;
 use rigd_dashboard::http::App;
 use rigd_exporter::fleet::Fleet;
 use rigd_exporter::follow::{follow_while_serving, Broker, BrokerArgs};
+use rigd_httpd::{Front, HttpArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,19 +51,25 @@ struct Args {
     #[arg(long)]
     allow_private_webhooks: bool,
     /// Leave `Secure` off the session cookie: only for plain HTTP on loopback; in production
-    /// the dashboard sits behind TLS.
+    /// the dashboard serves HTTPS (`--https-cert`) or sits behind a TLS proxy.
     #[arg(long)]
     insecure_cookie: bool,
+    #[command(flatten)]
+    http: HttpArgs,
     #[command(flatten)]
     broker: BrokerArgs,
 }
 
-fn config(args: Args) -> anyhow::Result<(Args, Broker)> {
+fn config(args: Args) -> anyhow::Result<(Args, Broker, Front)> {
     let broker = args.broker.resolve("rigd-dashboard")?;
-    Ok((args, broker))
+    let front = args.http.front()?;
+    Ok((args, broker, front))
 }
 
-async fn run((args, broker): (Args, Broker), stop: CancellationToken) -> anyhow::Result<()> {
+async fn run(
+    (args, broker, front): (Args, Broker, Front),
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let app = Arc::new(App {
         store: Store::new(args.registry.clone(), args.ledger.clone(), 8),
         fleet: Mutex::new(Fleet::new(args.max_rigs)),
@@ -83,10 +90,15 @@ async fn run((args, broker): (Args, Broker), stop: CancellationToken) -> anyhow:
     let addr = listener
         .local_addr()
         .context("the listener has no address")?;
-    tracing::info!(%addr, broker = %args.broker.broker, "serving the dashboard");
-    let http = tokio::spawn(rigd_dashboard::http::serve(
+    let https = front.tls.is_some();
+    if !https && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plain HTTP beyond loopback: give --https-cert or put a TLS proxy in front");
+    }
+    tracing::info!(%addr, https, broker = %args.broker.broker, "serving the dashboard");
+    let http = tokio::spawn(rigd_httpd::serve(
         listener,
-        app.clone(),
+        rigd_dashboard::http::router(app.clone()),
+        front,
         stop.clone(),
     ));
     tokio::spawn(rigd_dashboard::watch::watch(

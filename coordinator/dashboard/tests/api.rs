@@ -172,7 +172,12 @@ fn fixture() -> Fixture {
     let listener = ok(runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")));
     let addr = ok(listener.local_addr());
     let stop = CancellationToken::new();
-    runtime.spawn(http::serve(listener, app, stop.clone()));
+    runtime.spawn(rigd_httpd::serve(
+        listener,
+        http::router(app),
+        rigd_httpd::Front::default(),
+        stop.clone(),
+    ));
     Fixture {
         _dir: dir,
         addr,

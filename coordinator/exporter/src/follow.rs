@@ -137,9 +137,6 @@ pub enum ServiceError {
     /// The broker ended the session for good.
     #[error(transparent)]
     Ended(#[from] Ended),
-    /// The listener failed.
-    #[error("the HTTP listener failed: {0}")]
-    Http(#[from] std::io::Error),
     /// The listener's task panicked.
     #[error("the HTTP task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -150,10 +147,10 @@ pub enum ServiceError {
 pub async fn follow_while_serving(
     broker: &Broker,
     stop: CancellationToken,
-    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    http: tokio::task::JoinHandle<()>,
     on_message: impl FnMut(&str, &[u8]),
 ) -> Result<(), ServiceError> {
     let outcome = follow(broker, stop, on_message).await;
-    http.await??;
+    http.await?;
     Ok(outcome?)
 }

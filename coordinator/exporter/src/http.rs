@@ -8,8 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The routes.
 pub fn router(exporter: Arc<Exporter>) -> Router {
@@ -31,15 +29,4 @@ async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-}
-
-/// Serves on `listener` until `stop` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    exporter: Arc<Exporter>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(exporter))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
 }

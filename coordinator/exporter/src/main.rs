@@ -2,12 +2,13 @@
 //! `/metrics` until SIGINT or SIGTERM.
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for a configuration error, 1 when the broker
-//! session ends for good (e.g. a revoked certificate) or the listener fails.
+//! session ends for good (e.g. a revoked certificate).
 
 use anyhow::Context;
 use clap::Parser;
 use rigd_exporter::follow::{follow_while_serving, Broker, BrokerArgs};
 use rigd_exporter::Exporter;
+use rigd_httpd::{Front, HttpArgs};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,15 +28,21 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     stale_after_s: u64,
     #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
     broker: BrokerArgs,
 }
 
-fn config(args: Args) -> anyhow::Result<(Args, Broker)> {
+fn config(args: Args) -> anyhow::Result<(Args, Broker, Front)> {
     let broker = args.broker.resolve("rigd-exporter")?;
-    Ok((args, broker))
+    let front = args.http.front()?;
+    Ok((args, broker, front))
 }
 
-async fn run((args, broker): (Args, Broker), stop: CancellationToken) -> anyhow::Result<()> {
+async fn run(
+    (args, broker, front): (Args, Broker, Front),
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let exporter = Arc::new(Exporter::new(
         args.max_rigs,
         args.stale_after_s.saturating_mul(1000),
@@ -43,10 +50,11 @@ async fn run((args, broker): (Args, Broker), stop: CancellationToken) -> anyhow:
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %args.listen, broker = %args.broker.broker, "serving /metrics");
-    let http = tokio::spawn(rigd_exporter::http::serve(
+    tracing::info!(addr = %args.listen, https = front.tls.is_some(), broker = %args.broker.broker, "serving /metrics");
+    let http = tokio::spawn(rigd_httpd::serve(
         listener,
-        exporter.clone(),
+        rigd_exporter::http::router(exporter.clone()),
+        front,
         stop.clone(),
     ));
     follow_while_serving(&broker, stop, http, |topic, payload| {
