@@ -24,6 +24,10 @@ pub struct CoordinatorLine {
     pub units_verified: u64,
     /// Units refused.
     pub units_rejected: u64,
+    /// Leases that ran out, since the coordinator started.
+    pub leases_expired: u64,
+    /// Refusals of batches not attributable to the rig's key, since the coordinator started.
+    pub batches_refused: u64,
     /// Rigs online.
     pub rigs_online: u32,
     /// Whether the job has finished.
@@ -40,6 +44,8 @@ impl From<&CoordinatorStatus> for CoordinatorLine {
             units_done: s.units_done,
             units_verified: s.units_verified,
             units_rejected: s.units_rejected,
+            leases_expired: s.leases_expired,
+            batches_refused: s.batches_refused,
             rigs_online: s.rigs_online,
             finished: s.finished,
         }

@@ -88,7 +88,7 @@ pub fn age(ms: u64) -> String {
 /// The coordinator's progress as one line.
 pub fn coordinator_line(c: &CoordinatorLine) -> String {
     format!(
-        "job {}  step {}/{}  loss {}  units done {}  verified {}  rejected {}  rigs online {}{}",
+        "job {}  step {}/{}  loss {}  units done {}  verified {}  rejected {}  leases expired {}  batches refused {}  rigs online {}{}",
         clean(&c.job),
         c.step,
         c.steps_total,
@@ -97,6 +97,8 @@ pub fn coordinator_line(c: &CoordinatorLine) -> String {
         c.units_done,
         c.units_verified,
         c.units_rejected,
+        c.leases_expired,
+        c.batches_refused,
         c.rigs_online,
         if c.finished { "  (finished)" } else { "" }
     )
@@ -329,6 +331,7 @@ mod tests {
         let lines = header_and_rows(&text);
         assert!(lines[0].starts_with("coordinator: job mlp-1  step 12/60  loss 0.4312"));
         assert!(lines[0].contains("units done 96  verified 14"));
+        assert!(lines[0].contains("leases expired 2  batches refused 1"));
         let header: Vec<&str> = lines[1].split("  ").filter(|s| !s.is_empty()).collect();
         assert_eq!(
             header.iter().map(|h| h.trim()).collect::<Vec<_>>(),

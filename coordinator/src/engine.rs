@@ -109,6 +109,8 @@ pub struct Engine {
     units_done: u64,
     units_verified: u64,
     units_rejected: u64,
+    leases_expired: u64,
+    batches_refused: u64,
     progress_every: u64,
     finished_reported: bool,
 }
@@ -199,6 +201,8 @@ impl Engine {
             units_done,
             units_verified: 0,
             units_rejected,
+            leases_expired: 0,
+            batches_refused: 0,
             progress_every: (units / 50).max(1),
             finished_reported: false,
         })
@@ -347,6 +351,9 @@ impl Engine {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Outbound> {
         let expired = self.scheduler.expire(now_ms);
         if !expired.is_empty() {
+            self.leases_expired = self
+                .leases_expired
+                .saturating_add(u64::try_from(expired.len()).unwrap_or(u64::MAX));
             tracing::info!(units = expired.len(), "leases expired; units requeued");
         }
         let mut out = self.assign(now_ms);
@@ -441,6 +448,8 @@ impl Engine {
             units_done: self.units_done,
             units_verified: self.units_verified,
             units_rejected: self.units_rejected,
+            leases_expired: self.leases_expired,
+            batches_refused: self.batches_refused,
             rigs_online: u32::try_from(self.online.values().filter(|o| **o).count())
                 .unwrap_or(u32::MAX),
             finished: self.job.finished(),

@@ -203,6 +203,7 @@ impl Engine {
         self.high_water
             .insert(rig.clone(), high_water.max(last_seq));
         self.earnings_dirty.insert(rig.clone());
+        self.batches_refused = self.batches_refused.saturating_add(1);
         tracing::warn!(rig = %rig, first_seq = header.first_seq, last_seq, reason = reason.as_str(), "batch cannot be attributed to the rig's pinned key; recorded as refused and the rig told");
         let refusal = Refusal {
             rig: rig.clone(),

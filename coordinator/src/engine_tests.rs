@@ -367,6 +367,11 @@ fn after_a_key_change_batches_are_refused_recorded_and_the_rig_is_told() {
         refused(&f, &a),
         vec![(1, 2, "key changed".into()), (3, 4, "key changed".into())]
     );
+    assert_eq!(
+        engine.status(40).batches_refused,
+        3,
+        "each refusal sent counts"
+    );
     assert!(f
         .ledger()
         .credited_units(&job_id("gemm"))
@@ -391,6 +396,7 @@ fn an_expired_lease_goes_to_another_rig_and_the_late_result_still_counts_once() 
             .collect::<Vec<_>>(),
         vec![(0, 1)]
     );
+    assert_eq!(engine.status(1_000).leases_expired, 1);
     let late = send(&mut engine, &honest(&mut a, &first, |_| GEMM_WORK), 1_100);
     assert_eq!(acks(&late, &a), vec![1]);
     send(&mut engine, &honest(&mut b, &second, |_| GEMM_WORK), 1_200);

@@ -423,6 +423,13 @@ pub struct CoordinatorStatus {
     pub units_verified: u64,
     /// Units refused.
     pub units_rejected: u64,
+    /// Leases that ran out before their result arrived (the unit went to another rig), since
+    /// this coordinator started.
+    pub leases_expired: u64,
+    /// Refusals sent for whole batches that cannot be attributed to the rig's pinned key (a
+    /// changed or unknown key; a batch sent again is refused again), since this coordinator
+    /// started.
+    pub batches_refused: u64,
     /// Rigs online.
     pub rigs_online: u32,
     /// Whether the job has finished.

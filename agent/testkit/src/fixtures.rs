@@ -126,6 +126,8 @@ pub fn coordinator(finished: bool) -> CoordinatorStatus {
         units_done: 96,
         units_verified: 14,
         units_rejected: 1,
+        leases_expired: 2,
+        batches_refused: 1,
         rigs_online: 3,
         finished,
         updated_ms: T0 + 9_500,

@@ -45,6 +45,8 @@ struct CoordinatorFamilies {
     units_done: IntCounterVec,
     units_verified: IntCounterVec,
     units_rejected: IntCounterVec,
+    leases_expired: IntCounterVec,
+    batches_refused: IntCounterVec,
     rigs_online: GaugeVec,
     step: GaugeVec,
     steps_planned: GaugeVec,
@@ -173,6 +175,16 @@ impl Families<'_> {
                 "Units refused.",
                 l,
             )?,
+            leases_expired: self.counter(
+                "rigd_coordinator_leases_expired_total",
+                "Leases that ran out before their result arrived, since the coordinator started.",
+                l,
+            )?,
+            batches_refused: self.counter(
+                "rigd_coordinator_batches_refused_total",
+                "Refusals of batches that cannot be attributed to the rig's pinned key, since the coordinator started.",
+                l,
+            )?,
             rigs_online: self.gauge("rigd_coordinator_rigs_online", "Rigs online.", l)?,
             step: self.gauge("rigd_coordinator_job_step", "Steps stitched.", l)?,
             steps_planned: self.gauge("rigd_coordinator_job_steps_planned", "Steps planned.", l)?,
@@ -229,6 +241,14 @@ pub fn render(
             .units_rejected
             .with_label_values(&job)
             .inc_by(c.units_rejected);
+        coordinator
+            .leases_expired
+            .with_label_values(&job)
+            .inc_by(c.leases_expired);
+        coordinator
+            .batches_refused
+            .with_label_values(&job)
+            .inc_by(c.batches_refused);
         coordinator
             .rigs_online
             .with_label_values(&job)

@@ -68,6 +68,8 @@ fn each_card_is_one_series_with_dcgm_labels_and_each_rig_its_own() {
         out.contains("rigd_coordinator_units_done_total{job=\"mlp-1\"} 96"),
         "{out}"
     );
+    assert!(out.contains("rigd_coordinator_leases_expired_total{job=\"mlp-1\"} 2"));
+    assert!(out.contains("rigd_coordinator_batches_refused_total{job=\"mlp-1\"} 1"));
 }
 
 #[test]
