@@ -47,12 +47,7 @@ impl Pki {
 
     /// A client certificate and key named `cn`, as files.
     pub fn client(&self, cn: &str) -> TlsFiles {
-        let issued = self.ca.issue(cn, Role::Client, &[]).expect("issue");
-        let stem = cn.replace(':', "_");
-        let cert = self.dir.path().join(format!("{stem}.pem"));
-        let key = self.dir.path().join(format!("{stem}-key.pem"));
-        std::fs::write(&cert, issued.cert_pem).expect("write cert");
-        std::fs::write(&key, issued.key_pem.expect("key")).expect("write key");
+        let (cert, key) = self.issue_files(cn, Role::Client, &[], &cn.replace(':', "_"));
         TlsFiles {
             ca: self.ca_cert(),
             cert,
@@ -64,9 +59,15 @@ impl Pki {
     /// key, as files.
     pub fn server(&self, cn: &str) -> (PathBuf, PathBuf) {
         let sans = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let issued = self.ca.issue(cn, Role::Server, &sans).expect("issue");
-        let cert = self.dir.path().join(format!("{cn}-server.pem"));
-        let key = self.dir.path().join(format!("{cn}-server-key.pem"));
+        self.issue_files(cn, Role::Server, &sans, &format!("{cn}-server"))
+    }
+
+    /// Has the CA issue `cn` a certificate and key for `role`, written as `STEM.pem` and
+    /// `STEM-key.pem`.
+    fn issue_files(&self, cn: &str, role: Role, sans: &[String], stem: &str) -> (PathBuf, PathBuf) {
+        let issued = self.ca.issue(cn, role, sans).expect("issue");
+        let cert = self.dir.path().join(format!("{stem}.pem"));
+        let key = self.dir.path().join(format!("{stem}-key.pem"));
         std::fs::write(&cert, issued.cert_pem).expect("write cert");
         std::fs::write(&key, issued.key_pem.expect("key")).expect("write key");
         (cert, key)

@@ -84,23 +84,15 @@ async fn run(
         secure_cookie: !args.insecure_cookie,
         clock: Arc::new(rigd_client::unix_ms),
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("the listener has no address")?;
-    let https = front.tls.is_some();
-    if !https && !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "serving plain HTTP beyond loopback: give --https-cert or put a TLS proxy in front");
-    }
-    tracing::info!(%addr, https, broker = %args.broker.broker, "serving the dashboard");
-    let http = tokio::spawn(rigd_httpd::serve(
-        listener,
+    tracing::info!(broker = %args.broker.broker, "following the fleet");
+    let http = rigd_httpd::spawn(
+        "dashboard",
+        args.listen,
         rigd_dashboard::http::router(app.clone()),
         front,
         stop.clone(),
-    ));
+    )
+    .await?;
     tokio::spawn(rigd_dashboard::watch::watch(
         app.clone(),
         Duration::from_millis(args.alert_tick_ms.max(100)),

@@ -4,7 +4,6 @@
 //! Exit codes: 0 after a clean shutdown, 2 for a configuration error, 1 when the broker
 //! session ends for good (e.g. a revoked certificate).
 
-use anyhow::Context;
 use clap::Parser;
 use rigd_exporter::follow::{follow_while_serving, Broker, BrokerArgs};
 use rigd_exporter::Exporter;
@@ -47,16 +46,15 @@ async fn run(
         args.max_rigs,
         args.stale_after_s.saturating_mul(1000),
     )?);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %args.listen, https = front.tls.is_some(), broker = %args.broker.broker, "serving /metrics");
-    let http = tokio::spawn(rigd_httpd::serve(
-        listener,
+    tracing::info!(broker = %args.broker.broker, "following the fleet");
+    let http = rigd_httpd::spawn(
+        "exporter",
+        args.listen,
         rigd_exporter::http::router(exporter.clone()),
         front,
         stop.clone(),
-    ));
+    )
+    .await?;
     follow_while_serving(&broker, stop, http, |topic, payload| {
         exporter.receive(topic, payload, rigd_client::unix_ms());
     })

@@ -144,6 +144,36 @@ pub enum HttpdError {
     /// rustls refused the certificate and key (a key that does not fit the certificate...).
     #[error("TLS settings refused: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The address to serve on could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+}
+
+/// Binds `addr` and serves `router` on it in a new task, as `front` says, until `stop` is
+/// cancelled (see [`serve`]); logs where `service` listens, and warns when it serves plain
+/// HTTP beyond loopback.
+pub async fn spawn(
+    service: &'static str,
+    addr: SocketAddr,
+    router: Router,
+    front: Front,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, HttpdError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpdError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let https = front.tls.is_some();
+    if !https && !bound.ip().is_loopback() {
+        tracing::warn!(service, addr = %bound, "serving plain HTTP beyond loopback: give --https-cert or put a TLS proxy in front");
+    }
+    tracing::info!(addr = %bound, https, "serving the {service}");
+    Ok(tokio::spawn(serve(listener, router, front, stop)))
 }
 
 /// The TLS settings of a server showing the chain in `cert` with the key in `key` (PEM),

@@ -54,6 +54,17 @@ async fn start(front: Front) -> Server {
     Server { addr, stop, task }
 }
 
+impl Server {
+    /// Cancels the server and waits (within `BOUND`) for `serve` to return.
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(BOUND, self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 fn request(path: &str, close: bool) -> String {
     let connection = if close { "close" } else { "keep-alive" };
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n")
@@ -178,11 +189,7 @@ async fn https_is_served_with_the_certificate_and_handlers_see_the_peer() {
         !plain.contains("hello"),
         "plain HTTP to the TLS port gets no answer: {plain}"
     );
-    server.stop.cancel();
-    tokio::time::timeout(BOUND, server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 #[test]
@@ -215,11 +222,7 @@ async fn a_head_that_never_ends_and_a_silent_peer_are_cut_off_while_others_are_s
     );
     assert!(!until_closed(silent).await.contains("200"));
     assert!(!until_closed(tls_silent).await.contains("200"));
-    server.stop.cancel();
-    tokio::time::timeout(BOUND, server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -238,11 +241,7 @@ async fn a_silent_peer_on_the_tls_port_is_cut_off_at_the_handshake() {
         .await
         .unwrap();
     assert!(until_closed(&mut tls).await.ends_with("hello"));
-    server.stop.cancel();
-    tokio::time::timeout(BOUND, server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -258,11 +257,7 @@ async fn an_answer_that_never_comes_becomes_a_503_and_the_connection_serves_on()
         .await
         .unwrap();
     assert!(until_closed(tcp).await.ends_with("hello"));
-    server.stop.cancel();
-    tokio::time::timeout(BOUND, server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -300,11 +295,7 @@ async fn one_address_opening_too_many_connections_gets_no_more_until_one_closes(
         );
         tokio::task::yield_now().await;
     }
-    server.stop.cancel();
-    tokio::time::timeout(BOUND, server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -319,10 +310,6 @@ async fn a_stop_closes_idle_connections_and_returns() {
         .await
         .unwrap();
     assert!(one_answer(&mut idle).await.ends_with("hello"));
-    server.stop.cancel();
-    tokio::time::timeout(BOUND, server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.stop().await;
     assert_eq!(until_closed(idle).await, "");
 }
