@@ -77,6 +77,8 @@ fn ns_per_step() -> f64 {
             util_pct: 100.0,
             sm_mhz: 1695,
             throttle: Throttle::NONE,
+            fb_used_mib: 300,
+            xid: None,
         };
         black_box(g.step(i * 1000, Some(black_box(&r))));
     }

@@ -89,6 +89,8 @@ fn telemetry_sizes() -> (usize, usize) {
             unit: Some(123_456),
             units_done: 9_876,
             worker_restarts: 0,
+            fb_used_mib: 6_144,
+            xid: 0,
         })
         .collect();
     let msg = Telemetry {

@@ -17,6 +17,8 @@ fn reading(at_ms: u64, core_c: f32, mem_c: Option<f32>) -> Reading {
         util_pct: 100.0,
         sm_mhz: 1695,
         throttle: Throttle::NONE,
+        fb_used_mib: 300,
+        xid: None,
     }
 }
 

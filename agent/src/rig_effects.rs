@@ -2,7 +2,7 @@
 //! journal and the link, feeding back to the core what they answer.
 
 use super::{journal_op, Rig};
-use crate::gpu::{GpuError, XID_FALLEN_OFF_BUS};
+use crate::gpu::{GpuError, Reading, XID_FALLEN_OFF_BUS};
 use crate::supervisor::{CardRead, Effect, Input, Setting};
 use crate::RunError;
 use rigd_protocol::command::Outcome;
@@ -116,7 +116,10 @@ impl Rig {
                 CardRead::FallenOffBus
             } else {
                 match self.gpu.read(i, now_ms, busy) {
-                    Ok(r) => CardRead::Reading(r),
+                    Ok(r) => CardRead::Reading(Reading {
+                        xid: xids.last().copied(),
+                        ..r
+                    }),
                     Err(GpuError::FallenOffBus(_)) => CardRead::FallenOffBus,
                     Err(e) => CardRead::Lost(e.to_string()),
                 }

@@ -230,7 +230,8 @@ fn fault(kind: &str, after: u32) -> String {
 
 /// A worker fault that the supervisor answers by killing and restarting the worker: card 1
 /// restarts once and finishes units with its new worker, card 0 keeps working throughout.
-fn worker_is_restarted(kind: &str, extra: &str, log_reason: &str) {
+/// Card 1's telemetry shows `xid` as its last Xid error afterwards (0: none), card 0's none.
+fn worker_is_restarted(kind: &str, extra: &str, log_reason: &str, xid: u32) {
     let units = 60;
     let r = FaultyRig::start(units, &format!("{extra}{}", fault(kind, 2)), |_| {});
     let at_fault = r
@@ -256,6 +257,7 @@ fn worker_is_restarted(kind: &str, extra: &str, log_reason: &str) {
         CardState::Quarantined,
         "one failure quarantines nothing"
     );
+    assert_eq!((card(&end, 0).xid, faulty.xid), (0, xid), "last Xid errors");
     assert!(
         faulty.units_done > card(&at_fault, 1).units_done,
         "card 1 finished no unit with its restarted worker\n{}",
@@ -278,17 +280,17 @@ fn worker_is_restarted(kind: &str, extra: &str, log_reason: &str) {
 
 #[test]
 fn a_crashed_worker_is_restarted_while_the_other_card_keeps_working() {
-    worker_is_restarted("crash", "", "worker failed:");
+    worker_is_restarted("crash", "", "worker failed:", 0);
 }
 
 #[test]
 fn a_hung_worker_is_killed_and_restarted_while_the_other_card_keeps_working() {
-    worker_is_restarted("hang", "worker_hang_ms = 500\n", "worker silent for");
+    worker_is_restarted("hang", "worker_hang_ms = 500\n", "worker silent for", 0);
 }
 
 #[test]
 fn a_sticky_error_kills_and_restarts_the_worker_while_the_other_card_keeps_working() {
-    worker_is_restarted("sticky", "", "sticky error");
+    worker_is_restarted("sticky", "", "sticky error", 13);
 }
 
 /// Card 1 quarantined: it takes no unit afterwards and card 0 finishes the job.

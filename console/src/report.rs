@@ -28,6 +28,8 @@ pub struct CoordinatorLine {
     pub leases_expired: u64,
     /// Refusals of batches not attributable to the rig's key, since the coordinator started.
     pub batches_refused: u64,
+    /// Receipts credited, since the coordinator started.
+    pub receipts_credited: u64,
     /// Rigs online.
     pub rigs_online: u32,
     /// Whether the job has finished.
@@ -46,6 +48,7 @@ impl From<&CoordinatorStatus> for CoordinatorLine {
             units_rejected: s.units_rejected,
             leases_expired: s.leases_expired,
             batches_refused: s.batches_refused,
+            receipts_credited: s.receipts_credited,
             rigs_online: s.rigs_online,
             finished: s.finished,
         }

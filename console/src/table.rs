@@ -88,7 +88,7 @@ pub fn age(ms: u64) -> String {
 /// The coordinator's progress as one line.
 pub fn coordinator_line(c: &CoordinatorLine) -> String {
     format!(
-        "job {}  step {}/{}  loss {}  units done {}  verified {}  rejected {}  leases expired {}  batches refused {}  rigs online {}{}",
+        "job {}  step {}/{}  loss {}  units done {}  verified {}  rejected {}  receipts credited {}  leases expired {}  batches refused {}  rigs online {}{}",
         clean(&c.job),
         c.step,
         c.steps_total,
@@ -97,6 +97,7 @@ pub fn coordinator_line(c: &CoordinatorLine) -> String {
         c.units_done,
         c.units_verified,
         c.units_rejected,
+        c.receipts_credited,
         c.leases_expired,
         c.batches_refused,
         c.rigs_online,

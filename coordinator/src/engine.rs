@@ -111,6 +111,7 @@ pub struct Engine {
     units_rejected: u64,
     leases_expired: u64,
     batches_refused: u64,
+    receipts_credited: u64,
     progress_every: u64,
     finished_reported: bool,
 }
@@ -142,8 +143,11 @@ impl Engine {
             )
             .map_err(|e| CoordinatorError::Config(format!("cannot resume the job: {e}")))?;
         let mut dirty = BTreeSet::new();
+        let mut receipts_credited = 0;
         if let Some(s) = restored {
-            dirty.extend(ledger.stitch(&id, s.units, &s.checkpoint, now_ms)?);
+            let (rigs, credited) = ledger.stitch(&id, s.units, &s.checkpoint, now_ms)?;
+            dirty.extend(rigs);
+            receipts_credited = credited;
         }
         let keys = ledger
             .registry()?
@@ -203,6 +207,7 @@ impl Engine {
             units_rejected,
             leases_expired: 0,
             batches_refused: 0,
+            receipts_credited,
             progress_every: (units / 50).max(1),
             finished_reported: false,
         })
@@ -335,7 +340,10 @@ impl Engine {
             .ledger
             .stitch(&id, s.units.clone(), &s.checkpoint, now_ms)
         {
-            Ok(rigs) => self.earnings_dirty.extend(rigs),
+            Ok((rigs, credited)) => {
+                self.receipts_credited = self.receipts_credited.saturating_add(credited);
+                self.earnings_dirty.extend(rigs);
+            }
             Err(e) => tracing::error!(error = %e, "stitch not recorded; it is redone on restart"),
         }
         tracing::info!(job = %id, step = s.checkpoint.step, loss = ?s.checkpoint.loss, "step stitched");
@@ -450,6 +458,7 @@ impl Engine {
             units_rejected: self.units_rejected,
             leases_expired: self.leases_expired,
             batches_refused: self.batches_refused,
+            receipts_credited: self.receipts_credited,
             rigs_online: u32::try_from(self.online.values().filter(|o| **o).count())
                 .unwrap_or(u32::MAX),
             finished: self.job.finished(),

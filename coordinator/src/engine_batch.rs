@@ -356,7 +356,16 @@ impl Engine {
             };
             record.entries.push(entry);
         }
-        self.ledger.record_batch(rig, &record, now_ms)
+        let credited = record
+            .entries
+            .iter()
+            .filter(|e| e.state == ReceiptState::Credited)
+            .count();
+        let forfeited = self.ledger.record_batch(rig, &record, now_ms)?;
+        self.receipts_credited = self
+            .receipts_credited
+            .saturating_add(u64::try_from(credited).unwrap_or(u64::MAX));
+        Ok(forfeited)
     }
 
     fn apply(

@@ -181,6 +181,10 @@ pub struct GpuSample {
     pub units_done: u32,
     /// Worker restarts since rigd started.
     pub worker_restarts: u16,
+    /// Framebuffer memory in use, MiB.
+    pub fb_used_mib: u32,
+    /// The last Xid error the driver reported for the card since rigd started, 0 for none.
+    pub xid: u32,
 }
 
 /// Retained on `rig/{rig}/telemetry`.
@@ -430,6 +434,9 @@ pub struct CoordinatorStatus {
     /// changed or unknown key; a batch sent again is refused again), since this coordinator
     /// started.
     pub batches_refused: u64,
+    /// Receipts credited (a GEMM result when it is accepted, an MLP result when its step is
+    /// stitched), since this coordinator started.
+    pub receipts_credited: u64,
     /// Rigs online.
     pub rigs_online: u32,
     /// Whether the job has finished.

@@ -67,12 +67,30 @@ struct Stats {
     batches_sent: AtomicU64,
     resends: AtomicU64,
     garbage_sent: AtomicU64,
+    /// Payload bytes the rigs published, by channel (index in `Channel::ALL`), garbage
+    /// included.
+    bytes_up: [AtomicU64; Channel::ALL.len()],
+    /// Payload bytes the rigs received (units, acks, earnings).
+    bytes_down: AtomicU64,
     /// Milliseconds from a batch's first publish to its ack, one entry per receipt.
     latencies_ms: Mutex<Vec<u32>>,
     /// Once set, rigs start no new units (the drain).
     draining: AtomicBool,
     /// The last seq each rig used, by rig index.
     last_seq: Mutex<BTreeMap<u32, u64>>,
+}
+
+impl Stats {
+    /// The byte counters: one per channel published, then the bytes received.
+    fn bytes(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self
+            .bytes_up
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        all.push(self.bytes_down.load(Ordering::Relaxed));
+        all
+    }
 }
 
 /// A batch sent and not acknowledged yet.
@@ -99,7 +117,16 @@ struct LightRig {
 }
 
 impl LightRig {
-    fn publish(&self, session: &Session, channel: Channel, retain: bool, payload: Vec<u8>) {
+    fn publish(
+        &self,
+        session: &Session,
+        stats: &Stats,
+        channel: Channel,
+        retain: bool,
+        payload: Vec<u8>,
+    ) {
+        let at = Channel::ALL.iter().position(|c| *c == channel).unwrap_or(0);
+        stats.bytes_up[at].fetch_add(payload.len() as u64, Ordering::Relaxed);
         let topic = topics::rig(&self.signer.id, channel);
         // A full request queue is a lost publish, as for rigd: the resend covers receipts.
         let _ = session
@@ -107,18 +134,18 @@ impl LightRig {
             .try_publish(topic, QoS::AtLeastOnce, retain, payload);
     }
 
-    fn announce(&self, session: &Session) {
+    fn announce(&self, session: &Session, stats: &Stats) {
         let status = self.signer.status(CARDS, RigState::Idle);
-        self.publish(session, Channel::Status, true, encode(&status));
+        self.publish(session, stats, Channel::Status, true, encode(&status));
     }
 
-    fn telemetry(&mut self, session: &Session, now: Instant) {
+    fn telemetry(&mut self, session: &Session, stats: &Stats, now: Instant) {
         let mut t = fixtures::telemetry(&self.name, CARDS);
         t.at_ms = rigd_client::unix_ms();
         for (sample, card) in t.gpus.iter_mut().zip(&self.cards) {
             sample.unit = card.as_ref().map(|(_, u)| u.unit);
         }
-        self.publish(session, Channel::Telemetry, false, encode(&t));
+        self.publish(session, stats, Channel::Telemetry, false, encode(&t));
         self.last_telemetry = now;
     }
 
@@ -158,7 +185,7 @@ impl LightRig {
         let batch = self.signer.batch(items);
         let first = batch.header.first_seq;
         let payload = encode(&batch);
-        self.publish(session, Channel::Receipts, false, payload.clone());
+        self.publish(session, stats, Channel::Receipts, false, payload.clone());
         stats.batches_sent.fetch_add(1, Ordering::Relaxed);
         self.pending.insert(
             first,
@@ -184,7 +211,7 @@ impl LightRig {
             if let Some(p) = self.pending.get_mut(&seq) {
                 p.last_sent = now;
                 let payload = p.payload.clone();
-                self.publish(session, Channel::Receipts, false, payload);
+                self.publish(session, stats, Channel::Receipts, false, payload);
                 stats.resends.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -193,8 +220,8 @@ impl LightRig {
     fn garbage(&self, session: &Session, stats: &Stats) {
         let mut junk = vec![0u8; 64 + rand::random::<usize>() % 512];
         junk.iter_mut().for_each(|b| *b = rand::random());
-        self.publish(session, Channel::Receipts, false, junk.clone());
-        self.publish(session, Channel::Telemetry, false, junk);
+        self.publish(session, stats, Channel::Receipts, false, junk.clone());
+        self.publish(session, stats, Channel::Telemetry, false, junk);
         stats.garbage_sent.fetch_add(2, Ordering::Relaxed);
     }
 
@@ -289,7 +316,7 @@ async fn run_rig(
                         stats.connected.fetch_add(1, Ordering::Relaxed);
                         connected = true;
                     }
-                    rig.announce(&session);
+                    rig.announce(&session, &stats);
                 }
                 Some(SessionEvent::Disconnected { .. }) => {
                     if connected {
@@ -297,7 +324,10 @@ async fn run_rig(
                         connected = false;
                     }
                 }
-                Some(SessionEvent::Message(p)) => rig.on_message(&p.payload, &stats, Instant::now()),
+                Some(SessionEvent::Message(p)) => {
+                    stats.bytes_down.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                    rig.on_message(&p.payload, &stats, Instant::now());
+                }
                 Some(_) => {}
                 None => break,
             },
@@ -309,7 +339,7 @@ async fn run_rig(
                 }
                 rig.resend(&session, &cfg, &stats, now);
                 if now.duration_since(rig.last_telemetry).as_millis() as u64 >= cfg.telemetry_ms {
-                    rig.telemetry(&session, now);
+                    rig.telemetry(&session, &stats, now);
                 }
                 if rig.garbage {
                     rig.garbage(&session, &stats);
@@ -421,11 +451,13 @@ fn main() {
     let (e0, _) = cpu_rss(exporter.id());
     let (l0, _) = cpu_rss(std::process::id());
     let acked0 = stats.receipts_acked.load(Ordering::Relaxed);
+    let bytes0 = stats.bytes();
     stats.latencies_ms.lock().unwrap().clear();
     let window = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let elapsed = window.elapsed().as_secs_f64();
     let acked = stats.receipts_acked.load(Ordering::Relaxed) - acked0;
+    let bytes1 = stats.bytes();
     let (c1, c_rss) = cpu_rss(coordinator.id());
     let (b1, b_rss) = cpu_rss(broker.pid());
     let (e1, e_rss) = cpu_rss(exporter.id());
@@ -525,6 +557,18 @@ fn main() {
         stats.garbage_sent.load(Ordering::Relaxed),
         credited.len(),
         drain.as_secs_f64(),
+    );
+    let per_rig_s = |i: usize| (bytes1[i] - bytes0[i]) as f64 / elapsed / f64::from(rigs);
+    let up: Vec<String> = Channel::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bytes1[*i] > bytes0[*i])
+        .map(|(i, c)| format!("{} {:.1}", c.as_str(), per_rig_s(i)))
+        .collect();
+    println!(
+        "payload bytes per rig per second over the window: up {}; down {:.1}",
+        up.join(", "),
+        per_rig_s(Channel::ALL.len()),
     );
     assert!(
         coordinator_alive && exporter_alive,

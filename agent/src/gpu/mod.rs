@@ -15,6 +15,9 @@ use rigd_protocol::CardInfo;
 /// Xid 79: the card has fallen off the bus.
 pub const XID_FALLEN_OFF_BUS: u32 = 79;
 
+/// Xid 13: graphics engine exception (a kernel faulted; its CUDA context is lost).
+pub const XID_GRAPHICS_ENGINE_EXCEPTION: u32 = 13;
+
 /// What a card model allows and where it protects itself: the facts the governor needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CardModel {
@@ -128,6 +131,11 @@ pub struct Reading {
     pub sm_mhz: u32,
     /// Why the clocks are reduced, if they are.
     pub throttle: Throttle,
+    /// Framebuffer memory in use, MiB.
+    pub fb_used_mib: u32,
+    /// The last Xid error the driver reported for the card since the previous reading
+    /// ([`Gpu::take_xid_events`]; `read` itself leaves it `None`).
+    pub xid: Option<u32>,
 }
 
 /// Why a card could not be read or set.

@@ -183,6 +183,10 @@ impl Gpu for NvmlGpu {
             fan_pct,
             util_pct: device.utilization_rates().map_or(0.0, |u| u.gpu as f32),
             sm_mhz: device.clock_info(Clock::SM).unwrap_or(0),
+            fb_used_mib: device
+                .memory_info()
+                .map_or(0, |m| u32::try_from(m.used >> 20).unwrap_or(u32::MAX)),
+            xid: None,
             throttle,
         })
     }

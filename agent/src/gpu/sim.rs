@@ -10,7 +10,9 @@
 //! temperature it falls off the bus. Memory, where reported, runs `mem_k_per_w` C per W above
 //! the core. The model integrates in 50 ms steps.
 
-use super::{CardModel, Gpu, GpuError, Reading, Throttle, XID_FALLEN_OFF_BUS};
+use super::{
+    CardModel, Gpu, GpuError, Reading, Throttle, XID_FALLEN_OFF_BUS, XID_GRAPHICS_ENGINE_EXCEPTION,
+};
 use rigd_protocol::{CardInfo, GpuUuid, RigId};
 
 const STEP_S: f32 = 0.05;
@@ -196,6 +198,9 @@ struct Faults {
     xids: Vec<u32>,
 }
 
+/// Framebuffer memory a simulated worker's CUDA context holds, MiB.
+const SIM_CONTEXT_MIB: u32 = 300;
+
 struct SimCard {
     info: CardInfo,
     profile: SimProfile,
@@ -212,6 +217,17 @@ struct SimCard {
 impl SimCard {
     fn fan_pct(&self) -> f32 {
         self.manual_fan_pct.unwrap_or(self.profile.default_fan_pct)
+    }
+
+    /// The worker's CUDA context, and a quarter of the card's memory for a unit's buffers
+    /// while one runs.
+    fn fb_used_mib(&self) -> u32 {
+        let unit = if self.busy {
+            self.profile.vram_mib / 4
+        } else {
+            0
+        };
+        (SIM_CONTEXT_MIB + unit).min(self.profile.vram_mib)
     }
 
     fn mem_c(&self, power_w: f32) -> f32 {
@@ -331,6 +347,8 @@ impl SimCard {
             util_pct: if self.busy { 100.0 } else { 0.0 },
             sm_mhz,
             throttle: self.throttle(),
+            fb_used_mib: self.fb_used_mib(),
+            xid: None,
         }
     }
 }
@@ -449,10 +467,14 @@ impl SimGpu {
     }
 
     /// Takes the pending worker fault of card `index`, to pass it to the worker.
+    /// A sticky error is a kernel fault, which the driver reports as Xid 13.
     pub fn take_worker_fault(&mut self, index: usize) -> Option<WorkerFault> {
-        self.cards
-            .get_mut(index)
-            .and_then(|c| c.faults.worker.take())
+        let faults = &mut self.cards.get_mut(index)?.faults;
+        let fault = faults.worker.take();
+        if fault == Some(WorkerFault::StickyError) {
+            faults.xids.push(XID_GRAPHICS_ENGINE_EXCEPTION);
+        }
+        fault
     }
 
     /// The model's die temperature of card `index`, C, whether or not the card reports it.

@@ -52,6 +52,16 @@ fn new_cycles_through_the_profiles_by_index() {
 }
 
 #[test]
+fn framebuffer_use_is_the_context_idle_and_a_quarter_more_busy() {
+    let mut gpu = one(SimProfile::rtx_3090(), 25.0);
+    assert_eq!(gpu.read(0, 0, false).unwrap().fb_used_mib, 300);
+    assert_eq!(
+        gpu.read(0, 1000, true).unwrap().fb_used_mib,
+        300 + 24_576 / 4
+    );
+}
+
+#[test]
 fn an_idle_card_draws_idle_power_and_stays_near_ambient() {
     let mut gpu = one(SimProfile::rtx_3060(), 20.0);
     let r = *run(&mut gpu, 0, 1200, false).last().unwrap();
@@ -229,6 +239,16 @@ fn worker_faults_wait_for_the_worker_and_are_taken_once() {
         assert_eq!(gpu.pending_worker_fault(1), Some(want));
         assert_eq!(gpu.take_worker_fault(1), Some(want));
         assert_eq!(gpu.take_worker_fault(1), None);
+        let xids = gpu.take_xid_events(1).unwrap();
+        if want == WorkerFault::StickyError {
+            assert_eq!(
+                xids,
+                vec![XID_GRAPHICS_ENGINE_EXCEPTION],
+                "a kernel fault is Xid 13"
+            );
+        } else {
+            assert!(xids.is_empty(), "{want:?} reports no Xid");
+        }
     }
     assert_eq!(gpu.pending_worker_fault(0), None);
     assert!(

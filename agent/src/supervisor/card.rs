@@ -44,6 +44,8 @@ pub(super) struct Card {
     failures: VecDeque<u64>,
     done: u32,
     restarts: u16,
+    /// The last Xid error reported for the card, 0 for none.
+    last_xid: u32,
     /// Held by an operator's pause: starts nothing until resumed.
     pub(super) held: bool,
     /// The operator's power cap, W: the governor may go lower, never higher.
@@ -75,6 +77,7 @@ impl Card {
             failures: VecDeque::new(),
             done: 0,
             restarts: 0,
+            last_xid: 0,
             held: false,
             power_cap_w: None,
             fresh_worker: false,
@@ -120,8 +123,12 @@ impl Card {
         reading: Option<Reading>,
         out: &mut Vec<Effect>,
     ) {
-        if reading.is_some() {
-            self.reading = reading;
+        if let Some(r) = reading {
+            self.reading = Some(r);
+            if let Some(xid) = r.xid {
+                tracing::warn!(gpu = %self.info.uuid, xid, "the driver reported an Xid error");
+                self.last_xid = xid;
+            }
         }
         let decision = self.governor.step(now_ms, reading.as_ref());
         if decision.level != self.decision.level || decision.run != self.decision.run {
@@ -297,6 +304,8 @@ impl Card {
             unit: self.unit.as_ref().map(|u| u.unit),
             units_done: self.done,
             worker_restarts: self.restarts,
+            fb_used_mib: r.map_or(0, |r| r.fb_used_mib),
+            xid: self.last_xid,
         }
     }
 

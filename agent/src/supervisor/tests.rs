@@ -72,6 +72,8 @@ fn cool() -> CardRead {
         util_pct: 0.0,
         sm_mhz: 1_500,
         throttle: Throttle::NONE,
+        fb_used_mib: 300,
+        xid: None,
     })
 }
 

@@ -88,6 +88,8 @@ pub fn telemetry(rig: &str, cards: u32) -> Telemetry {
                 unit: Some(100 + u64::from(index)),
                 units_done: 12,
                 worker_restarts: 0,
+                fb_used_mib: 6_144,
+                xid: 0,
             })
             .collect(),
     }
@@ -128,6 +130,7 @@ pub fn coordinator(finished: bool) -> CoordinatorStatus {
         units_rejected: 1,
         leases_expired: 2,
         batches_refused: 1,
+        receipts_credited: 90,
         rigs_online: 3,
         finished,
         updated_ms: T0 + 9_500,

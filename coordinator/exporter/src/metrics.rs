@@ -22,6 +22,8 @@ struct CardFamilies {
     sm_clock: GaugeVec,
     fan_speed: GaugeVec,
     fb_total: GaugeVec,
+    fb_used: GaugeVec,
+    xid_errors: GaugeVec,
     governor_level: GaugeVec,
     state: GaugeVec,
     units_done: IntCounterVec,
@@ -47,6 +49,7 @@ struct CoordinatorFamilies {
     units_rejected: IntCounterVec,
     leases_expired: IntCounterVec,
     batches_refused: IntCounterVec,
+    receipts_credited: IntCounterVec,
     rigs_online: GaugeVec,
     step: GaugeVec,
     steps_planned: GaugeVec,
@@ -90,6 +93,16 @@ impl Families<'_> {
             sm_clock: self.gauge("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", l)?,
             fan_speed: self.gauge("DCGM_FI_DEV_FAN_SPEED", "Fan speed (in %).", l)?,
             fb_total: self.gauge("DCGM_FI_DEV_FB_TOTAL", "Framebuffer memory (in MiB).", l)?,
+            fb_used: self.gauge(
+                "DCGM_FI_DEV_FB_USED",
+                "Framebuffer memory used (in MiB).",
+                l,
+            )?,
+            xid_errors: self.gauge(
+                "DCGM_FI_DEV_XID_ERRORS",
+                "Value of the last XID error encountered.",
+                l,
+            )?,
             governor_level: self.gauge(
                 "rigd_card_governor_level",
                 "Thermal governor level of the card, 0 (full power) to 5.",
@@ -185,6 +198,11 @@ impl Families<'_> {
                 "Refusals of batches that cannot be attributed to the rig's pinned key, since the coordinator started.",
                 l,
             )?,
+            receipts_credited: self.counter(
+                "rigd_coordinator_receipts_credited_total",
+                "Receipts credited (GEMM results when accepted, MLP results when their step is stitched), since the coordinator started.",
+                l,
+            )?,
             rigs_online: self.gauge("rigd_coordinator_rigs_online", "Rigs online.", l)?,
             step: self.gauge("rigd_coordinator_job_step", "Steps stitched.", l)?,
             steps_planned: self.gauge("rigd_coordinator_job_steps_planned", "Steps planned.", l)?,
@@ -249,6 +267,10 @@ pub fn render(
             .batches_refused
             .with_label_values(&job)
             .inc_by(c.batches_refused);
+        coordinator
+            .receipts_credited
+            .with_label_values(&job)
+            .inc_by(c.receipts_credited);
         coordinator
             .rigs_online
             .with_label_values(&job)
@@ -371,6 +393,11 @@ fn card_series(cards: &CardFamilies, rig: &RigId, seen: &RigSeen, s: &GpuSample)
             .with_label_values(&l)
             .set(f64::from(c.vram_mib));
     }
+    cards
+        .fb_used
+        .with_label_values(&l)
+        .set(f64::from(s.fb_used_mib));
+    cards.xid_errors.with_label_values(&l).set(f64::from(s.xid));
     cards
         .governor_level
         .with_label_values(&l)

@@ -56,6 +56,13 @@ fn each_card_is_one_series_with_dcgm_labels_and_each_rig_its_own() {
     assert!(temps.contains(
         &"DCGM_FI_DEV_GPU_TEMP{UUID=\"SIM-rig-b-2\",device=\"nvidia2\",gpu=\"2\",modelName=\"Sim RTX 3090\",rig=\"rig-b\"} 76.5"
     ), "{temps:?}");
+    assert!(out.contains(
+        "DCGM_FI_DEV_FB_USED{UUID=\"SIM-rig-b-2\",device=\"nvidia2\",gpu=\"2\",modelName=\"Sim RTX 3090\",rig=\"rig-b\"} 6144"
+    ));
+    assert_eq!(lines(&out, "DCGM_FI_DEV_XID_ERRORS").len(), 5);
+    assert!(lines(&out, "DCGM_FI_DEV_XID_ERRORS")
+        .iter()
+        .all(|l| l.ends_with("} 0")));
     assert_eq!(
         lines(&out, "DCGM_FI_DEV_MEMORY_TEMP").len(),
         2,
@@ -70,6 +77,7 @@ fn each_card_is_one_series_with_dcgm_labels_and_each_rig_its_own() {
     );
     assert!(out.contains("rigd_coordinator_leases_expired_total{job=\"mlp-1\"} 2"));
     assert!(out.contains("rigd_coordinator_batches_refused_total{job=\"mlp-1\"} 1"));
+    assert!(out.contains("rigd_coordinator_receipts_credited_total{job=\"mlp-1\"} 90"));
 }
 
 #[test]

@@ -152,10 +152,10 @@ fn stitch_credits_pending_receipts_and_keeps_a_checkpoint() {
         params: vec![1.0, 2.0],
         loss: Some(0.5),
     };
-    let rigs = ledger
+    let (rigs, credited) = ledger
         .stitch(&j, 0..2, &cp, 20)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(rigs, vec![rig()]);
+    assert_eq!((rigs, credited), (vec![rig()], 2));
     let t = ledger
         .earnings(&rig())
         .unwrap_or_else(|e| panic!("{e}"))

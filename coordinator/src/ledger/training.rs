@@ -19,14 +19,14 @@ pub struct Checkpoint {
 impl Ledger {
     /// Stitches an MLP step in one transaction: credits the pending receipts of `units`,
     /// drops their kept outputs and stores `checkpoint`. Returns the rigs whose earnings
-    /// changed.
+    /// changed and how many receipts were credited.
     pub fn stitch(
         &mut self,
         job: &JobId,
         units: Range<u64>,
         checkpoint: &Checkpoint,
         now_ms: u64,
-    ) -> Result<Vec<RigId>, LedgerError> {
+    ) -> Result<(Vec<RigId>, u64), LedgerError> {
         let tx = self.conn.transaction()?;
         let range = params![job.as_str(), u(units.start), u(units.end)];
         let rigs = {
@@ -42,7 +42,7 @@ impl Ledger {
                 .map(parse_rig)
                 .collect::<Result<Vec<_>, _>>()?
         };
-        tx.execute(
+        let credited = tx.execute(
             "UPDATE receipts SET state = 'credited', changed_ms = ?4
              WHERE job = ?1 AND unit >= ?2 AND unit < ?3 AND state = 'pending'",
             params![job.as_str(), u(units.start), u(units.end), u(now_ms)],
@@ -61,7 +61,7 @@ impl Ledger {
             ],
         )?;
         tx.commit()?;
-        Ok(rigs)
+        Ok((rigs, u64::try_from(credited).unwrap_or(u64::MAX)))
     }
 
     /// The last stitched step of `job`, if any.
