@@ -75,9 +75,13 @@ impl Exporter {
             .set(i64::try_from(fleet.len()).unwrap_or(i64::MAX));
     }
 
-    /// The exposition text at `now_ms`.
+    /// The exposition text at `now_ms`. The fleet lock is held while the families are built,
+    /// not while they are encoded, so messages keep flowing during a large scrape.
     pub fn scrape(&self, now_ms: u64) -> prometheus::Result<String> {
-        let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-        metrics::render(&fleet, &self.own, now_ms, self.stale_after_ms)
+        let families = {
+            let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+            metrics::families(&fleet, now_ms, self.stale_after_ms)
+        };
+        metrics::encode(families, &self.own)
     }
 }

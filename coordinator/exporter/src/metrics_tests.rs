@@ -186,3 +186,23 @@ fn the_grafana_dashboard_queries_only_metrics_the_exporter_serves() {
         }
     }
 }
+
+#[test]
+fn a_card_named_twice_in_one_sample_is_one_series() {
+    let mut fleet = fleet_of(&[("rig-a", 2, RigState::Working)], 1000);
+    let id = rig_id("rig-a");
+    let mut t = telemetry("rig-a", 2);
+    t.gpus[1].uuid = t.gpus[0].uuid.clone();
+    t.gpus[1].core_dc = 999;
+    assert!(fleet
+        .apply(&topics::rig(&id, Channel::Telemetry), &encode(&t), 1000)
+        .is_ok());
+    let out = text(&fleet, 2000);
+    let temps = lines(&out, "DCGM_FI_DEV_GPU_TEMP");
+    assert_eq!(temps.len(), 1, "{out}");
+    assert!(
+        temps[0].ends_with("} 76.5"),
+        "the first sample stands: {temps:?}"
+    );
+    assert_eq!(lines(&out, "rigd_card_state").len(), 5);
+}
