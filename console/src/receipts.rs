@@ -1,8 +1,8 @@
 //! `rigctl receipts verify FILE|RIG`: checks every receipt of a saved batch frame (the payload
 //! of a `rig/{rig}/receipts` message), or of every batch the rig publishes while rigctl
-//! listens, with the protocol's verifier: the inclusion proof each receipt carries, the batch
-//! header, the signature and the rig's key (given, or read from the rig's retained status on
-//! the broker).
+//! listens, with the protocol's verifier: the inclusion proof each receipt carries, the
+//! output it carries against its signed output digest, the batch header, the signature and
+//! the rig's key (given, or read from the rig's retained status on the broker).
 
 use rigd_protocol::verify::verify_receipt;
 use rigd_protocol::{decode, PublicKey, ReceiptBatch};
@@ -103,6 +103,9 @@ pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
             let r = &item.receipt;
             let verdict = match verify_receipt(r, &item.proof, &batch.header, &batch.signature, key)
             {
+                Ok(_) if item.output.digest() != r.output_digest => {
+                    "the carried output does not match the signed output digest".to_owned()
+                }
                 Ok(_) => "ok".to_owned(),
                 Err(e) => e.to_string(),
             };
@@ -120,7 +123,7 @@ pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
         first_seq: batch.header.first_seq,
         count: batch.header.count,
         key: key.to_string(),
-        checked: "each receipt's EIP-712 leaf and the Merkle inclusion proof it carries, the batch header's EIP-712 digest, and its signature under the rig's key",
+        checked: "each receipt's EIP-712 leaf and the Merkle inclusion proof it carries, the carried output against the signed output digest, the batch header's EIP-712 digest, and its signature under the rig's key",
         receipts: lines,
     }
 }
@@ -250,6 +253,17 @@ mod tests {
             "{}",
             table(&r)
         );
+        let mut altered_output = b.clone();
+        altered_output.items[0].output = UnitOutput::GemmI8 {
+            c_digest: [0xee; 32],
+        };
+        let r = verify_batch(&altered_output, &pk);
+        assert_eq!(
+            r.receipts[0].verdict,
+            "the carried output does not match the signed output digest"
+        );
+        assert!(!r.all_ok());
+        assert_eq!(r.receipts[1].verdict, "ok");
         assert!(read_batch(b"garbage").is_err());
     }
 
