@@ -2,8 +2,10 @@
 //!
 //! Every MQTT payload in the system is one frame. Decoding refuses anything longer than
 //! [`MAX_FRAME_BYTES`] before looking inside, checks the version and the kind, decodes the
-//! body with postcard (which never allocates more than the bytes it was given can fill), and
-//! then runs the message's own validation (collection caps, consistency).
+//! body with postcard (which never allocates more than the bytes it was given can fill),
+//! refuses a body that is not the canonical encoding of what it decodes to (postcard itself
+//! takes overlong varints), and then runs the message's own validation (collection caps,
+//! consistency).
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -63,6 +65,13 @@ pub enum FrameError {
         name: &'static str,
         /// Bytes left over.
         extra: usize,
+    },
+    /// The body decodes but is not the one encoding of its value (an overlong varint, say):
+    /// every message has exactly one frame, so a signed batch cannot travel as many.
+    #[error("{name} body is not in canonical form (it decodes, but encodes back differently)")]
+    NonCanonical {
+        /// Name of the expected message.
+        name: &'static str,
     },
     /// The body decodes but breaks a rule of the message (a cap, a consistency check).
     #[error("invalid {name}: {reason}")]
@@ -129,6 +138,9 @@ pub fn decode<T: Frame>(bytes: &[u8]) -> Result<T, FrameError> {
             name: T::NAME,
             extra: rest.len(),
         });
+    }
+    if postcard::to_extend(&msg, Vec::with_capacity(body.len())).map_or(true, |b| b != body) {
+        return Err(FrameError::NonCanonical { name: T::NAME });
     }
     msg.validate().map_err(|reason| FrameError::Invalid {
         name: T::NAME,
@@ -235,6 +247,17 @@ mod tests {
         assert!(matches!(
             decode::<Ack>(&t),
             Err(FrameError::Trailing { extra: 1, .. })
+        ));
+        let overlong: Vec<u8> = good[..2]
+            .iter()
+            .copied()
+            .chain([good[2] | 0x80, 0x00])
+            .chain(good[3..].iter().copied())
+            .collect();
+        assert_eq!(good[2], 1, "the rig id's length, one byte");
+        assert!(matches!(
+            decode::<Ack>(&overlong),
+            Err(FrameError::NonCanonical { name: "Ack" })
         ));
         let big = vec![WIRE_VERSION; MAX_FRAME_BYTES + 1];
         assert!(matches!(
