@@ -12,11 +12,12 @@
 use k256::ecdsa::RecoveryId;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use rigd_protocol::digest::{keccak256, Hash32};
+use rigd_protocol::frame::{self, FrameError};
 use rigd_protocol::receipt::{domain_separator, BATCH_TYPE, CHAIN_ID, DOMAIN_TYPE, RECEIPT_TYPE};
 use rigd_protocol::units::gemm_c_digest;
 use rigd_protocol::{
-    merkle, BatchHeader, GpuUuid, JobId, PublicKey, Receipt, ReceiptItem, RigId, Signature,
-    UnitKind, UnitOutput,
+    merkle, BatchHeader, GpuUuid, JobId, PublicKey, Receipt, ReceiptBatch, ReceiptItem, RigId,
+    Signature, UnitKind, UnitOutput,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -42,8 +43,27 @@ fn id64(prefix: &str) -> String {
     s
 }
 
-/// `count` consecutive receipts from `first_seq`, with field values varied by `style`.
-fn batch(rig: &str, first_seq: u64, count: u64, style: u8) -> Vec<Receipt> {
+/// The output a receipt of `style` vouches for: GEMM digests for ordinary values, MLP
+/// gradients with signed zeros, infinities and a NaN for the extremes.
+fn output(tag: &Hash32, i: u64, style: u8) -> UnitOutput {
+    let mut c_digest = *tag;
+    c_digest.reverse();
+    match style {
+        0 => UnitOutput::GemmI8 { c_digest },
+        _ => UnitOutput::MlpGrad {
+            loss_sum: f32::from_bits(u32::from(c_digest[0]) << 16 | 0x3f80_0000),
+            samples: u32::MAX - u32::try_from(i).unwrap(),
+            grad_sum: [0.0, -0.0, f32::INFINITY, f32::NAN, 1.5e-7, f32::MIN]
+                .into_iter()
+                .take(usize::try_from(i % 7).unwrap())
+                .collect(),
+        },
+    }
+}
+
+/// `count` consecutive receipts from `first_seq`, each with the output it vouches for, with
+/// field values varied by `style`.
+fn batch(rig: &str, first_seq: u64, count: u64, style: u8) -> Vec<(Receipt, UnitOutput)> {
     (0..count)
         .map(|i| {
             let seq = first_seq + i;
@@ -72,9 +92,8 @@ fn batch(rig: &str, first_seq: u64, count: u64, style: u8) -> Vec<Receipt> {
                     5 - u8::try_from(i % 6).unwrap(),
                 ),
             };
-            let mut output_digest = tag;
-            output_digest.reverse();
-            Receipt {
+            let out = output(&tag, i, style);
+            let receipt = Receipt {
                 rig: RigId::new(rig).unwrap(),
                 seq,
                 card: GpuUuid::new(card).unwrap(),
@@ -87,20 +106,33 @@ fn batch(rig: &str, first_seq: u64, count: u64, style: u8) -> Vec<Receipt> {
                 } else {
                     tag
                 },
-                output_digest: if style == 1 && i == 1 {
-                    [0; 32]
-                } else {
-                    output_digest
-                },
+                output_digest: out.digest(),
                 started_ms,
                 finished_ms,
                 governor_level: level,
-            }
+            };
+            (receipt, out)
         })
         .collect()
 }
 
-fn receipt_json(r: &Receipt, leaf: &Hash32, proof: &[Hash32]) -> Value {
+fn output_json(o: &UnitOutput) -> Value {
+    match o {
+        UnitOutput::GemmI8 { c_digest } => json!({ "kind": "gemm-i8", "cDigest": hx(c_digest) }),
+        UnitOutput::MlpGrad {
+            loss_sum,
+            samples,
+            grad_sum,
+        } => json!({
+            "kind": "mlp-grad",
+            "lossSumBits": f32_bits(&[*loss_sum])[0],
+            "samples": samples,
+            "gradSumBits": f32_bits(grad_sum),
+        }),
+    }
+}
+
+fn receipt_json(r: &Receipt, out: &UnitOutput, leaf: &Hash32, proof: &[Hash32]) -> Value {
     json!({
         "rig": r.rig.as_str(),
         "seq": r.seq,
@@ -114,6 +146,7 @@ fn receipt_json(r: &Receipt, leaf: &Hash32, proof: &[Hash32]) -> Value {
         "startedMs": r.started_ms,
         "finishedMs": r.finished_ms,
         "governorLevel": r.governor_level,
+        "output": output_json(out),
         "leaf": hx(leaf),
         "proof": proof.iter().map(|p| hx(p)).collect::<Vec<_>>(),
     })
@@ -160,8 +193,9 @@ fn p256_public(compressed: bool) -> Vec<u8> {
         .to_vec()
 }
 
-fn batch_json(name: &str, receipts: &[Receipt]) -> Value {
-    let header = BatchHeader::over(&receipts[0].rig, receipts).unwrap();
+fn batch_json(name: &str, batch: &[(Receipt, UnitOutput)]) -> Value {
+    let receipts: Vec<Receipt> = batch.iter().map(|(r, _)| r.clone()).collect();
+    let header = BatchHeader::over(&receipts[0].rig, &receipts).unwrap();
     let leaves: Vec<Hash32> = receipts.iter().map(Receipt::struct_hash).collect();
     let digest = header.signing_digest();
     let k_sig = sign_k256(&digest);
@@ -172,23 +206,32 @@ fn batch_json(name: &str, receipts: &[Receipt]) -> Value {
     let p_pub = PublicKey::P256(p256_public(true));
     assert_eq!(p_pub.verify(&digest, &Signature(p_sig.clone())), Ok(()));
     // The proofs a batch message carries are the ones written here.
-    let carried = ReceiptItem::with_proofs(
-        receipts
-            .iter()
-            .map(|r| (r.clone(), UnitOutput::GemmI8 { c_digest: [0; 32] }))
-            .collect(),
-    );
-    let items: Vec<Value> = receipts
+    let carried = ReceiptItem::with_proofs(batch.to_vec());
+    let items: Vec<Value> = batch
         .iter()
         .zip(&leaves)
         .enumerate()
-        .map(|(i, (r, leaf))| {
+        .map(|(i, ((r, out), leaf))| {
             let proof = merkle::proof(&leaves, i).unwrap();
             assert!(merkle::verify(leaf, &proof, &header.root));
             assert_eq!(carried[i].proof, proof);
-            receipt_json(r, leaf, &proof)
+            assert_eq!(out.digest(), r.output_digest);
+            receipt_json(r, out, leaf, &proof)
         })
         .collect();
+    // The whole message as it travels on `rig/{rig}/receipts`, signed with the secp256k1 key.
+    let message = ReceiptBatch {
+        header: header.clone(),
+        signature: Signature(k_sig.clone()),
+        items: carried,
+    };
+    let frame = frame::encode(&message);
+    // Compared as bytes: a NaN in a gradient is not equal to itself.
+    let decoded = frame::decode::<ReceiptBatch>(&frame).unwrap();
+    assert!(
+        frame::encode(&decoded) == frame,
+        "{name}: the frame does not round-trip"
+    );
     json!({
         "name": name,
         "receipts": items,
@@ -210,7 +253,67 @@ fn batch_json(name: &str, receipts: &[Receipt]) -> Value {
             "signature": hx(&p_sig),
             "publicKey": hx(&p256_public(false)),
         },
+        "frame": hx(&frame),
     })
+}
+
+/// Frames every decoder must refuse, each a small change to the first batch's frame, with the
+/// rule it breaks. rigd's own decoder refuses each for that rule (asserted here).
+fn refused_frames() -> Value {
+    let receipts = batch("rig-01", 1, 1, 0);
+    let header = BatchHeader::over(&receipts[0].0.rig, &[receipts[0].0.clone()]).unwrap();
+    let good = frame::encode(&ReceiptBatch {
+        signature: Signature(sign_k256(&header.signing_digest())),
+        header,
+        items: ReceiptItem::with_proofs(receipts),
+    });
+    // Byte 2 is the length of the header's rig id ("rig-01"); byte 10 the header's count.
+    assert_eq!((good[2], good[10]), (6, 1));
+    let with = |at: usize, bytes: &[u8]| -> Vec<u8> {
+        let mut f = good[..at].to_vec();
+        f.extend_from_slice(bytes);
+        f.extend_from_slice(&good[at + 1..]);
+        f
+    };
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut version = good.clone();
+    version[0] = 2;
+    let cases = [
+        (
+            "rig id length as an overlong varint (0x86 0x00 for 6)",
+            with(2, &[0x86, 0x00]),
+            "nonCanonical",
+        ),
+        ("one byte after the message", trailing, "trailing"),
+        ("wire version 2", version, "version"),
+        (
+            "header counts 2 receipts, the batch carries 1",
+            with(10, &[2]),
+            "invalid",
+        ),
+        (
+            "cut off inside the last item",
+            good[..good.len() - 1].to_vec(),
+            "malformed",
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, bytes, rule)| {
+            let refused = frame::decode::<ReceiptBatch>(&bytes).unwrap_err();
+            let got = match refused {
+                FrameError::NonCanonical { .. } => "nonCanonical",
+                FrameError::Trailing { .. } => "trailing",
+                FrameError::Version { .. } => "version",
+                FrameError::Invalid { .. } => "invalid",
+                FrameError::Malformed { .. } => "malformed",
+                other => panic!("{name}: refused as {other}"),
+            };
+            assert_eq!(got, rule, "{name}");
+            json!({ "name": name, "frame": hx(&bytes), "rule": rule })
+        })
+        .collect()
 }
 
 fn f32_bits(v: &[f32]) -> Vec<String> {
@@ -296,8 +399,8 @@ fn vectors() -> Value {
             &batch("garage_2.rig-7", 41, 3, 0),
         ),
         batch_json(
-            "seven receipts, largest integers and 64-character ids",
-            &batch(&id64("rig-"), u64::MAX - 6, 7, 1),
+            "seven receipts, largest integers (the last sequence number a frame allows) and 64-character ids",
+            &batch(&id64("rig-"), u64::MAX - 7, 7, 1),
         ),
     ];
     json!({
@@ -325,6 +428,7 @@ fn vectors() -> Value {
             },
         },
         "batches": batches,
+        "refusedFrames": refused_frames(),
         "units": units_json(),
     })
 }

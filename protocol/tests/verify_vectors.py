@@ -11,7 +11,11 @@ From the raw receipt fields alone:
     signature itself with eth-account's RFC 6979 signer and the test key;
   - the P-256 signature with cryptography (OpenSSL) over the 32-byte digest as a prehash,
     and the signature itself with OpenSSL's RFC 6979 signer and the test key (s made low);
-  - the SHA-256 unit input and output digests from the layouts in protocol/src/units.rs.
+  - the SHA-256 unit input and output digests from the layouts in protocol/src/units.rs;
+  - every ReceiptBatch frame, with the strict postcard decoder and encoder below that follow
+    docs/frames.md (not rigd's code): the frame decodes to exactly the fields listed beside it,
+    those fields encode back to exactly its bytes, each carried output hashes to its
+    receipt's output digest, and every frame of refusedFrames is refused for its rule.
 
 Usage: verify_vectors.py [vectors.json]. Exits 1 naming every mismatch.
 """
@@ -225,6 +229,191 @@ def check_batch(b: dict, keys: dict, address: str, p_priv: ec.EllipticCurvePriva
     check(f"{name} P-256 signature (OpenSSL's RFC 6979 signature, low-s)", hx(ours), hx(psig))
 
 
+WIRE_VERSION = 1
+RECEIPT_BATCH_KIND = 4
+MAX_BATCH = 4096
+MAX_PROOF = 32
+
+
+class Refused(Exception):
+    """A frame refused, with the rule it breaks (the names used in refusedFrames)."""
+
+    def __init__(self, rule: str, why: str):
+        super().__init__(f"{rule}: {why}")
+        self.rule = rule
+
+
+class Reader:
+    """Strict postcard: LEB128 varints in their shortest form, length-prefixed strings and
+    sequences, fixed arrays as raw bytes, f32 as 4 little-endian bytes."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.at:
+            raise Refused("malformed", f"{n} bytes wanted at offset {self.at}, {len(self.data) - self.at} left")
+        out = self.data[self.at : self.at + n]
+        self.at += n
+        return out
+
+    def varint(self, bits: int) -> int:
+        value, shift, start = 0, 0, self.at
+        while True:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+            if shift >= bits:
+                raise Refused("malformed", f"varint at offset {start} runs past {bits} bits")
+        if value >> bits:
+            raise Refused("malformed", f"varint at offset {start} is over {bits} bits")
+        if self.at - start > 1 and byte == 0:
+            raise Refused("nonCanonical", f"varint at offset {start} is overlong")
+        return value
+
+    def seq_len(self) -> int:
+        return self.varint(64)
+
+    def string(self) -> str:
+        raw = self.take(self.seq_len())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Refused("malformed", f"string is not UTF-8: {e}") from e
+
+    def ident(self) -> str:
+        """A rig id, card UUID or job id: 1 to 64 of [A-Za-z0-9._-]."""
+        s = self.string()
+        if not 1 <= len(s) <= 64 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in s):
+            raise Refused("malformed", f"identifier {s[:80]!r}")
+        return s
+
+    def f32_bits(self) -> str:
+        return "0x%08x" % struct.unpack("<I", self.take(4))[0]
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def decode_output(rd: Reader) -> dict:
+    variant = rd.varint(32)
+    if variant == 0:
+        loss, samples = rd.f32_bits(), rd.varint(32)
+        return {"kind": "mlp-grad", "lossSumBits": loss, "samples": samples,
+                "gradSumBits": [rd.f32_bits() for _ in range(rd.seq_len())]}
+    if variant == 1:
+        return {"kind": "gemm-i8", "cDigest": hx(rd.take(32))}
+    raise Refused("malformed", f"UnitOutput variant {variant}")
+
+
+def encode_output(o: dict) -> bytes:
+    if o["kind"] == "mlp-grad":
+        return (varint(0) + f32(o["lossSumBits"]) + varint(o["samples"]) + varint(len(o["gradSumBits"]))
+                + b"".join(f32(g) for g in o["gradSumBits"]))
+    return varint(1) + unhex(o["cDigest"])
+
+
+RECEIPT_FIELDS = [  # (JSON name, postcard type), in the order of protocol/src/receipt.rs
+    ("rig", "str"), ("seq", 64), ("card", "str"), ("job", "str"), ("unit", 64), ("attempt", 32),
+    ("work", 64), ("inputDigest", "b32"), ("outputDigest", "b32"), ("startedMs", 64),
+    ("finishedMs", 64), ("governorLevel", "u8"),
+]
+
+
+def decode_batch_frame(frame: bytes) -> dict:
+    """A ReceiptBatch frame to {header, signature, receipts: [fields + output + proof]}."""
+    if len(frame) < 2:
+        raise Refused("malformed", "no room for the version and kind bytes")
+    if frame[0] != WIRE_VERSION:
+        raise Refused("version", f"version {frame[0]}")
+    if frame[1] != RECEIPT_BATCH_KIND:
+        raise Refused("kind", f"kind {frame[1]}")
+    rd = Reader(frame[2:])
+    header = {"rig": rd.ident(), "firstSeq": rd.varint(64), "count": rd.varint(32), "root": hx(rd.take(32))}
+    signature = hx(rd.take(rd.seq_len()))
+    receipts = []
+    for _ in range(rd.seq_len()):
+        r = {}
+        for name, kind in RECEIPT_FIELDS:
+            if kind == "str":
+                r[name] = rd.ident()
+            elif kind == "b32":
+                r[name] = hx(rd.take(32))
+            elif kind == "u8":
+                r[name] = rd.take(1)[0]
+            else:
+                r[name] = rd.varint(kind)
+        r["proof"] = [hx(rd.take(32)) for _ in range(rd.seq_len())]
+        r["output"] = decode_output(rd)
+        receipts.append(r)
+    if rd.at != len(rd.data):
+        raise Refused("trailing", f"{len(rd.data) - rd.at} bytes after the message")
+    if len(receipts) != header["count"] or len(receipts) > MAX_BATCH:
+        raise Refused("invalid", f"header counts {header['count']}, batch carries {len(receipts)}")
+    for i, r in enumerate(receipts):
+        if r["rig"] != header["rig"] or r["seq"] != header["firstSeq"] + i or len(r["proof"]) > MAX_PROOF:
+            raise Refused("invalid", f"receipt {i} does not follow the header")
+    return {"header": header, "signature": signature, "receipts": receipts}
+
+
+def encode_batch_frame(header: dict, signature: bytes, receipts: list[dict]) -> bytes:
+    out = bytes([WIRE_VERSION, RECEIPT_BATCH_KIND])
+    text = lambda s: varint(len(s.encode())) + s.encode()  # noqa: E731
+    out += text(header["rig"]) + varint(header["firstSeq"]) + varint(header["count"]) + unhex(header["root"])
+    out += varint(len(signature)) + signature + varint(len(receipts))
+    for r in receipts:
+        for name, kind in RECEIPT_FIELDS:
+            value = r[name]
+            out += text(value) if kind == "str" else unhex(value) if kind == "b32" else (
+                bytes([value]) if kind == "u8" else varint(value))
+        out += varint(len(r["proof"])) + b"".join(unhex(p) for p in r["proof"]) + encode_output(r["output"])
+    return out
+
+
+def output_digest(o: dict) -> str:
+    if o["kind"] == "mlp-grad":
+        buf = b"rigd/mlp-grad/out/v1" + f32(o["lossSumBits"]) + struct.pack("<I", o["samples"])
+        buf += struct.pack("<Q", len(o["gradSumBits"])) + b"".join(f32(g) for g in o["gradSumBits"])
+    else:
+        buf = b"rigd/gemm-i8/out/v1" + unhex(o["cDigest"])
+    return hx(hashlib.sha256(buf).digest())
+
+
+def check_frame(b: dict) -> None:
+    name = f"batch {b['name']!r} frame"
+    frame = unhex(b["frame"])
+    try:
+        decoded = decode_batch_frame(frame)
+    except Refused as e:
+        errors.append(f"{name}: refused ({e})")
+        return
+    check(f"{name} header", decoded["header"], b["header"])
+    check(f"{name} signature (the secp256k1 one)", decoded["signature"], b["secp256k1"]["signature"])
+    check(f"{name} receipt count", len(decoded["receipts"]), len(b["receipts"]))
+    for i, (r, d) in enumerate(zip(b["receipts"], decoded["receipts"])):
+        for field in [n for n, _ in RECEIPT_FIELDS] + ["proof", "output"]:
+            check(f"{name} receipt {i} {field}", d[field], r[field])
+        check(f"{name} receipt {i} output hashes to its output digest", output_digest(r["output"]), r["outputDigest"])
+    again = encode_batch_frame(b["header"], unhex(b["secp256k1"]["signature"]), b["receipts"])
+    require(f"{name} bytes encoded from the fields are the frame", hx(again) == b["frame"])
+
+
+def check_refused(f: dict) -> None:
+    try:
+        decode_batch_frame(unhex(f["frame"]))
+        errors.append(f"refused frame {f['name']!r}: decodes")
+    except Refused as e:
+        check(f"refused frame {f['name']!r} rule", e.rule, f["rule"])
+
+
 def check_unit(u: dict) -> None:
     i, o, kind = u["input"], u["output"], u["kind"]
     if kind == "mlp-grad":
@@ -256,6 +445,9 @@ def main() -> int:
         address, p_priv = check_keys(v)
         for b in v["batches"]:
             check_batch(b, v["keys"], address, p_priv)
+            check_frame(b)
+        for f in v["refusedFrames"]:
+            check_refused(f)
         for u in v["units"]:
             check_unit(u)
         kinds = sorted({u["kind"] for u in v["units"]})
@@ -272,7 +464,8 @@ def main() -> int:
     leaves = sum(len(b["receipts"]) for b in v["batches"])
     print(
         f"{n} vectors ({leaves} receipts, {len(v['units'])} unit kinds): leaves, roots, proofs, "
-        "digests, secp256k1 recovery, P-256 verification all match"
+        "digests, secp256k1 recovery, P-256 verification and frame bytes all match; "
+        f"{len(v['refusedFrames'])} bad frames refused for their rules"
     )
     return 0
 
