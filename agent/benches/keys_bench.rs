@@ -58,7 +58,12 @@ fn receipts_per_second(key: Arc<dyn KeyStore>, total: u64, batch_max: u32) -> (f
         }
         match batcher.poll(Instant::now()) {
             Decision::Seal(n) => {
-                let header = journal.lock().unwrap().next_batch(n).unwrap().unwrap();
+                let header = journal
+                    .lock()
+                    .unwrap()
+                    .next_batch(n, rigd_protocol::Domain::LOCAL)
+                    .unwrap()
+                    .unwrap();
                 let t = Instant::now();
                 let sig = key.sign_digest(&header.signing_digest()).unwrap();
                 let took = t.elapsed();

@@ -25,7 +25,8 @@ fn overhead_per_unit(units: u64) -> (Duration, Duration) {
         let t0 = Instant::now();
         j.add_units(std::slice::from_ref(&u)).unwrap();
         j.record(&[rigd_harness::bench_completion(&u)]).unwrap();
-        j.seal_all(256, key.as_ref()).unwrap();
+        j.seal_all(256, key.as_ref(), rigd_protocol::Domain::LOCAL)
+            .unwrap();
         let batches = j.unacked_batches(1, &Default::default()).unwrap();
         let bytes = batches.iter().map(|b| encode(b).len()).sum::<usize>();
         times.push(t0.elapsed());
@@ -67,7 +68,8 @@ fn group_commit_rate(total: u64, group: u64) -> f64 {
     let t0 = Instant::now();
     for chunk in done.chunks(group as usize) {
         j.record(chunk).unwrap();
-        j.seal_all(256, key.as_ref()).unwrap();
+        j.seal_all(256, key.as_ref(), rigd_protocol::Domain::LOCAL)
+            .unwrap();
     }
     total as f64 / t0.elapsed().as_secs_f64()
 }

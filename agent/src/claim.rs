@@ -199,22 +199,31 @@ async fn claim_once(
 fn seal_before_rekey(config: &RigSettings, rig: &str, key: &dyn KeyStore) -> Result<u64, RunError> {
     let rig = rigd_protocol::RigId::new(rig).map_err(|e| runtime("the rig id to keep", e))?;
     let mut journal = Journal::open(&config.state().file(StateFile::Journal), rig)?;
-    journal.seal_all(config.batch_max_receipts, key)?;
+    journal.seal_all(config.batch_max_receipts, key, config.domain())?;
     let from_seq = journal.stats()?.last_seq.saturating_add(1);
     tracing::warn!(from_seq, "the key store holds new keys: receipts journaled before are sealed and will be refused as key changed");
     Ok(from_seq)
 }
 
-/// The identity the rig runs with, and the operator keys granted with it: a fixed one as
-/// rig.conf gives it (no keys granted), a claimed one as the fleet assigned it (claimed
-/// now, or read back from the state directory).
+/// What a grant gives beyond the identity (see [`RigSettings::trust`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// Ed25519 public keys of the operators whose signed commands the rig obeys.
+    pub operator_keys: Vec<[u8; 32]>,
+    /// The deployment the rig's receipts are signed for.
+    pub domain: Option<rigd_protocol::Domain>,
+}
+
+/// The identity the rig runs with, and what was granted with it: a fixed one as rig.conf
+/// gives it (nothing granted), a claimed one as the fleet assigned it (claimed now, or read
+/// back from the state directory).
 pub async fn provision(
     config: &RigSettings,
     identity: Identity,
     stop: &CancellationToken,
-) -> Result<(Assigned, Vec<[u8; 32]>), RunError> {
+) -> Result<(Assigned, Granted), RunError> {
     let p = match identity {
-        Identity::Fixed(assigned) => return Ok((assigned, vec![])),
+        Identity::Fixed(assigned) => return Ok((assigned, Granted::default())),
         Identity::Claim(p) => p,
     };
     let (host, port) = config
@@ -255,7 +264,13 @@ pub async fn provision(
                     }),
                 };
                 tracing::info!(rig = %p_rec.rig, owner = %p_rec.owner, elapsed_ms = started.elapsed().as_millis() as u64, "provisioned: ready");
-                return Ok((assigned, p_rec.operator_keys));
+                return Ok((
+                    assigned,
+                    Granted {
+                        operator_keys: p_rec.operator_keys,
+                        domain: p_rec.domain,
+                    },
+                ));
             }
             Step::Stop => {
                 return Err(RunError::Revoked(

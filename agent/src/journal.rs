@@ -20,8 +20,8 @@
 
 use crate::keys::KeyStore;
 use rigd_protocol::{
-    AckedBatch, BatchHeader, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RefusedBatch, RigId,
-    Signature, UnitOutput, WorkUnit,
+    AckedBatch, BatchHeader, Domain, GpuUuid, Receipt, ReceiptBatch, ReceiptItem, RefusedBatch,
+    RigId, Signature, UnitOutput, WorkUnit,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -123,15 +123,16 @@ pub struct Sealed {
     pub stats: JournalStats,
 }
 
-/// Cuts the next batch of at most `max` receipts from `journal`, signs it with `key` while the
-/// journal stays free for commits, and stores it.
+/// Cuts the next batch of at most `max` receipts from `journal` for `domain`, signs it with
+/// `key` while the journal stays free for commits, and stores it.
 pub fn seal_next<J: JournalStore + ?Sized>(
     journal: &Mutex<J>,
     key: &dyn KeyStore,
     max: u32,
+    domain: Domain,
 ) -> Result<Sealed, JournalError> {
     let lock = || journal.lock().map_err(|_| JournalError::Poisoned);
-    let next = lock()?.next_batch(max)?;
+    let next = lock()?.next_batch(max, domain)?;
     let Some(header) = next else {
         return Ok(Sealed {
             took: None,
@@ -264,7 +265,7 @@ pub trait JournalStore: Send {
 
     /// The header of a batch over the oldest (at most `max`) receipts not yet in a batch, for
     /// the key to sign; `None` when every receipt is batched. Reads only.
-    fn next_batch(&self, max: u32) -> Result<Option<BatchHeader>, JournalError>;
+    fn next_batch(&self, max: u32, domain: Domain) -> Result<Option<BatchHeader>, JournalError>;
 
     /// Stores a batch cut by [`Self::next_batch`] with the key's signature over its header,
     /// in one transaction. Refused ([`JournalError::Stale`]) unless all its receipts are still
@@ -305,10 +306,15 @@ pub trait JournalStore: Send {
     /// `recorded + margin` (keeping its order) and new ones follow, in one transaction.
     fn continue_above(&mut self, recorded: u64, margin: u64) -> Result<Continuity, JournalError>;
 
-    /// Seals every unbatched receipt into signed batches of at most `max`, signing in turn
-    /// (used where nothing else runs: shutdown, tools and benchmarks).
-    fn seal_all(&mut self, max: u32, key: &dyn KeyStore) -> Result<(), JournalError> {
-        while let Some(header) = self.next_batch(max)? {
+    /// Seals every unbatched receipt into signed batches of at most `max` for `domain`,
+    /// signing in turn (used where nothing else runs: shutdown, tools and benchmarks).
+    fn seal_all(
+        &mut self,
+        max: u32,
+        key: &dyn KeyStore,
+        domain: Domain,
+    ) -> Result<(), JournalError> {
+        while let Some(header) = self.next_batch(max, domain)? {
             let signature = key
                 .sign_digest(&header.signing_digest())
                 .map_err(JournalError::Sign)?;
@@ -416,7 +422,7 @@ impl JournalStore for Journal {
         Ok(out)
     }
 
-    fn next_batch(&self, max: u32) -> Result<Option<BatchHeader>, JournalError> {
+    fn next_batch(&self, max: u32, domain: Domain) -> Result<Option<BatchHeader>, JournalError> {
         let mut stmt = self.db.prepare_cached(
             "SELECT seq, receipt FROM receipts WHERE batch IS NULL ORDER BY seq LIMIT ?1",
         )?;
@@ -433,7 +439,7 @@ impl JournalStore for Journal {
         if receipts.is_empty() {
             return Ok(None);
         }
-        BatchHeader::over(&self.rig, &receipts)
+        BatchHeader::over(&self.rig, domain, &receipts)
             .map(Some)
             .map_err(|reason| corrupt("unbatched receipts", reason))
     }

@@ -5,8 +5,8 @@
 use super::{Completion, Continuity, JournalError, JournalStats, JournalStore, Receipt, MAX_INBOX};
 use rigd_protocol::digest::Hash32;
 use rigd_protocol::{
-    AckedBatch, BatchHeader, ReceiptBatch, ReceiptItem, RefusedBatch, RigId, Signature, UnitOutput,
-    WorkUnit,
+    AckedBatch, BatchHeader, Domain, ReceiptBatch, ReceiptItem, RefusedBatch, RigId, Signature,
+    UnitOutput, WorkUnit,
 };
 use std::collections::{BTreeMap, HashSet};
 
@@ -134,7 +134,7 @@ impl JournalStore for MemJournal {
         Ok(out)
     }
 
-    fn next_batch(&self, max: u32) -> Result<Option<BatchHeader>, JournalError> {
+    fn next_batch(&self, max: u32, domain: Domain) -> Result<Option<BatchHeader>, JournalError> {
         let receipts: Vec<Receipt> = self
             .receipts
             .values()
@@ -145,7 +145,7 @@ impl JournalStore for MemJournal {
         if receipts.is_empty() {
             return Ok(None);
         }
-        BatchHeader::over(&self.rig, &receipts)
+        BatchHeader::over(&self.rig, domain, &receipts)
             .map(Some)
             .map_err(|reason| super::corrupt("unbatched receipts", reason))
     }

@@ -83,7 +83,7 @@ fn receipts_are_sealed_into_signed_batches_that_survive_reopen_until_acked() {
         let _ = j.add_units(&units);
         let c: Vec<_> = units.iter().map(done).collect();
         assert_eq!(j.record(&c).map(|r| r.len()).ok(), Some(5));
-        assert!(j.seal_all(3, k.as_ref()).is_ok());
+        assert!(j.seal_all(3, k.as_ref(), Domain::LOCAL).is_ok());
     }
     let mut j = journal(&dir);
     let batches = j
@@ -118,6 +118,7 @@ fn receipts_are_sealed_into_signed_batches_that_survive_reopen_until_acked() {
         );
         let again = BatchHeader::over(
             &b.header.rig,
+            Domain::LOCAL,
             &b.items
                 .iter()
                 .map(|i| i.receipt.clone())
@@ -195,11 +196,14 @@ fn receipts_are_durable_before_signing_and_a_batch_cut_before_a_kill_is_cut_agai
                 .ok(),
             Some(0)
         );
-        j.next_batch(3).unwrap_or_else(|e| panic!("{e}"))
+        j.next_batch(3, Domain::LOCAL)
+            .unwrap_or_else(|e| panic!("{e}"))
         // Dropped here as by a kill: cut and maybe signed, never stored.
     };
     let mut j = journal(&dir);
-    let again = j.next_batch(3).unwrap_or_else(|e| panic!("{e}"));
+    let again = j
+        .next_batch(3, Domain::LOCAL)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again, header, "the same batch is cut again after a restart");
     let header = again.unwrap_or_else(|| panic!("a batch"));
     let sig = k
@@ -216,7 +220,9 @@ fn receipts_are_durable_before_signing_and_a_batch_cut_before_a_kill_is_cut_agai
     // More receipts arrive while the next signature would be pending.
     let more: Vec<_> = (5..=6).map(unit).collect();
     let _ = j.add_units(&more);
-    let pending = j.next_batch(256).unwrap_or_else(|e| panic!("{e}"));
+    let pending = j
+        .next_batch(256, Domain::LOCAL)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         pending.as_ref().map(|h| (h.first_seq, h.count)),
         Some((4, 1))
@@ -230,7 +236,7 @@ fn receipts_are_durable_before_signing_and_a_batch_cut_before_a_kill_is_cut_agai
     assert!(j.store_batch(&pending, &sig).is_ok());
     let stats = j.stats().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((stats.last_seq, stats.sealed_seq), (6, 4));
-    assert!(j.seal_all(256, k.as_ref()).is_ok());
+    assert!(j.seal_all(256, k.as_ref(), Domain::LOCAL).is_ok());
     let batches = j
         .unacked_batches(10, &Default::default())
         .unwrap_or_default();
@@ -251,7 +257,7 @@ fn seal_next_signs_the_oldest_waiting_receipts_and_says_when_none_wait() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let k = key(&dir);
     let j = std::sync::Mutex::new(journal(&dir));
-    let nothing = seal_next(&j, k.as_ref(), 2).unwrap_or_else(|e| panic!("{e}"));
+    let nothing = seal_next(&j, k.as_ref(), 2, Domain::LOCAL).unwrap_or_else(|e| panic!("{e}"));
     assert!(nothing.took.is_none());
     let units: Vec<_> = (1..=3).map(unit).collect();
     let c: Vec<_> = units.iter().map(done).collect();
@@ -260,10 +266,10 @@ fn seal_next_signs_the_oldest_waiting_receipts_and_says_when_none_wait() {
         let _ = g.add_units(&units);
         assert_eq!(g.record(&c).map(|r| r.len()).ok(), Some(3));
     }
-    let first = seal_next(&j, k.as_ref(), 2).unwrap_or_else(|e| panic!("{e}"));
+    let first = seal_next(&j, k.as_ref(), 2, Domain::LOCAL).unwrap_or_else(|e| panic!("{e}"));
     assert!(first.took.is_some());
     assert_eq!((first.stats.sealed_seq, first.stats.last_seq), (2, 3));
-    let second = seal_next(&j, k.as_ref(), 2).unwrap_or_else(|e| panic!("{e}"));
+    let second = seal_next(&j, k.as_ref(), 2, Domain::LOCAL).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(second.stats.sealed_seq, 3);
 }
 
@@ -301,7 +307,9 @@ fn script(j: &mut dyn JournalStore, k: &dyn KeyStore) -> Vec<String> {
     log.push(ok(j.record(&c[..2]).map(|r| format!("{r:?}"))));
     log.push(ok(j.continue_above(60, 10).map(|c| format!("{c:?}"))));
     log.push(ok(j.record(&c[..4]).map(|r| format!("{r:?}"))));
-    log.push(ok(j.seal_all(3, k).map(|()| "sealed".into())));
+    log.push(ok(j
+        .seal_all(3, k, Domain::LOCAL)
+        .map(|()| "sealed".into())));
     log.push(ok(j.continue_above(120, 10).map(|c| format!("{c:?}"))));
     let batches = j.unacked_batches(64, &HashSet::new()).unwrap_or_default();
     log.push(format!(
@@ -328,7 +336,7 @@ fn script(j: &mut dyn JournalStore, k: &dyn KeyStore) -> Vec<String> {
     j.discard_unit(&units[6]).unwrap_or_else(|e| panic!("{e}"));
     log.push(ok(j.queued_units().map(|v| format!("{v:?}"))));
     log.push(ok(j.record(&c).map(|r| format!("{r:?}"))));
-    log.push(ok(j.next_batch(8).map(|h| format!("{h:?}"))));
+    log.push(ok(j.next_batch(8, Domain::LOCAL).map(|h| format!("{h:?}"))));
     log.push(ok(j.stats().map(|s| format!("{s:?}"))));
     log
 }
@@ -347,7 +355,7 @@ fn refused_batches(j: &mut dyn JournalStore, k: &dyn KeyStore) {
     let _ = j.add_units(&units);
     let c: Vec<_> = units.iter().map(done).collect();
     assert_eq!(j.record(&c).map(|r| r.len()).ok(), Some(5));
-    assert!(j.seal_all(3, k).is_ok());
+    assert!(j.seal_all(3, k, Domain::LOCAL).is_ok());
     let batches = j
         .unacked_batches(10, &Default::default())
         .unwrap_or_default();

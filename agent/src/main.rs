@@ -78,14 +78,14 @@ fn main() -> ExitCode {
             stop.cancel();
         });
         // With [provision], claim an identity first (read back once provisioned). The
-        // operator keys granted are the ones signed commands are checked against.
+        // operator keys granted are the ones signed commands are checked against, the
+        // domain granted the one receipts are signed for.
         let rigd::RigConfig {
             identity,
             mut settings,
         } = config;
-        let (assigned, operator_keys) =
-            rigd::claim::provision(&settings, identity, &shutdown).await?;
-        settings.trust_operators(operator_keys);
+        let (assigned, granted) = rigd::claim::provision(&settings, identity, &shutdown).await?;
+        settings.trust(granted);
         rigd::run(settings, assigned, worker, shutdown).await
     });
     match result {

@@ -10,6 +10,7 @@
 //! identity, so resuming never makes a second rig.
 
 use rigd_protocol::claim::{ClaimResponse, Grant, Refusal};
+use rigd_protocol::Domain;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ pub struct Provisioned {
     pub chain_pem: String,
     /// Ed25519 public keys of the operators whose commands the rig obeys.
     pub operator_keys: Vec<[u8; 32]>,
+    /// The deployment its receipts are signed for (absent in a state written before grants
+    /// named one: rig.conf's then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Domain>,
 }
 
 /// Where provisioning stands.
@@ -129,6 +134,7 @@ impl State {
                 owner,
                 chain_pem,
                 operator_keys,
+                domain,
             }) if chain_key_matches => {
                 let p = Provisioned {
                     rig: rig.to_string(),
@@ -136,6 +142,7 @@ impl State {
                     tls_key: tls_key.to_vec(),
                     chain_pem,
                     operator_keys,
+                    domain: Some(domain),
                 };
                 (State::Provisioned(p.clone()), Step::Ready(p))
             }
@@ -215,6 +222,7 @@ mod tests {
             owner: "alice".into(),
             chain_pem: "PEM".into(),
             operator_keys: vec![[9; 32]],
+            domain: Domain::new(10, rigd_protocol::EthAddress([3; 20])),
         })
     }
 
@@ -235,6 +243,7 @@ mod tests {
         };
         assert_eq!(p.rig, "rig-1");
         assert_eq!(p.operator_keys, vec![[9; 32]]);
+        assert_eq!(p.domain.map(|d| d.chain_id), Some(10));
         assert_eq!(s, State::Provisioned(p.clone()));
         // A restart with the same key is ready at once, with no claim.
         assert_eq!(s.start(b"k").1, Step::Ready(p));

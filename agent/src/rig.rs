@@ -260,9 +260,13 @@ pub async fn run(
             rig.on_sealed(done).await?;
         }
     }
-    let (key, max) = (rig.key.clone(), rig.config.batch_max_receipts);
+    let (key, max, domain) = (
+        rig.key.clone(),
+        rig.config.batch_max_receipts,
+        rig.config.domain(),
+    );
     match journal_op(&rig.journal, move |j| {
-        j.seal_all(max, key.as_ref())?;
+        j.seal_all(max, key.as_ref(), domain)?;
         j.stats()
     })
     .await
@@ -401,16 +405,18 @@ impl Rig {
         }
         match self.batcher.poll(Instant::now()) {
             Decision::Seal(max) => {
-                let (journal, key, tx, holds) = (
+                let (journal, key, tx, holds, domain) = (
                     self.journal.clone(),
                     self.key.clone(),
                     self.sealed_tx.clone(),
                     self.holds.clone(),
+                    self.config.domain(),
                 );
                 tokio::spawn(async move {
                     let done = tokio::task::spawn_blocking(move || {
                         holds.wait(Point::Signing);
-                        journal::seal_next(&journal, key.as_ref(), max).map_err(RunError::from)
+                        journal::seal_next(&journal, key.as_ref(), max, domain)
+                            .map_err(RunError::from)
                     })
                     .await
                     .unwrap_or_else(|e| Err(RunError::Runtime(format!("signing task: {e}"))));

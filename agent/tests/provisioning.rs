@@ -36,6 +36,10 @@ impl Fleet {
         Fleet(ProvisioningFleet::start())
     }
 
+    fn start_for(domain: rigd_protocol::Domain) -> Fleet {
+        Fleet(ProvisioningFleet::start_for(Some(domain)))
+    }
+
     fn rig(&self, name: &str, token: &str) -> RigProcess {
         self.rig_env(name, token, &[])
     }
@@ -90,11 +94,16 @@ fn ready_ms(log: &str) -> Option<u64> {
 
 #[test]
 fn a_fresh_rig_with_a_claim_token_provisions_itself_and_works() {
-    let fleet = Fleet::start();
+    // The fleet's deployment, granted at provisioning: the coordinator credits nothing
+    // else, so the job completes only if the rig signs for what it was granted (its
+    // rig.conf names no domain, so it would sign for the local development chain).
+    let deployment = rigd_protocol::Domain::new(8453, rigd_protocol::EthAddress([0x5e; 20]));
+    let fleet = Fleet::start_for(deployment);
     let token = create_claim(&fleet.pki, fleet.broker.port, "alice", 1);
     let coordinator_tls = fleet.pki.client("fleet:coordinator");
     let coord = Coordinator::gemm(fleet.broker.port, fleet.work.path(), 8, 16, |c| {
         c.tls = Some(coordinator_tls.clone());
+        c.domains = vec![deployment];
     });
     let mut rig = fleet.rig("fresh", &token);
     wait_until("the rig is provisioned", 30, || {
@@ -110,6 +119,11 @@ fn a_fresh_rig_with_a_claim_token_provisions_itself_and_works() {
         (rig.rig.as_str(), "alice")
     );
     // The operator keys granted are kept with the identity.
+    let kept: serde_json::Value = serde_json::from_str(&state(&rig.dir)).unwrap();
+    assert_eq!(
+        kept["Provisioned"]["domain"]["chain_id"], 8453,
+        "the granted domain is kept with the identity: {kept}"
+    );
     let keys = rigd::claim::operator_keys(&rigd::state_dir::StateDir::new(&rig.dir)).unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(hex::encode(keys[0]), OPERATOR_KEY_HEX);

@@ -235,6 +235,10 @@ pub enum ReceiptsCommand {
         /// without it, the key in the rig's retained status on the broker.
         #[arg(long)]
         key: Option<String>,
+        /// The deployment the receipts must be signed for; without it, the one each batch
+        /// names is shown but not checked.
+        #[command(flatten)]
+        domain: rigd_client::DomainArgs,
     },
 }
 

@@ -71,8 +71,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             emit(cli.json, &r, || table::earnings(&r))?;
         }
         Command::Receipts {
-            action: ReceiptsCommand::Verify { target, key },
+            action:
+                ReceiptsCommand::Verify {
+                    target,
+                    key,
+                    domain,
+                },
         } => {
+            let domain = domain.given();
             let key = key
                 .map(|text| receipts::parse_key(&text).ok_or(Error::BadKey))
                 .transpose()?;
@@ -87,7 +93,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     Some(key) => key,
                     None => rig_key(&opts, &batch.header.rig).await?,
                 };
-                vec![receipts::verify_batch(&batch, &key)]
+                vec![receipts::verify_batch(&batch, &key, domain)]
             } else {
                 let rig = RigId::new(target.to_string_lossy())
                     .map_err(|_| Error::NoSuchTarget(target.display().to_string()))?;
@@ -105,7 +111,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
                 batches
                     .iter()
-                    .map(|b| receipts::verify_batch(b, &key))
+                    .map(|b| receipts::verify_batch(b, &key, domain))
                     .collect()
             };
             emit(cli.json, &reports, || {

@@ -2,10 +2,11 @@
 //! of a `rig/{rig}/receipts` message), or of every batch the rig publishes while rigctl
 //! listens, with the protocol's verifier: the inclusion proof each receipt carries, the
 //! output it carries against its signed output digest, the batch header, the signature and
-//! the rig's key (given, or read from the rig's retained status on the broker).
+//! the rig's key (given, or read from the rig's retained status on the broker), and the
+//! deployment the batch is signed for (when one is given).
 
 use rigd_protocol::verify::verify_receipt;
-use rigd_protocol::{decode, PublicKey, ReceiptBatch};
+use rigd_protocol::{decode, Domain, PublicKey, ReceiptBatch};
 use serde::Serialize;
 
 /// One receipt's verdict.
@@ -34,6 +35,8 @@ pub struct Report {
     pub count: u32,
     /// The key checked against.
     pub key: String,
+    /// The deployment the batch is signed for (chain id and settlement contract).
+    pub domain: String,
     /// What was checked, in words.
     pub checked: &'static str,
     /// Per receipt.
@@ -94,8 +97,10 @@ pub fn parse_key(text: &str) -> Option<PublicKey> {
     }
 }
 
-/// Checks every receipt of `batch` against `key`, each with the inclusion proof it carries.
-pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
+/// Checks every receipt of `batch` against `key`, each with the inclusion proof it carries,
+/// and, when `expected` is given, that the batch is signed for that deployment.
+pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey, expected: Option<Domain>) -> Report {
+    let signed_for = batch.header.domain;
     let lines = batch
         .items
         .iter()
@@ -105,6 +110,9 @@ pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
             {
                 Ok(_) if item.output.digest() != r.output_digest => {
                     "the carried output does not match the signed output digest".to_owned()
+                }
+                Ok(_) if expected.is_some_and(|d| d != signed_for) => {
+                    format!("signed for another deployment ({signed_for})")
                 }
                 Ok(_) => "ok".to_owned(),
                 Err(e) => e.to_string(),
@@ -123,6 +131,7 @@ pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
         first_seq: batch.header.first_seq,
         count: batch.header.count,
         key: key.to_string(),
+        domain: signed_for.to_string(),
         checked: "each receipt's EIP-712 leaf and the Merkle inclusion proof it carries, the carried output against the signed output digest, the batch header's EIP-712 digest, and its signature under the rig's key",
         receipts: lines,
     }
@@ -131,12 +140,13 @@ pub fn verify_batch(batch: &ReceiptBatch, key: &PublicKey) -> Report {
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let mut out = format!(
-        "batch of rig {} seqs {}..{} ({} receipts)\nkey: {}\nchecked: {}\n{:>8}  {:>10}  {:<28}  {:>14}  VERDICT\n",
+        "batch of rig {} seqs {}..{} ({} receipts)\nkey: {}\nsigned for: {}\nchecked: {}\n{:>8}  {:>10}  {:<28}  {:>14}  VERDICT\n",
         r.rig,
         r.first_seq,
         r.first_seq + u64::from(r.count),
         r.count,
         r.key,
+        r.domain,
         r.checked,
         "SEQ",
         "UNIT",
@@ -198,7 +208,8 @@ mod tests {
                 .collect(),
         );
         let receipts: Vec<Receipt> = items.iter().map(|i| i.receipt.clone()).collect();
-        let header = BatchHeader::over(&rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
+        let header = BatchHeader::over(&rig, rigd_protocol::Domain::LOCAL, &receipts)
+            .unwrap_or_else(|e| panic!("{e}"));
         let (sig, recid) = sk
             .sign_prehash_recoverable(&header.signing_digest())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -218,11 +229,11 @@ mod tests {
     fn a_saved_batch_verifies_and_a_wrong_key_or_tampered_receipt_is_named() {
         let (b, pk) = batch(3);
         let decoded = read_batch(&encode(&b)).unwrap_or_else(|e| panic!("{e}"));
-        let ok = verify_batch(&decoded, &pk);
+        let ok = verify_batch(&decoded, &pk, Some(Domain::LOCAL));
         assert!(ok.all_ok(), "{}", table(&ok));
         assert_eq!(parse_key(&pk.to_string()), Some(pk.clone()));
         let (_, other) = batch(4);
-        let wrong = verify_batch(&b, &other);
+        let wrong = verify_batch(&b, &other, None);
         assert!(
             wrong
                 .receipts
@@ -236,6 +247,7 @@ mod tests {
         let r = verify_batch(
             &tampered,
             &parse_key(&ok.key).unwrap_or_else(|| unreachable!()),
+            None,
         );
         assert_eq!(
             r.receipts[1].verdict,
@@ -243,7 +255,7 @@ mod tests {
         );
         let mut bad_proof = b.clone();
         bad_proof.items[2].proof[0][7] ^= 1;
-        let r = verify_batch(&bad_proof, &pk);
+        let r = verify_batch(&bad_proof, &pk, None);
         assert_eq!(
             r.receipts
                 .iter()
@@ -257,7 +269,7 @@ mod tests {
         altered_output.items[0].output = UnitOutput::GemmI8 {
             c_digest: [0xee; 32],
         };
-        let r = verify_batch(&altered_output, &pk);
+        let r = verify_batch(&altered_output, &pk, None);
         assert_eq!(
             r.receipts[0].verdict,
             "the carried output does not match the signed output digest"
@@ -265,6 +277,19 @@ mod tests {
         assert!(!r.all_ok());
         assert_eq!(r.receipts[1].verdict, "ok");
         assert!(read_batch(b"garbage").is_err());
+        let elsewhere = Domain::new(1, rigd_protocol::EthAddress([0x42; 20]));
+        let r = verify_batch(&b, &pk, Some(elsewhere));
+        assert!(!r.all_ok());
+        assert!(
+            r.receipts
+                .iter()
+                .all(|l| l.verdict == format!("signed for another deployment ({})", Domain::LOCAL)),
+            "{}",
+            table(&r)
+        );
+        assert!(table(&r).contains(
+            "signed for: chain 31337 contract 0x5FbDB2315678afecb367f032d93F642f64180aa3"
+        ));
     }
 
     #[test]
@@ -276,7 +301,7 @@ mod tests {
         let payloads = vec![encode(&b), b"garbage".to_vec(), encode(&b), encode(&other)];
         let batches = distinct_batches(&rig, &payloads);
         assert_eq!(batches, vec![b]);
-        let reports: Vec<Report> = batches.iter().map(|b| verify_batch(b, &pk)).collect();
+        let reports: Vec<Report> = batches.iter().map(|b| verify_batch(b, &pk, None)).collect();
         assert_eq!(
             summary(&reports),
             "1 batch(es), 3 receipt(s) checked, 0 refused\n"

@@ -104,6 +104,8 @@ pub struct Engine {
     in_recompute: HashSet<u64>,
     next_ticket: u64,
     trust: crate::Trust,
+    /// The deployments whose batches are credited.
+    domains: Vec<rigd_protocol::Domain>,
     earnings_dirty: BTreeSet<RigId>,
     earnings_sent: HashMap<RigId, u64>,
     units_done: u64,
@@ -200,6 +202,7 @@ impl Engine {
             in_recompute: HashSet::new(),
             next_ticket: 0,
             trust: config.trust,
+            domains: config.domains.clone(),
             earnings_dirty: dirty,
             earnings_sent: HashMap::new(),
             units_done,

@@ -79,6 +79,17 @@ impl Engine {
             tracing::warn!(rig = %rig, first_seq = header.first_seq, error = %e, "batch refused unrecorded");
             return Ok(vec![]);
         }
+        // Authentic, so only the rig itself can spend its sequence numbers this way.
+        if !self.domains.contains(&header.domain) {
+            tracing::warn!(rig = %rig, first_seq = header.first_seq, domain = %header.domain, "batch signed for another deployment refused");
+            return self.refuse(
+                rig,
+                &batch,
+                RefusalReason::ForeignDomain,
+                high_water,
+                now_ms,
+            );
+        }
         if !self.may_judge(rig, now_ms) {
             tracing::debug!(rig = %rig, first_seq = header.first_seq, "the rig's recompute budget is spent; its batch waits for a resend");
             return Ok(vec![]);

@@ -338,6 +338,63 @@ fn batches_that_cannot_be_attributed_are_neither_recorded_nor_acked() {
 /// an ack) so it keeps them as refused instead of sending them forever; a resend changes
 /// nothing in the ledger.
 #[test]
+fn batches_signed_for_another_deployment_are_refused_and_a_retired_one_is_still_credited() {
+    let mut f = Fixture::new(gemm(4));
+    let current = rigd_protocol::Domain::new(8453, rigd_protocol::EthAddress([0x11; 20]));
+    f.config.domains = vec![current, rigd_protocol::Domain::LOCAL];
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 2, 0), &a);
+    assert_eq!(given.len(), 4);
+    let signed = |a: &mut TestRig, u: &[WorkUnit], domain| {
+        let items = u
+            .iter()
+            .map(|u| {
+                let out = verify::recompute(&u.kind).unwrap_or_else(|e| panic!("{e}"));
+                a.receipt(u, &out, GEMM_WORK)
+            })
+            .collect();
+        a.batch_for(items, domain)
+    };
+    // Another chain, then the same chain with another contract: the rig's own key signed
+    // them, so they are refused for good, recorded, and the rig is told.
+    let other_chain = rigd_protocol::Domain::new(1, rigd_protocol::EthAddress([0x11; 20]));
+    let other_contract = rigd_protocol::Domain::new(8453, rigd_protocol::EthAddress([0x12; 20]));
+    for (i, domain) in [other_chain, other_contract].into_iter().enumerate() {
+        let batch = signed(&mut a, &given[i..=i], domain);
+        let out = send(&mut engine, &batch, 10 + i as u64);
+        assert!(acks(&out, &a).is_empty());
+        assert_eq!(
+            refusals(&out, &a),
+            vec![RefusedBatch {
+                first_seq: batch.header.first_seq,
+                digest: batch.header.signing_digest(),
+                reason: RefusalReason::ForeignDomain,
+            }]
+        );
+    }
+    assert_eq!(
+        refused(&f, &a),
+        vec![
+            (1, 1, "signed for another deployment".into()),
+            (2, 2, "signed for another deployment".into())
+        ]
+    );
+    // The current deployment and the retired one are both credited.
+    let now = signed(&mut a, &given[2..=2], current);
+    assert_eq!(acks(&send(&mut engine, &now, 20), &a), vec![3]);
+    let retired = signed(&mut a, &given[3..=3], rigd_protocol::Domain::LOCAL);
+    assert_eq!(acks(&send(&mut engine, &retired, 30), &a), vec![4]);
+    assert_eq!(
+        f.ledger()
+            .credited_units(&job_id("gemm"))
+            .unwrap_or_default()
+            .len(),
+        2
+    );
+}
+
+#[test]
 fn after_a_key_change_batches_are_refused_recorded_and_the_rig_is_told() {
     let f = Fixture::new(gemm(2));
     let mut engine = f.engine();

@@ -105,6 +105,7 @@ mod tests {
                 first_seq: 1,
                 count: 0,
                 root: [0; 32],
+                domain: rigd_protocol::Domain::LOCAL,
             },
             signature: Signature(vec![0; 65]),
             items: vec![],

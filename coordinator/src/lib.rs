@@ -85,6 +85,10 @@ pub struct CoordinatorConfig {
     /// key for it (the rig was rekeyed with its owner's claim); its receipts from before the
     /// rekey are refused as `key changed`. Without it a changed key is refused for good.
     pub registry: Option<PathBuf>,
+    /// The deployments (chain and settlement contract) whose receipts are credited: the
+    /// current one, and retired ones whose batches may still arrive. A batch its rig signed for
+    /// any other is refused as `signed for another deployment`.
+    pub domains: Vec<rigd_protocol::Domain>,
 }
 
 /// The levers that make cheating a losing bet (see `docs/verification.md`).
@@ -153,6 +157,7 @@ impl CoordinatorConfig {
             tls: None,
             trust: Trust::default(),
             registry: None,
+            domains: vec![rigd_protocol::Domain::LOCAL],
         }
     }
 }

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use rigd_coordinator::{CoordinatorConfig, CoordinatorError, JobSpec};
-use rigd_protocol::JobId;
+use rigd_protocol::{Domain, EthAddress, JobId};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -94,8 +94,26 @@ struct Args {
     /// The provisioner's registry (read-only): keys of rigs rekeyed with their owner's claim.
     #[arg(long)]
     registry: Option<PathBuf>,
+    /// The deployment receipts are credited for.
+    #[command(flatten)]
+    domain: rigd_client::DomainArgs,
+    /// A retired deployment whose batches are still credited, CHAIN_ID:0xCONTRACT;
+    /// repeatable.
+    #[arg(long = "retired-domain", value_parser = parse_domain)]
+    retired_domains: Vec<Domain>,
     #[command(flatten)]
     tls: rigd_client::TlsArgs,
+}
+
+fn parse_domain(text: &str) -> Result<Domain, String> {
+    let (chain, contract) = text
+        .split_once(':')
+        .ok_or("a domain is CHAIN_ID:0xCONTRACT")?;
+    let chain = chain
+        .parse()
+        .map_err(|_| format!("chain id {chain:?} is not a number"))?;
+    let contract = EthAddress::parse(contract).map_err(|e| e.to_string())?;
+    Ok(Domain::new(chain, contract))
 }
 
 fn three(v: &[u32], what: &str) -> anyhow::Result<[u32; 3]> {
@@ -137,6 +155,9 @@ fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
     let mut config = CoordinatorConfig::new(host, port, args.db, spec);
     config.tls = args.tls.files();
     config.registry = args.registry;
+    config.domains = std::iter::once(args.domain.domain())
+        .chain(args.retired_domains)
+        .collect();
     config.client_id = args.client_id;
     config.lease_ms = args.lease_ms;
     config.lease_grace_ms = args.lease_grace_ms;

@@ -37,7 +37,7 @@ fn receipts(n: u64) -> Vec<Receipt> {
 /// A batch of `n` receipts signed by a secp256k1 or a P-256 key, and that key.
 fn batch(n: u64, p256: bool) -> (ReceiptBatch, PublicKey) {
     let rs = receipts(n);
-    let header = BatchHeader::over(&rs[0].rig, &rs).unwrap();
+    let header = BatchHeader::over(&rs[0].rig, rigd_protocol::Domain::LOCAL, &rs).unwrap();
     let digest = header.signing_digest();
     let (signature, key) = if p256 {
         let sk = p256::ecdsa::SigningKey::from_slice(&[0x22; 32]).unwrap();

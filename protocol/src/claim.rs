@@ -141,6 +141,8 @@ pub struct Grant {
     pub chain_pem: String,
     /// Ed25519 public keys of the operators whose commands the rig obeys.
     pub operator_keys: Vec<[u8; 32]>,
+    /// The deployment the rig's receipts are to be signed for.
+    pub domain: crate::receipt::Domain,
 }
 
 /// On the claimant's mailbox: the identity, or why not.
@@ -310,6 +312,7 @@ mod tests {
             owner: "alice".into(),
             chain_pem: "-----BEGIN CERTIFICATE-----".into(),
             operator_keys: vec![[1; 32]; MAX_OPERATOR_KEYS + 1],
+            domain: crate::receipt::Domain::LOCAL,
         });
         assert!(matches!(
             decode::<ClaimResponse>(&encode(&g)),

@@ -10,7 +10,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// The largest frame accepted on any topic. Also the MQTT maximum packet size, less headers.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -233,10 +233,10 @@ mod tests {
             Err(FrameError::Malformed { .. })
         ));
         let mut v = good.clone();
-        v[0] = 2;
+        v[0] = WIRE_VERSION + 1;
         assert!(matches!(
             decode::<Ack>(&v),
-            Err(FrameError::Version { got: 2, .. })
+            Err(FrameError::Version { got, .. }) if got == WIRE_VERSION + 1
         ));
         assert!(matches!(
             decode::<Earnings>(&good),
@@ -315,6 +315,7 @@ mod tests {
                     first_seq: first,
                     count: seqs.len() as u32,
                     root: [0; 32],
+                    domain: crate::Domain::LOCAL,
                 },
                 signature: crate::Signature(vec![0; 65]),
                 items: seqs.into_iter().map(item).collect(),

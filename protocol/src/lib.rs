@@ -33,5 +33,5 @@ pub use crypto::{PublicKey, Signature, VerifyError};
 pub use frame::{decode, encode, Frame, FrameError, MAX_FRAME_BYTES, WIRE_VERSION};
 pub use ids::{GpuUuid, IdError, JobId, RigId};
 pub use messages::*;
-pub use receipt::{BatchHeader, Receipt, ReceiptItem};
+pub use receipt::{BatchHeader, Domain, Receipt, ReceiptItem};
 pub use units::{UnitKind, UnitOutput, WorkUnit};

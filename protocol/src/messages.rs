@@ -329,6 +329,9 @@ pub enum RefusalReason {
     /// The rig announced another key than the one the network pinned for it (a replaced TPM
     /// or token): nothing it signs with the new key is credited until it is provisioned again.
     KeyChanged,
+    /// The batch is signed, by the rig's key, for another deployment (another chain or
+    /// settlement contract) than any this network pays for.
+    ForeignDomain,
 }
 
 impl RefusalReason {
@@ -336,6 +339,7 @@ impl RefusalReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalReason::KeyChanged => "key changed",
+            RefusalReason::ForeignDomain => "signed for another deployment",
         }
     }
 }

@@ -41,7 +41,7 @@ proptest! {
     ) {
         let rig = RigId::new("rig-p").unwrap_or_else(|_| unreachable!());
         let batch = receipts(&rig, first, &works);
-        let header = BatchHeader::over(&rig, &batch).unwrap_or_else(|e| panic!("{e}"));
+        let header = BatchHeader::over(&rig, crate::Domain::LOCAL, &batch).unwrap_or_else(|e| panic!("{e}"));
         let (sk, pk) = key();
         let sig = sign(&sk, &header.signing_digest());
         let leaves: Vec<Hash32> = batch.iter().map(Receipt::struct_hash).collect();
@@ -93,7 +93,8 @@ proptest! {
 
 fn signed_batch(rig: &RigId, first: u64, works: &[u64]) -> ReceiptBatch {
     let receipts = receipts(rig, first, works);
-    let header = BatchHeader::over(rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
+    let header =
+        BatchHeader::over(rig, crate::Domain::LOCAL, &receipts).unwrap_or_else(|e| panic!("{e}"));
     let (sk, _) = key();
     let signature = sign(&sk, &header.signing_digest());
     let output = crate::UnitOutput::GemmI8 { c_digest: [0; 32] };

@@ -31,17 +31,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
-DOMAIN = {"name": "rigd", "version": "1", "chainId": 1}
+DOMAIN_NAME, DOMAIN_VERSION = "rigd", "1"
 TYPES = {
     "EIP712Domain": [
         {"name": "name", "type": "string"},
         {"name": "version", "type": "string"},
         {"name": "chainId", "type": "uint256"},
+        {"name": "verifyingContract", "type": "address"},
     ],
     "Receipt": [
         {"name": "rig", "type": "string"},
@@ -89,7 +90,16 @@ def hx(b: bytes) -> str:
     return "0x" + bytes(b).hex()
 
 
-def typed(primary: str, raw: dict):
+def eip712_domain(d: dict) -> dict:
+    """The EIP-712 domain of a vectors.json domain object (chainId, verifyingContract)."""
+    contract = unhex(d["verifyingContract"])
+    if len(contract) != 20:
+        raise ValueError(f"verifyingContract is {len(contract)} bytes, not 20")
+    return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": d["chainId"],
+            "verifyingContract": to_checksum_address(contract)}
+
+
+def typed(primary: str, raw: dict, domain: dict):
     """eth-account's SignableMessage (header = domain separator, body = hashStruct)."""
     message = {}
     for field in TYPES[primary]:
@@ -104,7 +114,7 @@ def typed(primary: str, raw: dict):
         message[field["name"]] = value
     types = {"EIP712Domain": TYPES["EIP712Domain"], primary: TYPES[primary]}
     return encode_typed_data(
-        full_message={"types": types, "primaryType": primary, "domain": DOMAIN, "message": message}
+        full_message={"types": types, "primaryType": primary, "domain": domain, "message": message}
     )
 
 
@@ -144,9 +154,12 @@ def check_types(v: dict) -> None:
     rendered = encode_type("EIP712Domain", TYPES)
     check("EIP712Domain type string", rendered, v["domain"]["typeString"])
     check("EIP712Domain type hash", hx(keccak(text=rendered)), v["domain"]["typeHash"])
-    check("domain", DOMAIN, {k: v["domain"][k] for k in DOMAIN})
-    separator = typed("ReceiptBatch", {"rig": "", "firstSeq": 0, "count": 0, "root": "0x" + "00" * 32}).header
-    check("domain separator", hx(separator), v["domain"]["separator"])
+    check("domain name and version", (DOMAIN_NAME, DOMAIN_VERSION), (v["domain"]["name"], v["domain"]["version"]))
+    empty = {"rig": "", "firstSeq": 0, "count": 0, "root": "0x" + "00" * 32}
+    for d in v["domain"]["examples"]:
+        separator = typed("ReceiptBatch", empty, eip712_domain(d)).header
+        check(f"domain separator of chain {d['chainId']}", hx(separator), d["separator"])
+    require("the example domains differ", len({d["separator"] for d in v["domain"]["examples"]}) > 1)
 
 
 def check_keys(v: dict) -> tuple[str, ec.EllipticCurvePrivateKey]:
@@ -164,9 +177,10 @@ def check_keys(v: dict) -> tuple[str, ec.EllipticCurvePrivateKey]:
 def check_batch(b: dict, keys: dict, address: str, p_priv: ec.EllipticCurvePrivateKey) -> None:
     name = f"batch {b['name']!r}"
     receipts = b["receipts"]
+    domain = eip712_domain(b["header"]["domain"])
     leaves = []
     for i, r in enumerate(receipts):
-        signable = typed("Receipt", r)
+        signable = typed("Receipt", r, domain)
         check(f"{name} receipt {i} domain separator", hx(signable.header), b["domainSeparator"])
         leaves.append(bytes(signable.body))
         check(f"{name} receipt {i} leaf", hx(signable.body), r["leaf"])
@@ -186,8 +200,9 @@ def check_batch(b: dict, keys: dict, address: str, p_priv: ec.EllipticCurvePriva
             acc = node(acc, unhex(sibling))
         check(f"{name} receipt {i} proof folds into the root", hx(acc), b["root"])
 
-    signable = typed("ReceiptBatch", b["header"])
+    signable = typed("ReceiptBatch", b["header"], domain)
     check(f"{name} domain separator", hx(signable.header), b["domainSeparator"])
+    check(f"{name} header domain separator", hx(signable.header), b["header"]["domain"]["separator"])
     check(f"{name} batch struct hash", hx(signable.body), b["batchStructHash"])
     digest = bytes(_hash_eip191_message(signable))
     check(f"{name} signing digest", hx(digest), b["signingDigest"])
@@ -229,7 +244,7 @@ def check_batch(b: dict, keys: dict, address: str, p_priv: ec.EllipticCurvePriva
     check(f"{name} P-256 signature (OpenSSL's RFC 6979 signature, low-s)", hx(ours), hx(psig))
 
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 RECEIPT_BATCH_KIND = 4
 MAX_BATCH = 4096
 MAX_PROOF = 32
@@ -337,7 +352,8 @@ def decode_batch_frame(frame: bytes) -> dict:
     if frame[1] != RECEIPT_BATCH_KIND:
         raise Refused("kind", f"kind {frame[1]}")
     rd = Reader(frame[2:])
-    header = {"rig": rd.ident(), "firstSeq": rd.varint(64), "count": rd.varint(32), "root": hx(rd.take(32))}
+    header = {"rig": rd.ident(), "firstSeq": rd.varint(64), "count": rd.varint(32), "root": hx(rd.take(32)),
+              "domain": {"chainId": rd.varint(64), "verifyingContract": hx(rd.take(20))}}
     signature = hx(rd.take(rd.seq_len()))
     receipts = []
     for _ in range(rd.seq_len()):
@@ -368,6 +384,7 @@ def encode_batch_frame(header: dict, signature: bytes, receipts: list[dict]) -> 
     out = bytes([WIRE_VERSION, RECEIPT_BATCH_KIND])
     text = lambda s: varint(len(s.encode())) + s.encode()  # noqa: E731
     out += text(header["rig"]) + varint(header["firstSeq"]) + varint(header["count"]) + unhex(header["root"])
+    out += varint(header["domain"]["chainId"]) + unhex(header["domain"]["verifyingContract"])
     out += varint(len(signature)) + signature + varint(len(receipts))
     for r in receipts:
         for name, kind in RECEIPT_FIELDS:
@@ -395,7 +412,8 @@ def check_frame(b: dict) -> None:
     except Refused as e:
         errors.append(f"{name}: refused ({e})")
         return
-    check(f"{name} header", decoded["header"], b["header"])
+    recorded = dict(b["header"], domain={k: b["header"]["domain"][k] for k in ("chainId", "verifyingContract")})
+    check(f"{name} header", decoded["header"], recorded)
     check(f"{name} signature (the secp256k1 one)", decoded["signature"], b["secp256k1"]["signature"])
     check(f"{name} receipt count", len(decoded["receipts"]), len(b["receipts"]))
     for i, (r, d) in enumerate(zip(b["receipts"], decoded["receipts"])):

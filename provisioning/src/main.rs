@@ -103,6 +103,9 @@ enum Cmd {
         /// repeatable. Sent to every rig in its ClaimResponse.
         #[arg(long = "operator-key")]
         operator_keys: Vec<String>,
+        /// The deployment rigs sign their receipts for, sent in every ClaimResponse.
+        #[command(flatten)]
+        domain: rigd_client::DomainArgs,
     },
 }
 
@@ -177,6 +180,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             acl,
             reload_command,
             operator_keys,
+            domain,
         } => serve(
             &ca,
             &db,
@@ -184,7 +188,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             &tls,
             [crl, acl],
             reload_command,
-            &operator_keys,
+            (&operator_keys, domain.domain()),
         )?,
     }
     Ok(())
@@ -197,7 +201,7 @@ fn serve(
     tls: &rigd_client::TlsArgs,
     [crl, acl]: [Option<PathBuf>; 2],
     reload_command: Option<String>,
-    operator_keys: &[String],
+    (operator_keys, domain): (&[String], rigd_protocol::Domain),
 ) -> anyhow::Result<()> {
     let (host, port) = broker
         .rsplit_once(':')
@@ -218,7 +222,8 @@ fn serve(
     };
     let ca = Ca::load(ca).context("loading the CA")?;
     let registry = Registry::open(db).context("opening the registry")?;
-    let mut provisioner = Provisioner::new(ca, registry, keys, crl, acl)?;
+    let mut provisioner = Provisioner::new(ca, registry, keys, crl, acl)?.with_domain(domain);
+    tracing::info!(%domain, "rigs are told to sign their receipts for this deployment");
     provisioner.write_revocations()?;
     let settings = ServiceSettings {
         host: host.to_owned(),

@@ -7,7 +7,7 @@ use rcgen::{CertificateSigningRequestParams, PublicKeyData};
 use rigd_protocol::claim::{
     AdminRequest, AdminResponse, ClaimRequest, ClaimResponse, Grant, Refusal,
 };
-use rigd_protocol::decode;
+use rigd_protocol::{decode, Domain};
 use rustls::pki_types::CertificateSigningRequestDer;
 use std::path::PathBuf;
 
@@ -17,6 +17,8 @@ pub struct Provisioner {
     ca_pem: String,
     registry: Registry,
     operator_keys: Vec<[u8; 32]>,
+    /// The deployment every rig is told to sign its receipts for.
+    domain: Domain,
     /// Where the CRL goes (the broker's `crlfile`), if revocations are to reach a broker.
     crl_path: Option<PathBuf>,
     /// The broker's ACL file, whose revoked-rigs section is rewritten on revocation.
@@ -96,10 +98,17 @@ impl Provisioner {
             ca_pem,
             registry,
             operator_keys,
+            domain: Domain::LOCAL,
             crl_path,
             acl_path,
             crash_at: test_crash_at(),
         })
+    }
+
+    /// Grants `domain` to every rig (the default is [`Domain::LOCAL`]).
+    pub fn with_domain(mut self, domain: Domain) -> Self {
+        self.domain = domain;
+        self
     }
 
     /// Answers one ClaimRequest frame; the flag tells whether the CRL changed (a rekey
@@ -147,6 +156,7 @@ impl Provisioner {
                     owner: claimed.record.owner,
                     chain_pem: format!("{}{}", claimed.record.cert_pem, self.ca_pem),
                     operator_keys: self.operator_keys.clone(),
+                    domain: self.domain,
                 });
                 (grant, crl_changed)
             }

@@ -192,10 +192,15 @@ pub struct ProvisionerProcess {
 impl ProvisionerProcess {
     /// Starts the provisioner against the broker on `port`, writing the CRL into the
     /// broker's directory and reloading it with SIGHUP to `broker_pid`.
-    pub fn start(pki: &Pki, port: u16, broker_dir: &Path, broker_pid: u32, dir: &Path) -> Self {
+    pub fn start(
+        pki: &Pki,
+        (port, broker_dir, broker_pid): (u16, &Path, u32),
+        dir: &Path,
+        domain: Option<rigd_protocol::Domain>,
+    ) -> Self {
         let tls = pki.client("fleet:provisioner");
         std::fs::create_dir_all(dir).expect("dir");
-        let args = vec![
+        let mut args = vec![
             "serve".into(),
             "--ca".into(),
             pki.ca_dir().display().to_string(),
@@ -218,6 +223,14 @@ impl ProvisionerProcess {
             "--operator-key".into(),
             OPERATOR_KEY_HEX.into(),
         ];
+        if let Some(d) = domain {
+            args.extend([
+                "--chain-id".into(),
+                d.chain_id.to_string(),
+                "--settlement-contract".into(),
+                d.contract().to_string(),
+            ]);
+        }
         let mut p = ProvisionerProcess {
             dir: dir.to_owned(),
             args,
@@ -385,16 +398,21 @@ pub struct ProvisioningFleet {
 }
 
 impl ProvisioningFleet {
+    /// The fleet, its provisioner granting the local development deployment.
     pub fn start() -> Self {
+        Self::start_for(None)
+    }
+
+    /// The fleet, its provisioner granting `domain` (`None`: the local development one).
+    pub fn start_for(domain: Option<rigd_protocol::Domain>) -> Self {
         let pki = Pki::create();
         let broker = super::mosquitto_tls(&pki.ca_dir());
         let work = tempfile::tempdir().expect("temp dir");
         let provisioner = ProvisionerProcess::start(
             &pki,
-            broker.port,
-            broker.dir(),
-            broker.pid(),
+            (broker.port, broker.dir(), broker.pid()),
             &work.path().join("provisioner"),
+            domain,
         );
         provisioner.wait_serving(1);
         Self {

@@ -2,7 +2,7 @@
 
 use crate::governor::ThermalOverrides;
 use crate::keys::KeyLocation;
-use rigd_protocol::{ActionKind, RigId};
+use rigd_protocol::{ActionKind, Domain, EthAddress, RigId};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -95,6 +95,11 @@ pub struct RigSettings {
     /// Period of telemetry samples, ms.
     #[serde(default = "default_telemetry_ms")]
     pub telemetry_interval_ms: u64,
+    /// The deployment receipts are signed for (`[receipt_domain]`: `chain_id` and `contract`,
+    /// the settlement contract's address). A provisioned rig signs for the one its grant
+    /// names instead; absent both, the local development chain ([`Domain::LOCAL`]).
+    #[serde(default)]
+    pub receipt_domain: ReceiptDomain,
     /// Most receipts signed together in one batch.
     #[serde(default = "default_batch_max")]
     pub batch_max_receipts: u32,
@@ -145,6 +150,36 @@ pub struct RigSettings {
     _tls: IgnoredAny,
     #[serde(default, rename = "provision")]
     _provision: IgnoredAny,
+}
+
+/// `[receipt_domain]`: the EIP-712 domain receipts are signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "DomainTable")]
+pub struct ReceiptDomain(pub Domain);
+
+impl Default for ReceiptDomain {
+    fn default() -> Self {
+        Self(Domain::LOCAL)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainTable {
+    chain_id: u64,
+    contract: String,
+}
+
+impl TryFrom<DomainTable> for ReceiptDomain {
+    type Error = String;
+    fn try_from(t: DomainTable) -> Result<Self, String> {
+        let contract = EthAddress::parse(t.contract.trim())
+            .map_err(|e| format!("contract {:?}: {e}", t.contract))?;
+        if t.chain_id == 0 {
+            return Err("chain_id 0 is no chain".into());
+        }
+        Ok(Self(Domain::new(t.chain_id, contract)))
+    }
 }
 
 /// An operator's Ed25519 public key, written in rig.conf as 64 hex digits.
@@ -247,6 +282,7 @@ impl RigSettings {
             gpu: GpuBackend::Sim,
             sim: Some(SimConfig::cards(gpus)),
             telemetry_interval_ms: 500,
+            receipt_domain: ReceiptDomain::default(),
             batch_max_receipts: default_batch_max(),
             batch_max_age_ms: default_batch_age_ms(),
             resend_interval_ms: 1000,
@@ -316,9 +352,18 @@ impl RigSettings {
         self.operator_keys.iter().map(|k| k.0).collect()
     }
 
-    /// Adds operator keys granted at provisioning to those rig.conf lists, each once.
-    pub fn trust_operators(&mut self, keys: impl IntoIterator<Item = [u8; 32]>) {
-        for key in keys {
+    /// The deployment this rig's receipts are signed for.
+    pub fn domain(&self) -> Domain {
+        self.receipt_domain.0
+    }
+
+    /// Takes what provisioning granted: its operator keys beside those rig.conf lists (each
+    /// once), and its receipt domain over rig.conf's.
+    pub fn trust(&mut self, granted: crate::claim::Granted) {
+        if let Some(domain) = granted.domain {
+            self.receipt_domain = ReceiptDomain(domain);
+        }
+        for key in granted.operator_keys {
             if !self.operator_keys.iter().any(|k| k.0 == key) {
                 self.operator_keys.push(OperatorKey(key));
             }

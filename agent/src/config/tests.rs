@@ -25,9 +25,49 @@ fn operator_keys_granted_at_provisioning_join_rig_conf_ones_once() {
     let key = "ab".repeat(32);
     let text = format!("{GOOD}operator_keys = [\"{key}\"]\n");
     let mut c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
-    c.settings
-        .trust_operators([[0xab; 32], [0xcd; 32], [0xcd; 32]]);
+    c.settings.trust(crate::claim::Granted {
+        operator_keys: vec![[0xab; 32], [0xcd; 32], [0xcd; 32]],
+        domain: None,
+    });
     assert_eq!(c.settings.operator_keys(), vec![[0xab; 32], [0xcd; 32]]);
+    assert_eq!(c.settings.domain(), Domain::LOCAL);
+}
+
+#[test]
+fn the_receipt_domain_comes_from_rig_conf_or_the_grant_and_bad_ones_are_named() {
+    let contract = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359";
+    let text = format!("{GOOD}\n[receipt_domain]\nchain_id = 8453\ncontract = \"{contract}\"\n");
+    let mut c = RigConfig::parse(Path::new("rig.conf"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let configured = Domain::new(
+        8453,
+        EthAddress::parse(contract).unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert_eq!(c.settings.domain(), configured);
+    let granted = Domain::new(1, EthAddress([7; 20]));
+    c.settings.trust(crate::claim::Granted {
+        operator_keys: vec![],
+        domain: Some(granted),
+    });
+    assert_eq!(c.settings.domain(), granted);
+    for (bad, says) in [
+        ("chain_id = 1\ncontract = \"0x1234\"\n", "contract"),
+        (
+            "chain_id = 0\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n",
+            "chain_id 0",
+        ),
+        (
+            "chain_id = 1\ncontract = \"0xFB6916095ca1df60bB79Ce92cE3Ea74c37c5d359\"\n",
+            "checksum",
+        ),
+        ("chain_id = 1\n", "contract"),
+    ] {
+        let text = format!("{GOOD}\n[receipt_domain]\n{bad}");
+        let err = match RigConfig::parse(Path::new("rig.conf"), &text) {
+            Ok(_) => panic!("{bad:?} was taken"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
 }
 
 #[test]

@@ -40,7 +40,8 @@ pub(crate) fn check(open: &dyn Fn() -> Result<Box<dyn KeyStore>, KeyError>) {
 
     let rig = RigId::new("conformance").unwrap_or_else(|e| panic!("{e}"));
     let receipts: Vec<Receipt> = (1..=3).map(|seq| receipt(&rig, seq)).collect();
-    let header = BatchHeader::over(&rig, &receipts).unwrap_or_else(|e| panic!("{e}"));
+    let header = BatchHeader::over(&rig, rigd_protocol::Domain::LOCAL, &receipts)
+        .unwrap_or_else(|e| panic!("{e}"));
     let sig = again
         .sign_digest(&header.signing_digest())
         .unwrap_or_else(|e| panic!("sign batch: {e}"));

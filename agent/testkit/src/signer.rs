@@ -83,11 +83,21 @@ impl TestRig {
         }
     }
 
-    /// A batch over `items` (consecutive receipts) signed by its key, each item given its
-    /// inclusion proof.
+    /// A batch over `items` (consecutive receipts) signed by its key for the local
+    /// development deployment, each item given its inclusion proof.
     pub fn batch(&self, items: Vec<ReceiptItem>) -> ReceiptBatch {
+        self.batch_for(items, rigd_protocol::Domain::LOCAL)
+    }
+
+    /// [`Self::batch`], signed for `domain`.
+    pub fn batch_for(
+        &self,
+        items: Vec<ReceiptItem>,
+        domain: rigd_protocol::Domain,
+    ) -> ReceiptBatch {
         let receipts: Vec<_> = items.iter().map(|i| i.receipt.clone()).collect();
-        let header = BatchHeader::over(&self.id, &receipts).unwrap_or_else(|e| panic!("{e}"));
+        let header =
+            BatchHeader::over(&self.id, domain, &receipts).unwrap_or_else(|e| panic!("{e}"));
         let (sig, recid) = self
             .key
             .sign_prehash_recoverable(&header.signing_digest())

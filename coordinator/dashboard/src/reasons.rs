@@ -19,6 +19,12 @@ pub fn explain(code: &str) -> &'static str {
              provisioned again with your claim earns under its new key from then on. The rig \
              keeps these receipts as refused and stops sending them."
         }
+        "signed for another deployment" => {
+            "The rig signed these receipts for another chain or settlement contract than the \
+             ones this network pays through (a rig.conf or provisioning from another network): \
+             they are not credited here. The rig keeps them as refused and stops sending them; \
+             receipts it signs for this network's deployment are credited as usual."
+        }
         "unit not leased to the rig" => {
             "The unit was not leased to this rig, or its lease had ended (the rig was offline \
              or too slow) and it went to another rig."
@@ -54,6 +60,7 @@ mod tests {
         let others = [
             rigd_coordinator::ledger::FORFEITED,
             rigd_protocol::RefusalReason::KeyChanged.as_str(),
+            rigd_protocol::RefusalReason::ForeignDomain.as_str(),
         ];
         for code in recorded.iter().chain(&others) {
             assert_ne!(explain(code), unknown, "{code}");

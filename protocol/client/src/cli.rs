@@ -2,6 +2,7 @@
 //! flags of their broker link and their log setup.
 
 use crate::TlsFiles;
+use rigd_protocol::{Domain, EthAddress};
 use std::path::PathBuf;
 
 /// Command-line TLS flags shared by the fleet's tools (`--tls-ca`, `--tls-cert`, `--tls-key`).
@@ -27,6 +28,35 @@ impl TlsArgs {
             key: self.tls_key.clone(),
         })
     }
+}
+
+/// The deployment receipts are signed for (`--chain-id`, `--settlement-contract`), shared by
+/// the provisioner (which grants it to every rig) and the coordinator (which accepts batches
+/// signed for it). Both absent: the local development chain, [`Domain::LOCAL`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DomainArgs {
+    /// EIP-155 chain id of the settlement contract (with --settlement-contract).
+    #[arg(long, requires = "settlement_contract")]
+    pub chain_id: Option<u64>,
+    /// Address of the settlement contract, 0x and 40 hex digits (with --chain-id).
+    #[arg(long, requires = "chain_id", value_parser = parse_address)]
+    pub settlement_contract: Option<EthAddress>,
+}
+
+impl DomainArgs {
+    /// The domain named, or the local development one.
+    pub fn domain(&self) -> Domain {
+        self.given().unwrap_or(Domain::LOCAL)
+    }
+
+    /// The domain named, if one was.
+    pub fn given(&self) -> Option<Domain> {
+        Some(Domain::new(self.chain_id?, self.settlement_contract?))
+    }
+}
+
+fn parse_address(text: &str) -> Result<EthAddress, String> {
+    EthAddress::parse(text).map_err(|e| e.to_string())
 }
 
 /// Sets up the program's log: `RUST_LOG` or else `default_filter`, on stderr, colored only on

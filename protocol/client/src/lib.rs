@@ -21,7 +21,7 @@ mod tls;
 
 pub use backoff::Backoff;
 #[cfg(feature = "cli")]
-pub use cli::{daemon_main, init_logging, run_until_signal, TlsArgs};
+pub use cli::{daemon_main, init_logging, run_until_signal, DomainArgs, TlsArgs};
 pub use options::{options, Lifetime, KEEP_ALIVE, MAX_PACKET_BYTES};
 pub use request::{request, RequestError};
 pub use session::{Reconnect, Session, SessionEvent, SessionSpec};
