@@ -11,7 +11,10 @@
 //! - the oldest waiting receipt is `max_age` old (`batch_max_age_ms`).
 //!
 //! A fast key thus signs every group commit at once; a TPM at a few signatures per second
-//! signs batches of hundreds. Receipts journaled before a restart count as old: they are
+//! signs batches of hundreds. For settlement, where every signature costs gas to check, a
+//! window (`batch_window_ms`) makes a batch cover a span of time instead: nothing is sealed
+//! before its oldest receipt is that old (or `batch_max` receipts wait), so one signature
+//! covers every receipt of the window whatever the key's speed. Receipts journaled before a restart count as old: they are
 //! sealed at once. A failed signature is tried again after [`RETRY_AFTER`].
 
 use std::time::{Duration, Instant};
@@ -39,6 +42,7 @@ pub enum Decision {
 pub struct Batcher {
     batch_max: u32,
     max_age: Duration,
+    window: Duration,
     journaled: u64,
     sealed: u64,
     oldest: Option<Instant>,
@@ -64,6 +68,7 @@ impl Batcher {
         Self {
             batch_max: batch_max.max(1),
             max_age,
+            window: Duration::ZERO,
             journaled: journaled.max(sealed),
             sealed,
             oldest: (journaled > sealed).then(|| now.checked_sub(max_age).unwrap_or(now)),
@@ -74,6 +79,17 @@ impl Batcher {
             window_start: now,
             window_count: 0,
         }
+    }
+
+    /// Batches cover `window` each: none is sealed before its oldest receipt is that old,
+    /// unless `batch_max` receipts wait. Receipts journaled before this batcher existed are
+    /// sealed at once, as without a window.
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        if let Some(oldest) = self.oldest.as_mut() {
+            *oldest = oldest.checked_sub(window).unwrap_or(*oldest);
+        }
+        self
     }
 
     /// Receipts are journaled through sequence number `last_seq` at `now`.
@@ -123,8 +139,11 @@ impl Batcher {
             }
             self.retry_at = None;
         }
-        let due = self.oldest.map_or(now, |t| t + self.max_age);
-        if waiting >= u64::from(self.target()) || now >= due {
+        let oldest = self.oldest.unwrap_or(now);
+        let due = oldest + self.max_age.max(self.window);
+        let full = waiting >= u64::from(self.batch_max);
+        let sized = waiting >= u64::from(self.target()) && now >= oldest + self.window;
+        if full || sized || now >= due {
             self.in_flight = Some((now, self.journaled));
             Decision::Seal(u32::try_from(waiting).map_or(self.batch_max, |w| w.min(self.batch_max)))
         } else {

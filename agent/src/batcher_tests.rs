@@ -129,3 +129,55 @@ fn a_failed_signature_is_tried_again_later() {
     assert_eq!(b.poll(t0), Decision::WaitUntil(t0 + RETRY_AFTER));
     assert_eq!(b.poll(t0 + RETRY_AFTER), Decision::Seal(4));
 }
+
+/// 8 cards finishing a unit a minute each (staggered), a fast key, `window`: batches signed
+/// over `minutes` and the most receipts one held.
+fn eight_cards(window: Duration, minutes: u64) -> (u64, u32) {
+    let t0 = Instant::now();
+    let mut b = Batcher::new(256, Duration::from_secs(1), 0, 0, t0).with_window(window);
+    let (mut journaled, mut batches, mut largest) = (0u64, 0u64, 0u32);
+    for ms in 1..=minutes * 60_000 {
+        let now = t0 + MS * ms as u32;
+        if ms % 7_500 == 0 {
+            journaled += 1;
+            b.journaled(journaled, now);
+        }
+        if let Decision::Seal(n) = b.poll(now) {
+            batches += 1;
+            largest = largest.max(n);
+            b.signed(b.sealed + u64::from(n), Duration::from_micros(100), now);
+        }
+    }
+    (batches, largest)
+}
+
+#[test]
+fn a_window_makes_one_signature_cover_the_windows_receipts_however_fast_the_key() {
+    // Without a window a fast key signs each receipt on its own.
+    assert_eq!(eight_cards(Duration::ZERO, 10), (80, 1));
+    // With a minute's window, one signature covers each minute's receipts: 8 a minute, 9
+    // where a receipt lands on each end of the window.
+    let (batches, largest) = eight_cards(Duration::from_secs(60), 10);
+    assert!((8..=9).contains(&largest), "largest batch {largest}");
+    assert!((8..=10).contains(&batches), "{batches} batches");
+}
+
+#[test]
+fn a_window_still_seals_a_full_batch_and_receipts_from_before_a_restart_at_once() {
+    let t0 = Instant::now();
+    let window = Duration::from_secs(600);
+    let mut b = Batcher::new(4, Duration::from_secs(1), 0, 0, t0).with_window(window);
+    b.journaled(3, t0);
+    assert_eq!(
+        b.poll(t0 + Duration::from_secs(5)),
+        Decision::WaitUntil(t0 + window)
+    );
+    b.journaled(4, t0 + Duration::from_secs(6));
+    assert_eq!(
+        b.poll(t0 + Duration::from_secs(6)),
+        Decision::Seal(4),
+        "full"
+    );
+    let restarted = Batcher::new(4, Duration::from_secs(1), 10, 12, t0);
+    assert_eq!(restarted.with_window(window).poll(t0), Decision::Seal(2));
+}

@@ -182,7 +182,8 @@ pub async fn run(
             stats.sealed_seq,
             stats.last_seq,
             Instant::now(),
-        ),
+        )
+        .with_window(Duration::from_millis(config.batch_window_ms)),
         awaiting_floor: stats.last_seq == 0,
         seal_at: None,
         sealed_tx,

@@ -60,7 +60,8 @@ impl Rig {
                     stats.sealed_seq,
                     stats.last_seq,
                     Instant::now(),
-                );
+                )
+                .with_window(Duration::from_millis(self.config.batch_window_ms));
                 self.step(Input::Journal(stats)).await?;
             }
             Continuity::Signed { recorded } => tracing::error!(

@@ -107,6 +107,12 @@ pub struct RigSettings {
     /// is smaller than the size the key's measured signing rate calls for, ms.
     #[serde(default = "default_batch_age_ms")]
     pub batch_max_age_ms: u64,
+    /// Each batch covers this much time, ms: no batch is sealed before its oldest receipt is
+    /// this old (or `batch_max_receipts` wait), so one signature covers a window's receipts
+    /// however fast the key is (settlement checks one signature per batch). 0: batches follow
+    /// the key's speed. Receipts are credited a window later.
+    #[serde(default)]
+    pub batch_window_ms: u64,
     /// Unacknowledged batches are sent again after this long, ms.
     #[serde(default = "default_resend_ms")]
     pub resend_interval_ms: u64,
@@ -285,6 +291,7 @@ impl RigSettings {
             receipt_domain: ReceiptDomain::default(),
             batch_max_receipts: default_batch_max(),
             batch_max_age_ms: default_batch_age_ms(),
+            batch_window_ms: 0,
             resend_interval_ms: 1000,
             max_unacked_receipts: default_max_unacked(),
             worker_hang_ms: default_hang_ms(),
@@ -417,6 +424,12 @@ impl RigSettings {
             return bad(
                 "batch_max_age_ms",
                 format!("{} is outside 1..=60000", self.batch_max_age_ms),
+            );
+        }
+        if self.batch_window_ms > 3_600_000 {
+            return bad(
+                "batch_window_ms",
+                format!("{} is over an hour (3600000)", self.batch_window_ms),
             );
         }
         if self.telemetry_interval_ms < 100 || self.resend_interval_ms < 100 {

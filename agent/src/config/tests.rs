@@ -215,3 +215,24 @@ fn key_uris_are_parsed_at_load_and_bad_ones_refused_with_their_line() {
         );
     }
 }
+
+#[test]
+fn a_batch_window_of_up_to_an_hour_is_taken_and_a_longer_one_refused() {
+    let c = RigConfig::parse(
+        Path::new("rig.conf"),
+        &format!("{GOOD}batch_window_ms = 60000\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.settings.batch_window_ms, 60_000);
+    let err = match RigConfig::parse(
+        Path::new("rig.conf"),
+        &format!("{GOOD}batch_window_ms = 3600001\n"),
+    ) {
+        Ok(_) => panic!("a window over an hour was taken"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("batch_window_ms") && err.contains("over an hour"),
+        "{err}"
+    );
+}
