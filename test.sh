@@ -4,7 +4,8 @@
 # dashboard test's browser driver from npm, then checks formatting and lints, checks the
 # committed PTX against its CUDA sources (NVRTC and ptxas from pinned PyPI wheels, no GPU
 # needed), checks the receipt test vectors with implementations we did not write
-# (eth-account, cryptography), builds every binary, runs every test, fuzzes the wire
+# (eth-account, cryptography), checks the committed settlement contract artifacts against
+# their Solidity sources (pinned solc-js from npm), builds every binary, runs every test, fuzzes the wire
 # decoders for 20 s and boots the rig image.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -35,6 +36,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 sh kernels/check_ptx.sh
 sh protocol/tests/check_vectors.sh
+sh coordinator/settlement/check_artifacts.sh
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -1,0 +1,282 @@
+//! Payouts on chain: typed calls to the settlement contracts (`contracts/`, compiled by the
+//! pinned solc-js into `artifacts/`, see `solc/build.mjs`) and the epochs the network posts
+//! to them.
+//!
+//! An [`Epoch`] is what one payout run settles: each owner's amount, as the Merkle root of
+//! `keccak256(keccak256(abi.encode(epoch, owner, amount)))` leaves (OpenZeppelin's sorted-pair
+//! tree, the one receipts use). The contract holds the root and the total; each owner claims
+//! its amount once with [`Epoch::proof`]. Receipts keep their own check on chain:
+//! `RigdSettlement.verifyReceipt` takes a receipt, its proof, its batch header and signature
+//! as rigd made them ([`receipt`], [`batch`]) and checks them under the key the network wrote
+//! into `RigKeyRegistry` ([`register_rig`]).
+
+use alloy_primitives::{Address, Bytes, FixedBytes, U256};
+use alloy_sol_types::{sol, SolCall, SolConstructor, SolValue};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use rigd_protocol::digest::{keccak256, Hash32};
+use rigd_protocol::{merkle, BatchHeader, EthAddress, PublicKey, Receipt, RigId};
+
+sol!(
+    /// The test deployments' payout token (ERC-20, 6 decimals, minted by its owner).
+    #[sol(all_derives)]
+    RigdPayoutToken,
+    concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts/RigdPayoutToken.json")
+);
+sol!(
+    /// The rigs' receipt keys and owners, written by the network.
+    #[sol(all_derives)]
+    RigKeyRegistry,
+    concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts/RigKeyRegistry.json")
+);
+sol!(
+    /// Epochs, claims and on-chain receipt checks.
+    #[sol(all_derives)]
+    RigdSettlement,
+    concat!(env!("CARGO_MANIFEST_DIR"), "/artifacts/RigdSettlement.json")
+);
+
+/// Why an epoch could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EpochError {
+    /// Nothing to pay.
+    #[error("an epoch pays at least one owner")]
+    Empty,
+    /// An owner named twice.
+    #[error("owner {0} is named twice")]
+    Duplicate(EthAddress),
+    /// An amount of zero.
+    #[error("owner {0} is paid nothing")]
+    Zero(EthAddress),
+    /// The amounts overflow a uint256 (they cannot, being u128; kept for the contract's sake).
+    #[error("the amounts overflow")]
+    Overflow,
+}
+
+/// One payout run: epoch `id`, each owner's amount in token units (one micro-credit each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Epoch {
+    /// The epoch's number (the contract takes them in order from 0).
+    pub id: u64,
+    /// Owners and amounts, sorted by owner.
+    pub payouts: Vec<(EthAddress, u128)>,
+    leaves: Vec<Hash32>,
+}
+
+impl Epoch {
+    /// The epoch paying `payouts` (any order; each owner once, no zero amounts).
+    pub fn new(id: u64, mut payouts: Vec<(EthAddress, u128)>) -> Result<Self, EpochError> {
+        payouts.sort();
+        if payouts.is_empty() {
+            return Err(EpochError::Empty);
+        }
+        for pair in payouts.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Err(EpochError::Duplicate(pair[0].0));
+            }
+        }
+        if let Some((owner, _)) = payouts.iter().find(|(_, a)| *a == 0) {
+            return Err(EpochError::Zero(*owner));
+        }
+        payouts
+            .iter()
+            .try_fold(0u128, |sum, (_, a)| sum.checked_add(*a))
+            .ok_or(EpochError::Overflow)?;
+        let leaves = payouts
+            .iter()
+            .map(|(owner, amount)| payout_leaf(id, *owner, *amount))
+            .collect();
+        Ok(Self {
+            id,
+            payouts,
+            leaves,
+        })
+    }
+
+    /// The Merkle root the contract holds.
+    pub fn root(&self) -> Hash32 {
+        merkle::root(&self.leaves)
+    }
+
+    /// What the epoch pays in all.
+    pub fn total(&self) -> u128 {
+        self.payouts.iter().map(|(_, a)| a).sum()
+    }
+
+    /// `owner`'s amount and the proof of its leaf, if the epoch pays it.
+    pub fn proof(&self, owner: EthAddress) -> Option<(u128, Vec<Hash32>)> {
+        let i = self.payouts.iter().position(|(o, _)| *o == owner)?;
+        Some((self.payouts[i].1, merkle::proof(&self.leaves, i)?))
+    }
+
+    /// The call that posts the epoch (`RigdSettlement.postEpoch`).
+    pub fn post_call(&self) -> Vec<u8> {
+        RigdSettlement::postEpochCall {
+            epoch: self.id,
+            payoutRoot: FixedBytes(self.root()),
+            total: U256::from(self.total()),
+        }
+        .abi_encode()
+    }
+
+    /// The call by which `owner` (or anyone for it) claims its amount, if the epoch pays it.
+    pub fn claim_call(&self, owner: EthAddress) -> Option<Vec<u8>> {
+        let (amount, proof) = self.proof(owner)?;
+        Some(
+            RigdSettlement::claimCall {
+                epoch: self.id,
+                owner: Address::from(owner.0),
+                amount: U256::from(amount),
+                proof: proof.into_iter().map(FixedBytes).collect(),
+            }
+            .abi_encode(),
+        )
+    }
+}
+
+/// `keccak256(keccak256(abi.encode(epoch, owner, amount)))`, as `RigdSettlement.payoutLeaf`.
+pub fn payout_leaf(epoch: u64, owner: EthAddress, amount: u128) -> Hash32 {
+    let inner = keccak256(&[&(epoch, Address::from(owner.0), U256::from(amount)).abi_encode()]);
+    keccak256(&[&inner])
+}
+
+/// A receipt as the contract takes it.
+pub fn receipt(r: &Receipt) -> RigdSettlement::Receipt {
+    RigdSettlement::Receipt {
+        rig: r.rig.to_string(),
+        seq: r.seq,
+        card: r.card.to_string(),
+        job: r.job.to_string(),
+        unit: r.unit,
+        attempt: r.attempt,
+        work: r.work,
+        inputDigest: FixedBytes(r.input_digest),
+        outputDigest: FixedBytes(r.output_digest),
+        startedMs: r.started_ms,
+        finishedMs: r.finished_ms,
+        governorLevel: r.governor_level,
+    }
+}
+
+/// A batch header as the contract takes it (the domain is the contract's own).
+pub fn batch(h: &BatchHeader) -> RigdSettlement::Batch {
+    RigdSettlement::Batch {
+        rig: h.rig.to_string(),
+        firstSeq: h.first_seq,
+        count: h.count,
+        root: FixedBytes(h.root),
+    }
+}
+
+/// The call `RigdSettlement.verifyReceipt(receipt, proof, batch, signature)`.
+pub fn verify_receipt_call(
+    r: &Receipt,
+    proof: &[Hash32],
+    header: &BatchHeader,
+    signature: &[u8],
+) -> Vec<u8> {
+    RigdSettlement::verifyReceiptCall {
+        r: receipt(r),
+        proof: proof.iter().copied().map(FixedBytes).collect(),
+        b: batch(header),
+        signature: Bytes::copy_from_slice(signature),
+    }
+    .abi_encode()
+}
+
+/// Why a rig's key cannot be written into the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not a point of its curve.
+    #[error("the rig's {0} key is not a valid point")]
+    BadKey(&'static str),
+}
+
+/// The registry call that records `rig`'s receipt key and the owner it is paid for.
+pub fn register_rig(rig: &RigId, key: &PublicKey, owner: EthAddress) -> Result<Vec<u8>, KeyError> {
+    let owner = Address::from(owner.0);
+    match key {
+        PublicKey::Secp256k1(_) => {
+            let signer = key.eth_address().ok_or(KeyError::BadKey("secp256k1"))?;
+            Ok(RigKeyRegistry::setSecp256k1Call {
+                rig: rig.to_string(),
+                signer: Address::from(signer),
+                owner,
+            }
+            .abi_encode())
+        }
+        PublicKey::P256(sec1) => {
+            let point = p256::PublicKey::from_sec1_bytes(sec1)
+                .map_err(|_| KeyError::BadKey("P-256"))?
+                .to_encoded_point(false);
+            let (Some(x), Some(y)) = (point.x(), point.y()) else {
+                return Err(KeyError::BadKey("P-256"));
+            };
+            Ok(RigKeyRegistry::setP256Call {
+                rig: rig.to_string(),
+                x: FixedBytes::from_slice(x),
+                y: FixedBytes::from_slice(y),
+                owner,
+            }
+            .abi_encode())
+        }
+    }
+}
+
+/// Creation code of `RigdSettlement` for `token` and `registry`.
+pub fn settlement_creation(token: EthAddress, registry: EthAddress) -> Vec<u8> {
+    let mut code = RigdSettlement::BYTECODE.to_vec();
+    code.extend(
+        RigdSettlement::constructorCall {
+            token_: Address::from(token.0),
+            registry_: Address::from(registry.0),
+        }
+        .abi_encode(),
+    );
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(n: u8) -> EthAddress {
+        EthAddress([n; 20])
+    }
+
+    #[test]
+    fn an_epoch_proves_each_owner_and_refuses_bad_payout_lists() {
+        let e = Epoch::new(3, vec![(owner(9), 5), (owner(1), 7), (owner(4), 11)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.total(), 23);
+        assert_eq!(e.payouts[0].0, owner(1), "sorted by owner");
+        for (o, amount) in e.payouts.clone() {
+            let (got, proof) = e.proof(o).unwrap_or_else(|| panic!("no proof"));
+            assert_eq!(got, amount);
+            assert!(merkle::verify(
+                &payout_leaf(3, o, amount),
+                &proof,
+                &e.root()
+            ));
+            assert!(!merkle::verify(
+                &payout_leaf(4, o, amount),
+                &proof,
+                &e.root()
+            ));
+            assert!(!merkle::verify(
+                &payout_leaf(3, o, amount + 1),
+                &proof,
+                &e.root()
+            ));
+        }
+        assert_eq!(e.proof(owner(2)), None);
+        assert_eq!(Epoch::new(0, vec![]), Err(EpochError::Empty));
+        assert_eq!(
+            Epoch::new(0, vec![(owner(1), 1), (owner(1), 2)]),
+            Err(EpochError::Duplicate(owner(1)))
+        );
+        assert_eq!(
+            Epoch::new(0, vec![(owner(1), 0)]),
+            Err(EpochError::Zero(owner(1)))
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The settlement contracts on a real EVM (revm), deployed from the committed artifacts:
+//! rig receipts checked on chain under the registry's keys in the deployment's domain, an
+//! epoch of five rigs' work posted for three owners, and every owner paid exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod chain;
+
+use alloy_primitives::{Address, U256};
+use alloy_sol_types::SolCall;
+use chain::{addr, eth, signed_batch, Chain, RigKey, CHAIN_ID};
+use rigd_protocol::{Domain, EthAddress, RigId};
+use rigd_settlement::{register_rig, Epoch, RigdPayoutToken, RigdSettlement};
+
+/// Micro-credits per MFLOP, as the coordinator prices work.
+const PRICE: u64 = 10;
+const WORK: u64 = 2_000_000_000;
+
+struct Rig {
+    id: RigId,
+    key: RigKey,
+    owner: EthAddress,
+}
+
+fn owners() -> [EthAddress; 3] {
+    [
+        EthAddress([0xa1; 20]),
+        EthAddress([0xb2; 20]),
+        EthAddress([0xc3; 20]),
+    ]
+}
+
+/// Three secp256k1 rigs and two P-256 rigs (one of them in a TPM) of three owners,
+/// registered on `chain`.
+fn rigs(chain: &mut Chain) -> Vec<Rig> {
+    let [a, b, c] = owners();
+    let rigs = vec![
+        (RigKey::file("secp256k1"), a),
+        (RigKey::file("secp256k1"), a),
+        (RigKey::file("secp256k1"), b),
+        (RigKey::tpm(), b),
+        (RigKey::file("p256"), c),
+    ];
+    rigs.into_iter()
+        .enumerate()
+        .map(|(i, (key, owner))| {
+            let id = RigId::new(format!("rig-{i}")).unwrap();
+            let call = register_rig(&id, &key.public(), owner).unwrap();
+            assert!(chain.call(chain.network, chain.registry, call).ok);
+            Rig { id, key, owner }
+        })
+        .collect()
+}
+
+#[test]
+fn receipts_verify_on_chain_only_under_the_rigs_key_in_this_deployment() {
+    let mut chain = Chain::deploy(0);
+    let rigs = rigs(&mut chain);
+    let domain = chain.domain();
+    for rig in &rigs {
+        let (header, sig, items) = signed_batch(&rig.id, &rig.key, domain, 1, 5, WORK);
+        for item in &items {
+            assert!(chain.verify(item, &header, &sig).0, "{}", rig.id);
+        }
+        // Signed for another chain, or for another contract on this chain.
+        let elsewhere = [
+            Domain::new(1, eth(chain.settlement)),
+            Domain::new(CHAIN_ID, EthAddress([0x99; 20])),
+        ];
+        for other in elsewhere {
+            let (h, s, items) = signed_batch(&rig.id, &rig.key, other, 1, 5, WORK);
+            assert!(!chain.verify(&items[0], &h, &s).0, "{other}");
+        }
+        // A receipt changed after signing.
+        let mut forged = items[2].clone();
+        forged.receipt.work += 1;
+        assert!(!chain.verify(&forged, &header, &sig).0);
+    }
+    // One rig's batch under another rig's key, and an unregistered rig.
+    let (h, s, items) = signed_batch(&rigs[0].id, &rigs[1].key, domain, 1, 3, WORK);
+    assert!(!chain.verify(&items[0], &h, &s).0);
+    let stranger = RigId::new("rig-unknown").unwrap();
+    let (h, s, items) = signed_batch(&stranger, &RigKey::file("secp256k1"), domain, 1, 3, WORK);
+    assert!(!chain.verify(&items[0], &h, &s).0);
+}
+
+#[test]
+fn each_owner_claims_exactly_what_the_epoch_credits_it_once() {
+    let mut chain = Chain::deploy(1_000_000_000_000);
+    let rigs = rigs(&mut chain);
+    let domain = chain.domain();
+    // Each rig's receipts, checked on chain, priced as the coordinator credits them.
+    let mut credited: std::collections::BTreeMap<EthAddress, u128> = Default::default();
+    for (i, rig) in rigs.iter().enumerate() {
+        let count = 2 + i as u64;
+        let (header, sig, items) = signed_batch(&rig.id, &rig.key, domain, 1, count, WORK);
+        for item in &items {
+            assert!(chain.verify(item, &header, &sig).0);
+            *credited.entry(rig.owner).or_default() +=
+                u128::from(item.receipt.work / 1_000_000 * PRICE);
+        }
+    }
+    let epoch = Epoch::new(0, credited.clone().into_iter().collect()).unwrap();
+    let total = epoch.total();
+    let approve = RigdPayoutToken::approveCall {
+        spender: chain.settlement,
+        value: U256::from(total),
+    }
+    .abi_encode();
+    assert!(chain.call(chain.network, chain.token, approve).ok);
+    let posted = chain.call(chain.network, chain.settlement, epoch.post_call());
+    assert!(
+        posted.ok,
+        "post reverted: 0x{}",
+        hex::encode(&posted.output)
+    );
+    assert_eq!(chain.balance(chain.settlement), total);
+    // The same epoch again is out of order: nothing is paid in twice.
+    let again = chain.call(chain.network, chain.settlement, epoch.post_call());
+    assert!(matches!(
+        again.settlement_error(),
+        RigdSettlement::RigdSettlementErrors::EpochOutOfOrder(_)
+    ));
+
+    let [a, b, c] = owners();
+    // A claims with B's amount and proof, then with B's proof as B's amount.
+    let (b_amount, b_proof) = epoch.proof(b).unwrap();
+    let theft = RigdSettlement::claimCall {
+        epoch: 0,
+        owner: addr(a),
+        amount: U256::from(b_amount),
+        proof: b_proof
+            .iter()
+            .copied()
+            .map(alloy_primitives::FixedBytes)
+            .collect(),
+    }
+    .abi_encode();
+    assert!(matches!(
+        chain
+            .call(addr(a), chain.settlement, theft)
+            .settlement_error(),
+        RigdSettlement::RigdSettlementErrors::NotInEpoch(_)
+    ));
+    for owner in [a, b, c] {
+        let claim = epoch.claim_call(owner).unwrap();
+        // Anyone may send the claim; it pays the owner.
+        let out = chain.call(Address::repeat_byte(0x77), chain.settlement, claim.clone());
+        assert!(out.ok, "claim of {owner}");
+        assert_eq!(chain.balance(addr(owner)), credited[&owner], "{owner}");
+        assert!(matches!(
+            chain
+                .call(addr(owner), chain.settlement, claim)
+                .settlement_error(),
+            RigdSettlement::RigdSettlementErrors::AlreadyClaimed(_)
+        ));
+    }
+    assert_eq!(chain.balance(chain.settlement), 0, "every unit paid out");
+    // An epoch that was never posted pays nothing.
+    let next = Epoch::new(1, vec![(a, 5)]).unwrap();
+    assert!(matches!(
+        chain
+            .call(addr(a), chain.settlement, next.claim_call(a).unwrap())
+            .settlement_error(),
+        RigdSettlement::RigdSettlementErrors::NoSuchEpoch(_)
+    ));
+}
