@@ -15,6 +15,7 @@ use alloy_sol_types::{sol, SolCall, SolConstructor, SolValue};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rigd_protocol::digest::{keccak256, Hash32};
 use rigd_protocol::{merkle, BatchHeader, EthAddress, PublicKey, Receipt, RigId};
+use std::collections::BTreeMap;
 
 sol!(
     /// The test deployments' payout token (ERC-20, 6 decimals, minted by its owner).
@@ -90,6 +91,26 @@ impl Epoch {
             payouts,
             leaves,
         })
+    }
+
+    /// The epoch that pays what each rig of `owed` is owed (micro-credits, as
+    /// `Ledger::payable` gives it) to its owner's payout address, summed per owner. Rigs whose
+    /// owner has no payout address are left out, and stay owed; the rigs paid are returned
+    /// with their amounts, to be recorded with the epoch.
+    pub fn for_rigs(
+        id: u64,
+        owed: &BTreeMap<RigId, u64>,
+        payout_address: impl Fn(&RigId) -> Option<EthAddress>,
+    ) -> Result<(Self, BTreeMap<RigId, u64>), EpochError> {
+        let mut per_owner: BTreeMap<EthAddress, u128> = BTreeMap::new();
+        let mut paid = BTreeMap::new();
+        for (rig, micros) in owed {
+            if let Some(owner) = payout_address(rig) {
+                *per_owner.entry(owner).or_default() += u128::from(*micros);
+                paid.insert(rig.clone(), *micros);
+            }
+        }
+        Ok((Self::new(id, per_owner.into_iter().collect())?, paid))
     }
 
     /// The Merkle root the contract holds.

@@ -1,6 +1,7 @@
 //! The settlement contracts on a real EVM (revm), deployed from the committed artifacts:
 //! rig receipts checked on chain under the registry's keys in the deployment's domain, an
-//! epoch of five rigs' work posted for three owners, and every owner paid exactly once.
+//! epoch built from the coordinator's ledger of five rigs' work posted for their owners, and
+//! every owner paid exactly what the ledger credited it, once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chain;
@@ -8,8 +9,11 @@ mod chain;
 use alloy_primitives::{Address, U256};
 use alloy_sol_types::SolCall;
 use chain::{addr, eth, signed_batch, Chain, RigKey, CHAIN_ID};
+use rigd_coordinator::ledger::{BatchRecord, Entry, ReceiptState};
+use rigd_coordinator::Ledger;
 use rigd_protocol::{Domain, EthAddress, RigId};
 use rigd_settlement::{register_rig, Epoch, RigdPayoutToken, RigdSettlement};
+use std::collections::BTreeMap;
 
 /// Micro-credits per MFLOP, as the coordinator prices work.
 const PRICE: u64 = 10;
@@ -84,22 +88,56 @@ fn receipts_verify_on_chain_only_under_the_rigs_key_in_this_deployment() {
 }
 
 #[test]
-fn each_owner_claims_exactly_what_the_epoch_credits_it_once() {
+fn each_owner_claims_exactly_what_the_ledger_credited_it_once() {
     let mut chain = Chain::deploy(1_000_000_000_000);
     let rigs = rigs(&mut chain);
     let domain = chain.domain();
-    // Each rig's receipts, checked on chain, priced as the coordinator credits them.
-    let mut credited: std::collections::BTreeMap<EthAddress, u128> = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::create(&dir.path().join("ledger.db"), PRICE).unwrap();
+    // Each rig's receipts, checked on chain, recorded in the coordinator's ledger as it
+    // credits them (at t = 1000 ms), the last rig's last batch later (still in its audit
+    // window at the epoch's cutoff).
     for (i, rig) in rigs.iter().enumerate() {
         let count = 2 + i as u64;
         let (header, sig, items) = signed_batch(&rig.id, &rig.key, domain, 1, count, WORK);
+        let mut entries = vec![];
         for item in &items {
             assert!(chain.verify(item, &header, &sig).0);
-            *credited.entry(rig.owner).or_default() +=
-                u128::from(item.receipt.work / 1_000_000 * PRICE);
+            entries.push(Entry {
+                receipt: &item.receipt,
+                state: ReceiptState::Credited,
+                reason: None,
+                micros: item.receipt.work / 1_000_000 * PRICE,
+            });
         }
+        let at = if i == rigs.len() - 1 { 5_000 } else { 1_000 };
+        let record = BatchRecord {
+            entries,
+            ..BatchRecord::default()
+        };
+        ledger.record_batch(&rig.id, &record, at).unwrap();
     }
-    let epoch = Epoch::new(0, credited.clone().into_iter().collect()).unwrap();
+    let cutoff = 2_000;
+    let owed = ledger.payable(cutoff).unwrap();
+    assert_eq!(
+        owed.len(),
+        4,
+        "the rig still in its audit window waits: {owed:?}"
+    );
+    let owner_of: BTreeMap<RigId, EthAddress> =
+        rigs.iter().map(|r| (r.id.clone(), r.owner)).collect();
+    let (epoch, paid) = Epoch::for_rigs(0, &owed, |rig| owner_of.get(rig).copied()).unwrap();
+    ledger.build_epoch(0, cutoff, epoch.root(), &paid).unwrap();
+    // What each owner is owed, from the ledger itself.
+    let mut credited: BTreeMap<EthAddress, u128> = BTreeMap::new();
+    for rig in rigs.iter().filter(|r| owed.contains_key(&r.id)) {
+        let e = ledger.earnings(&rig.id).unwrap();
+        *credited.entry(rig.owner).or_default() += e
+            .cards
+            .iter()
+            .map(|c| u128::from(c.credited_micros))
+            .sum::<u128>();
+    }
     let total = epoch.total();
     let approve = RigdPayoutToken::approveCall {
         spender: chain.settlement,
@@ -114,6 +152,8 @@ fn each_owner_claims_exactly_what_the_epoch_credits_it_once() {
         hex::encode(&posted.output)
     );
     assert_eq!(chain.balance(chain.settlement), total);
+    ledger.mark_posted(0, "revm").unwrap();
+    assert_eq!(ledger.unposted_epoch().unwrap(), None);
     // The same epoch again is out of order: nothing is paid in twice.
     let again = chain.call(chain.network, chain.settlement, epoch.post_call());
     assert!(matches!(
@@ -141,7 +181,12 @@ fn each_owner_claims_exactly_what_the_epoch_credits_it_once() {
             .settlement_error(),
         RigdSettlement::RigdSettlementErrors::NotInEpoch(_)
     ));
-    for owner in [a, b, c] {
+    assert_eq!(
+        epoch.claim_call(c),
+        None,
+        "C's only rig is still in its audit window"
+    );
+    for owner in [a, b] {
         let claim = epoch.claim_call(owner).unwrap();
         // Anyone may send the claim; it pays the owner.
         let out = chain.call(Address::repeat_byte(0x77), chain.settlement, claim.clone());

@@ -218,6 +218,7 @@ impl Ledger {
                 )?;
             }
             conn.execute_batch(rollup::SCHEMA)?;
+            conn.execute_batch(payouts::SCHEMA)?;
             rollup::backfill(&mut conn)?;
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES('micros_per_mflop', ?1)
@@ -592,11 +593,13 @@ impl Ledger {
 
 mod forfeit;
 mod leases;
+mod payouts;
 mod refused;
 mod rollup;
 mod training;
 
 pub use forfeit::FORFEITED;
+pub use payouts::EpochRecord;
 pub use refused::{push_refused, Refused};
 pub use rollup::{CardDay, ReceiptLine, RefusedLine, DAY_MS};
 pub use training::Checkpoint;

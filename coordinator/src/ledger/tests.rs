@@ -312,3 +312,56 @@ fn the_daily_rollup_follows_records_stitches_and_forfeits_and_backfills_once() {
         vec![10, 9, 8]
     );
 }
+
+#[test]
+fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next() {
+    let (_dir, mut ledger) = fresh();
+    let receipts: Vec<Receipt> = (1..=4).map(|s| receipt(s, s)).collect();
+    let record = |ledger: &mut Ledger, rs: &[Receipt], now| {
+        let batch = BatchRecord {
+            entries: rs.iter().map(credited).collect(),
+            ..BatchRecord::default()
+        };
+        ledger
+            .record_batch(&rig(), &batch, now)
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    record(&mut ledger, &receipts[..2], 100);
+    record(&mut ledger, &receipts[2..], 200);
+    // Credit recorded before the cutoff only: the rest is still in its audit window.
+    let owed = ledger.payable(150).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(owed, BTreeMap::from([(rig(), 12)]));
+    ledger
+        .build_epoch(0, 150, [1; 32], &owed)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Built, not posted: what it pays is no longer owed, and no next epoch until it is posted.
+    assert!(ledger
+        .payable(150)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_empty());
+    let open = ledger.unposted_epoch().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(open.as_ref().map(|e| (e.epoch, e.total)), Some((0, 12)));
+    let later = ledger.payable(300).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(later, BTreeMap::from([(rig(), 12)]));
+    assert!(ledger.build_epoch(1, 300, [2; 32], &later).is_err());
+    ledger
+        .mark_posted(0, "0xabc")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ledger.unposted_epoch().unwrap_or_else(|e| panic!("{e}")),
+        None
+    );
+    assert!(
+        ledger.build_epoch(2, 300, [2; 32], &later).is_err(),
+        "numbers have no gaps"
+    );
+    ledger
+        .build_epoch(1, 300, [2; 32], &later)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = ledger.epoch(0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.and_then(|e| e.posted).as_deref(), Some("0xabc"));
+    assert!(ledger
+        .payable(300)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_empty());
+}
