@@ -107,7 +107,9 @@ impl Store {
             let mut total = Totals::default();
             let mut days = std::collections::BTreeMap::<u64, Totals>::new();
             let mut cards = std::collections::BTreeMap::<(String, String), Totals>::new();
+            let mut paid = 0u64;
             for rig in c.registry.owner_rigs(owner)? {
+                paid = paid.saturating_add(c.ledger.paid(&rig.rig)?);
                 for d in c.ledger.card_days(&rig.rig)? {
                     let t = totals(&d);
                     total.add(&t);
@@ -115,6 +117,9 @@ impl Store {
                     cards.entry((d.rig, d.card)).or_default().add(&t);
                 }
             }
+            // Payouts are per rig and epoch, not per day or card: the total carries them.
+            total.paid_micros = paid;
+            total.payable_micros = total.credited_micros.saturating_sub(paid);
             Ok(OwnerEarnings {
                 total,
                 days: days

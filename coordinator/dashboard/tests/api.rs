@@ -135,6 +135,15 @@ fn fixture() -> Fixture {
     };
     let bobs = &rigs[2].1;
     ok(ledger.record_batch(bobs, &forfeit, 39 * DAY_MS + 100));
+    // Epoch 0 paid Alice's first rig its first day, and is posted; epoch 1, for Bob's rig, is
+    // built but not posted yet, so it has paid nothing.
+    let alices = &rigs[0].1;
+    let first_day = ok(ledger.payable(38 * DAY_MS));
+    let alice_paid = std::collections::BTreeMap::from([(alices.clone(), first_day[alices])]);
+    ok(ledger.build_epoch(0, 38 * DAY_MS, [1; 32], &alice_paid));
+    ok(ledger.mark_posted(0, "0x01"));
+    let bob_owed = std::collections::BTreeMap::from([(bobs.clone(), 1)]);
+    ok(ledger.build_epoch(1, 38 * DAY_MS, [2; 32], &bob_owed));
 
     let mut fleet = Fleet::new(100);
     let alices = &rigs[0].1;
@@ -311,8 +320,14 @@ fn each_owner_sees_exactly_their_rigs_and_earnings_equal_to_the_ledger() {
         assert_eq!(total["credited_micros"], credited, "{owner}: {earnings}");
         assert_eq!(total["pending_micros"], pending, "{owner}: {earnings}");
         assert_eq!(total["rejected"], rejected, "{owner}: {earnings}");
-        assert_eq!(total["payable_micros"], credited, "{owner}");
-        assert_eq!(total["paid_micros"], 0, "{owner}");
+        let paid: u64 = mine.iter().map(|r| ok(f.ledger.paid(r))).sum();
+        assert_eq!(
+            paid > 0,
+            owner == "alice",
+            "{owner}: only posted epochs pay"
+        );
+        assert_eq!(total["paid_micros"], paid, "{owner}");
+        assert_eq!(total["payable_micros"], credited - paid, "{owner}");
         let days = earnings["days"]
             .as_array()
             .unwrap_or_else(|| panic!("{earnings}"));

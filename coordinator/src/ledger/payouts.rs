@@ -69,6 +69,24 @@ impl Ledger {
         Ok(owed)
     }
 
+    /// What posted epochs paid `rig` in all (0 for a ledger written before payouts existed).
+    pub fn paid(&self, rig: &RigId) -> Result<u64, LedgerError> {
+        let has_payouts = self
+            .conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'payouts'")?
+            .exists([])?;
+        if !has_payouts {
+            return Ok(0);
+        }
+        let paid = self.conn.query_row(
+            "SELECT COALESCE(SUM(p.micros), 0) FROM payouts p JOIN epochs e USING (epoch)
+             WHERE p.rig = ?1 AND e.state = 'posted'",
+            [rig.as_str()],
+            |r| r.get::<_, i64>(0),
+        )?;
+        Ok(paid as u64)
+    }
+
     /// Records epoch `epoch` as built, with each rig's amount, in one transaction. Refused
     /// while another epoch is built and not posted, or when `epoch` is not the next number.
     pub fn build_epoch(
