@@ -34,11 +34,13 @@
 //! recompute waits, unrecorded and unacked, until the pool hands their outputs back, while
 //! every other batch is judged and acked meanwhile.
 
+pub mod chain;
 pub mod engine;
 pub mod inbound;
 pub mod job;
 pub mod ledger;
 mod mqtt;
+pub mod payout_run;
 pub mod recompute;
 pub mod scheduler;
 pub mod verify;

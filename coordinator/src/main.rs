@@ -1,4 +1,5 @@
 //! `coordinator`: runs one job against an MQTT broker until SIGINT or SIGTERM.
+//! `coordinator payouts ...`: one payout run (see `coordinator payouts --help`).
 //!
 //! Exit codes: 0 after a clean shutdown, 2 for a configuration error, 1 when the coordinator
 //! fails at run time (e.g. the ledger cannot be opened).
@@ -168,8 +169,101 @@ fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
     Ok(config)
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HoldAt {
+    Built,
+    Signed,
+    Sent,
+}
+
+/// One payout run: finishes an epoch a cut-off run left, then builds the next epoch from the
+/// ledger (credit past its audit window, paid to each rig owner's payout address in the
+/// registry) and posts it to the settlement contract. Prints one JSON line per epoch posted.
+#[derive(Debug, Parser)]
+#[command(name = "coordinator payouts", version)]
+struct PayoutArgs {
+    /// The coordinator's SQLite ledger.
+    #[arg(long)]
+    db: PathBuf,
+    /// The provisioner's registry (read-only): owners and their payout addresses.
+    #[arg(long)]
+    registry: PathBuf,
+    /// Ethereum JSON-RPC endpoint, http:// or https://.
+    #[arg(long, default_value = "http://127.0.0.1:8545")]
+    rpc: String,
+    /// File with the network account's secp256k1 key (hex): the settlement's owner, holding
+    /// the payout token.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// The settlement deployment (the node must be on its chain).
+    #[command(flatten)]
+    domain: rigd_client::DomainArgs,
+    /// Credit younger than this is not paid yet, ms (the coordinator's audit window).
+    #[arg(long, default_value_t = 600_000)]
+    audit_window_ms: u64,
+    /// Stops at this point and waits to be killed (crash tests).
+    #[arg(long, value_enum, hide = true)]
+    hold_at: Option<HoldAt>,
+}
+
+async fn payouts(args: PayoutArgs) -> anyhow::Result<()> {
+    use rigd_coordinator::payout_run::{self, Hold, PayoutConfig};
+    let domain = args.domain.domain();
+    let chain =
+        rigd_coordinator::chain::Chain::connect(&args.rpc, &args.key_file, Some(domain.chain_id))
+            .await
+            .context("connecting to the chain")?;
+    let config = PayoutConfig {
+        ledger: args.db,
+        registry: args.registry,
+        settlement: alloy_primitives::Address::from(domain.verifying_contract),
+        audit_ms: args.audit_window_ms,
+        hold: args.hold_at.map(|h| match h {
+            HoldAt::Built => Hold::Built,
+            HoldAt::Signed => Hold::Signed,
+            HoldAt::Sent => Hold::Sent,
+        }),
+    };
+    let posted = payout_run::run(&chain, &config).await?;
+    if posted.is_empty() {
+        println!("{}", serde_json::json!({"posted": null}));
+    }
+    for p in posted {
+        println!(
+            "{}",
+            serde_json::json!({"posted": p.epoch, "tx": p.tx, "owners": p.owners,
+                "total": p.total.to_string(), "recovered": p.recovered})
+        );
+    }
+    Ok(())
+}
+
+fn payouts_main() -> ExitCode {
+    let args = PayoutArgs::parse_from(std::env::args_os().skip(1));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(payouts(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "payout run failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     rigd_client::init_logging("info");
+    if std::env::args_os().nth(1).is_some_and(|a| a == "payouts") {
+        return payouts_main();
+    }
     let config = match config(Args::parse()) {
         Ok(c) => c,
         Err(e) => {

@@ -10,6 +10,7 @@
 use rigd_protocol::claim::{Inventory, Refusal, Rekey};
 use rigd_protocol::{EthAddress, RigId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Why the registry failed.
@@ -570,6 +571,23 @@ impl Registry {
     /// Every rig: (id, owner, state, serial).
     pub fn rigs(&self) -> Result<Vec<RigRecord>, RegistryError> {
         self.rigs_where("", [])
+    }
+
+    /// Where each rig's payouts go: its owner's payout address, for every rig the registry
+    /// holds (revoked ones too: what they earned before is still their owner's).
+    pub fn payout_addresses(&self) -> Result<BTreeMap<RigId, EthAddress>, RegistryError> {
+        let mut st = self
+            .db
+            .prepare("SELECT r.id, o.payout FROM rigs r JOIN owners o ON o.name = r.owner")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (id, payout) = row?;
+            if let (Ok(rig), Ok(payout)) = (RigId::new(id), EthAddress::parse(&payout)) {
+                out.insert(rig, payout);
+            }
+        }
+        Ok(out)
     }
 
     /// The rigs of `owner`, by id.

@@ -140,10 +140,10 @@ fn fixture() -> Fixture {
     let alices = &rigs[0].1;
     let first_day = ok(ledger.payable(38 * DAY_MS));
     let alice_paid = std::collections::BTreeMap::from([(alices.clone(), first_day[alices])]);
-    ok(ledger.build_epoch(0, 38 * DAY_MS, [1; 32], &alice_paid));
+    ok(ledger.build_epoch(0, 38 * DAY_MS, [1; 32], &alice_paid, &[]));
     ok(ledger.mark_posted(0, "0x01"));
     let bob_owed = std::collections::BTreeMap::from([(bobs.clone(), 1)]);
-    ok(ledger.build_epoch(1, 38 * DAY_MS, [2; 32], &bob_owed));
+    ok(ledger.build_epoch(1, 38 * DAY_MS, [2; 32], &bob_owed, &[]));
 
     let mut fleet = Fleet::new(100);
     let alices = &rigs[0].1;

@@ -127,7 +127,10 @@ fn each_owner_claims_exactly_what_the_ledger_credited_it_once() {
     let owner_of: BTreeMap<RigId, EthAddress> =
         rigs.iter().map(|r| (r.id.clone(), r.owner)).collect();
     let (epoch, paid) = Epoch::for_rigs(0, &owed, |rig| owner_of.get(rig).copied()).unwrap();
-    ledger.build_epoch(0, cutoff, epoch.root(), &paid).unwrap();
+    ledger
+        .build_epoch(0, cutoff, epoch.root(), &paid, &epoch.payouts)
+        .unwrap();
+    assert_eq!(ledger.epoch(0).unwrap().unwrap().owners, epoch.payouts);
     // What each owner is owed, from the ledger itself.
     let mut credited: BTreeMap<EthAddress, u128> = BTreeMap::new();
     for rig in rigs.iter().filter(|r| owed.contains_key(&r.id)) {

@@ -202,8 +202,25 @@ impl Ledger {
     /// Opens or creates the ledger for writing, in WAL mode with `synchronous=FULL`, and
     /// stores the price earnings are quoted at.
     pub fn create(path: &Path, micros_per_mflop: u64) -> Result<Self, LedgerError> {
+        Self::open_writing(path, OpenFlags::default(), Some(micros_per_mflop))
+    }
+
+    /// Opens an existing ledger for writing (as [`Ledger::create`], keeping its price): what
+    /// the payout run writes its epochs into beside a running coordinator.
+    pub fn open_existing(path: &Path) -> Result<Self, LedgerError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Self::open_writing(path, flags, None)
+    }
+
+    fn open_writing(
+        path: &Path,
+        flags: OpenFlags,
+        micros_per_mflop: Option<u64>,
+    ) -> Result<Self, LedgerError> {
         let open = || -> Result<Connection, rusqlite::Error> {
-            let mut conn = Connection::open(path)?;
+            let mut conn = Connection::open_with_flags(path, flags)?;
             conn.busy_timeout(Duration::from_secs(5))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
@@ -219,12 +236,15 @@ impl Ledger {
             }
             conn.execute_batch(rollup::SCHEMA)?;
             conn.execute_batch(payouts::SCHEMA)?;
+            payouts::migrate(&conn)?;
             rollup::backfill(&mut conn)?;
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES('micros_per_mflop', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![u(micros_per_mflop)],
-            )?;
+            if let Some(price) = micros_per_mflop {
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES('micros_per_mflop', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![u(price)],
+                )?;
+            }
             Ok(conn)
         };
         let conn = open().map_err(|source| LedgerError::Open {
@@ -599,7 +619,7 @@ mod rollup;
 mod training;
 
 pub use forfeit::FORFEITED;
-pub use payouts::EpochRecord;
+pub use payouts::{EpochRecord, SentPost};
 pub use refused::{push_refused, Refused};
 pub use rollup::{CardDay, ReceiptLine, RefusedLine, DAY_MS};
 pub use training::Checkpoint;

@@ -7,10 +7,12 @@
 //! `posted` with the chain's transaction reference once the settlement contract holds it. While
 //! an epoch is `built` no other is: the run that follows a crash finishes it first, asking the
 //! chain whether it landed (the contract takes epochs in order, so a second post of the same
-//! number cannot pay twice).
+//! number cannot pay twice). Before a post is sent, its transaction's hash and the block the
+//! chain was at are recorded (`sent_tx`, `sent_block`), so the run after a crash knows where
+//! to look for it.
 
 use super::{u, Ledger, LedgerError};
-use rigd_protocol::RigId;
+use rigd_protocol::{EthAddress, RigId};
 use rusqlite::{params, OptionalExtension};
 use std::collections::BTreeMap;
 
@@ -22,7 +24,35 @@ CREATE TABLE IF NOT EXISTS epochs(
 CREATE TABLE IF NOT EXISTS payouts(
     epoch INTEGER NOT NULL, rig TEXT NOT NULL, micros INTEGER NOT NULL,
     PRIMARY KEY(epoch, rig));
+CREATE TABLE IF NOT EXISTS epoch_owners(
+    epoch INTEGER NOT NULL, owner TEXT NOT NULL, amount INTEGER NOT NULL,
+    PRIMARY KEY(epoch, owner));
 ";
+
+/// Adds the columns a ledger written before posts were recorded lacks.
+pub(super) fn migrate(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
+    for (column, kind) in [("sent_tx", "TEXT"), ("sent_block", "INTEGER")] {
+        let has = conn
+            .prepare("SELECT 1 FROM pragma_table_info('epochs') WHERE name = ?1")?
+            .exists([column])?;
+        if !has {
+            conn.execute(
+                &format!("ALTER TABLE epochs ADD COLUMN {column} {kind}"),
+                [],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A post of an epoch, sent or about to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentPost {
+    /// The transaction's hash, 0x-hex.
+    pub tx: String,
+    /// The chain's latest block before it was sent.
+    pub block: u64,
+}
 
 /// An epoch as the ledger holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +67,10 @@ pub struct EpochRecord {
     pub total: u64,
     /// Each rig's amount, micro-credits.
     pub rigs: BTreeMap<RigId, u64>,
+    /// Each owner's payout address and amount, sorted by address: the epoch's leaves.
+    pub owners: Vec<(EthAddress, u128)>,
+    /// The last post sent for it, if any.
+    pub sent: Option<SentPost>,
     /// The chain's transaction reference, once posted.
     pub posted: Option<String>,
 }
@@ -87,14 +121,16 @@ impl Ledger {
         Ok(paid as u64)
     }
 
-    /// Records epoch `epoch` as built, with each rig's amount, in one transaction. Refused
-    /// while another epoch is built and not posted, or when `epoch` is not the next number.
+    /// Records epoch `epoch` as built, with each rig's amount and each owner's (the epoch's
+    /// leaves), in one transaction. Refused while another epoch is built and not posted, or
+    /// when `epoch` is not the next number.
     pub fn build_epoch(
         &mut self,
         epoch: u64,
         cutoff_ms: u64,
         root: [u8; 32],
         rigs: &BTreeMap<RigId, u64>,
+        owners: &[(EthAddress, u128)],
     ) -> Result<(), LedgerError> {
         let tx = self.conn.transaction()?;
         let (next, open): (i64, i64) = tx.query_row(
@@ -121,6 +157,13 @@ impl Ledger {
             for (rig, micros) in rigs {
                 insert.execute(params![u(epoch), rig.as_str(), u(*micros)])?;
             }
+            let mut insert =
+                tx.prepare("INSERT INTO epoch_owners(epoch, owner, amount) VALUES(?1, ?2, ?3)")?;
+            for (owner, amount) in owners {
+                let amount = u64::try_from(*amount)
+                    .map_err(|_| LedgerError::Corrupt(format!("{owner} is owed over 2^64")))?;
+                insert.execute(params![u(epoch), owner.to_string(), u(amount)])?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -141,6 +184,21 @@ impl Ledger {
         }
     }
 
+    /// Records that a post of epoch `epoch` (still built) is about to be sent as `sent`.
+    pub fn record_sent(&self, epoch: u64, sent: &SentPost) -> Result<(), LedgerError> {
+        let n = self.conn.execute(
+            "UPDATE epochs SET sent_tx = ?2, sent_block = ?3 WHERE epoch = ?1 AND state = 'built'",
+            params![u(epoch), sent.tx, u(sent.block)],
+        )?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(LedgerError::Corrupt(format!(
+                "no built epoch {epoch} to send"
+            )))
+        }
+    }
+
     /// The epoch built and not yet posted, if any (a run cut off before it learnt the
     /// chain's answer).
     pub fn unposted_epoch(&self) -> Result<Option<EpochRecord>, LedgerError> {
@@ -155,12 +213,30 @@ impl Ledger {
             .map(Option::flatten)
     }
 
+    /// The number of the latest epoch the ledger holds, if any.
+    pub fn latest_epoch(&self) -> Result<Option<u64>, LedgerError> {
+        let has_epochs = self
+            .conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'epochs'")?
+            .exists([])?;
+        if !has_epochs {
+            return Ok(None);
+        }
+        let latest = self
+            .conn
+            .query_row("SELECT MAX(epoch) FROM epochs", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?;
+        Ok(latest.map(|e| e as u64))
+    }
+
     /// Epoch `epoch`, if the ledger holds it.
     pub fn epoch(&self, epoch: u64) -> Result<Option<EpochRecord>, LedgerError> {
         let row = self
             .conn
             .query_row(
-                "SELECT cutoff_ms, root, total, tx FROM epochs WHERE epoch = ?1",
+                "SELECT cutoff_ms, root, total, tx, sent_tx, sent_block FROM epochs
+                 WHERE epoch = ?1",
                 [u(epoch)],
                 |r| {
                     Ok((
@@ -168,11 +244,13 @@ impl Ledger {
                         r.get::<_, Vec<u8>>(1)?,
                         r.get::<_, i64>(2)? as u64,
                         r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((cutoff_ms, root, total, posted)) = row else {
+        let Some((cutoff_ms, root, total, posted, sent_tx, sent_block)) = row else {
             return Ok(None);
         };
         let root = <[u8; 32]>::try_from(root.as_slice())
@@ -188,12 +266,34 @@ impl Ledger {
             let rig = RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
             rigs.insert(rig, micros);
         }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT owner, amount FROM epoch_owners WHERE epoch = ?1")?;
+        let mut owners = Vec::new();
+        for row in stmt.query_map([u(epoch)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })? {
+            let (owner, amount) = row?;
+            let owner =
+                EthAddress::parse(&owner).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+            owners.push((owner, u128::from(amount)));
+        }
+        owners.sort();
+        let sent = match (sent_tx, sent_block) {
+            (Some(tx), Some(block)) => Some(SentPost {
+                tx,
+                block: block as u64,
+            }),
+            _ => None,
+        };
         Ok(Some(EpochRecord {
             epoch,
             cutoff_ms,
             root,
             total,
             rigs,
+            owners,
+            sent,
             posted,
         }))
     }

@@ -332,7 +332,7 @@ fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next() {
     let owed = ledger.payable(150).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(owed, BTreeMap::from([(rig(), 12)]));
     ledger
-        .build_epoch(0, 150, [1; 32], &owed)
+        .build_epoch(0, 150, [1; 32], &owed, &[])
         .unwrap_or_else(|e| panic!("{e}"));
     // Built, not posted: what it pays is no longer owed, and no next epoch until it is posted.
     assert!(ledger
@@ -343,7 +343,7 @@ fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next() {
     assert_eq!(open.as_ref().map(|e| (e.epoch, e.total)), Some((0, 12)));
     let later = ledger.payable(300).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(later, BTreeMap::from([(rig(), 12)]));
-    assert!(ledger.build_epoch(1, 300, [2; 32], &later).is_err());
+    assert!(ledger.build_epoch(1, 300, [2; 32], &later, &[]).is_err());
     ledger
         .mark_posted(0, "0xabc")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -352,11 +352,11 @@ fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next() {
         None
     );
     assert!(
-        ledger.build_epoch(2, 300, [2; 32], &later).is_err(),
+        ledger.build_epoch(2, 300, [2; 32], &later, &[]).is_err(),
         "numbers have no gaps"
     );
     ledger
-        .build_epoch(1, 300, [2; 32], &later)
+        .build_epoch(1, 300, [2; 32], &later, &[])
         .unwrap_or_else(|e| panic!("{e}"));
     let first = ledger.epoch(0).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first.and_then(|e| e.posted).as_deref(), Some("0xabc"));

@@ -1,0 +1,383 @@
+//! The payout run (`coordinator payouts`): builds an epoch from the ledger (credit past its
+//! audit window, per owner's payout address from the provisioner's registry), posts it to the
+//! settlement contract over JSON-RPC and marks it paid with the transaction's hash.
+//!
+//! Cut off at any instant, it neither pays twice nor forgets. Each step is recorded before the
+//! next begins: the epoch is `built` in the ledger (its rigs' amounts and owner leaves, one
+//! transaction) before anything is signed; the post's hash and the chain's block are recorded
+//! before it is sent; the epoch turns `posted` only once the chain holds it. The run after a
+//! crash finishes a built epoch first, asking the chain (the contract holds each epoch's root
+//! and takes epochs strictly in order, so a second post of the same number reverts): the root
+//! is there, so it is marked posted with the transaction that put it there; or it is not, so
+//! the post is signed again and sent.
+
+use crate::chain::{Chain, ChainError};
+use crate::ledger::{EpochRecord, Ledger, LedgerError, SentPost};
+use alloy_primitives::{Address, FixedBytes, U256};
+use alloy_rpc_types_eth::Filter;
+use alloy_sol_types::{SolCall, SolEvent};
+use rigd_settlement::{Epoch, EpochError, RigdPayoutToken, RigdSettlement};
+use std::path::PathBuf;
+
+/// Where a run stops and waits to be killed (for the crash tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The epoch is built in the ledger, nothing is signed.
+    Built,
+    /// The post is signed and recorded, not sent.
+    Signed,
+    /// The node has the post (mined, on a dev chain), the ledger does not know.
+    Sent,
+}
+
+impl Hold {
+    fn name(self) -> &'static str {
+        match self {
+            Hold::Built => "built",
+            Hold::Signed => "signed",
+            Hold::Sent => "sent",
+        }
+    }
+}
+
+/// What a run is given.
+#[derive(Debug, Clone)]
+pub struct PayoutConfig {
+    /// The coordinator's ledger (it must exist).
+    pub ledger: PathBuf,
+    /// The provisioner's registry (read-only): each rig's owner and payout address.
+    pub registry: PathBuf,
+    /// The settlement contract.
+    pub settlement: Address,
+    /// Credit younger than this is not paid yet (the audit window), ms.
+    pub audit_ms: u64,
+    /// Stop at this point and wait to be killed.
+    pub hold: Option<Hold>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    /// The epoch.
+    pub epoch: u64,
+    /// The transaction that posted it.
+    pub tx: String,
+    /// Owners it pays.
+    pub owners: usize,
+    /// What it pays in all, token units.
+    pub total: u128,
+    /// Whether this run only finished an epoch an earlier run had built.
+    pub recovered: bool,
+}
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PayoutError {
+    /// The ledger failed.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The registry failed.
+    #[error("registry: {0}")]
+    Registry(#[from] rigd_provisioning::registry::RegistryError),
+    /// The chain failed.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    /// The epoch could not be made.
+    #[error("epoch: {0}")]
+    Epoch(#[from] EpochError),
+    /// The chain and the ledger disagree: someone else posts to this contract, or the
+    /// ledger is not the one this contract was paid from. Nothing is sent.
+    #[error("the chain and the ledger disagree: {0}")]
+    Disagree(String),
+    /// The account cannot pay the epoch in.
+    #[error("the account holds {held} of the token, the epoch pays {needed}")]
+    Funds {
+        /// What the account holds.
+        held: U256,
+        /// What the epoch pays.
+        needed: U256,
+    },
+    /// A chain answer did not decode.
+    #[error("undecodable answer to {0}")]
+    Decode(&'static str),
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn hold_here(config: &PayoutConfig, at: Hold) {
+    if config.hold == Some(at) {
+        eprintln!("payout run held at {}", at.name());
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The settlement contract as the run sees it.
+struct Settlement<'a> {
+    chain: &'a Chain,
+    address: Address,
+}
+
+impl Settlement<'_> {
+    async fn next_epoch(&self) -> Result<u64, PayoutError> {
+        let out = self
+            .chain
+            .call(self.address, RigdSettlement::nextEpochCall {}.abi_encode())
+            .await?;
+        RigdSettlement::nextEpochCall::abi_decode_returns(&out)
+            .map_err(|_| PayoutError::Decode("nextEpoch"))
+    }
+
+    /// The root the contract holds for `epoch` (zero: none).
+    async fn root(&self, epoch: u64) -> Result<[u8; 32], PayoutError> {
+        let out = self
+            .chain
+            .call(self.address, RigdSettlement::epochsCall(epoch).abi_encode())
+            .await?;
+        let e = RigdSettlement::epochsCall::abi_decode_returns(&out)
+            .map_err(|_| PayoutError::Decode("epochs"))?;
+        Ok(e.payoutRoot.0)
+    }
+
+    async fn token(&self) -> Result<Address, PayoutError> {
+        let out = self
+            .chain
+            .call(self.address, RigdSettlement::tokenCall {}.abi_encode())
+            .await?;
+        RigdSettlement::tokenCall::abi_decode_returns(&out)
+            .map_err(|_| PayoutError::Decode("token"))
+    }
+
+    /// The transaction that posted `epoch`, found in the contract's `EpochPosted` logs from
+    /// block `from` on.
+    async fn posting_tx(&self, epoch: u64, from: u64) -> Result<Option<String>, PayoutError> {
+        let filter = Filter::new()
+            .address(self.address)
+            .event_signature(RigdSettlement::EpochPosted::SIGNATURE_HASH)
+            .topic1(U256::from(epoch))
+            .from_block(from);
+        let logs = self.chain.logs(&filter).await?;
+        Ok(logs
+            .iter()
+            .find_map(|l| l.transaction_hash)
+            .map(|h| h.to_string()))
+    }
+}
+
+/// Runs once: finishes an epoch an earlier run left built, then builds and posts the next if
+/// anything is payable. Returns the epochs posted (none: nothing was owed).
+pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Vec<Posted>, PayoutError> {
+    let mut ledger = Ledger::open_existing(&config.ledger)?;
+    let settlement = Settlement {
+        chain,
+        address: config.settlement,
+    };
+    let mut posted = Vec::new();
+    if let Some(open) = ledger.unposted_epoch()? {
+        tracing::info!(
+            epoch = open.epoch,
+            "finishing the epoch an earlier run built"
+        );
+        posted.push(finish(&ledger, &settlement, config, open, true).await?);
+    }
+    let next = settlement.next_epoch().await?;
+    let ledger_next = match ledger.latest_epoch()? {
+        Some(e) => e
+            .checked_add(1)
+            .ok_or(PayoutError::Decode("epoch number"))?,
+        None => 0,
+    };
+    if next != ledger_next {
+        return Err(PayoutError::Disagree(format!(
+            "the contract takes epoch {next}, the ledger's next is {ledger_next}"
+        )));
+    }
+    let cutoff_ms = unix_ms().saturating_sub(config.audit_ms);
+    let owed = ledger.payable(cutoff_ms)?;
+    let registry = rigd_provisioning::registry::Registry::open_read_only(&config.registry)?;
+    let addresses = registry.payout_addresses()?;
+    let unaddressed = owed.keys().filter(|r| !addresses.contains_key(*r)).count();
+    if unaddressed > 0 {
+        tracing::warn!(
+            rigs = unaddressed,
+            "rigs owed credit have no owner with a payout address in the registry; they stay owed"
+        );
+    }
+    let (epoch, rigs) = match Epoch::for_rigs(next, &owed, |rig| addresses.get(rig).copied()) {
+        Ok(built) => built,
+        Err(EpochError::Empty) => {
+            tracing::info!(cutoff_ms, "nothing is payable");
+            return Ok(posted);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ledger.build_epoch(next, cutoff_ms, epoch.root(), &rigs, &epoch.payouts)?;
+    tracing::info!(
+        epoch = next,
+        owners = epoch.payouts.len(),
+        rigs = rigs.len(),
+        total = %epoch.total(),
+        "epoch built"
+    );
+    hold_here(config, Hold::Built).await;
+    let record = ledger
+        .epoch(next)?
+        .ok_or_else(|| PayoutError::Disagree(format!("epoch {next} vanished from the ledger")))?;
+    posted.push(finish(&ledger, &settlement, config, record, false).await?);
+    Ok(posted)
+}
+
+/// Brings built epoch `record` onto the chain (or learns that it is there) and marks it
+/// posted.
+async fn finish(
+    ledger: &Ledger,
+    settlement: &Settlement<'_>,
+    config: &PayoutConfig,
+    record: EpochRecord,
+    recovered: bool,
+) -> Result<Posted, PayoutError> {
+    let n = record.epoch;
+    let epoch = Epoch::new(n, record.owners.clone())?;
+    if epoch.root() != record.root {
+        return Err(PayoutError::Ledger(LedgerError::Corrupt(format!(
+            "epoch {n}'s owners do not give its root"
+        ))));
+    }
+    let done = |tx: String| Posted {
+        epoch: n,
+        tx,
+        owners: epoch.payouts.len(),
+        total: epoch.total(),
+        recovered,
+    };
+    let on_chain = settlement.root(n).await?;
+    if on_chain == record.root {
+        let tx = landed_tx(settlement, &record).await?;
+        ledger.mark_posted(n, &tx)?;
+        tracing::info!(epoch = n, %tx, "the chain already held the epoch: marked posted");
+        return Ok(done(tx));
+    }
+    if on_chain != [0; 32] {
+        return Err(PayoutError::Disagree(format!(
+            "the contract holds another root for epoch {n}"
+        )));
+    }
+    let next = settlement.next_epoch().await?;
+    if next != n {
+        return Err(PayoutError::Disagree(format!(
+            "the contract takes epoch {next}, the ledger holds epoch {n} unposted"
+        )));
+    }
+    let chain = settlement.chain;
+    let needed = U256::from(epoch.total());
+    let token = settlement.token().await?;
+    let me = chain.address();
+    let held = chain
+        .call(
+            token,
+            RigdPayoutToken::balanceOfCall { account: me }.abi_encode(),
+        )
+        .await?;
+    let held = RigdPayoutToken::balanceOfCall::abi_decode_returns(&held)
+        .map_err(|_| PayoutError::Decode("balanceOf"))?;
+    if held < needed {
+        return Err(PayoutError::Funds { held, needed });
+    }
+    let allowed = chain
+        .call(
+            token,
+            RigdPayoutToken::allowanceCall {
+                owner: me,
+                spender: settlement.address,
+            }
+            .abi_encode(),
+        )
+        .await?;
+    let allowed = RigdPayoutToken::allowanceCall::abi_decode_returns(&allowed)
+        .map_err(|_| PayoutError::Decode("allowance"))?;
+    if allowed < needed {
+        let approve = RigdPayoutToken::approveCall {
+            spender: settlement.address,
+            value: needed,
+        };
+        chain.send(Some(token), approve.abi_encode()).await?;
+    }
+    let post = RigdSettlement::postEpochCall {
+        epoch: n,
+        payoutRoot: FixedBytes(record.root),
+        total: needed,
+    };
+    let block = chain.block_number().await?;
+    let signed = chain
+        .sign(Some(settlement.address), post.abi_encode())
+        .await?;
+    let tx = signed.hash.to_string();
+    ledger.record_sent(
+        n,
+        &SentPost {
+            tx: tx.clone(),
+            block,
+        },
+    )?;
+    hold_here(config, Hold::Signed).await;
+    chain.submit(&signed).await?;
+    hold_here(config, Hold::Sent).await;
+    let mined = chain.wait(signed.hash).await?;
+    if mined.success {
+        ledger.mark_posted(n, &tx)?;
+        tracing::info!(epoch = n, %tx, block = mined.block, "epoch posted");
+        return Ok(done(tx));
+    }
+    // Reverted: another post of this epoch (an earlier run's, still pending then) may have
+    // landed first.
+    if settlement.root(n).await? == record.root {
+        let tx = landed_tx(settlement, &record).await?;
+        ledger.mark_posted(n, &tx)?;
+        return Ok(done(tx));
+    }
+    Err(PayoutError::Chain(ChainError::Reverted(None)))
+}
+
+/// The transaction that put `record` on the chain: its recorded post when that one is mined
+/// and succeeded, otherwise the one the contract's logs name.
+async fn landed_tx(
+    settlement: &Settlement<'_>,
+    record: &EpochRecord,
+) -> Result<String, PayoutError> {
+    if let Some(sent) = &record.sent {
+        let hash = sent
+            .tx
+            .parse()
+            .map_err(|_| LedgerError::Corrupt(format!("epoch {} sent tx", record.epoch)))?;
+        if settlement
+            .chain
+            .mined(hash)
+            .await?
+            .is_some_and(|m| m.success)
+        {
+            return Ok(sent.tx.clone());
+        }
+    }
+    let from = record.sent.as_ref().map_or(0, |s| s.block);
+    settlement
+        .posting_tx(record.epoch, from)
+        .await?
+        .ok_or_else(|| {
+            PayoutError::Disagree(format!(
+                "the contract holds epoch {} but no log says which transaction posted it",
+                record.epoch
+            ))
+        })
+}
+
+/// The owner amounts of posted `epoch` in the ledger, as the epoch the contract holds
+/// (for claims and proofs).
+pub fn epoch_of(ledger: &Ledger, epoch: u64) -> Result<Option<Epoch>, PayoutError> {
+    match ledger.epoch(epoch)? {
+        None => Ok(None),
+        Some(record) => Ok(Some(Epoch::new(epoch, record.owners)?)),
+    }
+}
