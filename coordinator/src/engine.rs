@@ -226,6 +226,18 @@ impl Engine {
         &self.job
     }
 
+    /// Opens a group of ledger writes ([`Ledger::begin_group`]): what the engine handles
+    /// until [`Engine::commit_group`] commits at once. Its outbound messages must wait for the
+    /// commit.
+    pub fn begin_group(&self) -> Result<(), LedgerError> {
+        self.ledger.begin_group()
+    }
+
+    /// Commits the open group; only then may what the group returned be sent.
+    pub fn commit_group(&self) -> Result<(), LedgerError> {
+        self.ledger.commit_group()
+    }
+
     /// What to publish when (re)connected: the current status, and every rig's earnings
     /// again, since a new broker session may have lost earlier publishes.
     pub fn connected(&mut self, now_ms: u64) -> Vec<Outbound> {

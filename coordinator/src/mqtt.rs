@@ -22,6 +22,59 @@ const REQUEST_CAPACITY: usize = 4096;
 const INBOUND_CAPACITY: usize = 1024;
 /// Timer period of the engine: lease expiry, assignment, earnings.
 const TICK: Duration = Duration::from_millis(100);
+/// Most inputs the engine handles in one group, committed to the ledger at once: what is
+/// waiting when the group starts, up to this.
+const GROUP_MAX: usize = 256;
+
+/// What the engine is woken for.
+enum Input {
+    Connected,
+    Message(Box<rumqttc::v5::mqttbytes::v5::Publish>),
+    Recomputed(crate::recompute::Recomputed),
+    Tick,
+}
+
+fn step(engine: &mut Engine, input: Input) -> Vec<Outbound> {
+    let now_ms = rigd_client::unix_ms();
+    match input {
+        Input::Connected => engine.connected(now_ms),
+        Input::Message(p) => {
+            let topic = String::from_utf8_lossy(&p.topic);
+            engine.handle(&topic, &p.payload, now_ms)
+        }
+        Input::Recomputed(r) => engine.recomputed(r, now_ms),
+        Input::Tick => engine.tick(now_ms),
+    }
+}
+
+/// What is already waiting.
+enum Ready {
+    Input(Input),
+    /// Nothing (or only session news that changes nothing).
+    Empty,
+    /// The broker session ended.
+    End,
+}
+
+fn ready(
+    rx: &mut mpsc::Receiver<SessionEvent>,
+    done: &mut mpsc::UnboundedReceiver<crate::recompute::Recomputed>,
+) -> Ready {
+    if let Ok(r) = done.try_recv() {
+        return Ready::Input(Input::Recomputed(r));
+    }
+    match rx.try_recv() {
+        Ok(SessionEvent::Message(p)) => Ready::Input(Input::Message(p)),
+        Ok(SessionEvent::Connected { .. }) => Ready::Input(Input::Connected),
+        Ok(SessionEvent::Subscribed | SessionEvent::Disconnected { .. }) => Ready::Empty,
+        Ok(SessionEvent::Revoked { reason } | SessionEvent::Failed { reason, .. }) => {
+            tracing::error!(%reason, "broker session ended");
+            Ready::End
+        }
+        Err(mpsc::error::TryRecvError::Empty) => Ready::Empty,
+        Err(mpsc::error::TryRecvError::Disconnected) => Ready::End,
+    }
+}
 
 fn options(
     config: &CoordinatorConfig,
@@ -92,25 +145,52 @@ pub(crate) async fn serve(
             }
         }
     };
-    emit(engine.tick(rigd_client::unix_ms()));
+    let mut input = Some(Input::Tick);
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            event = rx.recv() => match event {
-                Some(SessionEvent::Connected { .. }) => emit(engine.connected(rigd_client::unix_ms())),
-                Some(SessionEvent::Message(p)) => {
-                    let topic = String::from_utf8_lossy(&p.topic);
-                    emit(engine.handle(&topic, &p.payload, rigd_client::unix_ms()));
-                }
-                Some(SessionEvent::Revoked { reason } | SessionEvent::Failed { reason, .. }) => {
-                    tracing::error!(%reason, "broker session ended");
+        let first = match input.take() {
+            Some(first) => first,
+            None => tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = rx.recv() => match event {
+                    Some(SessionEvent::Connected { .. }) => Input::Connected,
+                    Some(SessionEvent::Message(p)) => Input::Message(p),
+                    Some(SessionEvent::Revoked { reason } | SessionEvent::Failed { reason, .. }) => {
+                        tracing::error!(%reason, "broker session ended");
+                        break;
+                    }
+                    Some(SessionEvent::Subscribed | SessionEvent::Disconnected { .. }) => continue,
+                    None => break,
+                },
+                Some(r) = done.recv() => Input::Recomputed(r),
+                _ = tick.tick() => Input::Tick,
+            },
+        };
+        // One group: this input and what is already waiting, committed at once; nothing of
+        // it is sent before the commit. A failed commit ends the coordinator (its restart
+        // resumes from the ledger; unacked batches come again).
+        if let Err(e) = engine.begin_group() {
+            tracing::error!(error = %e, "the ledger cannot open a transaction");
+            break;
+        }
+        let mut out = step(&mut engine, first);
+        let mut ended = false;
+        for _ in 1..GROUP_MAX {
+            match ready(&mut rx, &mut done) {
+                Ready::Input(next) => out.extend(step(&mut engine, next)),
+                Ready::Empty => break,
+                Ready::End => {
+                    ended = true;
                     break;
                 }
-                Some(SessionEvent::Subscribed | SessionEvent::Disconnected { .. }) => {}
-                None => break,
-            },
-            Some(r) = done.recv() => emit(engine.recomputed(r, rigd_client::unix_ms())),
-            _ = tick.tick() => emit(engine.tick(rigd_client::unix_ms())),
+            }
+        }
+        if let Err(e) = engine.commit_group() {
+            tracing::error!(error = %e, "the ledger cannot commit; nothing of this group is sent");
+            break;
+        }
+        emit(out);
+        if ended {
+            break;
         }
     }
     tracing::info!("coordinator shutting down");

@@ -12,7 +12,7 @@ pub const FORFEITED: &str = "forfeited";
 /// (`forfeited`, nothing paid) and drops the kept MLP results of the pending ones; returns
 /// their units, ascending.
 pub(super) fn forfeit(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     rig: &RigId,
     job: &JobId,
     since_ms: u64,

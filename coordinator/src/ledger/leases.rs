@@ -13,7 +13,7 @@ impl Ledger {
         if leases.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         {
             let mut insert = tx.prepare(
                 "INSERT OR REPLACE INTO leases(job, unit, attempt, rig, deadline_ms)
@@ -72,7 +72,7 @@ impl Ledger {
 
 /// Suspends `rig` from `job` until `until_ms` (a later suspension already recorded stands).
 pub(super) fn suspend(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     rig: &RigId,
     job: &JobId,
     until_ms: u64,

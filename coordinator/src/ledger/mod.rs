@@ -1,10 +1,12 @@
 //! The earnings ledger and rig registry: one SQLite file in WAL mode with
 //! `synchronous=FULL`.
 //!
-//! Crash safety is by construction: every receipt batch is recorded in one transaction
-//! ([`Ledger::record_batch`]) and acknowledged only after it committed; stitching an MLP step
-//! (crediting its pending receipts, replacing the checkpoint, dropping the kept outputs) is
-//! one transaction too ([`Ledger::stitch`]). Receipts are keyed by `(rig, seq)`, so a receipt
+//! Crash safety is by construction: every receipt batch is recorded all or nothing
+//! ([`Ledger::record_batch`], a savepoint) and acknowledged only after it committed; stitching
+//! an MLP step (crediting its pending receipts, replacing the checkpoint, dropping the kept
+//! outputs) is all or nothing too ([`Ledger::stitch`]). The engine commits what it handles in
+//! one burst as one group ([`Ledger::begin_group`]): one sync for many batches, nothing of
+//! the burst sent before it. Receipts are keyed by `(rig, seq)`, so a receipt
 //! delivered again is counted in `deliveries` and changes nothing else.
 //!
 //! Integers are stored as SQLite's signed 64-bit values with the bits of the `u64`.
@@ -254,6 +256,21 @@ impl Ledger {
         Ok(Self { conn })
     }
 
+    /// Opens a group: what the ledger records from here until [`Ledger::commit_group`] is
+    /// committed at once, in one transaction and one sync (each batch, lease grant or stitch
+    /// in it still all or nothing by itself, as a savepoint). The engine groups what it
+    /// handles in one burst and sends the acks and units of the burst only after the commit.
+    pub fn begin_group(&self) -> Result<(), LedgerError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits the open group.
+    pub fn commit_group(&self) -> Result<(), LedgerError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
     /// A rig's earnings, one entry per card it reported or sent receipts for.
     pub fn earnings(&self, rig: &RigId) -> Result<Earnings, LedgerError> {
         let mut cards: BTreeMap<String, CardEarnings> = BTreeMap::new();
@@ -481,9 +498,14 @@ impl Ledger {
     /// Pins `key` for `rig` in place of its old key, trusted again, with its receipts below
     /// `from_seq` made under the old key (a rekey the registry vouches for); the rig's leases,
     /// granted under the old key, are dropped with it.
-    pub fn rekey(&self, rig: &RigId, key: &PublicKey, from_seq: u64) -> Result<(), LedgerError> {
+    pub fn rekey(
+        &mut self,
+        rig: &RigId,
+        key: &PublicKey,
+        from_seq: u64,
+    ) -> Result<(), LedgerError> {
         let (curve, bytes) = curve_key(key);
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.conn.savepoint()?;
         tx.execute(
             "UPDATE rigs SET curve = ?2, pubkey = ?3, key_changed = 0, from_seq = ?4 WHERE rig = ?1",
             params![rig.as_str(), curve, bytes, u(from_seq)],
@@ -534,7 +556,7 @@ impl Ledger {
         batch: &BatchRecord<'_>,
         now_ms: u64,
     ) -> Result<Vec<u64>, LedgerError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let mut duplicates = batch.duplicates;
         {
             let mut insert = tx.prepare(

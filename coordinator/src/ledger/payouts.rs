@@ -132,7 +132,7 @@ impl Ledger {
         rigs: &BTreeMap<RigId, u64>,
         owners: &[(EthAddress, u128)],
     ) -> Result<(), LedgerError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let (next, open): (i64, i64) = tx.query_row(
             "SELECT COALESCE(MAX(epoch) + 1, 0), COUNT(*) FILTER (WHERE state = 'built') FROM epochs",
             [],

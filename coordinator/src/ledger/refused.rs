@@ -6,7 +6,7 @@
 
 use super::{u, Ledger, LedgerError};
 use rigd_protocol::RigId;
-use rusqlite::{params, Transaction};
+use rusqlite::params;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -37,7 +37,7 @@ pub fn push_refused(runs: &mut Vec<Refused>, seq: u64, reason: &'static str) {
 }
 
 pub(super) fn insert(
-    tx: &Transaction<'_>,
+    tx: &rusqlite::Connection,
     rig: &RigId,
     runs: &[Refused],
     now_ms: u64,

@@ -365,3 +365,60 @@ fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next() {
         .unwrap_or_else(|e| panic!("{e}"))
         .is_empty());
 }
+
+#[test]
+fn a_group_commits_at_once_and_a_failed_step_in_it_leaves_only_itself_out() {
+    let (dir, mut ledger) = fresh();
+    let receipts: Vec<Receipt> = (1..=4).map(|s| receipt(s, s)).collect();
+    fn batch(r: &[Receipt]) -> BatchRecord<'_> {
+        BatchRecord {
+            entries: r.iter().map(credited).collect(),
+            ..BatchRecord::default()
+        }
+    }
+    ledger.begin_group().unwrap_or_else(|e| panic!("{e}"));
+    ledger
+        .record_batch(&rig(), &batch(&receipts[..2]), 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Fails at its last insert (an owner named twice): all of it is undone, nothing else.
+    let owner = rigd_protocol::EthAddress([7; 20]);
+    let owed = BTreeMap::from([(rig(), 12)]);
+    assert!(ledger
+        .build_epoch(0, 100, [1; 32], &owed, &[(owner, 6), (owner, 6)])
+        .is_err());
+    ledger
+        .record_batch(&rig(), &batch(&receipts[2..]), 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Another connection sees nothing before the commit.
+    let outside = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        outside.recorded_seqs(&rig()).unwrap_or_default(),
+        Vec::<u64>::new()
+    );
+    ledger.commit_group().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        outside.recorded_seqs(&rig()).unwrap_or_default(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(outside.latest_epoch().unwrap_or(Some(9)), None);
+}
+
+#[test]
+fn a_group_never_committed_leaves_nothing() {
+    let (dir, mut ledger) = fresh();
+    let receipts: Vec<Receipt> = (1..=2).map(|s| receipt(s, s)).collect();
+    ledger.begin_group().unwrap_or_else(|e| panic!("{e}"));
+    let record = BatchRecord {
+        entries: receipts.iter().map(credited).collect(),
+        ..BatchRecord::default()
+    };
+    ledger
+        .record_batch(&rig(), &record, 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(ledger);
+    let reopened = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        reopened.recorded_seqs(&rig()).unwrap_or_default(),
+        Vec::<u64>::new()
+    );
+}

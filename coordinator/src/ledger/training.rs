@@ -27,7 +27,7 @@ impl Ledger {
         checkpoint: &Checkpoint,
         now_ms: u64,
     ) -> Result<(Vec<RigId>, u64), LedgerError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let range = params![job.as_str(), u(units.start), u(units.end)];
         let rigs = {
             let mut stmt = tx.prepare(
