@@ -102,17 +102,22 @@ pub enum PayoutError {
     Decode(&'static str),
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn hold_here(config: &PayoutConfig, at: Hold) {
     if config.hold == Some(at) {
         eprintln!("payout run held at {}", at.name());
         std::future::pending::<()>().await;
     }
+}
+
+/// Runs view call `call` against `to` and decodes its answer.
+async fn view<C: SolCall>(
+    chain: &Chain,
+    to: Address,
+    call: C,
+    what: &'static str,
+) -> Result<C::Return, PayoutError> {
+    let out = chain.call(to, call.abi_encode()).await?;
+    C::abi_decode_returns(&out).map_err(|_| PayoutError::Decode(what))
 }
 
 /// The settlement contract as the run sees it.
@@ -123,32 +128,20 @@ struct Settlement<'a> {
 
 impl Settlement<'_> {
     async fn next_epoch(&self) -> Result<u64, PayoutError> {
-        let out = self
-            .chain
-            .call(self.address, RigdSettlement::nextEpochCall {}.abi_encode())
-            .await?;
-        RigdSettlement::nextEpochCall::abi_decode_returns(&out)
-            .map_err(|_| PayoutError::Decode("nextEpoch"))
+        let call = RigdSettlement::nextEpochCall {};
+        view(self.chain, self.address, call, "nextEpoch").await
     }
 
     /// The root the contract holds for `epoch` (zero: none).
     async fn root(&self, epoch: u64) -> Result<[u8; 32], PayoutError> {
-        let out = self
-            .chain
-            .call(self.address, RigdSettlement::epochsCall(epoch).abi_encode())
-            .await?;
-        let e = RigdSettlement::epochsCall::abi_decode_returns(&out)
-            .map_err(|_| PayoutError::Decode("epochs"))?;
+        let call = RigdSettlement::epochsCall(epoch);
+        let e = view(self.chain, self.address, call, "epochs").await?;
         Ok(e.payoutRoot.0)
     }
 
     async fn token(&self) -> Result<Address, PayoutError> {
-        let out = self
-            .chain
-            .call(self.address, RigdSettlement::tokenCall {}.abi_encode())
-            .await?;
-        RigdSettlement::tokenCall::abi_decode_returns(&out)
-            .map_err(|_| PayoutError::Decode("token"))
+        let call = RigdSettlement::tokenCall {};
+        view(self.chain, self.address, call, "token").await
     }
 
     /// The transaction that posted `epoch`, found in the contract's `EpochPosted` logs from
@@ -195,7 +188,7 @@ pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Vec<Posted>, Pa
             "the contract takes epoch {next}, the ledger's next is {ledger_next}"
         )));
     }
-    let cutoff_ms = unix_ms().saturating_sub(config.audit_ms);
+    let cutoff_ms = rigd_client::unix_ms().saturating_sub(config.audit_ms);
     let owed = ledger.payable(cutoff_ms)?;
     let registry = rigd_provisioning::registry::Registry::open_read_only(&config.registry)?;
     let addresses = registry.payout_addresses()?;
@@ -275,29 +268,21 @@ async fn finish(
     let needed = U256::from(epoch.total());
     let token = settlement.token().await?;
     let me = chain.address();
-    let held = chain
-        .call(
-            token,
-            RigdPayoutToken::balanceOfCall { account: me }.abi_encode(),
-        )
-        .await?;
-    let held = RigdPayoutToken::balanceOfCall::abi_decode_returns(&held)
-        .map_err(|_| PayoutError::Decode("balanceOf"))?;
+    let held = view(
+        chain,
+        token,
+        RigdPayoutToken::balanceOfCall { account: me },
+        "balanceOf",
+    )
+    .await?;
     if held < needed {
         return Err(PayoutError::Funds { held, needed });
     }
-    let allowed = chain
-        .call(
-            token,
-            RigdPayoutToken::allowanceCall {
-                owner: me,
-                spender: settlement.address,
-            }
-            .abi_encode(),
-        )
-        .await?;
-    let allowed = RigdPayoutToken::allowanceCall::abi_decode_returns(&allowed)
-        .map_err(|_| PayoutError::Decode("allowance"))?;
+    let spend = RigdPayoutToken::allowanceCall {
+        owner: me,
+        spender: settlement.address,
+    };
+    let allowed = view(chain, token, spend, "allowance").await?;
     if allowed < needed {
         let approve = RigdPayoutToken::approveCall {
             spender: settlement.address,

@@ -301,7 +301,7 @@ impl DevChain {
     /// the block before).
     fn stamp_block(&mut self, n: u64) -> u64 {
         let previous = self.mined.last().map_or(self.genesis_s, |m| m.at_s);
-        let at = now_s().max(previous.saturating_add(1));
+        let at = (rigd_client::unix_ms() / 1000).max(previous.saturating_add(1));
         self.evm.ctx.block.number = U256::from(n);
         self.evm.ctx.block.timestamp = U256::from(at);
         at
@@ -504,12 +504,6 @@ fn reverted(output: Bytes) -> RpcError {
         message: "execution reverted".into(),
         data: Some(output),
     }
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn text(v: &Value) -> Result<&str, RpcError> {

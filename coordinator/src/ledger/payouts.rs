@@ -76,6 +76,14 @@ pub struct EpochRecord {
 }
 
 impl Ledger {
+    /// Whether the ledger has table `name` (one opened read-only may predate payouts).
+    fn has_table(&self, name: &str) -> Result<bool, LedgerError> {
+        Ok(self
+            .conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+            .exists([name])?)
+    }
+
     /// What each rig is owed now: its credit recorded before `cutoff_ms`, less what epochs
     /// already pay it (built or posted). Rigs owed nothing are left out.
     pub fn payable(&self, cutoff_ms: u64) -> Result<BTreeMap<RigId, u64>, LedgerError> {
@@ -105,11 +113,7 @@ impl Ledger {
 
     /// What posted epochs paid `rig` in all (0 for a ledger written before payouts existed).
     pub fn paid(&self, rig: &RigId) -> Result<u64, LedgerError> {
-        let has_payouts = self
-            .conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'payouts'")?
-            .exists([])?;
-        if !has_payouts {
+        if !self.has_table("payouts")? {
             return Ok(0);
         }
         let paid = self.conn.query_row(
@@ -215,11 +219,7 @@ impl Ledger {
 
     /// The number of the latest epoch the ledger holds, if any.
     pub fn latest_epoch(&self) -> Result<Option<u64>, LedgerError> {
-        let has_epochs = self
-            .conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'epochs'")?
-            .exists([])?;
-        if !has_epochs {
+        if !self.has_table("epochs")? {
             return Ok(None);
         }
         let latest = self
