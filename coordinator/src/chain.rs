@@ -152,6 +152,18 @@ pub struct Chain {
     pub receipt_wait: Duration,
 }
 
+/// The secp256k1 key in `key_file` (32 bytes, hex).
+pub fn read_key(key_file: &Path) -> Result<PrivateKeySigner, ChainError> {
+    let key_error = |reason: String| ChainError::Key {
+        path: key_file.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(key_file).map_err(|e| key_error(e.to_string()))?;
+    text.trim()
+        .parse()
+        .map_err(|e: alloy_signer_local::LocalSignerError| key_error(e.to_string()))
+}
+
 impl Chain {
     /// Connects to the node at `rpc_url` (`http://` or `https://`) as the account whose
     /// secp256k1 key is in `key_file` (32 bytes, hex); when `chain_id` is given the node
@@ -161,15 +173,7 @@ impl Chain {
         key_file: &Path,
         chain_id: Option<u64>,
     ) -> Result<Self, ChainError> {
-        let key_error = |reason: String| ChainError::Key {
-            path: key_file.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(key_file).map_err(|e| key_error(e.to_string()))?;
-        let signer: PrivateKeySigner = text
-            .trim()
-            .parse()
-            .map_err(|e: alloy_signer_local::LocalSignerError| key_error(e.to_string()))?;
+        let signer = read_key(key_file)?;
         let url = Url::parse(rpc_url).map_err(|e| ChainError::Build(format!("{rpc_url}: {e}")))?;
         let client = RpcClient::new(Http { url }, false);
         let provider = RootProvider::new(client);

@@ -43,6 +43,7 @@ mod mqtt;
 pub mod payout_run;
 pub mod recompute;
 pub mod scheduler;
+pub mod statement;
 pub mod verify;
 
 use rigd_protocol::{CoordinatorStatus, JobId};

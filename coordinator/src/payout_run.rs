@@ -16,7 +16,7 @@ use crate::ledger::{EpochRecord, Ledger, LedgerError, SentPost};
 use alloy_primitives::{Address, FixedBytes, U256};
 use alloy_rpc_types_eth::Filter;
 use alloy_sol_types::{SolCall, SolEvent};
-use rigd_settlement::{Epoch, EpochError, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{Epoch, EpochError, RigTree, RigdPayoutToken, RigdSettlement};
 use std::path::PathBuf;
 
 /// Where a run stops and waits to be killed (for the crash tests).
@@ -293,6 +293,7 @@ async fn finish(
     let post = RigdSettlement::postEpochCall {
         epoch: n,
         payoutRoot: FixedBytes(record.root),
+        rigRoot: FixedBytes(RigTree::new(n, &ledger.paid_through(n)?).root()),
         total: needed,
     };
     let block = chain.block_number().await?;

@@ -7,6 +7,7 @@
 //! - [`messages`]: the messages carried on each topic.
 //! - [`receipt`]: the work receipt, its EIP-712 digest and the Merkle batch it is signed in.
 //! - [`command`]: signed operator commands and their replies.
+//! - [`credit`]: the network's signed credit statements, which disputes prove on chain.
 //! - [`crypto`]: public keys, signatures and their verification (secp256k1, P-256).
 //! - [`verify`]: checking one receipt with its proof, batch header, signature and key.
 //! - [`address`]: Ethereum payout addresses, checked per EIP-55.
@@ -15,6 +16,7 @@
 pub mod address;
 pub mod claim;
 pub mod command;
+pub mod credit;
 pub mod crypto;
 pub mod digest;
 pub mod frame;
@@ -29,6 +31,7 @@ pub mod verify;
 
 pub use address::{AddressError, EthAddress};
 pub use command::{Action, ActionKind, Command, CommandReply, Outcome, Rejection};
+pub use credit::CreditStatement;
 pub use crypto::{PublicKey, Signature, VerifyError};
 pub use frame::{decode, encode, Frame, FrameError, MAX_FRAME_BYTES, WIRE_VERSION};
 pub use ids::{GpuUuid, IdError, JobId, RigId};

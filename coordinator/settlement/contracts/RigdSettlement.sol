@@ -20,6 +20,16 @@ import {RigKeyRegistry} from "./RigKeyRegistry.sol";
 /// its proof. Epochs are numbered from 0 without gaps, so a payout run that is cut off learns
 /// from `nextEpoch` whether its epoch landed before it posts it again. The cost on chain is one
 /// post per epoch and one claim per owner, however many receipts the epoch pays.
+///
+/// Beside the payouts, each epoch commits the Merkle root of `(epoch, keccak256(rig),
+/// paidTotal)` leaves: what the network has paid each rig in all, through that epoch. That is
+/// what disputes are answered with. The network's statement key signs, in the same domain,
+/// `Credit` statements (everything it credited a rig before a time, past the audit window);
+/// once a statement is `maturity` seconds old, anyone may open a dispute with it and a batch
+/// the rig signed that holds the statement's last receipt. The network has `answerWindow`
+/// seconds to show a rig leaf paying at least the statement's total; what it cannot show it
+/// paid is then paid to the rig's owner in the registry, from the network's bond. Each
+/// statement is disputed once, and what disputes paid a rig counts as paid for every later one.
 contract RigdSettlement is Ownable, EIP712 {
     using SafeERC20 for IERC20;
 
@@ -49,9 +59,30 @@ contract RigdSettlement is Ownable, EIP712 {
 
     struct Epoch {
         bytes32 payoutRoot;
+        bytes32 rigRoot;
         uint256 total;
         uint256 claimed;
         uint64 postedAt;
+    }
+
+    /// The network's statement that all the credit it recorded for `rig` before `beforeMs`
+    /// (Unix ms), and kept past its audit window, totals `creditedTotal` (token units); the last
+    /// receipt so credited is `lastSeq`.
+    struct Credit {
+        string rig;
+        uint64 lastSeq;
+        uint64 beforeMs;
+        uint256 creditedTotal;
+    }
+
+    /// A dispute, by the digest of its statement; `state` is 0 (none), `OPEN`, `REFUSED` or
+    /// `PAID`.
+    struct Dispute {
+        bytes32 rig;
+        uint64 deadline;
+        uint8 state;
+        uint256 credited;
+        uint256 paid;
     }
 
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
@@ -62,8 +93,28 @@ contract RigdSettlement is Ownable, EIP712 {
     bytes32 public constant BATCH_TYPEHASH =
         keccak256("ReceiptBatch(string rig,uint64 firstSeq,uint32 count,bytes32 root)");
 
+    uint8 public constant OPEN = 1;
+    uint8 public constant REFUSED = 2;
+    uint8 public constant PAID = 3;
+
+    bytes32 public constant CREDIT_TYPEHASH =
+        keccak256("Credit(string rig,uint64 lastSeq,uint64 beforeMs,uint256 creditedTotal)");
+
     IERC20 public immutable token;
     RigKeyRegistry public immutable registry;
+    /// The key the network signs credit statements with.
+    address public immutable statementSigner;
+    /// Seconds after a statement's `beforeMs` before it can be disputed (the network's time to
+    /// post an epoch that pays it).
+    uint64 public immutable maturity;
+    /// Seconds the network has to answer a dispute.
+    uint64 public immutable answerWindow;
+
+    /// What the network paid in to make good lost disputes, not yet paid out.
+    uint256 public bond;
+    /// What disputes paid each rig in all, by keccak256 of the rig id.
+    mapping(bytes32 => uint256) public madeGood;
+    mapping(bytes32 => Dispute) public disputes;
 
     /// The number of the next epoch to post.
     uint64 public nextEpoch;
@@ -72,6 +123,11 @@ contract RigdSettlement is Ownable, EIP712 {
 
     event EpochPosted(uint64 indexed epoch, bytes32 payoutRoot, uint256 total);
     event Claimed(uint64 indexed epoch, address indexed owner, uint256 amount);
+    event BondFunded(address indexed from, uint256 amount);
+    event DisputeOpened(bytes32 indexed id, string rig, uint256 credited, uint64 deadline);
+    event DisputeAnswered(bytes32 indexed id, uint64 epoch, uint256 paidTotal);
+    event DisputeRefused(bytes32 indexed id);
+    event DisputePaid(bytes32 indexed id, address indexed owner, uint256 amount);
 
     error EpochOutOfOrder(uint64 posted, uint64 expected);
     error EmptyEpoch();
@@ -79,20 +135,46 @@ contract RigdSettlement is Ownable, EIP712 {
     error AlreadyClaimed(uint64 epoch, address owner);
     error NotInEpoch();
     error OverClaimed(uint64 epoch);
+    error NotTheRigsWork();
+    error NotTheNetworksStatement();
+    error AlreadyDisputed(bytes32 id);
+    error NotDueYet();
+    error NothingOwed();
+    error NotOpen(bytes32 id);
+    error AnswerTooLate(bytes32 id);
+    error NoOwner();
+    error BondTooSmall(uint256 owed, uint256 bond);
 
-    constructor(IERC20 token_, RigKeyRegistry registry_) Ownable(msg.sender) EIP712("rigd", "1") {
+    constructor(
+        IERC20 token_,
+        RigKeyRegistry registry_,
+        address statementSigner_,
+        uint64 maturity_,
+        uint64 answerWindow_
+    ) Ownable(msg.sender) EIP712("rigd", "1") {
         token = token_;
         registry = registry_;
+        statementSigner = statementSigner_;
+        maturity = maturity_;
+        answerWindow = answerWindow_;
     }
 
-    /// Posts epoch `epoch` (which must be `nextEpoch`) and pays its `total` in from the sender.
-    function postEpoch(uint64 epoch, bytes32 payoutRoot, uint256 total) external onlyOwner {
+    /// Posts epoch `epoch` (which must be `nextEpoch`) with the roots of its owner payouts and
+    /// of its rigs' paid totals, and pays its `total` in from the sender.
+    function postEpoch(uint64 epoch, bytes32 payoutRoot, bytes32 rigRoot, uint256 total) external onlyOwner {
         if (epoch != nextEpoch) revert EpochOutOfOrder(epoch, nextEpoch);
         if (payoutRoot == bytes32(0)) revert EmptyEpoch();
         nextEpoch = epoch + 1;
-        epochs[epoch] = Epoch(payoutRoot, total, 0, uint64(block.timestamp));
+        epochs[epoch] = Epoch(payoutRoot, rigRoot, total, 0, uint64(block.timestamp));
         token.safeTransferFrom(msg.sender, address(this), total);
         emit EpochPosted(epoch, payoutRoot, total);
+    }
+
+    /// Pays `amount` into the bond that makes good lost disputes.
+    function fundBond(uint256 amount) external {
+        bond += amount;
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        emit BondFunded(msg.sender, amount);
     }
 
     /// The leaf of `owner`'s `amount` in `epoch` (hashed twice, as OpenZeppelin's trees).
@@ -113,6 +195,81 @@ contract RigdSettlement is Ownable, EIP712 {
         if (e.claimed > e.total) revert OverClaimed(epoch);
         token.safeTransfer(owner, amount);
         emit Claimed(epoch, owner, amount);
+    }
+
+    /// The leaf of the rig whose id hashes to `rig`, paid `paidTotal` in all through `epoch`.
+    function rigLeaf(uint64 epoch, bytes32 rig, uint256 paidTotal) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(epoch, rig, paidTotal))));
+    }
+
+    /// The digest the network's statement key signs for `c`: the dispute's id.
+    function creditDigest(Credit calldata c) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(CREDIT_TYPEHASH, keccak256(bytes(c.rig)), c.lastSeq, c.beforeMs, c.creditedTotal))
+        );
+    }
+
+    /// Opens a dispute of statement `c`, signed by the network's statement key, with the batch
+    /// `b` the rig signed that holds the statement's last receipt.
+    function openDispute(Credit calldata c, bytes calldata statementSig, Batch calldata b, bytes calldata rigSig)
+        external
+        returns (bytes32 id)
+    {
+        bytes32 rig = keccak256(bytes(c.rig));
+        if (rig != keccak256(bytes(b.rig)) || c.lastSeq < b.firstSeq || c.lastSeq - b.firstSeq >= b.count) {
+            revert NotTheRigsWork();
+        }
+        if (!signedByRig(b, rigSig)) revert NotTheRigsWork();
+        id = creditDigest(c);
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(id, statementSig);
+        if (err != ECDSA.RecoverError.NoError || signer != statementSigner) revert NotTheNetworksStatement();
+        if (disputes[id].state != 0) revert AlreadyDisputed(id);
+        if (uint256(c.beforeMs) + uint256(maturity) * 1000 > block.timestamp * 1000) revert NotDueYet();
+        if (c.creditedTotal <= madeGood[rig]) revert NothingOwed();
+        uint64 deadline = uint64(block.timestamp) + answerWindow;
+        disputes[id] = Dispute(rig, deadline, OPEN, c.creditedTotal, 0);
+        emit DisputeOpened(id, c.rig, c.creditedTotal, deadline);
+    }
+
+    /// Answers open dispute `id` with the rig's leaf in `epoch`: what it shows the network
+    /// paid counts against the statement, and a leaf paying all of it refuses the dispute.
+    function answerDispute(bytes32 id, uint64 epoch, uint256 paidTotal, bytes32[] calldata proof) external {
+        Dispute storage d = disputes[id];
+        if (d.state != OPEN) revert NotOpen(id);
+        if (block.timestamp > d.deadline) revert AnswerTooLate(id);
+        Epoch storage e = epochs[epoch];
+        if (e.payoutRoot == bytes32(0)) revert NoSuchEpoch(epoch);
+        if (!MerkleProof.verifyCalldata(proof, e.rigRoot, rigLeaf(epoch, d.rig, paidTotal))) revert NotInEpoch();
+        if (paidTotal > d.paid) d.paid = paidTotal;
+        emit DisputeAnswered(id, epoch, paidTotal);
+        if (d.paid + madeGood[d.rig] >= d.credited) {
+            d.state = REFUSED;
+            emit DisputeRefused(id);
+        }
+    }
+
+    /// Settles dispute `id` once its answer window has passed: what the statement credited
+    /// beyond what the network showed it paid and what disputes already paid goes to the rig's
+    /// owner from the bond.
+    function settleDispute(bytes32 id) external {
+        Dispute storage d = disputes[id];
+        if (d.state != OPEN) revert NotOpen(id);
+        if (block.timestamp <= d.deadline) revert NotDueYet();
+        uint256 covered = d.paid + madeGood[d.rig];
+        if (covered >= d.credited) {
+            d.state = REFUSED;
+            emit DisputeRefused(id);
+            return;
+        }
+        uint256 owed = d.credited - covered;
+        address owner = registry.keyOf(d.rig).owner;
+        if (owner == address(0)) revert NoOwner();
+        if (owed > bond) revert BondTooSmall(owed, bond);
+        bond -= owed;
+        madeGood[d.rig] += owed;
+        d.state = PAID;
+        token.safeTransfer(owner, owed);
+        emit DisputePaid(id, owner, owed);
     }
 
     /// hashStruct(Receipt): the receipt's Merkle leaf. Two abi.encode halves of static words

@@ -9,12 +9,17 @@
 //! `RigdSettlement.verifyReceipt` takes a receipt, its proof, its batch header and signature
 //! as rigd made them ([`receipt`], [`batch`]) and checks them under the key the network wrote
 //! into `RigKeyRegistry` ([`register_rig`]).
+//!
+//! Beside its payouts each epoch commits a [`RigTree`], what the network has paid each rig in
+//! all; a rig's owner holding the network's signed credit statement for more opens a dispute
+//! ([`open_dispute_call`]), which the network answers with the rig's leaf
+//! ([`RigTree::answer_call`]) or pays from its bond.
 
 use alloy_primitives::{Address, Bytes, FixedBytes, U256};
 use alloy_sol_types::{sol, SolCall, SolConstructor, SolValue};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rigd_protocol::digest::{keccak256, Hash32};
-use rigd_protocol::{merkle, BatchHeader, EthAddress, PublicKey, Receipt, RigId};
+use rigd_protocol::{merkle, BatchHeader, CreditStatement, EthAddress, PublicKey, Receipt, RigId};
 use std::collections::BTreeMap;
 
 sol!(
@@ -129,11 +134,13 @@ impl Epoch {
         Some((self.payouts[i].1, merkle::proof(&self.leaves, i)?))
     }
 
-    /// The call that posts the epoch (`RigdSettlement.postEpoch`).
-    pub fn post_call(&self) -> Vec<u8> {
+    /// The call that posts the epoch with `rigs`, its rigs' paid totals
+    /// (`RigdSettlement.postEpoch`).
+    pub fn post_call(&self, rigs: &RigTree) -> Vec<u8> {
         RigdSettlement::postEpochCall {
             epoch: self.id,
             payoutRoot: FixedBytes(self.root()),
+            rigRoot: FixedBytes(rigs.root()),
             total: U256::from(self.total()),
         }
         .abi_encode()
@@ -152,6 +159,88 @@ impl Epoch {
             .abi_encode(),
         )
     }
+}
+
+/// What the network has paid each rig in all through one epoch: the tree whose root the
+/// epoch commits beside its payouts, and whose leaves answer disputes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RigTree {
+    /// The epoch.
+    pub epoch: u64,
+    /// Each rig's paid total, micro-credits, sorted by rig.
+    pub totals: Vec<(RigId, u64)>,
+    leaves: Vec<Hash32>,
+}
+
+impl RigTree {
+    /// The tree of epoch `epoch` over each rig's paid total through it.
+    pub fn new(epoch: u64, totals: &BTreeMap<RigId, u64>) -> Self {
+        let totals: Vec<(RigId, u64)> = totals.iter().map(|(r, t)| (r.clone(), *t)).collect();
+        let leaves = totals
+            .iter()
+            .map(|(rig, paid)| rig_leaf(epoch, rig, *paid))
+            .collect();
+        Self {
+            epoch,
+            totals,
+            leaves,
+        }
+    }
+
+    /// The root the epoch commits.
+    pub fn root(&self) -> Hash32 {
+        merkle::root(&self.leaves)
+    }
+
+    /// `rig`'s paid total and the proof of its leaf, if the tree holds it.
+    pub fn proof(&self, rig: &RigId) -> Option<(u64, Vec<Hash32>)> {
+        let i = self.totals.iter().position(|(r, _)| r == rig)?;
+        Some((self.totals[i].1, merkle::proof(&self.leaves, i)?))
+    }
+
+    /// The call answering dispute `id` with `rig`'s leaf, if the tree holds it.
+    pub fn answer_call(&self, id: Hash32, rig: &RigId) -> Option<Vec<u8>> {
+        let (paid, proof) = self.proof(rig)?;
+        Some(
+            RigdSettlement::answerDisputeCall {
+                id: FixedBytes(id),
+                epoch: self.epoch,
+                paidTotal: U256::from(paid),
+                proof: proof.into_iter().map(FixedBytes).collect(),
+            }
+            .abi_encode(),
+        )
+    }
+}
+
+/// `keccak256(keccak256(abi.encode(epoch, keccak256(rig), paidTotal)))`, as
+/// `RigdSettlement.rigLeaf`.
+pub fn rig_leaf(epoch: u64, rig: &RigId, paid: u64) -> Hash32 {
+    let rig = FixedBytes(keccak256(&[rig.as_str().as_bytes()]));
+    let inner = keccak256(&[&(epoch, rig, U256::from(paid)).abi_encode()]);
+    keccak256(&[&inner])
+}
+
+/// The call opening a dispute of `statement` (signed by the network's statement key as
+/// `statement_sig`) with the rig's signed batch `header` that holds its last receipt.
+pub fn open_dispute_call(
+    statement: &CreditStatement,
+    statement_sig: &[u8],
+    header: &BatchHeader,
+    rig_sig: &[u8],
+) -> Vec<u8> {
+    RigdSettlement::openDisputeCall {
+        c: RigdSettlement::Credit {
+            rig: statement.rig.to_string(),
+            lastSeq: statement.last_seq,
+            beforeMs: statement.before_ms,
+            creditedTotal: U256::from(statement.credited_total),
+        },
+        statementSig: Bytes::copy_from_slice(statement_sig),
+        b: batch(header),
+        rigSig: Bytes::copy_from_slice(rig_sig),
+    }
+    .abi_encode()
 }
 
 /// `keccak256(keccak256(abi.encode(epoch, owner, amount)))`, as `RigdSettlement.payoutLeaf`.
@@ -243,13 +332,31 @@ pub fn register_rig(rig: &RigId, key: &PublicKey, owner: EthAddress) -> Result<V
     }
 }
 
-/// Creation code of `RigdSettlement` for `token` and `registry`.
-pub fn settlement_creation(token: EthAddress, registry: EthAddress) -> Vec<u8> {
+/// The terms a deployment holds its network to in disputes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisputeTerms {
+    /// The address of the key the network signs credit statements with.
+    pub statement_signer: EthAddress,
+    /// Seconds after a statement's `before_ms` before it can be disputed.
+    pub maturity_s: u64,
+    /// Seconds the network has to answer a dispute.
+    pub answer_window_s: u64,
+}
+
+/// Creation code of `RigdSettlement` for `token`, `registry` and `terms`.
+pub fn settlement_creation(
+    token: EthAddress,
+    registry: EthAddress,
+    terms: DisputeTerms,
+) -> Vec<u8> {
     let mut code = RigdSettlement::BYTECODE.to_vec();
     code.extend(
         RigdSettlement::constructorCall {
             token_: Address::from(token.0),
             registry_: Address::from(registry.0),
+            statementSigner_: Address::from(terms.statement_signer.0),
+            maturity_: terms.maturity_s,
+            answerWindow_: terms.answer_window_s,
         }
         .abi_encode(),
     );

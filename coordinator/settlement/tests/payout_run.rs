@@ -15,7 +15,7 @@ use rigd_harness::workspace_bin;
 use rigd_protocol::claim::Inventory;
 use rigd_protocol::{EthAddress, PublicKey, Receipt, RigId};
 use rigd_provisioning::registry::Registry;
-use rigd_settlement::{RigKeyRegistry, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{DisputeTerms, RigKeyRegistry, RigdPayoutToken, RigdSettlement};
 use rigd_testkit::fixtures;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -233,6 +233,11 @@ fn a_payout_run_killed_at_any_step_neither_pays_twice_nor_forgets() {
     let settlement = deploy(rigd_settlement::settlement_creation(
         EthAddress(token.into_array()),
         EthAddress(keys.into_array()),
+        DisputeTerms {
+            statement_signer: EthAddress(chain.address().into_array()),
+            maturity_s: 86_400,
+            answer_window_s: 86_400,
+        },
     ));
     let mint = RigdPayoutToken::mintCall {
         to: chain.address(),

@@ -8,52 +8,12 @@ mod chain;
 
 use alloy_primitives::{Address, U256};
 use alloy_sol_types::SolCall;
-use chain::{addr, eth, signed_batch, Chain, RigKey, CHAIN_ID};
+use chain::{addr, eth, owners, rigs, signed_batch, Chain, RigKey, CHAIN_ID, PRICE, WORK};
 use rigd_coordinator::ledger::{BatchRecord, Entry, ReceiptState};
 use rigd_coordinator::Ledger;
 use rigd_protocol::{Domain, EthAddress, RigId};
-use rigd_settlement::{register_rig, Epoch, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{Epoch, RigTree, RigdPayoutToken, RigdSettlement};
 use std::collections::BTreeMap;
-
-/// Micro-credits per MFLOP, as the coordinator prices work.
-const PRICE: u64 = 10;
-const WORK: u64 = 2_000_000_000;
-
-struct Rig {
-    id: RigId,
-    key: RigKey,
-    owner: EthAddress,
-}
-
-fn owners() -> [EthAddress; 3] {
-    [
-        EthAddress([0xa1; 20]),
-        EthAddress([0xb2; 20]),
-        EthAddress([0xc3; 20]),
-    ]
-}
-
-/// Three secp256k1 rigs and two P-256 rigs (one of them in a TPM) of three owners,
-/// registered on `chain`.
-fn rigs(chain: &mut Chain) -> Vec<Rig> {
-    let [a, b, c] = owners();
-    let rigs = vec![
-        (RigKey::file("secp256k1"), a),
-        (RigKey::file("secp256k1"), a),
-        (RigKey::file("secp256k1"), b),
-        (RigKey::tpm(), b),
-        (RigKey::file("p256"), c),
-    ];
-    rigs.into_iter()
-        .enumerate()
-        .map(|(i, (key, owner))| {
-            let id = RigId::new(format!("rig-{i}")).unwrap();
-            let call = register_rig(&id, &key.public(), owner).unwrap();
-            assert!(chain.call(chain.network, chain.registry, call).ok);
-            Rig { id, key, owner }
-        })
-        .collect()
-}
 
 #[test]
 fn receipts_verify_on_chain_only_under_the_rigs_key_in_this_deployment() {
@@ -130,6 +90,8 @@ fn each_owner_claims_exactly_what_the_ledger_credited_it_once() {
     ledger
         .build_epoch(0, cutoff, epoch.root(), &paid, &epoch.payouts)
         .unwrap();
+    let rig_tree = RigTree::new(0, &ledger.paid_through(0).unwrap());
+    assert_eq!(rig_tree.totals.len(), 4);
     assert_eq!(ledger.epoch(0).unwrap().unwrap().owners, epoch.payouts);
     // What each owner is owed, from the ledger itself.
     let mut credited: BTreeMap<EthAddress, u128> = BTreeMap::new();
@@ -148,7 +110,7 @@ fn each_owner_claims_exactly_what_the_ledger_credited_it_once() {
     }
     .abi_encode();
     assert!(chain.call(chain.network, chain.token, approve).ok);
-    let posted = chain.call(chain.network, chain.settlement, epoch.post_call());
+    let posted = chain.call(chain.network, chain.settlement, epoch.post_call(&rig_tree));
     assert!(
         posted.ok,
         "post reverted: 0x{}",
@@ -158,7 +120,7 @@ fn each_owner_claims_exactly_what_the_ledger_credited_it_once() {
     ledger.mark_posted(0, "revm").unwrap();
     assert_eq!(ledger.unposted_epoch().unwrap(), None);
     // The same epoch again is out of order: nothing is paid in twice.
-    let again = chain.call(chain.network, chain.settlement, epoch.post_call());
+    let again = chain.call(chain.network, chain.settlement, epoch.post_call(&rig_tree));
     assert!(matches!(
         again.settlement_error(),
         RigdSettlement::RigdSettlementErrors::EpochOutOfOrder(_)

@@ -12,7 +12,7 @@
 //! to look for it.
 
 use super::{u, Ledger, LedgerError};
-use rigd_protocol::{EthAddress, RigId};
+use rigd_protocol::{CreditStatement, EthAddress, RigId};
 use rusqlite::{params, OptionalExtension};
 use std::collections::BTreeMap;
 
@@ -123,6 +123,45 @@ impl Ledger {
             |r| r.get::<_, i64>(0),
         )?;
         Ok(paid as u64)
+    }
+
+    /// What epochs up to and including `epoch` (built or posted) pay each rig, in all: the
+    /// leaves of that epoch's rig tree.
+    pub fn paid_through(&self, epoch: u64) -> Result<BTreeMap<RigId, u64>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT rig, SUM(micros) FROM payouts WHERE epoch <= ?1 GROUP BY rig ORDER BY rig",
+        )?;
+        let mut totals = BTreeMap::new();
+        for row in stmt.query_map([u(epoch)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })? {
+            let (rig, micros) = row?;
+            let rig = RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+            totals.insert(rig, micros);
+        }
+        Ok(totals)
+    }
+
+    /// `rig`'s credit recorded before `before_ms`, in all, and the highest sequence number
+    /// among it: what a credit statement for that instant says (`None` while there is none).
+    /// Once `before_ms` is older than the audit window this never changes.
+    pub fn credited_before(
+        &self,
+        rig: &RigId,
+        before_ms: u64,
+    ) -> Result<Option<CreditStatement>, LedgerError> {
+        let (last, total): (Option<i64>, i64) = self.conn.query_row(
+            "SELECT MAX(seq), COALESCE(SUM(micros), 0) FROM receipts
+             WHERE rig = ?1 AND state = 'credited' AND changed_ms < ?2",
+            params![rig.as_str(), u(before_ms)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(last.map(|last| CreditStatement {
+            rig: rig.clone(),
+            last_seq: last as u64,
+            before_ms,
+            credited_total: total as u64,
+        }))
     }
 
     /// Records epoch `epoch` as built, with each rig's amount and each owner's (the epoch's

@@ -13,11 +13,12 @@ use revm::primitives::hardfork::SpecId;
 use revm::primitives::{Bytes, TxKind};
 use revm::{ExecuteCommitEvm, MainBuilder, MainContext};
 use rigd::keys::KeyStore;
+use rigd_coordinator::statement::StatementKey;
 use rigd_protocol::{
     BatchHeader, Domain, EthAddress, GpuUuid, JobId, PublicKey, Receipt, ReceiptItem, RigId,
     Signature, UnitOutput,
 };
-use rigd_settlement::{RigKeyRegistry, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{DisputeTerms, RigKeyRegistry, RigdPayoutToken, RigdSettlement};
 use rigd_testkit::swtpm::Swtpm;
 use std::collections::HashMap;
 
@@ -43,6 +44,11 @@ impl Outcome {
     }
 }
 
+/// Seconds after a statement's instant before it can be disputed, in these deployments.
+pub const MATURITY_S: u64 = 3_600;
+/// Seconds the network has to answer a dispute, in these deployments.
+pub const ANSWER_WINDOW_S: u64 = 600;
+
 pub struct Chain {
     evm: MainnetEvm<MainnetContext<CacheDB<EmptyDB>>>,
     nonces: HashMap<Address, u64>,
@@ -50,12 +56,19 @@ pub struct Chain {
     pub token: Address,
     pub registry: Address,
     pub settlement: Address,
+    /// The network's credit statement key, the one the settlement is deployed with.
+    pub statements: StatementKey,
+    _dir: tempfile::TempDir,
 }
 
 impl Chain {
     /// A chain with the token, the registry and the settlement deployed by the network's
     /// account, which holds `funds` of the token.
     pub fn deploy(funds: u128) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("statement-key");
+        std::fs::write(&key_file, format!("0x{}\n", "5a".repeat(32))).unwrap();
+        let statements = StatementKey::open(&key_file).unwrap();
         let evm = Context::mainnet()
             .modify_cfg_chained(|c| {
                 c.set_spec_and_mainnet_gas_params(SpecId::OSAKA);
@@ -75,12 +88,19 @@ impl Chain {
             token: Address::ZERO,
             registry: Address::ZERO,
             settlement: Address::ZERO,
+            statements,
+            _dir: dir,
+        };
+        let terms = DisputeTerms {
+            statement_signer: chain.statements.address(),
+            maturity_s: MATURITY_S,
+            answer_window_s: ANSWER_WINDOW_S,
         };
         chain.token = chain.create(network, RigdPayoutToken::BYTECODE.to_vec());
         chain.registry = chain.create(network, RigKeyRegistry::BYTECODE.to_vec());
         chain.settlement = chain.create(
             network,
-            rigd_settlement::settlement_creation(eth(chain.token), eth(chain.registry)),
+            rigd_settlement::settlement_creation(eth(chain.token), eth(chain.registry), terms),
         );
         let mint = RigdPayoutToken::mintCall {
             to: network,
@@ -89,6 +109,11 @@ impl Chain {
         .abi_encode();
         assert!(chain.call(network, chain.token, mint).ok);
         chain
+    }
+
+    /// Sets the time of the blocks that follow (Unix seconds).
+    pub fn set_time(&mut self, secs: u64) {
+        self.evm.ctx.block.timestamp = U256::from(secs);
     }
 
     /// The deployment rigs sign for.
@@ -248,4 +273,47 @@ pub fn signed_batch(
     let header = BatchHeader::over(rig, domain, &receipts).unwrap();
     let signature = key.store.sign_digest(&header.signing_digest()).unwrap();
     (header, signature, ReceiptItem::with_proofs(items))
+}
+
+/// Micro-credits per MFLOP, as the coordinator prices work.
+pub const PRICE: u64 = 10;
+/// FLOPs per receipt.
+pub const WORK: u64 = 2_000_000_000;
+
+/// A registered rig: its id, receipt key and owner.
+pub struct Rig {
+    pub id: RigId,
+    pub key: RigKey,
+    pub owner: EthAddress,
+}
+
+/// The three owners' payout addresses.
+pub fn owners() -> [EthAddress; 3] {
+    [
+        EthAddress([0xa1; 20]),
+        EthAddress([0xb2; 20]),
+        EthAddress([0xc3; 20]),
+    ]
+}
+
+/// Three secp256k1 rigs and two P-256 rigs (one of them in a TPM) of three owners,
+/// registered on `chain`.
+pub fn rigs(chain: &mut Chain) -> Vec<Rig> {
+    let [a, b, c] = owners();
+    let rigs = vec![
+        (RigKey::file("secp256k1"), a),
+        (RigKey::file("secp256k1"), a),
+        (RigKey::file("secp256k1"), b),
+        (RigKey::tpm(), b),
+        (RigKey::file("p256"), c),
+    ];
+    rigs.into_iter()
+        .enumerate()
+        .map(|(i, (key, owner))| {
+            let id = RigId::new(format!("rig-{i}")).unwrap();
+            let call = rigd_settlement::register_rig(&id, &key.public(), owner).unwrap();
+            assert!(chain.call(chain.network, chain.registry, call).ok);
+            Rig { id, key, owner }
+        })
+        .collect()
 }
