@@ -178,7 +178,9 @@ enum HoldAt {
 
 /// One payout run: finishes an epoch a cut-off run left, then builds the next epoch from the
 /// ledger (credit past its audit window, paid to each rig owner's payout address in the
-/// registry) and posts it to the settlement contract. Prints one JSON line per epoch posted.
+/// registry) and posts it to the settlement contract; answers the disputes opened since the
+/// last run and signs the rigs' credit statements. Prints one JSON line per epoch posted and
+/// per dispute answered, and the number of statements signed.
 #[derive(Debug, Parser)]
 #[command(name = "coordinator payouts", version)]
 struct PayoutArgs {
@@ -201,6 +203,11 @@ struct PayoutArgs {
     /// Credit younger than this is not paid yet, ms (the coordinator's audit window).
     #[arg(long, default_value_t = 600_000)]
     audit_window_ms: u64,
+    /// File with the network's statement key (secp256k1, hex; the settlement contract's
+    /// `statementSigner`): the run signs each rig's credit statement as of its cutoff and keeps
+    /// it in the ledger for the owners' dashboard.
+    #[arg(long)]
+    statement_key: Option<PathBuf>,
     /// Stops at this point and waits to be killed (crash tests).
     #[arg(long, value_enum, hide = true)]
     hold_at: Option<HoldAt>,
@@ -223,17 +230,28 @@ async fn payouts(args: PayoutArgs) -> anyhow::Result<()> {
             HoldAt::Signed => Hold::Signed,
             HoldAt::Sent => Hold::Sent,
         }),
+        statement_key: args.statement_key,
     };
-    let posted = payout_run::run(&chain, &config).await?;
-    if posted.is_empty() {
+    let report = payout_run::run(&chain, &config).await?;
+    if report.posted.is_empty() {
         println!("{}", serde_json::json!({"posted": null}));
     }
-    for p in posted {
+    for p in report.posted {
         println!(
             "{}",
             serde_json::json!({"posted": p.epoch, "tx": p.tx, "owners": p.owners,
                 "total": p.total.to_string(), "recovered": p.recovered})
         );
+    }
+    for a in report.answered {
+        println!(
+            "{}",
+            serde_json::json!({"answered": format!("0x{}", alloy_primitives::hex::encode(a.id)),
+                "rig": a.rig, "epoch": a.epoch, "refused": a.refused})
+        );
+    }
+    if let Some(n) = report.statements {
+        println!("{}", serde_json::json!({"statements": n}));
     }
     Ok(())
 }

@@ -10,12 +10,19 @@
 //! and takes epochs strictly in order, so a second post of the same number reverts): the root
 //! is there, so it is marked posted with the transaction that put it there; or it is not, so
 //! the post is signed again and sent.
+//!
+//! Then, for disputes (`docs/payouts.md`): it answers every dispute opened since the last run
+//! with the rig's leaf in the latest posted epoch, and, given the network's statement key,
+//! signs each rig's credit statement as of this run's cutoff and keeps it in the ledger for
+//! the owners' dashboard to hand out.
 
 use crate::chain::{Chain, ChainError};
 use crate::ledger::{EpochRecord, Ledger, LedgerError, SentPost};
+use crate::statement::{StatementError, StatementKey};
 use alloy_primitives::{Address, FixedBytes, U256};
 use alloy_rpc_types_eth::Filter;
 use alloy_sol_types::{SolCall, SolEvent};
+use rigd_protocol::{Domain, EthAddress, RigId};
 use rigd_settlement::{Epoch, EpochError, RigTree, RigdPayoutToken, RigdSettlement};
 use std::path::PathBuf;
 
@@ -53,9 +60,38 @@ pub struct PayoutConfig {
     pub audit_ms: u64,
     /// Stop at this point and wait to be killed.
     pub hold: Option<Hold>,
+    /// The network's statement key file, if this run signs credit statements.
+    pub statement_key: Option<PathBuf>,
 }
 
 /// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Report {
+    /// The epochs posted.
+    pub posted: Vec<Posted>,
+    /// The disputes answered.
+    pub answered: Vec<Answered>,
+    /// The statements signed, when the run had the statement key.
+    pub statements: Option<usize>,
+}
+
+/// A dispute answered with a rig's leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// The dispute (its statement's digest).
+    pub id: [u8; 32],
+    /// The rig.
+    pub rig: String,
+    /// The epoch whose leaf answered it.
+    pub epoch: u64,
+    /// Whether the answer refused it (the leaf paid the whole statement).
+    pub refused: bool,
+}
+
+/// The ledger's meta key of the first block the next run reads dispute logs from.
+const DISPUTES_FROM: &str = "disputes_from_block";
+
+/// An epoch a run posted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Posted {
     /// The epoch.
@@ -97,6 +133,9 @@ pub enum PayoutError {
         /// What the epoch pays.
         needed: U256,
     },
+    /// The statement key or a statement.
+    #[error("statements: {0}")]
+    Statement(#[from] StatementError),
     /// A chain answer did not decode.
     #[error("undecodable answer to {0}")]
     Decode(&'static str),
@@ -160,21 +199,127 @@ impl Settlement<'_> {
     }
 }
 
-/// Runs once: finishes an epoch an earlier run left built, then builds and posts the next if
-/// anything is payable. Returns the epochs posted (none: nothing was owed).
-pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Vec<Posted>, PayoutError> {
+/// Runs once: finishes an epoch an earlier run left built, builds and posts the next if
+/// anything is payable, answers the disputes opened since the last run and, given the
+/// statement key, signs each rig's statement as of this run's cutoff.
+pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Report, PayoutError> {
     let mut ledger = Ledger::open_existing(&config.ledger)?;
     let settlement = Settlement {
         chain,
         address: config.settlement,
     };
+    let cutoff_ms = rigd_client::unix_ms().saturating_sub(config.audit_ms);
+    let posted = post(&mut ledger, &settlement, config, cutoff_ms).await?;
+    let answered = answer_disputes(&mut ledger, &settlement).await?;
+    let statements = match &config.statement_key {
+        Some(key) => {
+            let key = StatementKey::open(key)?;
+            let domain = Domain::new(chain.chain_id(), EthAddress(config.settlement.into_array()));
+            let signed = ledger
+                .all_credited_before(cutoff_ms)?
+                .into_iter()
+                .map(|s| key.sign(s, &domain))
+                .collect::<Result<Vec<_>, _>>()?;
+            ledger.record_statements(&signed)?;
+            tracing::info!(
+                statements = signed.len(),
+                cutoff_ms,
+                "credit statements signed"
+            );
+            Some(signed.len())
+        }
+        None => None,
+    };
+    Ok(Report {
+        posted,
+        answered,
+        statements,
+    })
+}
+
+/// Answers each open dispute that the contract's `DisputeOpened` logs name since the last
+/// run with the rig's leaf in the latest posted epoch.
+async fn answer_disputes(
+    ledger: &mut Ledger,
+    settlement: &Settlement<'_>,
+) -> Result<Vec<Answered>, PayoutError> {
+    let from = ledger.meta(DISPUTES_FROM)?.unwrap_or(0);
+    let to = settlement.chain.block_number().await?;
+    let filter = Filter::new()
+        .address(settlement.address)
+        .event_signature(RigdSettlement::DisputeOpened::SIGNATURE_HASH)
+        .from_block(from)
+        .to_block(to);
+    let logs = settlement.chain.logs(&filter).await?;
+    let latest = ledger.latest_posted_epoch()?;
+    let mut answered = Vec::new();
+    for log in logs {
+        let Ok(opened) = RigdSettlement::DisputeOpened::decode_log_data(&log.inner.data) else {
+            tracing::warn!("a DisputeOpened log that does not decode");
+            continue;
+        };
+        let id = opened.id;
+        let dispute = view(
+            settlement.chain,
+            settlement.address,
+            RigdSettlement::disputesCall(id),
+            "disputes",
+        )
+        .await?;
+        if dispute.state != OPEN {
+            continue;
+        }
+        let (Ok(rig), Some(epoch)) = (RigId::new(opened.rig.clone()), latest) else {
+            tracing::warn!(id = %id, rig = %opened.rig, "a dispute no posted epoch can answer");
+            continue;
+        };
+        let tree = RigTree::new(epoch, &ledger.paid_through(epoch)?);
+        let Some(call) = tree.answer_call(id.0, &rig) else {
+            tracing::warn!(id = %id, %rig, epoch, "a dispute of a rig no epoch has paid");
+            continue;
+        };
+        settlement
+            .chain
+            .send(Some(settlement.address), call)
+            .await?;
+        let after = view(
+            settlement.chain,
+            settlement.address,
+            RigdSettlement::disputesCall(id),
+            "disputes",
+        )
+        .await?;
+        tracing::info!(id = %id, %rig, epoch, refused = after.state == REFUSED, "dispute answered");
+        answered.push(Answered {
+            id: id.0,
+            rig: rig.to_string(),
+            epoch,
+            refused: after.state == REFUSED,
+        });
+    }
+    ledger.set_meta(DISPUTES_FROM, to.saturating_add(1))?;
+    Ok(answered)
+}
+
+/// The contract's dispute states.
+const OPEN: u8 = 1;
+const REFUSED: u8 = 2;
+
+/// Finishes an epoch an earlier run left built, then builds and posts the next if anything
+/// is payable before `cutoff_ms`. Returns the epochs posted.
+async fn post(
+    ledger: &mut Ledger,
+    settlement: &Settlement<'_>,
+    config: &PayoutConfig,
+    cutoff_ms: u64,
+) -> Result<Vec<Posted>, PayoutError> {
     let mut posted = Vec::new();
     if let Some(open) = ledger.unposted_epoch()? {
         tracing::info!(
             epoch = open.epoch,
             "finishing the epoch an earlier run built"
         );
-        posted.push(finish(&ledger, &settlement, config, open, true).await?);
+        posted.push(finish(ledger, settlement, config, open, true).await?);
     }
     let next = settlement.next_epoch().await?;
     let ledger_next = match ledger.latest_epoch()? {
@@ -188,7 +333,6 @@ pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Vec<Posted>, Pa
             "the contract takes epoch {next}, the ledger's next is {ledger_next}"
         )));
     }
-    let cutoff_ms = rigd_client::unix_ms().saturating_sub(config.audit_ms);
     let owed = ledger.payable(cutoff_ms)?;
     let registry = rigd_provisioning::registry::Registry::open_read_only(&config.registry)?;
     let addresses = registry.payout_addresses()?;
@@ -219,7 +363,7 @@ pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Vec<Posted>, Pa
     let record = ledger
         .epoch(next)?
         .ok_or_else(|| PayoutError::Disagree(format!("epoch {next} vanished from the ledger")))?;
-    posted.push(finish(&ledger, &settlement, config, record, false).await?);
+    posted.push(finish(ledger, settlement, config, record, false).await?);
     Ok(posted)
 }
 

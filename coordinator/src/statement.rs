@@ -29,6 +29,8 @@ pub enum StatementError {
 pub struct SignedStatement {
     /// What it states.
     pub statement: CreditStatement,
+    /// The deployment it is signed for.
+    pub domain: Domain,
     /// The statement key's signature of its digest in the deployment's domain.
     pub signature: Vec<u8>,
 }
@@ -61,6 +63,7 @@ impl StatementKey {
         let signature = self.signer.sign_hash_sync(&digest)?.as_bytes().to_vec();
         Ok(SignedStatement {
             statement,
+            domain: *domain,
             signature,
         })
     }

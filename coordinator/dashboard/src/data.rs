@@ -4,6 +4,7 @@
 //! answered exactly like a rig that does not exist.
 
 use rigd_coordinator::ledger::{CardDay, Ledger, LedgerError, ReceiptLine, RefusedLine};
+use rigd_coordinator::statement::SignedStatement;
 use rigd_protocol::owner_api::{CardTotal, DayTotal, OwnerEarnings, Totals};
 use rigd_protocol::RigId;
 use rigd_provisioning::registry::{Owner, Registry, RegistryError, RigRecord};
@@ -175,6 +176,18 @@ impl Store {
             refused.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
             refused.truncate(MAX_LINES as usize);
             Ok((rejected, refused))
+        })
+    }
+
+    /// The network's latest signed credit statement of each of the owner's rigs (those the
+    /// payout run has signed one for), by rig.
+    pub fn statements(&self, owner: &str) -> Result<Vec<SignedStatement>, StoreError> {
+        self.with(|c| {
+            let mut out = Vec::new();
+            for rig in c.registry.owner_rigs(owner)? {
+                out.extend(c.ledger.statement(&rig.rig)?);
+            }
+            Ok(out)
         })
     }
 }

@@ -387,6 +387,31 @@ async fn disputes(
     ))
 }
 
+/// The owner's credit statements, each as `RigdSettlement.openDispute` takes it with the
+/// deployment it is signed for.
+async fn statements(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = owner(&app, &headers)?;
+    let signed = blocking(move || Ok(app.store.statements(&name)?)).await?;
+    let statements: Vec<serde_json::Value> = signed
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "rig": s.statement.rig,
+                "last_seq": s.statement.last_seq,
+                "before_ms": s.statement.before_ms,
+                "credited_total": s.statement.credited_total,
+                "chain_id": s.domain.chain_id,
+                "contract": s.domain.contract().to_string(),
+                "signature": format!("0x{}", hex::encode(&s.signature)),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "statements": statements })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlertBody {
@@ -519,6 +544,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/rigs", get(rigs))
         .route("/api/earnings", get(earnings))
         .route("/api/disputes", get(disputes))
+        .route("/api/statements", get(statements))
         .route("/api/rigs/:rig/receipts", get(receipts))
         .route("/api/alerts", get(alerts).put(set_alerts))
         .fallback(fallback)

@@ -6,13 +6,16 @@
 use rigd_coordinator::ledger::{
     BatchRecord, Entry, Ledger, ReceiptState, Refused, DAY_MS, FORFEITED,
 };
+use rigd_coordinator::statement::StatementKey;
 use rigd_coordinator::verify::Rejection;
 use rigd_dashboard::auth::{Limits, LoginLimiter, Sessions};
 use rigd_dashboard::data::Store;
 use rigd_dashboard::http::{self, App};
 use rigd_exporter::fleet::Fleet;
 use rigd_protocol::claim::Inventory;
-use rigd_protocol::{encode, topics, EthAddress, JobId, PublicKey, Receipt, RefusalReason, RigId};
+use rigd_protocol::{
+    encode, topics, Domain, EthAddress, JobId, PublicKey, Receipt, RefusalReason, RigId,
+};
 use rigd_provisioning::registry::Registry;
 use rigd_testkit::fixtures;
 use serde_json::Value;
@@ -23,6 +26,14 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 const TTL_MS: u64 = 3_600_000;
+/// Every API path that answers with the session owner's own data.
+const OWNER_PATHS: [&str; 5] = [
+    "/api/rigs",
+    "/api/earnings",
+    "/api/disputes",
+    "/api/statements",
+    "/api/me",
+];
 const NOW: u64 = 40 * DAY_MS;
 
 struct Fixture {
@@ -144,6 +155,16 @@ fn fixture() -> Fixture {
     ok(ledger.mark_posted(0, "0x01"));
     let bob_owed = std::collections::BTreeMap::from([(bobs.clone(), 1)]);
     ok(ledger.build_epoch(1, 38 * DAY_MS, [2; 32], &bob_owed, &[]));
+    // The payout run's credit statements as of the first day's end.
+    let key_file = dir.path().join("statement.key");
+    ok(std::fs::write(&key_file, format!("0x{}", "5a".repeat(32))));
+    let key = ok(StatementKey::open(&key_file));
+    let domain = Domain::new(31337, EthAddress([0x99; 20]));
+    let signed: Vec<_> = ok(ledger.all_credited_before(38 * DAY_MS))
+        .into_iter()
+        .map(|s| ok(key.sign(s, &domain)))
+        .collect();
+    ok(ledger.record_statements(&signed));
 
     let mut fleet = Fleet::new(100);
     let alices = &rigs[0].1;
@@ -419,6 +440,35 @@ fn disputes_carry_their_reasons_in_words() {
 }
 
 #[test]
+fn each_owner_gets_the_networks_credit_statements_of_its_own_rigs() {
+    let f = fixture();
+    for (owner, count) in [("alice", 2), ("bob", 1)] {
+        let token = token_of(&f, owner);
+        let body = get(&f, "/api/statements", &token).json();
+        let list = body["statements"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(list.len(), count, "{body}");
+        for s in list {
+            let rig = ok(RigId::new(s["rig"].as_str().unwrap_or_default()));
+            assert!(
+                f.rigs.iter().any(|(o, r)| o == owner && *r == rig),
+                "{owner} got {rig}"
+            );
+            let credited = ok(f.ledger.credited_before(&rig, 38 * DAY_MS));
+            let credited = credited.unwrap_or_else(|| panic!("{rig} credited nothing"));
+            assert_eq!(s["credited_total"], credited.credited_total, "{s}");
+            assert_eq!(s["last_seq"], credited.last_seq, "{s}");
+            assert_eq!(s["before_ms"], 38 * DAY_MS, "{s}");
+            assert_eq!(s["chain_id"], 31337, "{s}");
+            assert_eq!(s["contract"], EthAddress([0x99; 20]).to_string(), "{s}");
+            let sig = s["signature"].as_str().unwrap_or_default();
+            assert_eq!(sig.len(), 2 + 65 * 2, "{s}");
+        }
+    }
+}
+
+#[test]
 fn another_owners_rigs_are_refused_by_every_path() {
     let f = fixture();
     let alice = token_of(&f, "alice");
@@ -440,7 +490,7 @@ fn another_owners_rigs_are_refused_by_every_path() {
         get(&f, &format!("/api/rigs/{alices}/receipts"), &bob).status,
         404
     );
-    for path in ["/api/rigs", "/api/earnings", "/api/disputes", "/api/me"] {
+    for path in OWNER_PATHS {
         let body = get(&f, path, &alice).body;
         assert!(
             !body.contains(bobs.as_str()),
@@ -454,13 +504,7 @@ fn another_owners_rigs_are_refused_by_every_path() {
     }
 
     let forged = "0".repeat(64);
-    for path in [
-        "/api/rigs",
-        "/api/earnings",
-        "/api/disputes",
-        "/api/me",
-        foreign.as_str(),
-    ] {
+    for path in OWNER_PATHS.into_iter().chain([foreign.as_str()]) {
         let none = request(f.addr, "GET", path, &[], "");
         assert_eq!(none.status, 401, "{path} without a session");
         assert_eq!(

@@ -2,20 +2,27 @@
 //! SIGKILL at each point where the ledger and the chain could part (epoch built and nothing
 //! signed; post signed and recorded, not sent; post mined, ledger not told) and run again:
 //! every epoch lands once, the ledger and the chain agree, and each owner claims exactly what
-//! the ledger credited its rigs, once.
+//! the ledger credited its rigs, once. And the run's dispute duties: it signs each rig's credit
+//! statement and answers a dispute opened with one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod chain;
 
 use alloy_primitives::{Address, U256};
 use alloy_sol_types::SolCall;
+use chain::{signed_batch, RigKey};
 use rigd_coordinator::chain::{Chain, ChainError};
 use rigd_coordinator::ledger::{BatchRecord, Entry, ReceiptState};
 use rigd_coordinator::payout_run::epoch_of;
+use rigd_coordinator::statement::StatementKey;
 use rigd_coordinator::Ledger;
 use rigd_harness::workspace_bin;
 use rigd_protocol::claim::Inventory;
-use rigd_protocol::{EthAddress, PublicKey, Receipt, RigId};
+use rigd_protocol::{Domain, EthAddress, PublicKey, Receipt, RigId};
 use rigd_provisioning::registry::Registry;
-use rigd_settlement::{DisputeTerms, RigKeyRegistry, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{
+    open_dispute_call, register_rig, DisputeTerms, RigKeyRegistry, RigdPayoutToken, RigdSettlement,
+};
 use rigd_testkit::fixtures;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -25,6 +32,8 @@ use std::process::{Child, Command, Stdio};
 /// The network's account (a well-known development key; funded by the dev chain).
 const NETWORK_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const NETWORK: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+/// The network's statement key (the second well-known development key).
+const STATEMENT_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 const PRICE: u64 = 3;
 const CHAIN_ID: u64 = 31337;
 
@@ -69,6 +78,10 @@ struct Fleet {
     url: String,
     settlement: Address,
     token: Address,
+    /// The rig key registry.
+    keys: Address,
+    /// Whether runs sign credit statements.
+    statements: bool,
 }
 
 impl Fleet {
@@ -95,6 +108,10 @@ impl Fleet {
             .args(["--settlement-contract", &self.settlement.to_string()]);
         if let Some(hold) = hold {
             cmd.args(["--hold-at", hold]);
+        }
+        if self.statements {
+            cmd.arg("--statement-key")
+                .arg(self.dir.path().join("statement.key"));
         }
         cmd
     }
@@ -207,21 +224,20 @@ fn call<C: SolCall>(rt: &tokio::runtime::Runtime, chain: &Chain, to: Address, c:
     C::abi_decode_returns(&out).unwrap()
 }
 
-#[test]
-fn a_payout_run_killed_at_any_step_neither_pays_twice_nor_forgets() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (_devchain, url) = devchain();
+/// A dev chain with the token, the key registry and the settlement deployed by the network
+/// (disputes due at once, answered within a day), the network funded; a fleet directory
+/// with the network's account and statement keys.
+fn start(rt: &tokio::runtime::Runtime) -> (Killed, Chain, Fleet) {
+    let (devchain, url) = devchain();
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("network.key");
     std::fs::write(&key, NETWORK_KEY).unwrap();
+    std::fs::write(dir.path().join("statement.key"), STATEMENT_KEY).unwrap();
+    let statements = StatementKey::open(&dir.path().join("statement.key")).unwrap();
     let chain = rt
         .block_on(Chain::connect(&url, &key, Some(CHAIN_ID)))
         .unwrap();
     assert_eq!(chain.address().to_string(), NETWORK);
-    // The network deploys the token, the key registry and the settlement, and mints funds.
     let deploy = |code: Vec<u8>| {
         rt.block_on(chain.send(None, code))
             .unwrap()
@@ -234,8 +250,8 @@ fn a_payout_run_killed_at_any_step_neither_pays_twice_nor_forgets() {
         EthAddress(token.into_array()),
         EthAddress(keys.into_array()),
         DisputeTerms {
-            statement_signer: EthAddress(chain.address().into_array()),
-            maturity_s: 86_400,
+            statement_signer: statements.address(),
+            maturity_s: 0,
             answer_window_s: 86_400,
         },
     ));
@@ -250,7 +266,20 @@ fn a_payout_run_killed_at_any_step_neither_pays_twice_nor_forgets() {
         url,
         settlement,
         token,
+        keys,
+        statements: false,
     };
+    (devchain, chain, fleet)
+}
+
+#[test]
+fn a_payout_run_killed_at_any_step_neither_pays_twice_nor_forgets() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_devchain, chain, fleet) = start(&rt);
+    let settlement = fleet.settlement;
     let rigs = registry(&fleet.registry());
     let stranger = RigId::new("rig-not-in-the-registry").unwrap();
     let mut ledger = Ledger::create(&fleet.ledger(), PRICE).unwrap();
@@ -355,4 +384,63 @@ fn a_payout_run_killed_at_any_step_neither_pays_twice_nor_forgets() {
         ledger.payable(i64::MAX as u64).unwrap().get(&stranger),
         Some(&(1_001 + 1_002 + 1_003 + 1_004))
     );
+}
+
+#[test]
+fn a_payout_run_signs_each_rigs_statement_and_answers_every_dispute() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_devchain, chain, mut fleet) = start(&rt);
+    fleet.statements = true;
+    let rigs = registry(&fleet.registry());
+    let mut ledger = Ledger::create(&fleet.ledger(), PRICE).unwrap();
+    for (i, (rig, _)) in rigs.iter().enumerate() {
+        credit(&mut ledger, rig, 1, 2 + i as u64, 1_000);
+    }
+    // Rig 0's receipt key, in rigd's own key store, as the network registers it on chain.
+    let (rig, owner) = rigs[0].clone();
+    let key = RigKey::file("secp256k1");
+    let register = register_rig(&rig, &key.public(), owner).unwrap();
+    rt.block_on(chain.send(Some(fleet.keys), register)).unwrap();
+
+    let out = fleet.run();
+    assert_eq!(out[0]["posted"], 0, "{out:?}");
+    assert!(
+        out.contains(&serde_json::json!({"statements": 5})),
+        "{out:?}"
+    );
+    let signed = ledger.statement(&rig).unwrap().expect("rig 0's statement");
+    let domain = Domain::new(CHAIN_ID, EthAddress(fleet.settlement.into_array()));
+    assert_eq!(signed.domain, domain);
+    assert_eq!(signed.statement.last_seq, 2);
+    assert_eq!(signed.statement.credited_total, ledger.paid(&rig).unwrap());
+
+    // Rig 0's owner disputes the epoch with the statement and the rig's signed batch.
+    let (header, sig, _) = signed_batch(&rig, &key, domain, 1, 2, 1);
+    let open = open_dispute_call(&signed.statement, &signed.signature, &header, &sig.0);
+    rt.block_on(chain.send(Some(fleet.settlement), open))
+        .unwrap();
+    let id = signed.statement.signing_digest(&domain);
+    let state = || {
+        call(
+            &rt,
+            &chain,
+            fleet.settlement,
+            RigdSettlement::disputesCall(id.into()),
+        )
+        .state
+    };
+    assert_eq!(state(), 1, "open");
+
+    // The next run answers it with the rig's leaf, which pays it all: refused.
+    let out = fleet.run();
+    let answered = serde_json::json!({"answered": format!("0x{}", hex::encode(id)),
+        "rig": rig.to_string(), "epoch": 0, "refused": true});
+    assert!(out.contains(&answered), "{out:?}");
+    assert_eq!(state(), 2, "refused");
+    // And the run after answers nothing again.
+    let out = fleet.run();
+    assert!(!out.iter().any(|l| l.get("answered").is_some()), "{out:?}");
 }

@@ -238,6 +238,7 @@ impl Ledger {
             }
             conn.execute_batch(rollup::SCHEMA)?;
             conn.execute_batch(payouts::SCHEMA)?;
+            conn.execute_batch(statements::SCHEMA)?;
             payouts::migrate(&conn)?;
             rollup::backfill(&mut conn)?;
             if let Some(price) = micros_per_mflop {
@@ -638,6 +639,7 @@ mod leases;
 mod payouts;
 mod refused;
 mod rollup;
+mod statements;
 mod training;
 
 pub use forfeit::FORFEITED;

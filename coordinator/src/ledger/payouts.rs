@@ -12,7 +12,7 @@
 //! to look for it.
 
 use super::{u, Ledger, LedgerError};
-use rigd_protocol::{CreditStatement, EthAddress, RigId};
+use rigd_protocol::{EthAddress, RigId};
 use rusqlite::{params, OptionalExtension};
 use std::collections::BTreeMap;
 
@@ -77,7 +77,7 @@ pub struct EpochRecord {
 
 impl Ledger {
     /// Whether the ledger has table `name` (one opened read-only may predate payouts).
-    fn has_table(&self, name: &str) -> Result<bool, LedgerError> {
+    pub(super) fn has_table(&self, name: &str) -> Result<bool, LedgerError> {
         Ok(self
             .conn
             .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
@@ -140,28 +140,6 @@ impl Ledger {
             totals.insert(rig, micros);
         }
         Ok(totals)
-    }
-
-    /// `rig`'s credit recorded before `before_ms`, in all, and the highest sequence number
-    /// among it: what a credit statement for that instant says (`None` while there is none).
-    /// Once `before_ms` is older than the audit window this never changes.
-    pub fn credited_before(
-        &self,
-        rig: &RigId,
-        before_ms: u64,
-    ) -> Result<Option<CreditStatement>, LedgerError> {
-        let (last, total): (Option<i64>, i64) = self.conn.query_row(
-            "SELECT MAX(seq), COALESCE(SUM(micros), 0) FROM receipts
-             WHERE rig = ?1 AND state = 'credited' AND changed_ms < ?2",
-            params![rig.as_str(), u(before_ms)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok(last.map(|last| CreditStatement {
-            rig: rig.clone(),
-            last_seq: last as u64,
-            before_ms,
-            credited_total: total as u64,
-        }))
     }
 
     /// Records epoch `epoch` as built, with each rig's amount and each owner's (the epoch's
@@ -266,6 +244,19 @@ impl Ledger {
             .query_row("SELECT MAX(epoch) FROM epochs", [], |r| {
                 r.get::<_, Option<i64>>(0)
             })?;
+        Ok(latest.map(|e| e as u64))
+    }
+
+    /// The number of the latest epoch posted on chain, if any.
+    pub fn latest_posted_epoch(&self) -> Result<Option<u64>, LedgerError> {
+        if !self.has_table("epochs")? {
+            return Ok(None);
+        }
+        let latest = self.conn.query_row(
+            "SELECT MAX(epoch) FROM epochs WHERE state = 'posted'",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )?;
         Ok(latest.map(|e| e as u64))
     }
 

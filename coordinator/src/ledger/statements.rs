@@ -1,0 +1,156 @@
+//! The network's credit statements: what the ledger credited each rig before an instant
+//! ([`Ledger::credited_before`]), and the signed statements the payout run last made, one per
+//! rig, which the owners' dashboard hands out (so an owner holds proof of its credit before
+//! any epoch pays it).
+
+use super::{u, Ledger, LedgerError};
+use crate::statement::SignedStatement;
+use rigd_protocol::{CreditStatement, Domain, EthAddress, RigId};
+use rusqlite::{params, OptionalExtension};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS statements(
+    rig TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, before_ms INTEGER NOT NULL,
+    credited_total INTEGER NOT NULL, chain_id INTEGER NOT NULL, contract BLOB NOT NULL,
+    signature BLOB NOT NULL);
+";
+
+impl Ledger {
+    /// `rig`'s credit recorded before `before_ms`, in all, and the highest sequence number
+    /// among it: what a credit statement for that instant says (`None` while there is none).
+    /// Once `before_ms` is older than the audit window this never changes.
+    pub fn credited_before(
+        &self,
+        rig: &RigId,
+        before_ms: u64,
+    ) -> Result<Option<CreditStatement>, LedgerError> {
+        let (last, total): (Option<i64>, i64) = self.conn.query_row(
+            "SELECT MAX(seq), COALESCE(SUM(micros), 0) FROM receipts
+             WHERE rig = ?1 AND state = 'credited' AND changed_ms < ?2",
+            params![rig.as_str(), u(before_ms)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(last.map(|last| CreditStatement {
+            rig: rig.clone(),
+            last_seq: last as u64,
+            before_ms,
+            credited_total: total as u64,
+        }))
+    }
+
+    /// [`Ledger::credited_before`] of every rig credited anything before `before_ms`.
+    pub fn all_credited_before(&self, before_ms: u64) -> Result<Vec<CreditStatement>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT rig, MAX(seq), SUM(micros) FROM receipts
+             WHERE state = 'credited' AND changed_ms < ?1 GROUP BY rig ORDER BY rig",
+        )?;
+        let rows = stmt.query_map([u(before_ms)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rig, last_seq, credited_total) = row?;
+            out.push(CreditStatement {
+                rig: RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?,
+                last_seq,
+                before_ms,
+                credited_total,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The number kept under `key` in the ledger's meta table, if any.
+    pub fn meta(&self, key: &str) -> Result<Option<u64>, LedgerError> {
+        let v = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// Keeps `value` under `key` in the ledger's meta table.
+    pub fn set_meta(&self, key: &str, value: u64) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, u(value)],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps `signed` as each rig's latest statement, in one transaction.
+    pub fn record_statements(&mut self, signed: &[SignedStatement]) -> Result<(), LedgerError> {
+        let tx = self.conn.savepoint()?;
+        {
+            let mut upsert = tx.prepare(
+                "INSERT INTO statements(rig, last_seq, before_ms, credited_total, chain_id,
+                     contract, signature) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(rig) DO UPDATE SET last_seq = excluded.last_seq,
+                     before_ms = excluded.before_ms, credited_total = excluded.credited_total,
+                     chain_id = excluded.chain_id, contract = excluded.contract,
+                     signature = excluded.signature",
+            )?;
+            for s in signed {
+                let st = &s.statement;
+                upsert.execute(params![
+                    st.rig.as_str(),
+                    u(st.last_seq),
+                    u(st.before_ms),
+                    u(st.credited_total),
+                    u(s.domain.chain_id),
+                    s.domain.verifying_contract.as_slice(),
+                    s.signature,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `rig`'s latest signed statement, if the payout run has made one.
+    pub fn statement(&self, rig: &RigId) -> Result<Option<SignedStatement>, LedgerError> {
+        if !self.has_table("statements")? {
+            return Ok(None);
+        }
+        let row = self
+            .conn
+            .query_row(
+                "SELECT last_seq, before_ms, credited_total, chain_id, contract, signature
+                 FROM statements WHERE rig = ?1",
+                [rig.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                        r.get::<_, i64>(3)? as u64,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((last_seq, before_ms, credited_total, chain_id, contract, signature)) = row else {
+            return Ok(None);
+        };
+        let contract = <[u8; 20]>::try_from(contract.as_slice())
+            .map_err(|_| LedgerError::Corrupt(format!("statement of {rig}: contract")))?;
+        Ok(Some(SignedStatement {
+            statement: CreditStatement {
+                rig: rig.clone(),
+                last_seq,
+                before_ms,
+                credited_total,
+            },
+            domain: Domain::new(chain_id, EthAddress(contract)),
+            signature,
+        }))
+    }
+}
