@@ -11,10 +11,11 @@
 //! is there, so it is marked posted with the transaction that put it there; or it is not, so
 //! the post is signed again and sent.
 //!
-//! Then, for disputes (`docs/payouts.md`): it answers every dispute opened since the last run
-//! with the rig's leaf in the latest posted epoch, and, given the network's statement key,
-//! signs each rig's credit statement as of this run's cutoff and keeps it in the ledger for
-//! the owners' dashboard to hand out.
+//! Disputes (`docs/payouts.md`): before the epoch it reads the disputes opened and paid since
+//! the last run (what a lost one paid counts as paid, so the epoch does not pay it again);
+//! after it, it answers every open dispute with the rig's leaf in the latest posted epoch
+//! and, given the network's statement key, signs each rig's credit statement as of this run's
+//! cutoff and keeps it in the ledger for the owners' dashboard to hand out.
 
 use crate::chain::{Chain, ChainError};
 use crate::ledger::{EpochRecord, Ledger, LedgerError, SentPost};
@@ -209,8 +210,9 @@ pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Report, PayoutE
         address: config.settlement,
     };
     let cutoff_ms = rigd_client::unix_ms().saturating_sub(config.audit_ms);
+    sync_disputes(&ledger, &settlement).await?;
     let posted = post(&mut ledger, &settlement, config, cutoff_ms).await?;
-    let answered = answer_disputes(&mut ledger, &settlement).await?;
+    let answered = answer_disputes(&ledger, &settlement).await?;
     let statements = match &config.statement_key {
         Some(key) => {
             let key = StatementKey::open(key)?;
@@ -237,67 +239,95 @@ pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Report, PayoutE
     })
 }
 
-/// Answers each open dispute that the contract's `DisputeOpened` logs name since the last
-/// run with the rig's leaf in the latest posted epoch.
-async fn answer_disputes(
-    ledger: &mut Ledger,
-    settlement: &Settlement<'_>,
-) -> Result<Vec<Answered>, PayoutError> {
+/// Reads the contract's `DisputeOpened` and `DisputePaid` logs since the last run into the
+/// ledger: each dispute's rig, and what a lost one paid from the bond (counted as paid from
+/// here on, so no epoch pays it again).
+async fn sync_disputes(ledger: &Ledger, settlement: &Settlement<'_>) -> Result<(), PayoutError> {
     let from = ledger.meta(DISPUTES_FROM)?.unwrap_or(0);
     let to = settlement.chain.block_number().await?;
-    let filter = Filter::new()
-        .address(settlement.address)
-        .event_signature(RigdSettlement::DisputeOpened::SIGNATURE_HASH)
-        .from_block(from)
-        .to_block(to);
-    let logs = settlement.chain.logs(&filter).await?;
-    let latest = ledger.latest_posted_epoch()?;
-    let mut answered = Vec::new();
-    for log in logs {
-        let Ok(opened) = RigdSettlement::DisputeOpened::decode_log_data(&log.inner.data) else {
-            tracing::warn!("a DisputeOpened log that does not decode");
-            continue;
-        };
-        let id = opened.id;
-        let dispute = view(
-            settlement.chain,
-            settlement.address,
-            RigdSettlement::disputesCall(id),
-            "disputes",
-        )
-        .await?;
-        if dispute.state != OPEN {
-            continue;
+    let logs = |signature| {
+        let filter = Filter::new()
+            .address(settlement.address)
+            .event_signature(signature)
+            .from_block(from)
+            .to_block(to);
+        async move { settlement.chain.logs(&filter).await }
+    };
+    for log in logs(RigdSettlement::DisputeOpened::SIGNATURE_HASH).await? {
+        match RigdSettlement::DisputeOpened::decode_log_data(&log.inner.data) {
+            Ok(opened) => match RigId::new(opened.rig.clone()) {
+                Ok(rig) => ledger.record_dispute(&opened.id.0, &rig)?,
+                Err(_) => tracing::warn!(id = %opened.id, "a dispute of no valid rig id"),
+            },
+            Err(_) => tracing::warn!("a DisputeOpened log that does not decode"),
         }
-        let (Ok(rig), Some(epoch)) = (RigId::new(opened.rig.clone()), latest) else {
-            tracing::warn!(id = %id, rig = %opened.rig, "a dispute no posted epoch can answer");
+    }
+    for log in logs(RigdSettlement::DisputePaid::SIGNATURE_HASH).await? {
+        let Ok(paid) = RigdSettlement::DisputePaid::decode_log_data(&log.inner.data) else {
+            tracing::warn!("a DisputePaid log that does not decode");
             continue;
         };
-        let tree = RigTree::new(epoch, &ledger.paid_through(epoch)?);
-        let Some(call) = tree.answer_call(id.0, &rig) else {
-            tracing::warn!(id = %id, %rig, epoch, "a dispute of a rig no epoch has paid");
-            continue;
-        };
-        settlement
-            .chain
-            .send(Some(settlement.address), call)
-            .await?;
-        let after = view(
-            settlement.chain,
-            settlement.address,
-            RigdSettlement::disputesCall(id),
-            "disputes",
-        )
-        .await?;
-        tracing::info!(id = %id, %rig, epoch, refused = after.state == REFUSED, "dispute answered");
-        answered.push(Answered {
-            id: id.0,
-            rig: rig.to_string(),
-            epoch,
-            refused: after.state == REFUSED,
-        });
+        let micros = u64::try_from(paid.amount).map_err(|_| PayoutError::Decode("DisputePaid"))?;
+        if ledger.record_made_good(&paid.id.0, micros)? {
+            tracing::warn!(id = %paid.id, micros, "a dispute was lost: paid from the bond");
+        } else {
+            tracing::warn!(id = %paid.id, "a paid dispute the ledger never saw opened");
+        }
     }
     ledger.set_meta(DISPUTES_FROM, to.saturating_add(1))?;
+    Ok(())
+}
+
+/// Answers each dispute the ledger holds open with the rig's leaf in the latest posted
+/// epoch (once per epoch); closes those the contract no longer holds open.
+async fn answer_disputes(
+    ledger: &Ledger,
+    settlement: &Settlement<'_>,
+) -> Result<Vec<Answered>, PayoutError> {
+    let Some(epoch) = ledger.latest_posted_epoch()? else {
+        return Ok(Vec::new());
+    };
+    let tree = RigTree::new(epoch, &ledger.paid_through(epoch)?);
+    let state = |id: [u8; 32]| async move {
+        let call = RigdSettlement::disputesCall(FixedBytes(id));
+        view(settlement.chain, settlement.address, call, "disputes")
+            .await
+            .map(|d| d.state)
+    };
+    let mut answered = Vec::new();
+    for d in ledger.open_disputes()? {
+        if state(d.id).await? != OPEN {
+            ledger.close_dispute(&d.id)?;
+            continue;
+        }
+        if d.answered_epoch == Some(epoch) {
+            continue;
+        }
+        let Some(call) = tree.answer_call(d.id, &d.rig) else {
+            tracing::warn!(rig = %d.rig, epoch, "a dispute of a rig no epoch has paid");
+            continue;
+        };
+        match settlement.chain.send(Some(settlement.address), call).await {
+            Ok(_) => {}
+            Err(ChainError::Reverted(data)) => {
+                tracing::warn!(rig = %d.rig, ?data, "the contract refused the answer (too late?)");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ledger.record_answer(&d.id, epoch)?;
+        let refused = state(d.id).await? == REFUSED;
+        if refused {
+            ledger.close_dispute(&d.id)?;
+        }
+        tracing::info!(rig = %d.rig, epoch, refused, "dispute answered");
+        answered.push(Answered {
+            id: d.id,
+            rig: d.rig.to_string(),
+            epoch,
+            refused,
+        });
+    }
     Ok(answered)
 }
 

@@ -11,6 +11,7 @@
 
 use k256::ecdsa::RecoveryId;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
+use rigd_protocol::credit::{CreditStatement, CREDIT_TYPE};
 use rigd_protocol::digest::{keccak256, Hash32};
 use rigd_protocol::frame::{self, FrameError};
 use rigd_protocol::receipt::{BATCH_TYPE, DOMAIN_NAME, DOMAIN_TYPE, DOMAIN_VERSION, RECEIPT_TYPE};
@@ -407,6 +408,48 @@ fn units_json() -> Value {
     ])
 }
 
+/// A credit statement as the network's statement key signs it (here the secp256k1 test key).
+fn credit_json(name: &str, domain: Domain, statement: CreditStatement) -> Value {
+    let digest = statement.signing_digest(&domain);
+    json!({
+        "name": name,
+        "rig": statement.rig.as_str(),
+        "lastSeq": statement.last_seq,
+        "beforeMs": statement.before_ms,
+        "creditedTotal": statement.credited_total,
+        "domain": domain_json(&domain),
+        "structHash": hx(&statement.struct_hash()),
+        "signingDigest": hx(&digest),
+        "signature": hx(&sign_k256(&digest)),
+    })
+}
+
+fn credits() -> Value {
+    let rig = |s: &str| RigId::new(s).unwrap();
+    json!([
+        credit_json(
+            "a rig's credit before an instant",
+            domain(),
+            CreditStatement {
+                rig: rig("rig-01"),
+                last_seq: 3,
+                before_ms: 1_750_000_000_000,
+                credited_total: 60_000,
+            },
+        ),
+        credit_json(
+            "largest integers, a 64-character id, the local development chain",
+            Domain::LOCAL,
+            CreditStatement {
+                rig: rig(&id64("rig-")),
+                last_seq: u64::MAX,
+                before_ms: u64::MAX,
+                credited_total: u64::MAX,
+            },
+        ),
+    ])
+}
+
 fn vectors() -> Value {
     let typehash = |s: &str| hx(&keccak256(&[s.as_bytes()]));
     let batches = vec![
@@ -435,6 +478,7 @@ fn vectors() -> Value {
         "types": {
             "Receipt": { "typeString": RECEIPT_TYPE, "typeHash": typehash(RECEIPT_TYPE) },
             "ReceiptBatch": { "typeString": BATCH_TYPE, "typeHash": typehash(BATCH_TYPE) },
+            "Credit": { "typeString": CREDIT_TYPE, "typeHash": typehash(CREDIT_TYPE) },
         },
         "keys": {
             "secp256k1": {
@@ -447,6 +491,7 @@ fn vectors() -> Value {
             },
         },
         "batches": batches,
+        "credits": credits(),
         "refusedFrames": refused_frames(),
         "units": units_json(),
     })

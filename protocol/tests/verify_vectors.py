@@ -12,6 +12,8 @@ From the raw receipt fields alone:
   - the P-256 signature with cryptography (OpenSSL) over the 32-byte digest as a prehash,
     and the signature itself with OpenSSL's RFC 6979 signer and the test key (s made low);
   - the SHA-256 unit input and output digests from the layouts in protocol/src/units.rs;
+  - every credit statement's struct hash and digest (eth-account's EIP-712 encoder) and its
+    signer, recovered to the secp256k1 test key standing in for the network's statement key;
   - every ReceiptBatch frame, with the strict postcard decoder and encoder below that follow
     docs/frames.md (not rigd's code): the frame decodes to exactly the fields listed beside it,
     those fields encode back to exactly its bytes, each carried output hashes to its
@@ -63,6 +65,12 @@ TYPES = {
         {"name": "firstSeq", "type": "uint64"},
         {"name": "count", "type": "uint32"},
         {"name": "root", "type": "bytes32"},
+    ],
+    "Credit": [
+        {"name": "rig", "type": "string"},
+        {"name": "lastSeq", "type": "uint64"},
+        {"name": "beforeMs", "type": "uint64"},
+        {"name": "creditedTotal", "type": "uint256"},
     ],
 }
 UINT_BITS = {"uint8": 8, "uint32": 32, "uint64": 64, "uint256": 256}
@@ -147,7 +155,7 @@ def check_types(v: dict) -> None:
     # eth-account's own rendering of the type strings from the field lists above.
     from eth_account._utils.encode_typed_data.encoding_and_hashing import encode_type
 
-    for name in ("Receipt", "ReceiptBatch"):
+    for name in ("Receipt", "ReceiptBatch", "Credit"):
         rendered = encode_type(name, TYPES)
         check(f"{name} type string", rendered, v["types"][name]["typeString"])
         check(f"{name} type hash", hx(keccak(text=rendered)), v["types"][name]["typeHash"])
@@ -160,6 +168,24 @@ def check_types(v: dict) -> None:
         separator = typed("ReceiptBatch", empty, eip712_domain(d)).header
         check(f"domain separator of chain {d['chainId']}", hx(separator), d["separator"])
     require("the example domains differ", len({d["separator"] for d in v["domain"]["examples"]}) > 1)
+
+
+def check_credit(c: dict, address: str) -> None:
+    """A credit statement: its struct hash and digest from eth-account's encoder, and the
+    network's signature recovered to the statement key (the secp256k1 test key)."""
+    name = c["name"]
+    signable = typed("Credit", c, eip712_domain(c["domain"]))
+    check(f"{name} domain separator", hx(signable.header), c["domain"]["separator"])
+    check(f"{name} credit struct hash", hx(signable.body), c["structHash"])
+    digest = bytes(_hash_eip191_message(signable))
+    check(f"{name} signing digest", hx(digest), c["signingDigest"])
+    sig = unhex(c["signature"])
+    require(f"{name} signature is 65 bytes, v 27 or 28", len(sig) == 65 and sig[64:] in (b"\x1b", b"\x1c"))
+    try:
+        recovered = Account.recover_message(signable, signature=sig).lower()
+    except Exception as e:  # noqa: BLE001 - any failure is a mismatch to report
+        recovered = f"<recovery failed: {e}>"
+    check(f"{name} statement signer recovered from the signature", recovered, address)
 
 
 def check_keys(v: dict) -> tuple[str, ec.EllipticCurvePrivateKey]:
@@ -464,6 +490,9 @@ def main() -> int:
         for b in v["batches"]:
             check_batch(b, v["keys"], address, p_priv)
             check_frame(b)
+        for c in v["credits"]:
+            check_credit(c, address)
+        require("credit statements are covered", len(v["credits"]) > 0)
         for f in v["refusedFrames"]:
             check_refused(f)
         for u in v["units"]:
@@ -482,7 +511,8 @@ def main() -> int:
     leaves = sum(len(b["receipts"]) for b in v["batches"])
     print(
         f"{n} vectors ({leaves} receipts, {len(v['units'])} unit kinds): leaves, roots, proofs, "
-        "digests, secp256k1 recovery, P-256 verification and frame bytes all match; "
+        f"digests, secp256k1 recovery, P-256 verification, frame bytes and {len(v['credits'])} "
+        "credit statements all match; "
         f"{len(v['refusedFrames'])} bad frames refused for their rules"
     )
     return 0

@@ -7,7 +7,8 @@
 //! Methods: `eth_chainId`, `net_version`, `eth_blockNumber`, `eth_gasPrice`,
 //! `eth_getBalance`, `eth_getTransactionCount`, `eth_getCode`, `eth_call`, `eth_estimateGas`,
 //! `eth_sendRawTransaction`, `eth_getTransactionReceipt`, `eth_getLogs`,
-//! `eth_getBlockByNumber`.
+//! `eth_getBlockByNumber`, and Anvil's and Hardhat's `evm_increaseTime` (moves the clock of
+//! later blocks forward, for tests of time windows).
 
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{Transaction, TxEnvelope};
@@ -95,6 +96,8 @@ pub struct DevChain {
     mined: Vec<Mined>,
     by_hash: HashMap<B256, usize>,
     genesis_s: u64,
+    /// Seconds added to the clock by `evm_increaseTime`.
+    offset_s: u64,
 }
 
 fn block_hash(n: u64) -> B256 {
@@ -135,6 +138,7 @@ impl DevChain {
             mined: Vec::new(),
             by_hash: HashMap::new(),
             genesis_s,
+            offset_s: 0,
         }
     }
 
@@ -237,6 +241,16 @@ impl DevChain {
                     .map_or(Value::Null, |i| self.receipt_json(&self.mined[*i])))
             }
             "eth_getLogs" => self.logs(p(0)),
+            "evm_increaseTime" => {
+                let secs = p(0)
+                    .as_u64()
+                    .ok_or_else(|| RpcError::params("evm_increaseTime takes seconds"))?;
+                self.offset_s = self
+                    .offset_s
+                    .checked_add(secs)
+                    .ok_or_else(|| RpcError::params("the clock would overflow"))?;
+                Ok(json!(self.offset_s))
+            }
             "eth_getBlockByNumber" => {
                 let n = match p(0).as_str() {
                     Some("latest" | "pending" | "safe" | "finalized") => self.block_number(),
@@ -301,7 +315,8 @@ impl DevChain {
     /// the block before).
     fn stamp_block(&mut self, n: u64) -> u64 {
         let previous = self.mined.last().map_or(self.genesis_s, |m| m.at_s);
-        let at = (rigd_client::unix_ms() / 1000).max(previous.saturating_add(1));
+        let now = (rigd_client::unix_ms() / 1000).saturating_add(self.offset_s);
+        let at = now.max(previous.saturating_add(1));
         self.evm.ctx.block.number = U256::from(n);
         self.evm.ctx.block.timestamp = U256::from(at);
         at

@@ -3,7 +3,8 @@
 //! signed; post signed and recorded, not sent; post mined, ledger not told) and run again:
 //! every epoch lands once, the ledger and the chain agree, and each owner claims exactly what
 //! the ledger credited its rigs, once. And the run's dispute duties: it signs each rig's credit
-//! statement and answers a dispute opened with one.
+//! statement, answers the disputes opened with them (in full: refused; in part: the bond pays
+//! the rest), and counts what a dispute paid as paid.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chain;
@@ -150,7 +151,12 @@ impl Fleet {
 
     /// A run to the end; its JSON lines.
     fn run(&self) -> Vec<serde_json::Value> {
-        let out = self.payouts(None).output().unwrap();
+        self.run_with(&[])
+    }
+
+    /// A run to the end with `extra` arguments; its JSON lines.
+    fn run_with(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.payouts(None).args(extra).output().unwrap();
         assert!(
             out.status.success(),
             "payout run failed: {}",
@@ -387,7 +393,7 @@ fn a_payout_run_killed_at_any_step_neither_pays_twice_nor_forgets() {
 }
 
 #[test]
-fn a_payout_run_signs_each_rigs_statement_and_answers_every_dispute() {
+fn a_payout_run_signs_statements_answers_disputes_and_counts_lost_ones_as_paid() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -443,4 +449,97 @@ fn a_payout_run_signs_each_rigs_statement_and_answers_every_dispute() {
     // And the run after answers nothing again.
     let out = fleet.run();
     assert!(!out.iter().any(|l| l.get("answered").is_some()), "{out:?}");
+
+    // Rig 0 is credited more, and its owner disputes the network's statement of it before
+    // any epoch pays it (an epoch slower than the contract's maturity: here the run still
+    // holds the new credit inside its audit window). The run answers with the rig's leaf,
+    // which pays only part; the window passes; the bond pays the owner the rest.
+    let balance = |who: Address| {
+        call(
+            &rt,
+            &chain,
+            fleet.token,
+            RigdPayoutToken::balanceOfCall { account: who },
+        )
+    };
+    let bond = 1_000_000u64;
+    let approve = RigdPayoutToken::approveCall {
+        spender: fleet.settlement,
+        value: U256::from(bond),
+    };
+    rt.block_on(chain.send(Some(fleet.token), approve.abi_encode()))
+        .unwrap();
+    let fund = RigdSettlement::fundBondCall {
+        amount: U256::from(bond),
+    };
+    rt.block_on(chain.send(Some(fleet.settlement), fund.abi_encode()))
+        .unwrap();
+    credit(&mut ledger, &rig, 3, 2, 2_000);
+    let statements = StatementKey::open(&fleet.dir.path().join("statement.key")).unwrap();
+    let later = statements
+        .statement(&ledger, &rig, 3_000, &domain)
+        .unwrap()
+        .unwrap();
+    assert_eq!(later.statement.last_seq, 4);
+    let (header, sig, _) = signed_batch(&rig, &key, domain, 3, 2, 1);
+    let open = open_dispute_call(&later.statement, &later.signature, &header, &sig.0);
+    rt.block_on(chain.send(Some(fleet.settlement), open))
+        .unwrap();
+    let later_id = later.statement.signing_digest(&domain);
+    let out = fleet.run_with(&["--audit-window-ms", "100000000000000"]);
+    assert!(
+        out.contains(&serde_json::json!({"posted": null})),
+        "{out:?}"
+    );
+    let answered = serde_json::json!({"answered": format!("0x{}", hex::encode(later_id)),
+        "rig": rig.to_string(), "epoch": 0, "refused": false});
+    assert!(out.contains(&answered), "{out:?}");
+    // Past the answer window: the dev chain stamps blocks a second apart at least, so its
+    // clock runs ahead of the wall clock by at most the blocks this test mines (under 100).
+    increase_time(&fleet.url, 86_400 + 1_000);
+    let owner_address = Address::from(owner.0);
+    let before = balance(owner_address);
+    let settle = RigdSettlement::settleDisputeCall {
+        id: later_id.into(),
+    };
+    rt.block_on(chain.send(Some(fleet.settlement), settle.abi_encode()))
+        .unwrap();
+    let new_credit = (1_000 + 3) + (1_000 + 4);
+    assert_eq!(balance(owner_address) - before, U256::from(new_credit));
+
+    // The next run learns what the dispute paid, and no epoch pays it again.
+    let out = fleet.run();
+    assert!(
+        out.contains(&serde_json::json!({"posted": null})),
+        "{out:?}"
+    );
+    assert_eq!(ledger.made_good(&rig).unwrap(), new_credit);
+    assert_eq!(ledger.payable(i64::MAX as u64).unwrap().get(&rig), None);
+    let credited: u64 = ledger
+        .earnings(&rig)
+        .unwrap()
+        .cards
+        .iter()
+        .map(|c| c.credited_micros)
+        .sum();
+    assert_eq!(ledger.paid(&rig).unwrap(), credited, "paid once, in full");
+}
+
+/// Moves the dev chain at `url` (`http://HOST:PORT`) `secs` seconds forward.
+fn increase_time(url: &str, secs: u64) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let body =
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"evm_increaseTime","params":[{secs}]}}"#);
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains(r#""result""#), "{answer}");
 }

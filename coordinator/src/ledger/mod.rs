@@ -238,7 +238,7 @@ impl Ledger {
             }
             conn.execute_batch(rollup::SCHEMA)?;
             conn.execute_batch(payouts::SCHEMA)?;
-            conn.execute_batch(statements::SCHEMA)?;
+            conn.execute_batch(disputes::SCHEMA)?;
             payouts::migrate(&conn)?;
             rollup::backfill(&mut conn)?;
             if let Some(price) = micros_per_mflop {
@@ -634,14 +634,15 @@ impl Ledger {
     }
 }
 
+mod disputes;
 mod forfeit;
 mod leases;
 mod payouts;
 mod refused;
 mod rollup;
-mod statements;
 mod training;
 
+pub use disputes::OpenDispute;
 pub use forfeit::FORFEITED;
 pub use payouts::{EpochRecord, SentPost};
 pub use refused::{push_refused, Refused};

@@ -85,11 +85,13 @@ impl Ledger {
     }
 
     /// What each rig is owed now: its credit recorded before `cutoff_ms`, less what epochs
-    /// already pay it (built or posted). Rigs owed nothing are left out.
+    /// already pay it (built or posted) and what lost disputes paid it. Rigs owed nothing are
+    /// left out.
     pub fn payable(&self, cutoff_ms: u64) -> Result<BTreeMap<RigId, u64>, LedgerError> {
         let mut stmt = self.conn.prepare(
             "SELECT r.rig, COALESCE(SUM(r.micros), 0),
                     (SELECT COALESCE(SUM(p.micros), 0) FROM payouts p WHERE p.rig = r.rig)
+                    + (SELECT COALESCE(SUM(d.made_good), 0) FROM disputes d WHERE d.rig = r.rig)
              FROM receipts r WHERE r.state = 'credited' AND r.changed_ms < ?1 GROUP BY r.rig",
         )?;
         let rows = stmt.query_map([u(cutoff_ms)], |r| {
@@ -111,7 +113,8 @@ impl Ledger {
         Ok(owed)
     }
 
-    /// What posted epochs paid `rig` in all (0 for a ledger written before payouts existed).
+    /// What posted epochs and lost disputes paid `rig` in all (0 for a ledger written before
+    /// payouts existed).
     pub fn paid(&self, rig: &RigId) -> Result<u64, LedgerError> {
         if !self.has_table("payouts")? {
             return Ok(0);
@@ -122,7 +125,7 @@ impl Ledger {
             [rig.as_str()],
             |r| r.get::<_, i64>(0),
         )?;
-        Ok(paid as u64)
+        Ok((paid as u64).saturating_add(self.made_good(rig)?))
     }
 
     /// What epochs up to and including `epoch` (built or posted) pay each rig, in all: the
