@@ -28,7 +28,7 @@ pub const SEQ_WINDOW: u64 = 1 << 20;
 /// Something for the shell to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
-    /// Publish with QoS 1.
+    /// Publish.
     Publish {
         /// Topic.
         topic: String,
@@ -36,6 +36,8 @@ pub enum Outbound {
         payload: Vec<u8>,
         /// Retained.
         retain: bool,
+        /// How it is delivered.
+        delivery: Delivery,
     },
     /// Report progress to the local listener.
     Progress(CoordinatorStatus),
@@ -118,11 +120,33 @@ pub struct Engine {
     finished_reported: bool,
 }
 
+/// How a publish is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// QoS 1: units, earnings, status.
+    AtLeastOnce,
+    /// QoS 0: acks and refusals. One lost costs the rig a resend, which is answered again,
+    /// so they need no broker acknowledgement of their own (and take no in-flight slot of the
+    /// coordinator's connection).
+    AtMostOnce,
+}
+
 fn publish(topic: String, payload: Vec<u8>, retain: bool) -> Outbound {
     Outbound::Publish {
         topic,
         payload,
         retain,
+        delivery: Delivery::AtLeastOnce,
+    }
+}
+
+/// An ack or refusal to `rig` (at most once: the rig's resend recovers a lost one).
+fn answer(rig: &RigId, payload: Vec<u8>) -> Outbound {
+    Outbound::Publish {
+        topic: topics::rig(rig, Channel::Acks),
+        payload,
+        retain: false,
+        delivery: Delivery::AtMostOnce,
     }
 }
 

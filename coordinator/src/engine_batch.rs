@@ -8,11 +8,10 @@
 //! coordinator killed meanwhile has recorded nothing, and the rig sends the batch again.
 
 use super::judge::Judged;
-use super::{publish, Engine, Outbound, Verdict, SEQ_WINDOW};
+use super::{answer, Engine, Outbound, Verdict, SEQ_WINDOW};
 use crate::ledger::{push_refused, BatchRecord, Entry, LedgerError, ReceiptState, Refused};
 use crate::recompute::{Recompute, Recomputed};
 use crate::verify::{self, Rejection};
-use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::{
     Ack, AckedBatch, ReceiptBatch, ReceiptItem, Refusal, RefusalReason, RefusedBatch, RigId,
     UnitOutput,
@@ -224,11 +223,7 @@ impl Engine {
                 reason,
             }],
         };
-        Ok(vec![publish(
-            topics::rig(rig, Channel::Acks),
-            rigd_protocol::encode(&refusal),
-            false,
-        )])
+        Ok(vec![answer(rig, rigd_protocol::encode(&refusal))])
     }
 
     /// Turns recomputed outputs into verdicts, then records, applies and acks the batch.
@@ -279,14 +274,7 @@ impl Engine {
                 digest: header.signing_digest(),
             }],
         };
-        out.insert(
-            0,
-            publish(
-                topics::rig(&rig, Channel::Acks),
-                rigd_protocol::encode(&ack),
-                false,
-            ),
-        );
+        out.insert(0, answer(&rig, rigd_protocol::encode(&ack)));
         tracing::debug!(rig = %rig, first_seq = header.first_seq, new = fresh.len(), duplicates, "batch recorded");
         self.earnings_dirty.insert(rig.clone());
         out.extend(self.tick(now_ms));

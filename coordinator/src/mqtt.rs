@@ -1,9 +1,10 @@
 //! The I/O shell: the fleet client's [`Session`] polls the MQTT event loop and forwards
-//! messages; the engine task handles them, runs the timers and publishes with `try_publish`, so nothing ever waits on
+//! messages; the engine task handles them, runs the timers and publishes with `try_publish`
+//! (what does not fit waits in a backlog, flushed on every wake-up), so nothing ever waits on
 //! the event loop from inside it. Recomputation runs on a [`Pool`] of its own threads and
 //! comes back to the engine task as a message.
 
-use crate::engine::{Engine, Outbound};
+use crate::engine::{Delivery, Engine, Outbound};
 use crate::recompute::Pool;
 use crate::CoordinatorConfig;
 use rigd_client::{Backoff, Reconnect, Session, SessionEvent, SessionSpec};
@@ -11,13 +12,17 @@ use rigd_protocol::topics::{self, Channel};
 use rigd_protocol::CoordinatorStatus;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::MqttOptions;
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Requests the client may queue towards the event loop; a publish beyond that is dropped
-/// and logged (units come back through leases, acks through the rig's resend).
+/// Requests the client may queue towards the event loop; what does not fit waits in the
+/// engine's backlog.
 const REQUEST_CAPACITY: usize = 4096;
+/// Publishes the engine keeps waiting for room in the client's queue; past that a publish is
+/// dropped and logged (units come back through leases, acks through the rig's resend).
+const BACKLOG_MAX: usize = 65_536;
 /// Messages from the broker waiting for the engine; when full the event loop waits.
 const INBOUND_CAPACITY: usize = 1024;
 /// Timer period of the engine: lease expiry, assignment, earnings.
@@ -25,6 +30,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// Most inputs the engine handles in one group, committed to the ledger at once: what is
 /// waiting when the group starts, up to this.
 const GROUP_MAX: usize = 256;
+
+/// A publish waiting for room in the client's queue.
+struct Pending {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+    qos: QoS,
+}
 
 /// What the engine is woken for.
 enum Input {
@@ -122,17 +135,43 @@ pub(crate) async fn serve(
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let emit = |out: Vec<Outbound>| {
+    // Publishes wait here, in order, while the client's queue is full (its event loop is
+    // bounded by the broker's acknowledgements), so a burst is sent late rather than lost.
+    let mut backlog: VecDeque<Pending> = VecDeque::new();
+    let flush = |backlog: &mut VecDeque<Pending>| {
+        while let Some(p) = backlog.front() {
+            if client
+                .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
+                .is_err()
+            {
+                break;
+            }
+            backlog.pop_front();
+        }
+    };
+    let emit = |out: Vec<Outbound>, backlog: &mut VecDeque<Pending>| {
         for o in out {
             match o {
                 Outbound::Publish {
                     topic,
                     payload,
                     retain,
+                    delivery,
                 } => {
-                    if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, retain, payload) {
-                        tracing::warn!(topic, error = %e, "publish dropped: client queue full");
+                    if backlog.len() >= BACKLOG_MAX {
+                        tracing::warn!(topic, "publish dropped: the backlog is full");
+                        continue;
                     }
+                    let qos = match delivery {
+                        Delivery::AtLeastOnce => QoS::AtLeastOnce,
+                        Delivery::AtMostOnce => QoS::AtMostOnce,
+                    };
+                    backlog.push_back(Pending {
+                        topic,
+                        payload,
+                        retain,
+                        qos,
+                    });
                 }
                 Outbound::Recompute(job) => pool.submit(job),
                 Outbound::Progress(status) => {
@@ -144,9 +183,11 @@ pub(crate) async fn serve(
                 }
             }
         }
+        flush(backlog);
     };
     let mut input = Some(Input::Tick);
     loop {
+        flush(&mut backlog);
         let first = match input.take() {
             Some(first) => first,
             None => tokio::select! {
@@ -188,7 +229,7 @@ pub(crate) async fn serve(
             tracing::error!(error = %e, "the ledger cannot commit; nothing of this group is sent");
             break;
         }
-        emit(out);
+        emit(out, &mut backlog);
         if ended {
             break;
         }
