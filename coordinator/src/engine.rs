@@ -123,11 +123,12 @@ pub struct Engine {
 /// How a publish is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// QoS 1: units, earnings, status.
+    /// QoS 1: units and the coordinator's status.
     AtLeastOnce,
-    /// QoS 0: acks and refusals. One lost costs the rig a resend, which is answered again,
-    /// so they need no broker acknowledgement of their own (and take no in-flight slot of the
-    /// coordinator's connection).
+    /// QoS 0: acks and refusals (one lost costs the rig a resend, which is answered again)
+    /// and the retained earnings (each supersedes the last; the broker keeps the latest).
+    /// They need no broker acknowledgement of their own and take no in-flight slot of the
+    /// coordinator's connection, which the units keep.
     AtMostOnce,
 }
 
@@ -417,11 +418,12 @@ impl Engine {
         for rig in due {
             match self.ledger.earnings(&rig) {
                 Ok(e) => {
-                    out.push(publish(
-                        topics::rig(&rig, Channel::Earnings),
-                        encode(&e),
-                        true,
-                    ));
+                    out.push(Outbound::Publish {
+                        topic: topics::rig(&rig, Channel::Earnings),
+                        payload: encode(&e),
+                        retain: true,
+                        delivery: Delivery::AtMostOnce,
+                    });
                     self.earnings_dirty.remove(&rig);
                     self.earnings_sent.insert(rig, now_ms);
                 }

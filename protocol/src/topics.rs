@@ -20,9 +20,10 @@ pub enum Channel {
     Receipts,
     /// coordinator -> rig, QoS 1: unit assignments.
     Units,
-    /// coordinator -> rig, QoS 1: batches recorded by the coordinator.
+    /// coordinator -> rig, QoS 0: batches recorded (or refused) by the coordinator; a lost
+    /// one costs the rig a resend, which is answered again.
     Acks,
-    /// coordinator -> all, retained: the rig's earnings.
+    /// coordinator -> all, retained, QoS 0: the rig's earnings (each supersedes the last).
     Earnings,
     /// operator -> rig, QoS 1: signed commands (MQTT 5 response topic + correlation data).
     Commands,
