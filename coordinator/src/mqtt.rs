@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 /// engine's backlog.
 const REQUEST_CAPACITY: usize = 4096;
 /// Publishes the engine keeps waiting for room in the client's queue; past that a publish is
-/// dropped and logged (units come back through leases, acks through the rig's resend).
+/// dropped and counted in the next load report (units come back through leases, acks through
+/// the rig's resend).
 const BACKLOG_MAX: usize = 65_536;
 /// Messages from the broker waiting for the engine; when full the event loop waits.
 const INBOUND_CAPACITY: usize = 1024;
@@ -30,6 +31,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Most inputs the engine handles in one group, committed to the ledger at once: what is
 /// waiting when the group starts, up to this.
 const GROUP_MAX: usize = 256;
+/// How often the engine task logs where its time went (`coordinator load` lines).
+const LOAD_REPORT: Duration = Duration::from_secs(10);
 
 /// A publish waiting for room in the client's queue.
 struct Pending {
@@ -57,6 +60,54 @@ fn step(engine: &mut Engine, input: Input) -> Vec<Outbound> {
         }
         Input::Recomputed(r) => engine.recomputed(r, now_ms),
         Input::Tick => engine.tick(now_ms),
+    }
+}
+
+/// Where the engine task's time went since the last report: what an operator reads to see
+/// whether the coordinator keeps up, and with what.
+#[derive(Default)]
+struct Load {
+    groups: u64,
+    inputs: u64,
+    largest_group: usize,
+    handling: Duration,
+    committing: Duration,
+    largest_backlog: usize,
+    dropped: u64,
+}
+
+impl Load {
+    fn group(&mut self, inputs: usize, handling: Duration, committing: Duration) {
+        self.groups += 1;
+        self.inputs += inputs as u64;
+        self.largest_group = self.largest_group.max(inputs);
+        self.handling += handling;
+        self.committing += committing;
+    }
+
+    /// Logs the figures since the last report and starts again.
+    fn report(&mut self, since: Duration, inbound_waiting: usize, recomputing: usize) {
+        let busy = (self.handling + self.committing).as_secs_f64() / since.as_secs_f64().max(1e-9);
+        tracing::info!(
+            groups = self.groups,
+            inputs = self.inputs,
+            largest_group = self.largest_group,
+            handling_ms = self.handling.as_millis() as u64,
+            committing_ms = self.committing.as_millis() as u64,
+            busy_percent = (busy * 100.0).round() as u64,
+            inbound_waiting,
+            recomputing,
+            largest_backlog = self.largest_backlog,
+            publishes_dropped = self.dropped,
+            "coordinator load"
+        );
+        if self.dropped > 0 {
+            tracing::warn!(
+                dropped = self.dropped,
+                "publishes dropped since the last load report: the backlog was full"
+            );
+        }
+        *self = Load::default();
     }
 }
 
@@ -149,7 +200,9 @@ pub(crate) async fn serve(
             backlog.pop_front();
         }
     };
-    let emit = |out: Vec<Outbound>, backlog: &mut VecDeque<Pending>| {
+    // Returns how many publishes were dropped because the backlog was full.
+    let emit = |out: Vec<Outbound>, backlog: &mut VecDeque<Pending>| -> u64 {
+        let mut dropped = 0;
         for o in out {
             match o {
                 Outbound::Publish {
@@ -159,7 +212,7 @@ pub(crate) async fn serve(
                     delivery,
                 } => {
                     if backlog.len() >= BACKLOG_MAX {
-                        tracing::warn!(topic, "publish dropped: the backlog is full");
+                        dropped += 1;
                         continue;
                     }
                     let qos = match delivery {
@@ -184,10 +237,18 @@ pub(crate) async fn serve(
             }
         }
         flush(backlog);
+        dropped
     };
     let mut input = Some(Input::Tick);
+    let mut load = Load::default();
+    let mut reported = std::time::Instant::now();
     loop {
         flush(&mut backlog);
+        load.largest_backlog = load.largest_backlog.max(backlog.len());
+        if reported.elapsed() >= LOAD_REPORT {
+            load.report(reported.elapsed(), rx.len(), pool.in_progress());
+            reported = std::time::Instant::now();
+        }
         let first = match input.take() {
             Some(first) => first,
             None => tokio::select! {
@@ -209,15 +270,20 @@ pub(crate) async fn serve(
         // One group: this input and what is already waiting, committed at once; nothing of
         // it is sent before the commit. A failed commit ends the coordinator (its restart
         // resumes from the ledger; unacked batches come again).
+        let started = std::time::Instant::now();
         if let Err(e) = engine.begin_group() {
             tracing::error!(error = %e, "the ledger cannot open a transaction");
             break;
         }
         let mut out = step(&mut engine, first);
+        let mut inputs = 1;
         let mut ended = false;
         for _ in 1..GROUP_MAX {
             match ready(&mut rx, &mut done) {
-                Ready::Input(next) => out.extend(step(&mut engine, next)),
+                Ready::Input(next) => {
+                    out.extend(step(&mut engine, next));
+                    inputs += 1;
+                }
                 Ready::Empty => break,
                 Ready::End => {
                     ended = true;
@@ -225,11 +291,13 @@ pub(crate) async fn serve(
                 }
             }
         }
+        let handled = std::time::Instant::now();
         if let Err(e) = engine.commit_group() {
             tracing::error!(error = %e, "the ledger cannot commit; nothing of this group is sent");
             break;
         }
-        emit(out, &mut backlog);
+        load.group(inputs, handled - started, handled.elapsed());
+        load.dropped += emit(out, &mut backlog);
         if ended {
             break;
         }

@@ -128,6 +128,11 @@ impl Pool {
         Ok(Self { shared, threads })
     }
 
+    /// Batches queued or being recomputed, not yet sent back.
+    pub fn in_progress(&self) -> usize {
+        lock(&self.shared).partial.len()
+    }
+
     /// Queues a batch's units behind those of the same rig.
     pub fn submit(&self, job: Recompute) {
         let mut q = lock(&self.shared);

@@ -400,7 +400,7 @@ fn main() {
                 .args(["--units-per-card", &UNITS_PER_CARD.to_string()])
                 .args(["--lease-ms", &(cfg.unit_ms * 4).to_string()])
                 .args(["--verify-fraction", "0.05"])
-                .env("RUST_LOG", "warn");
+                .env("RUST_LOG", "warn,rigd_coordinator::mqtt=info");
             c
         },
         &dir.path().join("coordinator.log"),
@@ -451,12 +451,14 @@ fn main() {
     let (e0, _) = cpu_rss(exporter.id());
     let (l0, _) = cpu_rss(std::process::id());
     let acked0 = stats.receipts_acked.load(Ordering::Relaxed);
+    let made0 = stats.receipts_made.load(Ordering::Relaxed);
     let bytes0 = stats.bytes();
     stats.latencies_ms.lock().unwrap().clear();
     let window = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let elapsed = window.elapsed().as_secs_f64();
     let acked = stats.receipts_acked.load(Ordering::Relaxed) - acked0;
+    let made_in_window = stats.receipts_made.load(Ordering::Relaxed) - made0;
     let bytes1 = stats.bytes();
     let (c1, c_rss) = cpu_rss(coordinator.id());
     let (b1, b_rss) = cpu_rss(broker.pid());
@@ -547,6 +549,17 @@ fn main() {
         l_rss,
         missing,
         reconnect.map_or("-".to_string(), |t| format!("{:.2} s", t.as_secs_f64())),
+    );
+    // The engine's own account, every 10 s of the run: groups, time handling and committing.
+    if let Ok(log) = std::fs::read_to_string(dir.path().join("coordinator.log")) {
+        for line in log.lines().filter(|l| l.contains("coordinator load")) {
+            println!("{line}");
+        }
+    }
+    println!(
+        "over the window: receipts made {:.1}/s, acknowledged {:.1}/s",
+        made_in_window as f64 / elapsed,
+        acked as f64 / elapsed,
     );
     println!(
         "receipts made {made}, acknowledged {}, units received {}, batches {}, resends {}, garbage frames {}, units credited {} (twice: {twice}), seqs missing {missing}, extra {extra}, drain {:.1} s, coordinator alive {coordinator_alive}, exporter alive {exporter_alive}",
