@@ -109,6 +109,9 @@ pub struct Engine {
     /// The deployments whose batches are credited.
     domains: Vec<rigd_protocol::Domain>,
     earnings_dirty: BTreeSet<RigId>,
+    /// Warnings for undecodable messages, at most one a second (a rig choosing to send
+    /// garbage must not choose how much the coordinator logs).
+    bad_input_warnings: WarnLimit,
     earnings_sent: HashMap<RigId, u64>,
     units_done: u64,
     units_verified: u64,
@@ -229,6 +232,7 @@ impl Engine {
             trust: config.trust,
             domains: config.domains.clone(),
             earnings_dirty: dirty,
+            bad_input_warnings: WarnLimit::default(),
             earnings_sent: HashMap::new(),
             units_done,
             units_verified: 0,
@@ -286,7 +290,15 @@ impl Engine {
         }
         let result = match inbound::parse(topic, payload) {
             Err(e) => {
-                tracing::warn!(topic, error = %e, "message dropped");
+                match self.bad_input_warnings.due(now_ms) {
+                    Some(suppressed) => tracing::warn!(
+                        topic,
+                        error = %e,
+                        suppressed_since_last = suppressed,
+                        "message dropped"
+                    ),
+                    None => tracing::debug!(topic, error = %e, "message dropped"),
+                }
                 return vec![];
             }
             Ok(Inbound::Status(status)) => self.on_status(&status, now_ms),
@@ -517,6 +529,33 @@ impl Engine {
             ),
             Outbound::Progress(status),
         ]
+    }
+}
+
+/// At most one warning per [`WarnLimit::PERIOD_MS`]; the rest are counted and the count goes
+/// with the next warning.
+#[derive(Debug, Default)]
+struct WarnLimit {
+    last_ms: Option<u64>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    const PERIOD_MS: u64 = 1_000;
+
+    /// `Some(messages suppressed since the last warning)` when a warning is due at `now_ms`,
+    /// `None` when this one is to be counted instead.
+    fn due(&mut self, now_ms: u64) -> Option<u64> {
+        match self.last_ms {
+            Some(last) if now_ms < last.saturating_add(Self::PERIOD_MS) => {
+                self.suppressed = self.suppressed.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last_ms = Some(now_ms);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
     }
 }
 

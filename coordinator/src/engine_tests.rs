@@ -572,3 +572,18 @@ fn mlp_results_are_pending_until_their_step_is_stitched_and_survive_a_restart() 
 
 #[path = "engine_untrusted_tests.rs"]
 mod untrusted;
+
+/// A flood of garbage gets one warning a second, each carrying how many were not logged.
+#[test]
+fn undecodable_messages_are_warned_about_at_most_once_a_second() {
+    let mut limit = WarnLimit::default();
+    assert_eq!(limit.due(10_000), Some(0));
+    for ms in 10_001..10_999 {
+        assert_eq!(limit.due(ms), None);
+    }
+    assert_eq!(limit.due(11_000), Some(998));
+    assert_eq!(limit.due(11_001), None);
+    assert_eq!(limit.due(20_000), Some(1));
+    // A clock that steps back does not open the gate early.
+    assert_eq!(limit.due(19_000), None);
+}
