@@ -10,13 +10,14 @@ mod chain;
 use alloy_primitives::{FixedBytes, U256};
 use alloy_sol_types::SolCall;
 use chain::{
-    addr, owners, rigs, signed_batch, Chain, Rig, ANSWER_WINDOW_S, MATURITY_S, PRICE, WORK,
+    addr, build_epoch_0, owners, rigs, signed_batch, Chain, Rig, ANSWER_WINDOW_S, MATURITY_S,
+    PRICE, WORK,
 };
 use rigd_coordinator::ledger::{BatchRecord, Entry, ReceiptState};
 use rigd_coordinator::statement::{SignedStatement, StatementKey};
 use rigd_coordinator::Ledger;
 use rigd_protocol::{BatchHeader, EthAddress, ReceiptItem, RigId, Signature};
-use rigd_settlement::{open_dispute_call, Epoch, RigTree, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{open_dispute_call, RigdPayoutToken, RigdSettlement};
 use std::collections::BTreeMap;
 
 use RigdSettlement::RigdSettlementErrors as E;
@@ -106,13 +107,7 @@ fn credit_left_out_of_an_epoch_is_proven_with_the_rigs_signature_and_paid_once()
     assert_eq!(owed.len(), 5);
     let full = owed[&short.id];
     *owed.get_mut(&short.id).unwrap() -= left_out;
-    let owner_of: BTreeMap<RigId, EthAddress> =
-        rigs.iter().map(|r| (r.id.clone(), r.owner)).collect();
-    let (epoch, paid) = Epoch::for_rigs(0, &owed, |rig| owner_of.get(rig).copied()).unwrap();
-    ledger
-        .build_epoch(0, CUTOFF_MS, epoch.root(), &paid, &epoch.payouts)
-        .unwrap();
-    let tree = RigTree::new(0, &ledger.paid_through(0).unwrap());
+    let (epoch, tree) = build_epoch_0(&mut ledger, &rigs, CUTOFF_MS, &owed);
     let bond = 10 * left_out;
     let approve = RigdPayoutToken::approveCall {
         spender: chain.settlement,

@@ -8,11 +8,13 @@ mod chain;
 
 use alloy_primitives::{Address, U256};
 use alloy_sol_types::SolCall;
-use chain::{addr, eth, owners, rigs, signed_batch, Chain, RigKey, CHAIN_ID, PRICE, WORK};
+use chain::{
+    addr, build_epoch_0, eth, owners, rigs, signed_batch, Chain, RigKey, CHAIN_ID, PRICE, WORK,
+};
 use rigd_coordinator::ledger::{BatchRecord, Entry, ReceiptState};
 use rigd_coordinator::Ledger;
 use rigd_protocol::{Domain, EthAddress, RigId};
-use rigd_settlement::{Epoch, RigTree, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{Epoch, RigdPayoutToken, RigdSettlement};
 use std::collections::BTreeMap;
 
 #[test]
@@ -84,13 +86,7 @@ fn each_owner_claims_exactly_what_the_ledger_credited_it_once() {
         4,
         "the rig still in its audit window waits: {owed:?}"
     );
-    let owner_of: BTreeMap<RigId, EthAddress> =
-        rigs.iter().map(|r| (r.id.clone(), r.owner)).collect();
-    let (epoch, paid) = Epoch::for_rigs(0, &owed, |rig| owner_of.get(rig).copied()).unwrap();
-    ledger
-        .build_epoch(0, cutoff, epoch.root(), &paid, &epoch.payouts)
-        .unwrap();
-    let rig_tree = RigTree::new(0, &ledger.paid_through(0).unwrap());
+    let (epoch, rig_tree) = build_epoch_0(&mut ledger, &rigs, cutoff, &owed);
     assert_eq!(rig_tree.totals.len(), 4);
     assert_eq!(ledger.epoch(0).unwrap().unwrap().owners, epoch.payouts);
     // What each owner is owed, from the ledger itself.

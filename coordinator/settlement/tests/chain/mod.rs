@@ -14,13 +14,16 @@ use revm::primitives::{Bytes, TxKind};
 use revm::{ExecuteCommitEvm, MainBuilder, MainContext};
 use rigd::keys::KeyStore;
 use rigd_coordinator::statement::StatementKey;
+use rigd_coordinator::Ledger;
 use rigd_protocol::{
     BatchHeader, Domain, EthAddress, GpuUuid, JobId, PublicKey, Receipt, ReceiptItem, RigId,
     Signature, UnitOutput,
 };
-use rigd_settlement::{DisputeTerms, RigKeyRegistry, RigdPayoutToken, RigdSettlement};
+use rigd_settlement::{
+    DisputeTerms, Epoch, RigKeyRegistry, RigTree, RigdPayoutToken, RigdSettlement,
+};
 use rigd_testkit::swtpm::Swtpm;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub const CHAIN_ID: u64 = 31337;
 
@@ -285,6 +288,24 @@ pub struct Rig {
     pub id: RigId,
     pub key: RigKey,
     pub owner: EthAddress,
+}
+
+/// Epoch 0 of `owed`, each rig paid to its owner among `rigs`, built in `ledger` with
+/// cutoff `cutoff_ms`, and the epoch's rig tree as the ledger then has it.
+pub fn build_epoch_0(
+    ledger: &mut Ledger,
+    rigs: &[Rig],
+    cutoff_ms: u64,
+    owed: &BTreeMap<RigId, u64>,
+) -> (Epoch, RigTree) {
+    let owner_of: BTreeMap<RigId, EthAddress> =
+        rigs.iter().map(|r| (r.id.clone(), r.owner)).collect();
+    let (epoch, paid) = Epoch::for_rigs(0, owed, |rig| owner_of.get(rig).copied()).unwrap();
+    ledger
+        .build_epoch(0, cutoff_ms, epoch.root(), &paid, &epoch.payouts)
+        .unwrap();
+    let tree = RigTree::new(0, &ledger.paid_through(0).unwrap());
+    (epoch, tree)
 }
 
 /// The three owners' payout addresses.
