@@ -157,27 +157,6 @@ impl Ledger {
         Ok(paid as u64)
     }
 
-    /// The number kept under `key` in the ledger's meta table, if any.
-    pub fn meta(&self, key: &str) -> Result<Option<u64>, LedgerError> {
-        let v = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?;
-        Ok(v.map(|v| v as u64))
-    }
-
-    /// Keeps `value` under `key` in the ledger's meta table.
-    pub fn set_meta(&self, key: &str, value: u64) -> Result<(), LedgerError> {
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES(?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, u(value)],
-        )?;
-        Ok(())
-    }
-
     /// Keeps `signed` as each rig's latest statement, in one transaction.
     pub fn record_statements(&mut self, signed: &[SignedStatement]) -> Result<(), LedgerError> {
         let tx = self.conn.savepoint()?;

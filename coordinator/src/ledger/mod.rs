@@ -342,15 +342,28 @@ impl Ledger {
     }
 
     fn price(&self) -> Result<u64, LedgerError> {
-        let price = self
+        Ok(self.meta("micros_per_mflop")?.unwrap_or(0))
+    }
+
+    /// The number kept under `key` in the ledger's meta table, if any.
+    pub fn meta(&self, key: &str) -> Result<Option<u64>, LedgerError> {
+        let v = self
             .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'micros_per_mflop'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()?;
-        Ok(price.unwrap_or(0) as u64)
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// Keeps `value` under `key` in the ledger's meta table.
+    pub fn set_meta(&self, key: &str, value: u64) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, u(value)],
+        )?;
+        Ok(())
     }
 
     /// Every rig in the registry (a rig is registered when its key is pinned).

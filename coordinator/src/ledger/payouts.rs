@@ -239,25 +239,22 @@ impl Ledger {
 
     /// The number of the latest epoch the ledger holds, if any.
     pub fn latest_epoch(&self) -> Result<Option<u64>, LedgerError> {
-        if !self.has_table("epochs")? {
-            return Ok(None);
-        }
-        let latest = self
-            .conn
-            .query_row("SELECT MAX(epoch) FROM epochs", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })?;
-        Ok(latest.map(|e| e as u64))
+        self.latest_epoch_in(None)
     }
 
     /// The number of the latest epoch posted on chain, if any.
     pub fn latest_posted_epoch(&self) -> Result<Option<u64>, LedgerError> {
+        self.latest_epoch_in(Some("posted"))
+    }
+
+    /// The latest epoch in `state` (any state when `None`).
+    fn latest_epoch_in(&self, state: Option<&str>) -> Result<Option<u64>, LedgerError> {
         if !self.has_table("epochs")? {
             return Ok(None);
         }
         let latest = self.conn.query_row(
-            "SELECT MAX(epoch) FROM epochs WHERE state = 'posted'",
-            [],
+            "SELECT MAX(epoch) FROM epochs WHERE ?1 IS NULL OR state = ?1",
+            [state],
             |r| r.get::<_, Option<i64>>(0),
         )?;
         Ok(latest.map(|e| e as u64))
