@@ -15,11 +15,12 @@ cd "$(dirname "$0")"
 # tests use; the rig image's boot test: mmdebstrap, mtools, dosfstools, fdisk (building the
 # image), systemd-container (systemd-nspawn), mosquitto-clients (reading the rig's status);
 # afl++: the coverage-guided fuzzer of the wire decoders; prometheus: the server that scrapes
-# the fleet exporter in its test; chromium: the browser the owners' dashboard test drives.
+# the fleet exporter in its test; chromium: the browser the owners' dashboard test drives;
+# postgresql: the server the tests of the PostgreSQL ledger start (as their own, on loopback).
 need=()
 for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2 \
   mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients afl++ prometheus \
-  chromium; do
+  chromium postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

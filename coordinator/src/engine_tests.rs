@@ -29,7 +29,8 @@ impl Fixture {
     }
 
     fn ledger(&self) -> Ledger {
-        Ledger::open(&self.config.db_path).unwrap_or_else(|e| panic!("{e}"))
+        Ledger::open(&crate::ledger::tests_file(&self.config.ledger))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -125,7 +126,8 @@ fn hello(engine: &mut Engine, rig: &TestRig, cards: usize, now: u64) -> Vec<Outb
 }
 
 fn reasons(f: &Fixture, rig: &TestRig) -> Vec<(u64, String, Option<String>)> {
-    let conn = rusqlite::Connection::open(&f.config.db_path).unwrap_or_else(|e| panic!("{e}"));
+    let conn = rusqlite::Connection::open(crate::ledger::tests_file(&f.config.ledger))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut stmt = conn
         .prepare("SELECT seq, state, reason FROM receipts WHERE rig = ?1 ORDER BY seq")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -139,7 +141,8 @@ fn reasons(f: &Fixture, rig: &TestRig) -> Vec<(u64, String, Option<String>)> {
 
 /// The runs of sequence numbers refused before any check: `(first, last, reason)`.
 fn refused(f: &Fixture, rig: &TestRig) -> Vec<(u64, u64, String)> {
-    let conn = rusqlite::Connection::open(&f.config.db_path).unwrap_or_else(|e| panic!("{e}"));
+    let conn = rusqlite::Connection::open(crate::ledger::tests_file(&f.config.ledger))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut stmt = conn
         .prepare(
             "SELECT first_seq, last_seq, reason FROM refused WHERE rig = ?1 ORDER BY first_seq",

@@ -373,7 +373,7 @@ fn a_rekey_the_registry_vouches_for_refuses_the_old_receipts_and_credits_the_new
     use rigd_protocol::claim::{Inventory, Rekey};
     use rigd_provisioning::registry::{rig_id_for, Registry};
     let mut f = Fixture::new(gemm(4));
-    let path = f.config.db_path.with_file_name("registry.db");
+    let path = crate::ledger::tests_file(&f.config.ledger).with_file_name("registry.db");
     let mut registry = Registry::open(&path).unwrap_or_else(|e| panic!("{e}"));
     registry
         .add_owner("alice", &rigd_protocol::EthAddress([1; 20]), 0)

@@ -3,7 +3,7 @@
 //! crash-safe earnings ledger and publishes earnings and progress.
 //!
 //! Layout: pure cores ([`scheduler`], [`job`], [`verify`], [`inbound`]) take inputs and the
-//! time and return decisions; [`engine`] ties them to the SQLite [`ledger`]; `mqtt` is the
+//! time and return decisions; [`engine`] ties them to the [`ledger`] (SQLite or PostgreSQL); `mqtt` is the
 //! I/O shell that moves bytes between the broker, the engine and the [`recompute`] pool.
 //!
 //! # Ledger states
@@ -63,8 +63,8 @@ pub struct CoordinatorConfig {
     pub broker_port: u16,
     /// MQTT client id; the session is persistent, so keep it stable across restarts.
     pub client_id: String,
-    /// The SQLite ledger (WAL, `synchronous=FULL`).
-    pub db_path: PathBuf,
+    /// The ledger: a SQLite file (WAL, `synchronous=FULL`) or a PostgreSQL database.
+    pub ledger: ledger::Location,
     /// The job to run.
     pub job: JobSpec,
     /// A unit not answered within this is reassigned with `attempt + 1`.
@@ -142,14 +142,14 @@ impl CoordinatorConfig {
     pub fn new(
         broker_host: impl Into<String>,
         broker_port: u16,
-        db_path: impl Into<PathBuf>,
+        ledger: impl Into<ledger::Location>,
         job: JobSpec,
     ) -> Self {
         Self {
             broker_host: broker_host.into(),
             broker_port,
             client_id: "rigd-coordinator".into(),
-            db_path: db_path.into(),
+            ledger: ledger.into(),
             job,
             lease_ms: 30_000,
             lease_grace_ms: 30_000,

@@ -26,9 +26,9 @@ struct Args {
     /// Broker address, host:port.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: String,
-    /// SQLite ledger file.
+    /// The ledger: a SQLite file, or a PostgreSQL database by its `postgresql://` URL.
     #[arg(long)]
-    db: PathBuf,
+    db: String,
     /// MQTT client id (keep it stable: the session is persistent).
     #[arg(long, default_value = "rigd-coordinator")]
     client_id: String,
@@ -153,7 +153,8 @@ fn config(args: Args) -> anyhow::Result<CoordinatorConfig> {
             }
         }
     };
-    let mut config = CoordinatorConfig::new(host, port, args.db, spec);
+    let ledger = rigd_coordinator::ledger::Location::parse(&args.db);
+    let mut config = CoordinatorConfig::new(host, port, ledger, spec);
     config.tls = args.tls.files();
     config.registry = args.registry;
     config.domains = std::iter::once(args.domain.domain())

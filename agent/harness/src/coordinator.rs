@@ -8,7 +8,10 @@ use std::time::Duration;
 
 /// A coordinator with its ledger in `dir`.
 pub struct Coordinator {
+    /// Its SQLite ledger file (absent when the ledger is on PostgreSQL).
     pub db: PathBuf,
+    /// Where its ledger is.
+    pub ledger: rigd_coordinator::ledger::Location,
     pub job: rigd_protocol::JobId,
     stop: tokio_util::sync::CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
@@ -66,10 +69,23 @@ impl Coordinator {
         dim: u32,
         tls: Option<&rigd_client::TlsFiles>,
     ) -> Self {
+        let ledger = rigd_coordinator::ledger::Location::File(dir.join("ledger.db"));
+        Self::process_gemm_at(port, dir, units, dim, tls, ledger)
+    }
+
+    /// As [`Self::process_gemm`], with the ledger at `ledger` (a PostgreSQL database, say).
+    pub fn process_gemm_at(
+        port: u16,
+        dir: &Path,
+        units: u64,
+        dim: u32,
+        tls: Option<&rigd_client::TlsFiles>,
+        ledger: rigd_coordinator::ledger::Location,
+    ) -> Self {
         let job = format!(
             "--job gemm --job-id gemm-test --units {units} --mnk {dim},{dim},{dim} --seed 11"
         );
-        Self::process(port, dir, &job, tls)
+        Self::process(port, dir, &job, tls, ledger)
     }
 
     /// Runs the `coordinator` binary as its own process on the MLP training job of
@@ -85,13 +101,20 @@ impl Coordinator {
             "--job train --job-id devnet-mlp --shape 16,32,4 --data-seed 7 --spread 1.0 --shards 8 \
              --samples 128 --lr 0.5 --max-steps {max_steps} --loss-target {loss_target} --eval-samples 1024"
         );
-        Self::process(port, dir, &job, tls)
+        let ledger = rigd_coordinator::ledger::Location::File(dir.join("ledger.db"));
+        Self::process(port, dir, &job, tls, ledger)
     }
 
     /// Runs the `coordinator` binary with `job` (its job flags, space-separated), 10 s leases
     /// and 10 % of results recomputed. Its progress is read from the ledger, not reported:
     /// `status` is `None`.
-    fn process(port: u16, dir: &Path, job: &str, tls: Option<&rigd_client::TlsFiles>) -> Self {
+    fn process(
+        port: u16,
+        dir: &Path,
+        job: &str,
+        tls: Option<&rigd_client::TlsFiles>,
+        ledger: rigd_coordinator::ledger::Location,
+    ) -> Self {
         let args: Vec<&str> = job.split_whitespace().collect();
         let id = args
             .iter()
@@ -104,7 +127,10 @@ impl Coordinator {
         let mut cmd = std::process::Command::new(super::workspace_bin("coordinator"));
         cmd.args(["--broker", &format!("127.0.0.1:{port}")])
             .arg("--db")
-            .arg(&db)
+            .arg(match &ledger {
+                rigd_coordinator::ledger::Location::File(path) => path.display().to_string(),
+                rigd_coordinator::ledger::Location::Postgres(url) => url.clone(),
+            })
             .args(["--client-id", &format!("coordinator-{port}")])
             .args(&args)
             .args(["--lease-ms", "10000", "--verify-fraction", "0.1"])
@@ -121,6 +147,7 @@ impl Coordinator {
         let child = super::spawn_logged(cmd, &log);
         Coordinator {
             db,
+            ledger,
             job: job_id,
             stop: tokio_util::sync::CancellationToken::new(),
             runtime: None,
@@ -188,6 +215,7 @@ impl Coordinator {
             }
         });
         Coordinator {
+            ledger: rigd_coordinator::ledger::Location::File(db.clone()),
             db,
             job,
             stop,
@@ -206,8 +234,20 @@ impl Coordinator {
         tail.join("\n")
     }
 
+    /// A connection to its ledger (read-only on SQLite).
     pub fn ledger(&self) -> Option<rigd_coordinator::Ledger> {
-        rigd_coordinator::Ledger::open(&self.db).ok()
+        match &self.ledger {
+            rigd_coordinator::ledger::Location::File(path) => {
+                rigd_coordinator::Ledger::open(path).ok()
+            }
+            postgres => rigd_coordinator::Ledger::open_existing_at(postgres).ok(),
+        }
+    }
+
+    /// Kills its process with SIGKILL (an in-process coordinator is stopped instead).
+    pub fn kill9(&mut self) {
+        self.stop.cancel();
+        super::kill9(&mut self.child);
     }
 
     /// Units credited, as (unit, times credited).

@@ -1,12 +1,14 @@
 //! What the tests of every crate start and wait on: a real mosquitto per test on a free
 //! loopback port, polling with deadlines instead of sleeps, a TPM ([`swtpm`]) and a PKCS#11
-//! token ([`softhsm`]) of their own, a Prometheus ([`prometheus`]), [`fixtures`]: messages of every kind, and
+//! token ([`softhsm`]) of their own, a Prometheus ([`prometheus`]), a PostgreSQL
+//! ([`postgres`]), [`fixtures`]: messages of every kind, and
 //! [`signer::TestRig`]: a rig's receipt key building signed batches, and [`measure`]: what benches
 //! read off samples and processes. Dev-only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fixtures;
 pub mod measure;
+pub mod postgres;
 pub mod prometheus;
 pub mod signer;
 pub mod softhsm;

@@ -5,10 +5,10 @@
 //! what a lost one paid the rig from the bond (counted as paid, so no later epoch pays it
 //! again).
 
-use super::{u, Ledger, LedgerError};
+use super::db::p;
+use super::{parse_rig, Ledger, LedgerError};
 use crate::statement::SignedStatement;
 use rigd_protocol::{CreditStatement, Domain, EthAddress, RigId};
-use rusqlite::{params, OptionalExtension};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS statements(
@@ -41,51 +41,45 @@ impl Ledger {
         rig: &RigId,
         before_ms: u64,
     ) -> Result<Option<CreditStatement>, LedgerError> {
-        let (last, total): (Option<i64>, i64) = self.conn.query_row(
-            "SELECT MAX(seq), COALESCE(SUM(micros), 0) FROM receipts
+        let r = self.db.query_one(
+            "SELECT MAX(seq), COALESCE(CAST(SUM(micros) AS BIGINT), 0) FROM receipts
              WHERE rig = ?1 AND state = 'credited' AND changed_ms < ?2",
-            params![rig.as_str(), u(before_ms)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            p![rig.as_str(), before_ms],
         )?;
-        Ok(last.map(|last| CreditStatement {
+        let total = r.u64(1)?;
+        Ok(r.opt_int(0)?.map(|last| CreditStatement {
             rig: rig.clone(),
             last_seq: last as u64,
             before_ms,
-            credited_total: total as u64,
+            credited_total: total,
         }))
     }
 
     /// [`Ledger::credited_before`] of every rig credited anything before `before_ms`.
     pub fn all_credited_before(&self, before_ms: u64) -> Result<Vec<CreditStatement>, LedgerError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT rig, MAX(seq), SUM(micros) FROM receipts
-             WHERE state = 'credited' AND changed_ms < ?1 GROUP BY rig ORDER BY rig",
-        )?;
-        let rows = stmt.query_map([u(before_ms)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u64,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (rig, last_seq, credited_total) = row?;
-            out.push(CreditStatement {
-                rig: RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?,
-                last_seq,
-                before_ms,
-                credited_total,
-            });
-        }
-        Ok(out)
+        self.db
+            .query(
+                "SELECT rig, MAX(seq), CAST(SUM(micros) AS BIGINT) FROM receipts
+                 WHERE state = 'credited' AND changed_ms < ?1 GROUP BY rig ORDER BY rig",
+                p![before_ms],
+            )?
+            .into_iter()
+            .map(|r| {
+                Ok(CreditStatement {
+                    rig: parse_rig(r.text(0)?)?,
+                    last_seq: r.u64(1)?,
+                    before_ms,
+                    credited_total: r.u64(2)?,
+                })
+            })
+            .collect()
     }
 
     /// Records that dispute `id` of `rig` was opened (again: no change).
     pub fn record_dispute(&self, id: &[u8; 32], rig: &RigId) -> Result<(), LedgerError> {
-        self.conn.execute(
+        self.db.exec(
             "INSERT INTO disputes(id, rig) VALUES(?1, ?2) ON CONFLICT(id) DO NOTHING",
-            params![id.as_slice(), rig.as_str()],
+            p![id.as_slice(), rig.as_str()],
         )?;
         Ok(())
     }
@@ -93,54 +87,48 @@ impl Ledger {
     /// Records that dispute `id` was settled paying `micros` from the bond, and closes it.
     /// Returns false for a dispute the ledger never saw opened.
     pub fn record_made_good(&self, id: &[u8; 32], micros: u64) -> Result<bool, LedgerError> {
-        let n = self.conn.execute(
+        let n = self.db.exec(
             "UPDATE disputes SET made_good = ?2, open = 0 WHERE id = ?1",
-            params![id.as_slice(), u(micros)],
+            p![id.as_slice(), micros],
         )?;
         Ok(n == 1)
     }
 
     /// Records that the network answered dispute `id` with its leaf in `epoch`.
     pub fn record_answer(&self, id: &[u8; 32], epoch: u64) -> Result<(), LedgerError> {
-        self.conn.execute(
+        self.db.exec(
             "UPDATE disputes SET answered_epoch = ?2 WHERE id = ?1",
-            params![id.as_slice(), u(epoch)],
+            p![id.as_slice(), epoch],
         )?;
         Ok(())
     }
 
     /// Closes dispute `id` (refused, or past answering).
     pub fn close_dispute(&self, id: &[u8; 32]) -> Result<(), LedgerError> {
-        self.conn.execute(
+        self.db.exec(
             "UPDATE disputes SET open = 0 WHERE id = ?1",
-            [id.as_slice()],
+            p![id.as_slice()],
         )?;
         Ok(())
     }
 
     /// The disputes the ledger holds open.
     pub fn open_disputes(&self) -> Result<Vec<OpenDispute>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, rig, answered_epoch FROM disputes WHERE open = 1 ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, rig, answered) = row?;
-            out.push(OpenDispute {
-                id: <[u8; 32]>::try_from(id.as_slice())
-                    .map_err(|_| LedgerError::Corrupt("dispute id".into()))?,
-                rig: RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?,
-                answered_epoch: answered.map(|e| e as u64),
-            });
-        }
-        Ok(out)
+        self.db
+            .query(
+                "SELECT id, rig, answered_epoch FROM disputes WHERE open = 1 ORDER BY id",
+                p![],
+            )?
+            .into_iter()
+            .map(|r| {
+                Ok(OpenDispute {
+                    id: <[u8; 32]>::try_from(r.blob(0)?.as_slice())
+                        .map_err(|_| LedgerError::Corrupt("dispute id".into()))?,
+                    rig: parse_rig(r.text(1)?)?,
+                    answered_epoch: r.opt_int(2)?.map(|e| e as u64),
+                })
+            })
+            .collect()
     }
 
     /// What lost disputes paid `rig` from the bond, in all (0 for a ledger written before
@@ -149,41 +137,40 @@ impl Ledger {
         if !self.has_table("disputes")? {
             return Ok(0);
         }
-        let paid = self.conn.query_row(
-            "SELECT COALESCE(SUM(made_good), 0) FROM disputes WHERE rig = ?1",
-            [rig.as_str()],
-            |r| r.get::<_, i64>(0),
-        )?;
-        Ok(paid as u64)
+        self.db
+            .query_one(
+                "SELECT COALESCE(CAST(SUM(made_good) AS BIGINT), 0) FROM disputes
+                 WHERE rig = ?1",
+                p![rig.as_str()],
+            )?
+            .u64(0)
     }
 
     /// Keeps `signed` as each rig's latest statement, in one transaction.
     pub fn record_statements(&mut self, signed: &[SignedStatement]) -> Result<(), LedgerError> {
-        let tx = self.conn.savepoint()?;
-        {
-            let mut upsert = tx.prepare(
-                "INSERT INTO statements(rig, last_seq, before_ms, credited_total, chain_id,
-                     contract, signature) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT(rig) DO UPDATE SET last_seq = excluded.last_seq,
-                     before_ms = excluded.before_ms, credited_total = excluded.credited_total,
-                     chain_id = excluded.chain_id, contract = excluded.contract,
-                     signature = excluded.signature",
-            )?;
+        self.db.atomic(|tx| {
             for s in signed {
                 let st = &s.statement;
-                upsert.execute(params![
-                    st.rig.as_str(),
-                    u(st.last_seq),
-                    u(st.before_ms),
-                    u(st.credited_total),
-                    u(s.domain.chain_id),
-                    s.domain.verifying_contract.as_slice(),
-                    s.signature,
-                ])?;
+                tx.exec(
+                    "INSERT INTO statements(rig, last_seq, before_ms, credited_total, chain_id,
+                         contract, signature) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(rig) DO UPDATE SET last_seq = excluded.last_seq,
+                         before_ms = excluded.before_ms, credited_total = excluded.credited_total,
+                         chain_id = excluded.chain_id, contract = excluded.contract,
+                         signature = excluded.signature",
+                    p![
+                        st.rig.as_str(),
+                        st.last_seq,
+                        st.before_ms,
+                        st.credited_total,
+                        s.domain.chain_id,
+                        s.domain.verifying_contract.as_slice(),
+                        &s.signature,
+                    ],
+                )?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// `rig`'s latest signed statement, if the payout run has made one.
@@ -191,38 +178,25 @@ impl Ledger {
         if !self.has_table("statements")? {
             return Ok(None);
         }
-        let row = self
-            .conn
-            .query_row(
-                "SELECT last_seq, before_ms, credited_total, chain_id, contract, signature
-                 FROM statements WHERE rig = ?1",
-                [rig.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, i64>(2)? as u64,
-                        r.get::<_, i64>(3)? as u64,
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, Vec<u8>>(5)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((last_seq, before_ms, credited_total, chain_id, contract, signature)) = row else {
+        let Some(r) = self.db.query_opt(
+            "SELECT last_seq, before_ms, credited_total, chain_id, contract, signature
+             FROM statements WHERE rig = ?1",
+            p![rig.as_str()],
+        )?
+        else {
             return Ok(None);
         };
-        let contract = <[u8; 20]>::try_from(contract.as_slice())
+        let contract = <[u8; 20]>::try_from(r.blob(4)?.as_slice())
             .map_err(|_| LedgerError::Corrupt(format!("statement of {rig}: contract")))?;
         Ok(Some(SignedStatement {
             statement: CreditStatement {
                 rig: rig.clone(),
-                last_seq,
-                before_ms,
-                credited_total,
+                last_seq: r.u64(0)?,
+                before_ms: r.u64(1)?,
+                credited_total: r.u64(2)?,
             },
-            domain: Domain::new(chain_id, EthAddress(contract)),
-            signature,
+            domain: Domain::new(r.u64(3)?, EthAddress(contract)),
+            signature: r.blob(5)?,
         }))
     }
 }

@@ -9,15 +9,19 @@
 //! the burst sent before it. Receipts are keyed by `(rig, seq)`, so a receipt
 //! delivered again is counted in `deliveries` and changes nothing else.
 //!
-//! Integers are stored as SQLite's signed 64-bit values with the bits of the `u64`.
+//! Integers are stored as signed 64-bit values with the bits of the `u64`.
+//!
+//! The same ledger runs on PostgreSQL ([`Location::Postgres`]), with the same tables, the
+//! same statements and the same transactions (`db` holds the two connections).
 
+use db::{p, Db};
 use rigd_protocol::{
     CardEarnings, Earnings, GpuUuid, JobId, PublicKey, Receipt, RigId, UnitOutput,
 };
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SCHEMA: &str = "
@@ -61,9 +65,20 @@ pub enum LedgerError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// The PostgreSQL database could not be reached or its schema created.
+    #[error("cannot open ledger {url}: {source} (check the URL, that the server runs and takes this user)")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// What PostgreSQL said.
+        source: postgres::Error,
+    },
     /// A query or transaction failed.
     #[error("ledger query failed: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A query or transaction on PostgreSQL failed.
+    #[error("ledger query failed: {0}")]
+    Postgres(#[from] postgres::Error),
     /// A stored value does not parse (the file was edited or is from another program).
     #[error("ledger holds an unreadable value: {0}")]
     Corrupt(String),
@@ -146,11 +161,71 @@ pub struct RegisteredRig {
     pub from_seq: u64,
 }
 
+/// Where a ledger lives: a SQLite file (the embedded default) or a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file.
+    File(PathBuf),
+    /// A PostgreSQL database, by its `postgres://` or `postgresql://` URL (plain TCP or a
+    /// Unix socket: the database is the fleet side's own, on its own network).
+    Postgres(String),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL is a PostgreSQL database; anything else is a
+    /// file path.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_string())
+        } else {
+            Location::File(PathBuf::from(s))
+        }
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Self {
+        Location::File(path)
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Self {
+        Location::File(path.to_path_buf())
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The file's path, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => write!(f, "{}", p.display()),
+            Location::Postgres(url) => f.write_str(&without_password(url)),
+        }
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// The ledger. [`Ledger::open`] gives the read side for tests and tools (read-only: WAL lets
-/// it run beside the coordinator); the coordinator opens it with [`Ledger::create`].
+/// it run beside the coordinator); the coordinator opens it with [`Ledger::create`] (a file)
+/// or [`Ledger::create_at`] (a file or PostgreSQL).
 #[derive(Debug)]
 pub struct Ledger {
-    conn: Connection,
+    db: Db,
 }
 
 fn u(v: u64) -> i64 {
@@ -183,6 +258,16 @@ fn blob_f32(b: &[u8]) -> Result<Vec<f32>, LedgerError> {
         .collect())
 }
 
+/// The SQLite schema's tables in PostgreSQL's types (its integers are all 64-bit).
+fn postgres_dialect(sql: &str) -> String {
+    sql.replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+        .replace(" WITHOUT ROWID", "")
+}
+
+/// Any fixed key: two replicas creating the schema at once take turns on it.
+const SCHEMA_LOCK: i64 = 0x7269_6764;
+
 impl Ledger {
     /// Opens an existing ledger read-only.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
@@ -198,7 +283,9 @@ impl Ledger {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(Self { conn })
+        Ok(Self {
+            db: Db::sqlite(conn),
+        })
     }
 
     /// Opens or creates the ledger for writing, in WAL mode with `synchronous=FULL`, and
@@ -214,6 +301,65 @@ impl Ledger {
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         Self::open_writing(path, flags, None)
+    }
+
+    /// As [`Ledger::create`], at `location`: on PostgreSQL the schema is created if missing
+    /// (one creator at a time) and the price stored.
+    pub fn create_at(location: &Location, micros_per_mflop: u64) -> Result<Self, LedgerError> {
+        match location {
+            Location::File(path) => Self::create(path, micros_per_mflop),
+            Location::Postgres(url) => Self::connect(url, Some(micros_per_mflop)),
+        }
+    }
+
+    /// As [`Ledger::open_existing`], at `location`.
+    pub fn open_existing_at(location: &Location) -> Result<Self, LedgerError> {
+        match location {
+            Location::File(path) => Self::open_existing(path),
+            Location::Postgres(url) => Self::connect(url, None),
+        }
+    }
+
+    fn connect(url: &str, micros_per_mflop: Option<u64>) -> Result<Self, LedgerError> {
+        let connect = || -> Result<postgres::Client, postgres::Error> {
+            let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+            // A ledger already made is not touched: replacing its triggers would wait for
+            // every open transaction on the receipts, a running coordinator's among them.
+            let made = client
+                .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?
+                .try_get::<_, bool>(0)?
+                && client
+                    .query_opt("SELECT 1 FROM meta WHERE key = 'rollup'", &[])?
+                    .is_some();
+            if made {
+                return Ok(client);
+            }
+            let mut schema = format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK});\n{}{}{}{}{}",
+                postgres_dialect(SCHEMA),
+                postgres_dialect(rollup::TABLES),
+                postgres_dialect(payouts::SCHEMA),
+                postgres_dialect(disputes::SCHEMA),
+                rollup::POSTGRES_TRIGGERS,
+            );
+            schema.push_str(
+                "INSERT INTO meta(key, value) VALUES('rollup', 1) ON CONFLICT DO NOTHING;
+                 COMMIT;",
+            );
+            client.batch_execute(&schema)?;
+            Ok(client)
+        };
+        let client = db::blocking(connect).map_err(|source| LedgerError::Connect {
+            url: without_password(url),
+            source,
+        })?;
+        let ledger = Self {
+            db: Db::postgres(client),
+        };
+        if let Some(price) = micros_per_mflop {
+            ledger.set_meta("micros_per_mflop", price)?;
+        }
+        Ok(ledger)
     }
 
     fn open_writing(
@@ -236,7 +382,8 @@ impl Ledger {
                     [],
                 )?;
             }
-            conn.execute_batch(rollup::SCHEMA)?;
+            conn.execute_batch(rollup::TABLES)?;
+            conn.execute_batch(rollup::SQLITE_TRIGGERS)?;
             conn.execute_batch(payouts::SCHEMA)?;
             conn.execute_batch(disputes::SCHEMA)?;
             payouts::migrate(&conn)?;
@@ -245,7 +392,7 @@ impl Ledger {
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES('micros_per_mflop', ?1)
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    params![u(price)],
+                    rusqlite::params![u(price)],
                 )?;
             }
             Ok(conn)
@@ -254,7 +401,9 @@ impl Ledger {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(Self { conn })
+        Ok(Self {
+            db: Db::sqlite(conn),
+        })
     }
 
     /// Opens a group: what the ledger records from here until [`Ledger::commit_group`] is
@@ -262,39 +411,31 @@ impl Ledger {
     /// in it still all or nothing by itself, as a savepoint). The engine groups what it
     /// handles in one burst and sends the acks and units of the burst only after the commit.
     pub fn begin_group(&self) -> Result<(), LedgerError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
+        self.db.begin()
     }
 
     /// Commits the open group.
     pub fn commit_group(&self) -> Result<(), LedgerError> {
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
+        self.db.commit()
     }
 
     /// A rig's earnings, one entry per card it reported or sent receipts for.
     pub fn earnings(&self, rig: &RigId) -> Result<Earnings, LedgerError> {
         let mut cards: BTreeMap<String, CardEarnings> = BTreeMap::new();
-        let mut stmt = self.conn.prepare("SELECT card FROM cards WHERE rig = ?1")?;
-        for card in stmt.query_map([rig.as_str()], |r| r.get::<_, String>(0))? {
-            cards.entry(card?).or_default();
+        for r in self
+            .db
+            .query("SELECT card FROM cards WHERE rig = ?1", p![rig.as_str()])?
+        {
+            cards.entry(r.text(0)?).or_default();
         }
-        let mut stmt = self.conn.prepare(
-            "SELECT card, state, COUNT(*), COALESCE(SUM(micros), 0) FROM receipts
-             WHERE rig = ?1 GROUP BY card, state",
-        )?;
-        let rows = stmt.query_map([rig.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, i64>(3)? as u64,
-            ))
-        })?;
-        for row in rows {
-            let (card, state, count, micros) = row?;
-            let line = cards.entry(card).or_default();
-            match state.as_str() {
+        for r in self.db.query(
+            "SELECT card, state, COUNT(*), COALESCE(CAST(SUM(micros) AS BIGINT), 0)
+             FROM receipts WHERE rig = ?1 GROUP BY card, state",
+            p![rig.as_str()],
+        )? {
+            let (count, micros) = (r.u64(2)?, r.u64(3)?);
+            let line = cards.entry(r.text(0)?).or_default();
+            match r.text(1)?.as_str() {
                 "credited" => {
                     line.credited_units += count;
                     line.credited_micros += micros;
@@ -314,18 +455,12 @@ impl Ledger {
                 Ok(line)
             })
             .collect::<Result<Vec<_>, LedgerError>>()?;
-        let (last_seq, recorded, updated_ms) = self.conn.query_row(
+        let r = self.db.query_one(
             "SELECT COALESCE(MAX(seq), 0), COUNT(*), COALESCE(MAX(changed_ms), 0)
              FROM receipts WHERE rig = ?1",
-            [rig.as_str()],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            },
+            p![rig.as_str()],
         )?;
+        let (last_seq, recorded, updated_ms) = (r.u64(0)?, r.u64(1)?, r.u64(2)?);
         let (refused, refused_last) = self.refused_totals(rig)?;
         let pinned = self.registered(rig)?;
         let last_seq = last_seq.max(refused_last);
@@ -347,51 +482,47 @@ impl Ledger {
 
     /// The number kept under `key` in the ledger's meta table, if any.
     pub fn meta(&self, key: &str) -> Result<Option<u64>, LedgerError> {
-        let v = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?;
-        Ok(v.map(|v| v as u64))
+        self.db
+            .query_opt("SELECT value FROM meta WHERE key = ?1", p![key])?
+            .map(|r| r.u64(0))
+            .transpose()
     }
 
     /// Keeps `value` under `key` in the ledger's meta table.
     pub fn set_meta(&self, key: &str, value: u64) -> Result<(), LedgerError> {
-        self.conn.execute(
+        self.db.exec(
             "INSERT INTO meta(key, value) VALUES(?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, u(value)],
+            p![key, value],
         )?;
         Ok(())
     }
 
     /// Every rig in the registry (a rig is registered when its key is pinned).
     pub fn rigs(&self) -> Result<Vec<RigId>, LedgerError> {
-        let mut stmt = self.conn.prepare("SELECT rig FROM rigs ORDER BY rig")?;
-        let names = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        names.into_iter().map(parse_rig).collect()
+        self.db
+            .query("SELECT rig FROM rigs ORDER BY rig", p![])?
+            .into_iter()
+            .map(|r| parse_rig(r.text(0)?))
+            .collect()
     }
 
     /// Every receipt sequence number recorded for `rig`, ascending.
     pub fn recorded_seqs(&self, rig: &RigId) -> Result<Vec<u64>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq FROM receipts WHERE rig = ?1 ORDER BY seq")?;
-        let seqs = stmt
-            .query_map([rig.as_str()], |r| r.get::<_, i64>(0))?
-            .map(|s| s.map(|s| s as u64))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut seqs: Vec<u64> = seqs
-            .into_iter()
-            .chain(
-                self.refused_runs(rig)?
-                    .into_iter()
-                    .flat_map(|(first, last)| first..=last),
-            )
-            .collect();
+        let mut seqs = self
+            .db
+            .query(
+                "SELECT seq FROM receipts WHERE rig = ?1 ORDER BY seq",
+                p![rig.as_str()],
+            )?
+            .iter()
+            .map(|r| r.u64(0))
+            .collect::<Result<Vec<u64>, _>>()?;
+        seqs.extend(
+            self.refused_runs(rig)?
+                .into_iter()
+                .flat_map(|(first, last)| first..=last),
+        );
         seqs.sort_unstable();
         Ok(seqs)
     }
@@ -399,78 +530,45 @@ impl Ledger {
     /// The units of `job` credited, each with the number of receipts credited for it
     /// (one, by construction), ascending by unit.
     pub fn credited_units(&self, job: &JobId) -> Result<Vec<(u64, u64)>, LedgerError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT unit, COUNT(*) FROM receipts WHERE job = ?1 AND state = 'credited'
-             GROUP BY unit ORDER BY unit",
-        )?;
-        let units = stmt
-            .query_map([job.as_str()], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(units)
+        self.db
+            .query(
+                "SELECT unit, COUNT(*) FROM receipts WHERE job = ?1 AND state = 'credited'
+                 GROUP BY unit ORDER BY unit",
+                p![job.as_str()],
+            )?
+            .iter()
+            .map(|r| Ok((r.u64(0)?, r.u64(1)?)))
+            .collect()
     }
 
     /// Receipts from `rig` received again after they were recorded.
     pub fn duplicate_deliveries(&self, rig: &RigId) -> Result<u64, LedgerError> {
-        let n = self
-            .conn
-            .query_row(
+        Ok(self
+            .db
+            .query_opt(
                 "SELECT duplicates FROM deliveries WHERE rig = ?1",
-                [rig.as_str()],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?;
-        Ok(n.unwrap_or(0) as u64)
+                p![rig.as_str()],
+            )?
+            .map(|r| r.u64(0))
+            .transpose()?
+            .unwrap_or(0))
     }
 
     /// One registered rig with its pinned key, if registered.
     pub fn registered(&self, rig: &RigId) -> Result<Option<RegisteredRig>, LedgerError> {
-        Ok(self
-            .registry_where("WHERE rig = ?1", [rig.as_str()])?
-            .into_iter()
-            .next())
+        let rows = self.db.query(
+            "SELECT rig, curve, pubkey, key_changed, from_seq FROM rigs WHERE rig = ?1",
+            p![rig.as_str()],
+        )?;
+        Ok(registered_rigs(rows)?.into_iter().next())
     }
 
     /// Every registered rig with its pinned key.
     pub fn registry(&self) -> Result<Vec<RegisteredRig>, LedgerError> {
-        self.registry_where("", [])
-    }
-
-    fn registry_where<P: rusqlite::Params>(
-        &self,
-        filter: &str,
-        args: P,
-    ) -> Result<Vec<RegisteredRig>, LedgerError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT rig, curve, pubkey, key_changed, from_seq FROM rigs {filter} ORDER BY rig"
-        ))?;
-        let rows = stmt
-            .query_map(args, |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, i64>(3)? != 0,
-                    r.get::<_, i64>(4)?.max(0) as u64,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(rig, curve, bytes, key_changed, from_seq)| {
-                let key = match curve.as_str() {
-                    "secp256k1" => PublicKey::Secp256k1(bytes),
-                    "p256" => PublicKey::P256(bytes),
-                    other => return Err(LedgerError::Corrupt(format!("unknown curve {other}"))),
-                };
-                Ok(RegisteredRig {
-                    rig: parse_rig(rig)?,
-                    key,
-                    key_changed,
-                    from_seq,
-                })
-            })
-            .collect()
+        registered_rigs(self.db.query(
+            "SELECT rig, curve, pubkey, key_changed, from_seq FROM rigs ORDER BY rig",
+            p![],
+        )?)
     }
 
     /// Pins `key` for `rig` on first sight, or compares it with the pinned one; a different
@@ -482,27 +580,29 @@ impl Ledger {
         now_ms: u64,
     ) -> Result<KeyCheck, LedgerError> {
         let (curve, bytes) = curve_key(key);
-        let pinned = self
-            .conn
-            .query_row(
-                "SELECT curve, pubkey FROM rigs WHERE rig = ?1",
-                [rig.as_str()],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?;
+        let pinned = self.db.query_opt(
+            "SELECT curve, pubkey FROM rigs WHERE rig = ?1",
+            p![rig.as_str()],
+        )?;
         match pinned {
             None => {
-                self.conn.execute(
-                    "INSERT INTO rigs(rig, curve, pubkey, first_seen_ms) VALUES(?1, ?2, ?3, ?4)",
-                    params![rig.as_str(), curve, bytes, u(now_ms)],
+                let added = self.db.exec(
+                    "INSERT INTO rigs(rig, curve, pubkey, first_seen_ms) VALUES(?1, ?2, ?3, ?4)
+                     ON CONFLICT(rig) DO NOTHING",
+                    p![rig.as_str(), curve, bytes, now_ms],
                 )?;
-                Ok(KeyCheck::Pinned)
+                if added == 1 {
+                    Ok(KeyCheck::Pinned)
+                } else {
+                    // Pinned meanwhile by another coordinator sharing this ledger.
+                    self.pin_key(rig, key, now_ms)
+                }
             }
-            Some((c, b)) if c == curve && b == bytes => Ok(KeyCheck::Same),
+            Some(r) if r.text(0)? == curve && r.blob(1)? == bytes => Ok(KeyCheck::Same),
             Some(_) => {
-                self.conn.execute(
+                self.db.exec(
                     "UPDATE rigs SET key_changed = 1 WHERE rig = ?1",
-                    [rig.as_str()],
+                    p![rig.as_str()],
                 )?;
                 Ok(KeyCheck::Changed)
             }
@@ -519,23 +619,24 @@ impl Ledger {
         from_seq: u64,
     ) -> Result<(), LedgerError> {
         let (curve, bytes) = curve_key(key);
-        let tx = self.conn.savepoint()?;
-        tx.execute(
-            "UPDATE rigs SET curve = ?2, pubkey = ?3, key_changed = 0, from_seq = ?4 WHERE rig = ?1",
-            params![rig.as_str(), curve, bytes, u(from_seq)],
-        )?;
-        tx.execute("DELETE FROM leases WHERE rig = ?1", [rig.as_str()])?;
-        tx.commit()?;
-        Ok(())
+        self.db.atomic(|tx| {
+            tx.exec(
+                "UPDATE rigs SET curve = ?2, pubkey = ?3, key_changed = 0, from_seq = ?4
+                 WHERE rig = ?1",
+                p![rig.as_str(), curve, bytes, from_seq],
+            )?;
+            tx.exec("DELETE FROM leases WHERE rig = ?1", p![rig.as_str()])?;
+            Ok(())
+        })
     }
 
     /// Remembers the cards a rig reported, so its earnings list every one of them.
     pub fn add_cards(&self, rig: &RigId, cards: &[GpuUuid]) -> Result<(), LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("INSERT OR IGNORE INTO cards(rig, card) VALUES(?1, ?2)")?;
         for card in cards {
-            stmt.execute([rig.as_str(), card.as_str()])?;
+            self.db.exec(
+                "INSERT INTO cards(rig, card) VALUES(?1, ?2) ON CONFLICT DO NOTHING",
+                p![rig.as_str(), card.as_str()],
+            )?;
         }
         Ok(())
     }
@@ -546,19 +647,17 @@ impl Ledger {
         rig: &RigId,
         seqs: Range<u64>,
     ) -> Result<HashSet<u64>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq FROM receipts WHERE rig = ?1 AND seq >= ?2 AND seq < ?3")?;
-        let found = stmt
-            .query_map(params![rig.as_str(), u(seqs.start), u(seqs.end)], |r| {
-                r.get::<_, i64>(0)
-            })?
-            .map(|s| s.map(|s| s as u64))
+        let mut found = self
+            .db
+            .query(
+                "SELECT seq FROM receipts WHERE rig = ?1 AND seq >= ?2 AND seq < ?3",
+                p![rig.as_str(), seqs.start, seqs.end],
+            )?
+            .iter()
+            .map(|r| r.u64(0))
             .collect::<Result<HashSet<u64>, _>>()?;
-        Ok(found
-            .union(&self.refused_among(rig, &seqs)?)
-            .copied()
-            .collect())
+        found.extend(self.refused_among(rig, &seqs)?);
+        Ok(found)
     }
 
     /// Records one batch in one transaction. A receipt whose `(rig, seq)` is already recorded
@@ -570,36 +669,32 @@ impl Ledger {
         batch: &BatchRecord<'_>,
         now_ms: u64,
     ) -> Result<Vec<u64>, LedgerError> {
-        let tx = self.conn.savepoint()?;
-        let mut duplicates = batch.duplicates;
-        {
-            let mut insert = tx.prepare(
-                "INSERT OR IGNORE INTO receipts(rig, seq, card, job, unit, attempt, work, state,
-                 reason, micros, changed_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
+        self.db.atomic(|tx| {
+            let mut duplicates = batch.duplicates;
             for e in &batch.entries {
                 let r = e.receipt;
-                let added = insert.execute(params![
-                    r.rig.as_str(),
-                    u(r.seq),
-                    r.card.as_str(),
-                    r.job.as_str(),
-                    u(r.unit),
-                    r.attempt,
-                    u(r.work),
-                    e.state.as_str(),
-                    e.reason,
-                    u(e.micros),
-                    u(now_ms),
-                ])?;
+                let added = tx.exec(
+                    "INSERT INTO receipts(rig, seq, card, job, unit, attempt, work, state,
+                     reason, micros, changed_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT DO NOTHING",
+                    p![
+                        r.rig.as_str(),
+                        r.seq,
+                        r.card.as_str(),
+                        r.job.as_str(),
+                        r.unit,
+                        r.attempt,
+                        r.work,
+                        e.state.as_str(),
+                        e.reason,
+                        e.micros,
+                        now_ms,
+                    ],
+                )?;
                 if added == 0 {
                     duplicates += 1;
                 }
             }
-            let mut keep = tx.prepare(
-                "INSERT OR REPLACE INTO mlp_results(job, unit, loss_bits, samples, grad)
-                 VALUES(?1, ?2, ?3, ?4, ?5)",
-            )?;
             for (job, unit, output) in &batch.kept_outputs {
                 if let UnitOutput::MlpGrad {
                     loss_sum,
@@ -607,46 +702,74 @@ impl Ledger {
                     grad_sum,
                 } = output
                 {
-                    keep.execute(params![
-                        job.as_str(),
-                        u(*unit),
-                        loss_sum.to_bits(),
-                        samples,
-                        f32_blob(grad_sum)
-                    ])?;
+                    tx.exec(
+                        "INSERT INTO mlp_results(job, unit, loss_bits, samples, grad)
+                         VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(job, unit) DO UPDATE SET
+                         loss_bits = excluded.loss_bits, samples = excluded.samples,
+                         grad = excluded.grad",
+                        p![
+                            job.as_str(),
+                            *unit,
+                            loss_sum.to_bits(),
+                            *samples,
+                            &f32_blob(grad_sum)
+                        ],
+                    )?;
                 }
             }
-        }
-        refused::insert(&tx, rig, &batch.refused, now_ms)?;
-        let forfeited = match batch.forfeit {
-            Some((job, since_ms)) => forfeit::forfeit(&tx, rig, job, since_ms, now_ms)?,
-            None => vec![],
-        };
-        if let Some((job, until_ms)) = batch.suspend {
-            leases::suspend(&tx, rig, job, until_ms)?;
-        }
-        if duplicates > 0 {
-            tx.execute(
-                "INSERT INTO deliveries(rig, duplicates) VALUES(?1, ?2)
-                 ON CONFLICT(rig) DO UPDATE SET duplicates = duplicates + excluded.duplicates",
-                params![rig.as_str(), u(duplicates)],
-            )?;
-        }
-        tx.commit()?;
-        Ok(forfeited)
+            refused::insert(tx, rig, &batch.refused, now_ms)?;
+            let forfeited = match batch.forfeit {
+                Some((job, since_ms)) => forfeit::forfeit(tx, rig, job, since_ms, now_ms)?,
+                None => vec![],
+            };
+            if let Some((job, until_ms)) = batch.suspend {
+                leases::suspend(tx, rig, job, until_ms)?;
+            }
+            if duplicates > 0 {
+                tx.exec(
+                    "INSERT INTO deliveries(rig, duplicates) VALUES(?1, ?2)
+                     ON CONFLICT(rig) DO UPDATE
+                     SET duplicates = deliveries.duplicates + excluded.duplicates",
+                    p![rig.as_str(), duplicates],
+                )?;
+            }
+            Ok(forfeited)
+        })
     }
 
     /// Receipt counts of `job` by state: `(credited or pending, rejected)`.
     pub fn job_counts(&self, job: &JobId) -> Result<(u64, u64), LedgerError> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(SUM(state != 'rejected'), 0), COALESCE(SUM(state = 'rejected'), 0)
+        let r = self.db.query_one(
+            "SELECT COUNT(*) FILTER (WHERE state <> 'rejected'),
+                    COUNT(*) FILTER (WHERE state = 'rejected')
              FROM receipts WHERE job = ?1",
-            [job.as_str()],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )?)
+            p![job.as_str()],
+        )?;
+        Ok((r.u64(0)?, r.u64(1)?))
     }
 }
 
+/// Registered rigs from rows of (rig, curve, pubkey, key_changed, from_seq).
+fn registered_rigs(rows: Vec<db::Row>) -> Result<Vec<RegisteredRig>, LedgerError> {
+    rows.into_iter()
+        .map(|r| {
+            let bytes = r.blob(2)?;
+            let key = match r.text(1)?.as_str() {
+                "secp256k1" => PublicKey::Secp256k1(bytes),
+                "p256" => PublicKey::P256(bytes),
+                other => return Err(LedgerError::Corrupt(format!("unknown curve {other}"))),
+            };
+            Ok(RegisteredRig {
+                rig: parse_rig(r.text(0)?)?,
+                key,
+                key_changed: r.int(3)? != 0,
+                from_seq: r.int(4)?.max(0) as u64,
+            })
+        })
+        .collect()
+}
+
+mod db;
 mod disputes;
 mod forfeit;
 mod leases;
@@ -664,3 +787,12 @@ pub use training::Checkpoint;
 
 #[cfg(test)]
 mod tests;
+
+/// The file of a ledger the tests made at a path.
+#[cfg(test)]
+pub(crate) fn tests_file(location: &Location) -> PathBuf {
+    match location {
+        Location::File(path) => path.clone(),
+        Location::Postgres(url) => panic!("{url} is not a file"),
+    }
+}

@@ -11,16 +11,16 @@
 //! chain was at are recorded (`sent_tx`, `sent_block`), so the run after a crash knows where
 //! to look for it.
 
-use super::{u, Ledger, LedgerError};
+use super::db::p;
+use super::{Ledger, LedgerError};
 use rigd_protocol::{EthAddress, RigId};
-use rusqlite::{params, OptionalExtension};
 use std::collections::BTreeMap;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS epochs(
     epoch INTEGER PRIMARY KEY, cutoff_ms INTEGER NOT NULL, root BLOB NOT NULL,
     total INTEGER NOT NULL, state TEXT NOT NULL CHECK(state IN ('built', 'posted')),
-    tx TEXT);
+    tx TEXT, sent_tx TEXT, sent_block INTEGER);
 CREATE TABLE IF NOT EXISTS payouts(
     epoch INTEGER NOT NULL, rig TEXT NOT NULL, micros INTEGER NOT NULL,
     PRIMARY KEY(epoch, rig));
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS epoch_owners(
     PRIMARY KEY(epoch, owner));
 ";
 
-/// Adds the columns a ledger written before posts were recorded lacks.
+/// Adds the columns a SQLite ledger written before posts were recorded lacks.
 pub(super) fn migrate(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
     for (column, kind) in [("sent_tx", "TEXT"), ("sent_block", "INTEGER")] {
         let has = conn
@@ -75,39 +75,44 @@ pub struct EpochRecord {
     pub posted: Option<String>,
 }
 
+fn rig(name: String) -> Result<RigId, LedgerError> {
+    RigId::new(name).map_err(|e| LedgerError::Corrupt(e.to_string()))
+}
+
 impl Ledger {
-    /// Whether the ledger has table `name` (one opened read-only may predate payouts).
+    /// Whether the ledger has table `name` (a SQLite file opened read-only may predate
+    /// payouts; a PostgreSQL ledger always has the whole schema).
     pub(super) fn has_table(&self, name: &str) -> Result<bool, LedgerError> {
+        if self.db.is_postgres() {
+            return Ok(true);
+        }
         Ok(self
-            .conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
-            .exists([name])?)
+            .db
+            .query_opt(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                p![name],
+            )?
+            .is_some())
     }
 
     /// What each rig is owed now: its credit recorded before `cutoff_ms`, less what epochs
     /// already pay it (built or posted) and what lost disputes paid it. Rigs owed nothing are
     /// left out.
     pub fn payable(&self, cutoff_ms: u64) -> Result<BTreeMap<RigId, u64>, LedgerError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT r.rig, COALESCE(SUM(r.micros), 0),
-                    (SELECT COALESCE(SUM(p.micros), 0) FROM payouts p WHERE p.rig = r.rig)
-                    + (SELECT COALESCE(SUM(d.made_good), 0) FROM disputes d WHERE d.rig = r.rig)
+        let rows = self.db.query(
+            "SELECT r.rig, COALESCE(CAST(SUM(r.micros) AS BIGINT), 0),
+                    (SELECT COALESCE(CAST(SUM(p.micros) AS BIGINT), 0) FROM payouts p
+                     WHERE p.rig = r.rig)
+                    + (SELECT COALESCE(CAST(SUM(d.made_good) AS BIGINT), 0) FROM disputes d
+                       WHERE d.rig = r.rig)
              FROM receipts r WHERE r.state = 'credited' AND r.changed_ms < ?1 GROUP BY r.rig",
+            p![cutoff_ms],
         )?;
-        let rows = stmt.query_map([u(cutoff_ms)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u64,
-            ))
-        })?;
         let mut owed = BTreeMap::new();
-        for row in rows {
-            let (rig, credited, paid) = row?;
-            let rig = RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-            let due = credited.saturating_sub(paid);
+        for r in rows {
+            let due = r.u64(1)?.saturating_sub(r.u64(2)?);
             if due > 0 {
-                owed.insert(rig, due);
+                owed.insert(rig(r.text(0)?)?, due);
             }
         }
         Ok(owed)
@@ -119,30 +124,29 @@ impl Ledger {
         if !self.has_table("payouts")? {
             return Ok(0);
         }
-        let paid = self.conn.query_row(
-            "SELECT COALESCE(SUM(p.micros), 0) FROM payouts p JOIN epochs e USING (epoch)
-             WHERE p.rig = ?1 AND e.state = 'posted'",
-            [rig.as_str()],
-            |r| r.get::<_, i64>(0),
-        )?;
-        Ok((paid as u64).saturating_add(self.made_good(rig)?))
+        let paid = self
+            .db
+            .query_one(
+                "SELECT COALESCE(CAST(SUM(p.micros) AS BIGINT), 0) FROM payouts p
+                 JOIN epochs e USING (epoch) WHERE p.rig = ?1 AND e.state = 'posted'",
+                p![rig.as_str()],
+            )?
+            .u64(0)?;
+        Ok(paid.saturating_add(self.made_good(rig)?))
     }
 
     /// What epochs up to and including `epoch` (built or posted) pay each rig, in all: the
     /// leaves of that epoch's rig tree.
     pub fn paid_through(&self, epoch: u64) -> Result<BTreeMap<RigId, u64>, LedgerError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT rig, SUM(micros) FROM payouts WHERE epoch <= ?1 GROUP BY rig ORDER BY rig",
-        )?;
-        let mut totals = BTreeMap::new();
-        for row in stmt.query_map([u(epoch)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })? {
-            let (rig, micros) = row?;
-            let rig = RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-            totals.insert(rig, micros);
-        }
-        Ok(totals)
+        self.db
+            .query(
+                "SELECT rig, CAST(SUM(micros) AS BIGINT) FROM payouts WHERE epoch <= ?1
+                 GROUP BY rig ORDER BY rig",
+                p![epoch],
+            )?
+            .into_iter()
+            .map(|r| Ok((rig(r.text(0)?)?, r.u64(1)?)))
+            .collect()
     }
 
     /// Records epoch `epoch` as built, with each rig's amount and each owner's (the epoch's
@@ -156,48 +160,50 @@ impl Ledger {
         rigs: &BTreeMap<RigId, u64>,
         owners: &[(EthAddress, u128)],
     ) -> Result<(), LedgerError> {
-        let tx = self.conn.savepoint()?;
-        let (next, open): (i64, i64) = tx.query_row(
-            "SELECT COALESCE(MAX(epoch) + 1, 0), COUNT(*) FILTER (WHERE state = 'built') FROM epochs",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        if open > 0 || next as u64 != epoch {
-            return Err(LedgerError::Corrupt(format!(
-                "epoch {epoch} cannot be built: the next is {next} and {open} is still unposted"
-            )));
-        }
-        let total = rigs
-            .values()
-            .try_fold(0u64, |t, m| t.checked_add(*m))
-            .ok_or_else(|| LedgerError::Corrupt("epoch total overflows".into()))?;
-        tx.execute(
-            "INSERT INTO epochs(epoch, cutoff_ms, root, total, state) VALUES(?1, ?2, ?3, ?4, 'built')",
-            params![u(epoch), u(cutoff_ms), root.as_slice(), u(total)],
-        )?;
-        {
-            let mut insert =
-                tx.prepare("INSERT INTO payouts(epoch, rig, micros) VALUES(?1, ?2, ?3)")?;
-            for (rig, micros) in rigs {
-                insert.execute(params![u(epoch), rig.as_str(), u(*micros)])?;
+        self.db.atomic(|tx| {
+            let r = tx.query_one(
+                "SELECT COALESCE(MAX(epoch) + 1, 0), COUNT(*) FILTER (WHERE state = 'built')
+                 FROM epochs",
+                p![],
+            )?;
+            let (next, open) = (r.int(0)?, r.int(1)?);
+            if open > 0 || next as u64 != epoch {
+                return Err(LedgerError::Corrupt(format!(
+                    "epoch {epoch} cannot be built: the next is {next} and {open} is still unposted"
+                )));
             }
-            let mut insert =
-                tx.prepare("INSERT INTO epoch_owners(epoch, owner, amount) VALUES(?1, ?2, ?3)")?;
+            let total = rigs
+                .values()
+                .try_fold(0u64, |t, m| t.checked_add(*m))
+                .ok_or_else(|| LedgerError::Corrupt("epoch total overflows".into()))?;
+            tx.exec(
+                "INSERT INTO epochs(epoch, cutoff_ms, root, total, state)
+                 VALUES(?1, ?2, ?3, ?4, 'built')",
+                p![epoch, cutoff_ms, root.as_slice(), total],
+            )?;
+            for (rig, micros) in rigs {
+                tx.exec(
+                    "INSERT INTO payouts(epoch, rig, micros) VALUES(?1, ?2, ?3)",
+                    p![epoch, rig.as_str(), *micros],
+                )?;
+            }
             for (owner, amount) in owners {
                 let amount = u64::try_from(*amount)
                     .map_err(|_| LedgerError::Corrupt(format!("{owner} is owed over 2^64")))?;
-                insert.execute(params![u(epoch), owner.to_string(), u(amount)])?;
+                tx.exec(
+                    "INSERT INTO epoch_owners(epoch, owner, amount) VALUES(?1, ?2, ?3)",
+                    p![epoch, &owner.to_string(), amount],
+                )?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Marks epoch `epoch` posted on chain by transaction `tx_ref`.
     pub fn mark_posted(&self, epoch: u64, tx_ref: &str) -> Result<(), LedgerError> {
-        let n = self.conn.execute(
+        let n = self.db.exec(
             "UPDATE epochs SET state = 'posted', tx = ?2 WHERE epoch = ?1",
-            params![u(epoch), tx_ref],
+            p![epoch, tx_ref],
         )?;
         if n == 1 {
             Ok(())
@@ -210,9 +216,9 @@ impl Ledger {
 
     /// Records that a post of epoch `epoch` (still built) is about to be sent as `sent`.
     pub fn record_sent(&self, epoch: u64, sent: &SentPost) -> Result<(), LedgerError> {
-        let n = self.conn.execute(
+        let n = self.db.exec(
             "UPDATE epochs SET sent_tx = ?2, sent_block = ?3 WHERE epoch = ?1 AND state = 'built'",
-            params![u(epoch), sent.tx, u(sent.block)],
+            p![epoch, &sent.tx, sent.block],
         )?;
         if n == 1 {
             Ok(())
@@ -227,14 +233,12 @@ impl Ledger {
     /// chain's answer).
     pub fn unposted_epoch(&self) -> Result<Option<EpochRecord>, LedgerError> {
         let e = self
-            .conn
-            .query_row("SELECT epoch FROM epochs WHERE state = 'built'", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?;
-        e.map(|e| self.epoch(e as u64))
-            .transpose()
-            .map(Option::flatten)
+            .db
+            .query_opt("SELECT epoch FROM epochs WHERE state = 'built'", p![])?;
+        match e {
+            Some(r) => self.epoch(r.u64(0)?),
+            None => Ok(None),
+        }
     }
 
     /// The number of the latest epoch the ledger holds, if any.
@@ -252,64 +256,52 @@ impl Ledger {
         if !self.has_table("epochs")? {
             return Ok(None);
         }
-        let latest = self.conn.query_row(
-            "SELECT MAX(epoch) FROM epochs WHERE ?1 IS NULL OR state = ?1",
-            [state],
-            |r| r.get::<_, Option<i64>>(0),
-        )?;
+        let latest = self
+            .db
+            .query_one(
+                "SELECT MAX(epoch) FROM epochs WHERE CAST(?1 AS TEXT) IS NULL OR state = ?1",
+                p![state],
+            )?
+            .opt_int(0)?;
         Ok(latest.map(|e| e as u64))
     }
 
     /// Epoch `epoch`, if the ledger holds it.
     pub fn epoch(&self, epoch: u64) -> Result<Option<EpochRecord>, LedgerError> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT cutoff_ms, root, total, tx, sent_tx, sent_block FROM epochs
-                 WHERE epoch = ?1",
-                [u(epoch)],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, i64>(2)? as u64,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((cutoff_ms, root, total, posted, sent_tx, sent_block)) = row else {
+        let Some(r) = self.db.query_opt(
+            "SELECT cutoff_ms, root, total, tx, sent_tx, sent_block FROM epochs
+             WHERE epoch = ?1",
+            p![epoch],
+        )?
+        else {
             return Ok(None);
         };
-        let root = <[u8; 32]>::try_from(root.as_slice())
+        let root = <[u8; 32]>::try_from(r.blob(1)?.as_slice())
             .map_err(|_| LedgerError::Corrupt(format!("epoch {epoch} root")))?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT rig, micros FROM payouts WHERE epoch = ?1 ORDER BY rig")?;
-        let mut rigs = BTreeMap::new();
-        for row in stmt.query_map([u(epoch)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })? {
-            let (rig, micros) = row?;
-            let rig = RigId::new(rig).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-            rigs.insert(rig, micros);
-        }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT owner, amount FROM epoch_owners WHERE epoch = ?1")?;
-        let mut owners = Vec::new();
-        for row in stmt.query_map([u(epoch)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })? {
-            let (owner, amount) = row?;
-            let owner =
-                EthAddress::parse(&owner).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-            owners.push((owner, u128::from(amount)));
-        }
+        let rigs = self
+            .db
+            .query(
+                "SELECT rig, micros FROM payouts WHERE epoch = ?1 ORDER BY rig",
+                p![epoch],
+            )?
+            .into_iter()
+            .map(|r| Ok((rig(r.text(0)?)?, r.u64(1)?)))
+            .collect::<Result<BTreeMap<_, _>, LedgerError>>()?;
+        let mut owners = self
+            .db
+            .query(
+                "SELECT owner, amount FROM epoch_owners WHERE epoch = ?1",
+                p![epoch],
+            )?
+            .into_iter()
+            .map(|r| {
+                let owner = EthAddress::parse(&r.text(0)?)
+                    .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+                Ok((owner, u128::from(r.u64(1)?)))
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
         owners.sort();
-        let sent = match (sent_tx, sent_block) {
+        let sent = match (r.opt_text(4)?, r.opt_int(5)?) {
             (Some(tx), Some(block)) => Some(SentPost {
                 tx,
                 block: block as u64,
@@ -318,13 +310,13 @@ impl Ledger {
         };
         Ok(Some(EpochRecord {
             epoch,
-            cutoff_ms,
+            cutoff_ms: r.u64(0)?,
             root,
-            total,
+            total: r.u64(2)?,
             rigs,
             owners,
             sent,
-            posted,
+            posted: r.opt_text(3)?,
         }))
     }
 }

@@ -4,9 +4,9 @@
 //! batch at most. A refused sequence number counts as recorded: sent again, it is a
 //! duplicate.
 
-use super::{u, Ledger, LedgerError};
+use super::db::{p, Db};
+use super::{Ledger, LedgerError};
 use rigd_protocol::RigId;
-use rusqlite::params;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -37,23 +37,23 @@ pub fn push_refused(runs: &mut Vec<Refused>, seq: u64, reason: &'static str) {
 }
 
 pub(super) fn insert(
-    tx: &rusqlite::Connection,
+    tx: &Db,
     rig: &RigId,
     runs: &[Refused],
     now_ms: u64,
 ) -> Result<(), LedgerError> {
-    let mut insert = tx.prepare(
-        "INSERT OR IGNORE INTO refused(rig, first_seq, last_seq, reason, at_ms)
-         VALUES(?1, ?2, ?3, ?4, ?5)",
-    )?;
     for run in runs {
-        insert.execute(params![
-            rig.as_str(),
-            u(run.first_seq),
-            u(run.last_seq),
-            run.reason,
-            u(now_ms)
-        ])?;
+        tx.exec(
+            "INSERT INTO refused(rig, first_seq, last_seq, reason, at_ms)
+             VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            p![
+                rig.as_str(),
+                run.first_seq,
+                run.last_seq,
+                run.reason,
+                now_ms
+            ],
+        )?;
     }
     Ok(())
 }
@@ -65,15 +65,13 @@ impl Ledger {
         rig: &RigId,
         seqs: &Range<u64>,
     ) -> Result<HashSet<u64>, LedgerError> {
-        let mut stmt = self.conn.prepare(
+        let mut found = HashSet::new();
+        for run in self.db.query(
             "SELECT first_seq, last_seq FROM refused
              WHERE rig = ?1 AND first_seq < ?3 AND last_seq >= ?2",
-        )?;
-        let mut found = HashSet::new();
-        for run in stmt.query_map(params![rig.as_str(), u(seqs.start), u(seqs.end)], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })? {
-            let (first, last) = run?;
+            p![rig.as_str(), seqs.start, seqs.end],
+        )? {
+            let (first, last) = (run.u64(0)?, run.u64(1)?);
             let end = last.saturating_add(1).min(seqs.end);
             found.extend(first.max(seqs.start)..end);
         }
@@ -82,33 +80,34 @@ impl Ledger {
 
     /// `(receipts refused in runs, the highest such sequence number)` of `rig`.
     pub fn refused_totals(&self, rig: &RigId) -> Result<(u64, u64), LedgerError> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(MAX(last_seq), 0)
+        let r = self.db.query_one(
+            "SELECT COALESCE(CAST(SUM(last_seq - first_seq + 1) AS BIGINT), 0),
+                    COALESCE(MAX(last_seq), 0)
              FROM refused WHERE rig = ?1",
-            [rig.as_str()],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )?)
+            p![rig.as_str()],
+        )?;
+        Ok((r.u64(0)?, r.u64(1)?))
     }
 
     /// How many rows the refused runs of `rig` take.
     pub fn refused_rows(&self, rig: &RigId) -> Result<u64, LedgerError> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM refused WHERE rig = ?1",
-            [rig.as_str()],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        self.db
+            .query_one(
+                "SELECT COUNT(*) FROM refused WHERE rig = ?1",
+                p![rig.as_str()],
+            )?
+            .u64(0)
     }
 
     /// Every refused run of `rig`, ascending.
     pub(super) fn refused_runs(&self, rig: &RigId) -> Result<Vec<(u64, u64)>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT first_seq, last_seq FROM refused WHERE rig = ?1 ORDER BY first_seq")?;
-        let runs = stmt
-            .query_map([rig.as_str()], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(runs)
+        self.db
+            .query(
+                "SELECT first_seq, last_seq FROM refused WHERE rig = ?1 ORDER BY first_seq",
+                p![rig.as_str()],
+            )?
+            .iter()
+            .map(|r| Ok((r.u64(0)?, r.u64(1)?)))
+            .collect()
     }
 }

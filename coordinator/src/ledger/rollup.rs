@@ -6,9 +6,9 @@
 //! of its last change (`changed_ms`): a pending receipt credited at a later stitch moves to
 //! the stitch's day. A ledger created before the rollup existed is filled once on open.
 
-use super::{u, Ledger, LedgerError};
+use super::db::{p, Db, Row};
+use super::{Ledger, LedgerError};
 use rigd_protocol::RigId;
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Milliseconds in a UTC day.
 pub const DAY_MS: u64 = 86_400_000;
@@ -28,9 +28,8 @@ macro_rules! add_new_to_its_day {
     };
 }
 
-/// The rollup's table and the triggers that keep it.
-pub(super) const SCHEMA: &str = concat!(
-    "
+/// The rollup's table.
+pub(super) const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS earnings_daily(
     rig TEXT NOT NULL, card TEXT NOT NULL, day INTEGER NOT NULL,
     credited_micros INTEGER NOT NULL, pending_micros INTEGER NOT NULL,
@@ -38,6 +37,11 @@ CREATE TABLE IF NOT EXISTS earnings_daily(
     PRIMARY KEY(rig, card, day)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(rig, changed_ms);
 CREATE INDEX IF NOT EXISTS receipts_rejected ON receipts(rig, seq) WHERE state = 'rejected';
+";
+
+/// The triggers that keep the rollup, in SQLite.
+pub(super) const SQLITE_TRIGGERS: &str = concat!(
+    "
 CREATE TRIGGER IF NOT EXISTS earnings_daily_insert AFTER INSERT ON receipts BEGIN
 ",
     add_new_to_its_day!(),
@@ -56,8 +60,47 @@ ON receipts BEGIN
 "
 );
 
-/// Fills the rollup from the receipts once, for a ledger that predates it.
-pub(super) fn backfill(conn: &mut Connection) -> rusqlite::Result<()> {
+/// The same triggers in PostgreSQL: one function per row change, the old row out of its
+/// day's line, the new row into its own.
+pub(super) const POSTGRES_TRIGGERS: &str = "
+CREATE OR REPLACE FUNCTION earnings_daily_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        UPDATE earnings_daily SET
+            credited_micros = credited_micros
+                - CASE WHEN OLD.state = 'credited' THEN OLD.micros ELSE 0 END,
+            pending_micros = pending_micros
+                - CASE WHEN OLD.state = 'pending' THEN OLD.micros ELSE 0 END,
+            credited = credited - CASE WHEN OLD.state = 'credited' THEN 1 ELSE 0 END,
+            pending = pending - CASE WHEN OLD.state = 'pending' THEN 1 ELSE 0 END,
+            rejected = rejected - CASE WHEN OLD.state = 'rejected' THEN 1 ELSE 0 END
+        WHERE rig = OLD.rig AND card = OLD.card AND day = OLD.changed_ms / 86400000;
+    END IF;
+    INSERT INTO earnings_daily VALUES(NEW.rig, NEW.card, NEW.changed_ms / 86400000,
+        CASE WHEN NEW.state = 'credited' THEN NEW.micros ELSE 0 END,
+        CASE WHEN NEW.state = 'pending' THEN NEW.micros ELSE 0 END,
+        CASE WHEN NEW.state = 'credited' THEN 1 ELSE 0 END,
+        CASE WHEN NEW.state = 'pending' THEN 1 ELSE 0 END,
+        CASE WHEN NEW.state = 'rejected' THEN 1 ELSE 0 END)
+    ON CONFLICT(rig, card, day) DO UPDATE SET
+        credited_micros = earnings_daily.credited_micros + excluded.credited_micros,
+        pending_micros = earnings_daily.pending_micros + excluded.pending_micros,
+        credited = earnings_daily.credited + excluded.credited,
+        pending = earnings_daily.pending + excluded.pending,
+        rejected = earnings_daily.rejected + excluded.rejected;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS earnings_daily_insert ON receipts;
+CREATE TRIGGER earnings_daily_insert AFTER INSERT ON receipts
+    FOR EACH ROW EXECUTE FUNCTION earnings_daily_change();
+DROP TRIGGER IF EXISTS earnings_daily_update ON receipts;
+CREATE TRIGGER earnings_daily_update AFTER UPDATE OF state, micros, changed_ms ON receipts
+    FOR EACH ROW EXECUTE FUNCTION earnings_daily_change();
+";
+
+/// Fills the rollup from the receipts once, for a SQLite ledger that predates it.
+pub(super) fn backfill(conn: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+    use rusqlite::OptionalExtension;
     let tx = conn.transaction()?;
     let done = tx
         .query_row("SELECT value FROM meta WHERE key = 'rollup'", [], |r| {
@@ -139,49 +182,63 @@ pub struct RefusedLine {
 
 /// A card-day line from a row of (card, day, credited_micros, pending_micros, credited,
 /// pending, rejected).
-pub(super) fn card_day(rig: &RigId, r: &rusqlite::Row<'_>) -> rusqlite::Result<CardDay> {
+pub(super) fn card_day(rig: &RigId, r: &Row) -> Result<CardDay, LedgerError> {
     Ok(CardDay {
         rig: rig.to_string(),
-        card: r.get(0)?,
-        day: r.get::<_, i64>(1)? as u64,
-        credited_micros: r.get::<_, i64>(2)? as u64,
-        pending_micros: r.get::<_, i64>(3)? as u64,
-        credited: r.get::<_, i64>(4)? as u64,
-        pending: r.get::<_, i64>(5)? as u64,
-        rejected: r.get::<_, i64>(6)? as u64,
+        card: r.text(0)?,
+        day: r.u64(1)?,
+        credited_micros: r.u64(2)?,
+        pending_micros: r.u64(3)?,
+        credited: r.u64(4)?,
+        pending: r.u64(5)?,
+        rejected: r.u64(6)?,
     })
+}
+
+/// Card-day lines from a query's rows.
+pub(super) fn card_days(
+    db: &Db,
+    rig: &RigId,
+    sql: &'static str,
+) -> Result<Vec<CardDay>, LedgerError> {
+    db.query(sql, p![rig.as_str()])?
+        .iter()
+        .map(|r| card_day(rig, r))
+        .collect()
 }
 
 impl Ledger {
     /// Every card-day line of `rig`, by card and day.
     pub fn card_days(&self, rig: &RigId) -> Result<Vec<CardDay>, LedgerError> {
-        let mut stmt = self.conn.prepare_cached(
+        card_days(
+            &self.db,
+            rig,
             "SELECT card, day, credited_micros, pending_micros, credited, pending, rejected
              FROM earnings_daily WHERE rig = ?1 ORDER BY card, day",
-        )?;
-        let rows = stmt.query_map([rig.as_str()], |r| card_day(rig, r))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        )
     }
 
     /// Micro-credits of `rig` credited at or after `since_ms`: still inside the audit
     /// window, so not yet payable.
     pub fn credited_since(&self, rig: &RigId, since_ms: u64) -> Result<u64, LedgerError> {
-        let micros = self.conn.query_row(
-            "SELECT COALESCE(SUM(micros), 0) FROM receipts
-             WHERE rig = ?1 AND changed_ms >= ?2 AND state = 'credited'",
-            params![rig.as_str(), u(since_ms)],
-            |r| r.get::<_, i64>(0),
-        )?;
-        Ok(micros as u64)
+        self.db
+            .query_one(
+                "SELECT COALESCE(CAST(SUM(micros) AS BIGINT), 0) FROM receipts
+                 WHERE rig = ?1 AND changed_ms >= ?2 AND state = 'credited'",
+                p![rig.as_str(), since_ms],
+            )?
+            .u64(0)
     }
 
     /// When `rig` last had a receipt recorded or changed (Unix ms), if ever.
     pub fn last_change_ms(&self, rig: &RigId) -> Result<Option<u64>, LedgerError> {
-        let ms = self.conn.query_row(
-            "SELECT MAX(changed_ms) FROM receipts WHERE rig = ?1",
-            [rig.as_str()],
-            |r| r.get::<_, Option<i64>>(0),
-        )?;
+        let ms = self
+            .db
+            .query_one(
+                "SELECT MAX(changed_ms) FROM receipts WHERE rig = ?1",
+                p![rig.as_str()],
+            )?
+            .opt_int(0)?;
         Ok(ms.map(|m| m as u64))
     }
 
@@ -194,47 +251,51 @@ impl Ledger {
         rejected_only: bool,
         limit: u32,
     ) -> Result<Vec<ReceiptLine>, LedgerError> {
-        let filter = if rejected_only {
-            "AND state = 'rejected'"
-        } else {
-            ""
-        };
-        let mut stmt = self.conn.prepare_cached(&format!(
+        let sql = if rejected_only {
             "SELECT seq, card, job, unit, state, reason, micros, changed_ms FROM receipts
-             WHERE rig = ?1 AND seq < ?2 {filter} ORDER BY seq DESC LIMIT ?3"
-        ))?;
+             WHERE rig = ?1 AND seq < ?2 AND state = 'rejected' ORDER BY seq DESC LIMIT ?3"
+        } else {
+            "SELECT seq, card, job, unit, state, reason, micros, changed_ms FROM receipts
+             WHERE rig = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        };
         let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-        let rows = stmt.query_map(params![rig.as_str(), before, limit], |r| {
-            Ok(ReceiptLine {
-                rig: rig.to_string(),
-                seq: r.get::<_, i64>(0)? as u64,
-                card: r.get(1)?,
-                job: r.get(2)?,
-                unit: r.get::<_, i64>(3)? as u64,
-                state: r.get(4)?,
-                reason: r.get(5)?,
-                micros: r.get::<_, i64>(6)? as u64,
-                changed_ms: r.get::<_, i64>(7)? as u64,
+        self.db
+            .query(sql, p![rig.as_str(), before, limit])?
+            .iter()
+            .map(|r| {
+                Ok(ReceiptLine {
+                    rig: rig.to_string(),
+                    seq: r.u64(0)?,
+                    card: r.text(1)?,
+                    job: r.text(2)?,
+                    unit: r.u64(3)?,
+                    state: r.text(4)?,
+                    reason: r.opt_text(5)?,
+                    micros: r.u64(6)?,
+                    changed_ms: r.u64(7)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// The newest `limit` runs of `rig`'s receipts refused before any check.
     pub fn refused_lines(&self, rig: &RigId, limit: u32) -> Result<Vec<RefusedLine>, LedgerError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT first_seq, last_seq, reason, at_ms FROM refused
-             WHERE rig = ?1 ORDER BY first_seq DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![rig.as_str(), limit], |r| {
-            Ok(RefusedLine {
-                rig: rig.to_string(),
-                first_seq: r.get::<_, i64>(0)? as u64,
-                last_seq: r.get::<_, i64>(1)? as u64,
-                reason: r.get(2)?,
-                at_ms: r.get::<_, i64>(3)? as u64,
+        self.db
+            .query(
+                "SELECT first_seq, last_seq, reason, at_ms FROM refused
+                 WHERE rig = ?1 ORDER BY first_seq DESC LIMIT ?2",
+                p![rig.as_str(), limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(RefusedLine {
+                    rig: rig.to_string(),
+                    first_seq: r.u64(0)?,
+                    last_seq: r.u64(1)?,
+                    reason: r.text(2)?,
+                    at_ms: r.u64(3)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 }

@@ -12,10 +12,70 @@ fn receipt(seq: u64, unit: u64) -> Receipt {
     rigd_testkit::fixtures::receipt("rig-1", seq, "job", unit, (seq % 2) as u32)
 }
 
-fn fresh() -> (tempfile::TempDir, Ledger) {
-    let dir = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
-    let ledger = Ledger::create(&dir.path().join("ledger.db"), 3).unwrap_or_else(|e| panic!("{e}"));
-    (dir, ledger)
+/// The database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A test's database: its file's directory or its server, and where the ledger is.
+struct Store {
+    _dir: Option<tempfile::TempDir>,
+    _server: Option<rigd_testkit::postgres::Postgres>,
+    location: Location,
+}
+
+impl Store {
+    /// A second connection to the same ledger (read-only on SQLite).
+    fn reader(&self) -> Ledger {
+        match &self.location {
+            Location::File(path) => Ledger::open(path),
+            Location::Postgres(_) => Ledger::open_existing_at(&self.location),
+        }
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+fn fresh(backend: Backend) -> (Store, Ledger) {
+    let store = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap_or_else(|_| unreachable!());
+            let location = Location::File(dir.path().join("ledger.db"));
+            Store {
+                _dir: Some(dir),
+                _server: None,
+                location,
+            }
+        }
+        Backend::Postgres => {
+            let server = rigd_testkit::postgres::Postgres::start();
+            let location = Location::parse(&server.url());
+            Store {
+                _dir: None,
+                _server: Some(server),
+                location,
+            }
+        }
+    };
+    let ledger = Ledger::create_at(&store.location, 3).unwrap_or_else(|e| panic!("{e}"));
+    (store, ledger)
+}
+
+/// Runs each named test on SQLite and on PostgreSQL, as `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres)
+            }
+        })*
+    };
 }
 
 fn credited(r: &Receipt) -> Entry<'_> {
@@ -27,9 +87,8 @@ fn credited(r: &Receipt) -> Entry<'_> {
     }
 }
 
-#[test]
-fn duplicate_delivery_changes_nothing_but_the_duplicate_count() {
-    let (_dir, mut ledger) = fresh();
+fn duplicate_delivery_changes_nothing_but_the_duplicate_count(backend: Backend) {
+    let (_store, mut ledger) = fresh(backend);
     let receipts: Vec<Receipt> = (1..=3).map(|s| receipt(s, s)).collect();
     let batch = BatchRecord {
         entries: receipts.iter().map(credited).collect(),
@@ -55,9 +114,8 @@ fn duplicate_delivery_changes_nothing_but_the_duplicate_count() {
     );
 }
 
-#[test]
-fn totals_are_exact_per_card_and_state() {
-    let (_dir, mut ledger) = fresh();
+fn totals_are_exact_per_card_and_state(backend: Backend) {
+    let (_store, mut ledger) = fresh(backend);
     let receipts: Vec<Receipt> = (1..=5).map(|s| receipt(s, s)).collect();
     let mut entries: Vec<Entry<'_>> = receipts.iter().map(credited).collect();
     entries[3].state = ReceiptState::Rejected;
@@ -80,9 +138,8 @@ fn totals_are_exact_per_card_and_state() {
     assert_eq!((e.last_seq, e.missing_seqs, e.micros_per_mflop), (5, 0, 3));
 }
 
-#[test]
-fn missing_seqs_count_the_gaps_below_the_highest() {
-    let (_dir, mut ledger) = fresh();
+fn missing_seqs_count_the_gaps_below_the_highest(backend: Backend) {
+    let (_store, mut ledger) = fresh(backend);
     let receipts = [receipt(1, 1), receipt(4, 4)];
     let batch = BatchRecord {
         entries: receipts.iter().map(credited).collect(),
@@ -95,9 +152,8 @@ fn missing_seqs_count_the_gaps_below_the_highest() {
     assert_eq!((e.last_seq, e.missing_seqs), (4, 2));
 }
 
-#[test]
-fn a_failed_batch_transaction_leaves_nothing_behind() {
-    let (_dir, mut ledger) = fresh();
+fn a_failed_batch_transaction_leaves_nothing_behind(backend: Backend) {
+    let (_store, mut ledger) = fresh(backend);
     let receipts = [receipt(1, 1), receipt(2, 2)];
     let batch = BatchRecord {
         entries: receipts.iter().map(credited).collect(),
@@ -105,8 +161,8 @@ fn a_failed_batch_transaction_leaves_nothing_behind() {
     };
     // The last statement of the transaction fails: nothing before it may stay.
     ledger
-        .conn
-        .execute_batch("DROP TABLE deliveries")
+        .db
+        .batch("DROP TABLE deliveries")
         .unwrap_or_else(|e| panic!("{e}"));
     let dup = BatchRecord {
         duplicates: 1,
@@ -116,9 +172,8 @@ fn a_failed_batch_transaction_leaves_nothing_behind() {
     assert!(ledger.recorded_seqs(&rig()).unwrap_or_default().is_empty());
 }
 
-#[test]
-fn stitch_credits_pending_receipts_and_keeps_a_checkpoint() {
-    let (_dir, mut ledger) = fresh();
+fn stitch_credits_pending_receipts_and_keeps_a_checkpoint(backend: Backend) {
+    let (_store, mut ledger) = fresh(backend);
     let receipts = [receipt(1, 0), receipt(2, 1), receipt(3, 2)];
     let output = UnitOutput::MlpGrad {
         loss_sum: 1.5,
@@ -165,15 +220,14 @@ fn stitch_credits_pending_receipts_and_keeps_a_checkpoint() {
     assert_eq!(ledger.kept_outputs(&j).unwrap_or_default().len(), 1);
 }
 
-#[test]
-fn keys_are_pinned_on_first_sight_and_a_change_is_remembered() {
-    let (dir, ledger) = fresh();
+fn keys_are_pinned_on_first_sight_and_a_change_is_remembered(backend: Backend) {
+    let (store, ledger) = fresh(backend);
     let k1 = PublicKey::Secp256k1(vec![2; 33]);
     let k2 = PublicKey::P256(vec![3; 33]);
     assert_eq!(ledger.pin_key(&rig(), &k1, 1).ok(), Some(KeyCheck::Pinned));
     assert_eq!(ledger.pin_key(&rig(), &k1, 2).ok(), Some(KeyCheck::Same));
     assert_eq!(ledger.pin_key(&rig(), &k2, 3).ok(), Some(KeyCheck::Changed));
-    let reader = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    let reader = store.reader();
     let reg = reader.registry().unwrap_or_default();
     assert_eq!(reg.len(), 1);
     assert_eq!(reg[0].key, k1);
@@ -183,7 +237,7 @@ fn keys_are_pinned_on_first_sight_and_a_change_is_remembered() {
 
 #[test]
 fn the_read_side_opens_after_the_writer_closed() {
-    let (dir, mut ledger) = fresh();
+    let (store, mut ledger) = fresh(Backend::Sqlite);
     let r = receipt(1, 1);
     let batch = BatchRecord {
         entries: vec![credited(&r)],
@@ -193,26 +247,24 @@ fn the_read_side_opens_after_the_writer_closed() {
         .record_batch(&rig(), &batch, 10)
         .unwrap_or_else(|e| panic!("{e}"));
     drop(ledger);
-    let reader = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    let reader = store.reader();
     assert_eq!(reader.recorded_seqs(&rig()).unwrap_or_default(), vec![1]);
-    assert!(Ledger::open(&dir.path().join("missing.db")).is_err());
+    assert!(Ledger::open(Path::new("/nonexistent/missing.db")).is_err());
 }
 
 /// The rollup as a GROUP BY over the receipts computes it.
 fn rollup_from_receipts(ledger: &Ledger) -> Vec<CardDay> {
-    let mut stmt = ledger
-        .conn
-        .prepare(
-            "SELECT card, changed_ms / 86400000,
-                 SUM(IIF(state = 'credited', micros, 0)), SUM(IIF(state = 'pending', micros, 0)),
-                 SUM(state = 'credited'), SUM(state = 'pending'), SUM(state = 'rejected')
-             FROM receipts WHERE rig = ?1 GROUP BY card, changed_ms / 86400000 ORDER BY 1, 2",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    stmt.query_map([rig().as_str()], |r| super::rollup::card_day(&rig(), r))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_default()
+    super::rollup::card_days(
+        &ledger.db,
+        &rig(),
+        "SELECT card, changed_ms / 86400000,
+             CAST(SUM(CASE WHEN state = 'credited' THEN micros ELSE 0 END) AS BIGINT),
+             CAST(SUM(CASE WHEN state = 'pending' THEN micros ELSE 0 END) AS BIGINT),
+             COUNT(*) FILTER (WHERE state = 'credited'), COUNT(*) FILTER (WHERE state = 'pending'),
+             COUNT(*) FILTER (WHERE state = 'rejected')
+         FROM receipts WHERE rig = ?1 GROUP BY card, changed_ms / 86400000 ORDER BY 1, 2",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Drops lines whose every count went back to zero (a receipt that moved to another day).
@@ -222,9 +274,8 @@ fn nonzero(days: Vec<CardDay>) -> Vec<CardDay> {
         .collect()
 }
 
-#[test]
-fn the_daily_rollup_follows_records_stitches_and_forfeits_and_backfills_once() {
-    let (dir, mut ledger) = fresh();
+fn the_daily_rollup_follows_records_stitches_and_forfeits_and_backfills_once(backend: Backend) {
+    let (store, mut ledger) = fresh(backend);
     let receipts: Vec<Receipt> = (1..=40).map(|s| receipt(s, s)).collect();
     for (day, chunk) in receipts.chunks(10).enumerate() {
         let entries = chunk
@@ -279,15 +330,17 @@ fn the_daily_rollup_follows_records_stitches_and_forfeits_and_backfills_once() {
         rolled.iter().map(|d| d.credited_micros).sum::<u64>()
     );
 
-    // A ledger from before the rollup: the table is filled on the next open, once.
-    ledger
-        .conn
-        .execute_batch("DELETE FROM earnings_daily; DELETE FROM meta WHERE key = 'rollup';")
-        .unwrap_or_else(|e| panic!("{e}"));
+    // A SQLite ledger from before the rollup: the table is filled on the next open, once.
+    if backend == Backend::Sqlite {
+        ledger
+            .db
+            .batch("DELETE FROM earnings_daily; DELETE FROM meta WHERE key = 'rollup';")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     drop(ledger);
-    let ledger = Ledger::create(&dir.path().join("ledger.db"), 3).unwrap_or_else(|e| panic!("{e}"));
+    let ledger = Ledger::create_at(&store.location, 3).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        ledger.card_days(&rig()).unwrap_or_else(|e| panic!("{e}")),
+        nonzero(ledger.card_days(&rig()).unwrap_or_else(|e| panic!("{e}"))),
         expected
     );
     let before = ledger.credited_since(&rig(), 0).unwrap_or(0);
@@ -313,9 +366,8 @@ fn the_daily_rollup_follows_records_stitches_and_forfeits_and_backfills_once() {
     );
 }
 
-#[test]
-fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next() {
-    let (_dir, mut ledger) = fresh();
+fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next(backend: Backend) {
+    let (_store, mut ledger) = fresh(backend);
     let receipts: Vec<Receipt> = (1..=4).map(|s| receipt(s, s)).collect();
     let record = |ledger: &mut Ledger, rs: &[Receipt], now| {
         let batch = BatchRecord {
@@ -366,9 +418,8 @@ fn epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next() {
         .is_empty());
 }
 
-#[test]
-fn a_group_commits_at_once_and_a_failed_step_in_it_leaves_only_itself_out() {
-    let (dir, mut ledger) = fresh();
+fn a_group_commits_at_once_and_a_failed_step_in_it_leaves_only_itself_out(backend: Backend) {
+    let (store, mut ledger) = fresh(backend);
     let receipts: Vec<Receipt> = (1..=4).map(|s| receipt(s, s)).collect();
     fn batch(r: &[Receipt]) -> BatchRecord<'_> {
         BatchRecord {
@@ -390,7 +441,7 @@ fn a_group_commits_at_once_and_a_failed_step_in_it_leaves_only_itself_out() {
         .record_batch(&rig(), &batch(&receipts[2..]), 10)
         .unwrap_or_else(|e| panic!("{e}"));
     // Another connection sees nothing before the commit.
-    let outside = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    let outside = store.reader();
     assert_eq!(
         outside.recorded_seqs(&rig()).unwrap_or_default(),
         Vec::<u64>::new()
@@ -403,9 +454,8 @@ fn a_group_commits_at_once_and_a_failed_step_in_it_leaves_only_itself_out() {
     assert_eq!(outside.latest_epoch().unwrap_or(Some(9)), None);
 }
 
-#[test]
-fn a_group_never_committed_leaves_nothing() {
-    let (dir, mut ledger) = fresh();
+fn a_group_never_committed_leaves_nothing(backend: Backend) {
+    let (store, mut ledger) = fresh(backend);
     let receipts: Vec<Receipt> = (1..=2).map(|s| receipt(s, s)).collect();
     ledger.begin_group().unwrap_or_else(|e| panic!("{e}"));
     let record = BatchRecord {
@@ -416,9 +466,22 @@ fn a_group_never_committed_leaves_nothing() {
         .record_batch(&rig(), &record, 10)
         .unwrap_or_else(|e| panic!("{e}"));
     drop(ledger);
-    let reopened = Ledger::open(&dir.path().join("ledger.db")).unwrap_or_else(|e| panic!("{e}"));
+    let reopened = store.reader();
     assert_eq!(
         reopened.recorded_seqs(&rig()).unwrap_or_default(),
         Vec::<u64>::new()
     );
 }
+
+on_both!(
+    duplicate_delivery_changes_nothing_but_the_duplicate_count,
+    totals_are_exact_per_card_and_state,
+    missing_seqs_count_the_gaps_below_the_highest,
+    a_failed_batch_transaction_leaves_nothing_behind,
+    stitch_credits_pending_receipts_and_keeps_a_checkpoint,
+    keys_are_pinned_on_first_sight_and_a_change_is_remembered,
+    the_daily_rollup_follows_records_stitches_and_forfeits_and_backfills_once,
+    epochs_pay_audited_credit_once_and_an_unposted_one_blocks_the_next,
+    a_group_commits_at_once_and_a_failed_step_in_it_leaves_only_itself_out,
+    a_group_never_committed_leaves_nothing,
+);
