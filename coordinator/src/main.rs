@@ -185,9 +185,10 @@ enum HoldAt {
 #[derive(Debug, Parser)]
 #[command(name = "coordinator payouts", version)]
 struct PayoutArgs {
-    /// The coordinator's SQLite ledger.
+    /// The coordinator's ledger: a SQLite file, or a PostgreSQL database by its
+    /// `postgresql://` URL.
     #[arg(long)]
-    db: PathBuf,
+    db: String,
     /// The provisioner's registry (read-only): owners and their payout addresses.
     #[arg(long)]
     registry: PathBuf,
@@ -222,7 +223,7 @@ async fn payouts(args: PayoutArgs) -> anyhow::Result<()> {
             .await
             .context("connecting to the chain")?;
     let config = PayoutConfig {
-        ledger: args.db,
+        ledger: rigd_coordinator::ledger::Location::parse(&args.db),
         registry: args.registry,
         settlement: alloy_primitives::Address::from(domain.verifying_contract),
         audit_ms: args.audit_window_ms,

@@ -52,7 +52,7 @@ impl Hold {
 #[derive(Debug, Clone)]
 pub struct PayoutConfig {
     /// The coordinator's ledger (it must exist).
-    pub ledger: PathBuf,
+    pub ledger: crate::ledger::Location,
     /// The provisioner's registry (read-only): each rig's owner and payout address.
     pub registry: PathBuf,
     /// The settlement contract.
@@ -204,7 +204,7 @@ impl Settlement<'_> {
 /// anything is payable, answers the disputes opened since the last run and, given the
 /// statement key, signs each rig's statement as of this run's cutoff.
 pub async fn run(chain: &Chain, config: &PayoutConfig) -> Result<Report, PayoutError> {
-    let mut ledger = Ledger::open_existing(&config.ledger)?;
+    let mut ledger = Ledger::open_existing_at(&config.ledger)?;
     let settlement = Settlement {
         chain,
         address: config.settlement,

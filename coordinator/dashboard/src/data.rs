@@ -3,7 +3,7 @@
 //! Every query names the owner and reads only that owner's rigs: a rig of another owner is
 //! answered exactly like a rig that does not exist.
 
-use rigd_coordinator::ledger::{CardDay, Ledger, LedgerError, ReceiptLine, RefusedLine};
+use rigd_coordinator::ledger::{CardDay, Ledger, LedgerError, Location, ReceiptLine, RefusedLine};
 use rigd_coordinator::statement::SignedStatement;
 use rigd_protocol::owner_api::{CardTotal, DayTotal, OwnerEarnings, Totals};
 use rigd_protocol::RigId;
@@ -34,7 +34,7 @@ struct Conns {
 /// `max_idle` idle at once; a busy moment opens more and closes them after).
 pub struct Store {
     registry: PathBuf,
-    ledger: PathBuf,
+    ledger: Location,
     idle: Mutex<Vec<Conns>>,
     max_idle: usize,
 }
@@ -53,11 +53,12 @@ fn totals(d: &CardDay) -> Totals {
 }
 
 impl Store {
-    /// A store over the registry and ledger databases at these paths.
-    pub fn new(registry: PathBuf, ledger: PathBuf, max_idle: usize) -> Self {
+    /// A store over the registry database at this path and the ledger at `ledger` (a
+    /// SQLite file or a PostgreSQL database).
+    pub fn new(registry: PathBuf, ledger: impl Into<Location>, max_idle: usize) -> Self {
         Self {
             registry,
-            ledger,
+            ledger: ledger.into(),
             idle: Mutex::new(Vec::new()),
             max_idle,
         }
@@ -69,7 +70,7 @@ impl Store {
             Some(c) => c,
             None => Conns {
                 registry: Registry::open_read_only(&self.registry)?,
-                ledger: Ledger::open(&self.ledger)?,
+                ledger: Ledger::open_at(&self.ledger)?,
             },
         };
         let out = f(&conns);

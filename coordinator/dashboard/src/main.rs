@@ -28,9 +28,10 @@ struct Args {
     /// The provisioner's registry database (read-only).
     #[arg(long)]
     registry: PathBuf,
-    /// The coordinator's ledger database (read-only).
+    /// The coordinator's ledger (read-only): a SQLite file, or a PostgreSQL database by its
+    /// `postgresql://` URL.
     #[arg(long)]
-    ledger: PathBuf,
+    ledger: String,
     /// Where to serve the dashboard.
     #[arg(long, default_value = "127.0.0.1:8480")]
     listen: SocketAddr,
@@ -71,7 +72,11 @@ async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = Arc::new(App {
-        store: Store::new(args.registry.clone(), args.ledger.clone(), 8),
+        store: Store::new(
+            args.registry.clone(),
+            rigd_coordinator::ledger::Location::parse(&args.ledger),
+            8,
+        ),
         fleet: Mutex::new(Fleet::new(args.max_rigs)),
         sessions: Mutex::new(Sessions::new(
             args.session_ttl_s.saturating_mul(1000),

@@ -312,6 +312,21 @@ impl Ledger {
         }
     }
 
+    /// The read side at `location`: a SQLite file read-only ([`Ledger::open`]), or a
+    /// PostgreSQL session whose transactions are read-only.
+    pub fn open_at(location: &Location) -> Result<Self, LedgerError> {
+        match location {
+            Location::File(path) => Self::open(path),
+            Location::Postgres(url) => {
+                let ledger = Self::connect(url, None)?;
+                ledger
+                    .db
+                    .batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
+                Ok(ledger)
+            }
+        }
+    }
+
     /// As [`Ledger::open_existing`], at `location`.
     pub fn open_existing_at(location: &Location) -> Result<Self, LedgerError> {
         match location {
