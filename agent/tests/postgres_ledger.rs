@@ -1,12 +1,48 @@
 //! The coordinator with its ledger on PostgreSQL (a real server the test starts), real rigd
 //! processes, and the coordinator killed with SIGKILL mid-job: the one started after it on the
-//! same database finishes the job, every unit credited once and every receipt each rig
-//! journaled recorded once.
+//! same database, or the replica standing by beside it, finishes the job, every unit credited
+//! once and every receipt each rig journaled recorded once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use rigd_coordinator::ledger::Location;
 use rigd_harness::{wait_job_done, Coordinator, Mosquitto, RigProcess};
 use rigd_testkit::postgres::Postgres;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The harness's lease length (`--lease-ms`).
+const LEASE_MS: u64 = 10_000;
+
+fn rigs(port: u16, dir: &std::path::Path, names: &[&str]) -> Vec<RigProcess> {
+    names
+        .iter()
+        .map(|name| RigProcess::start(name, port, 2, &dir.join(name), "sim.gflops = 0.0002\n"))
+        .collect()
+}
+
+/// Waits until `c` has credited `n` units.
+fn wait_credited(c: &Coordinator, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.credited().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} units credited on PostgreSQL; the coordinator's log ends:\n{}",
+            c.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The ledger holds every rig's journal, seq for seq, with no gap.
+fn assert_ledger_matches_journals(c: &Coordinator, rigs: &[&RigProcess]) {
+    let reader = c.ledger().expect("the ledger on PostgreSQL");
+    for rig in rigs {
+        let id = rigd_protocol::RigId::new(rig.rig.as_str()).unwrap();
+        let earnings = reader.earnings(&id).unwrap();
+        assert_eq!(earnings.missing_seqs, 0, "{}", rig.rig);
+        assert_eq!(earnings.last_seq, rig.journal().0, "{}", rig.rig);
+    }
+}
 
 #[test]
 fn a_coordinator_on_postgresql_killed_mid_job_resumes_and_credits_every_receipt_once() {
@@ -17,28 +53,9 @@ fn a_coordinator_on_postgresql_killed_mid_job_resumes_and_credits_every_receipt_
     let units = 120;
     let mut first =
         Coordinator::process_gemm_at(broker.port, dir.path(), units, 32, None, ledger.clone());
-    let rigs: Vec<RigProcess> = ["pg-a", "pg-b"]
-        .iter()
-        .map(|name| {
-            RigProcess::start(
-                name,
-                broker.port,
-                2,
-                &dir.path().join(name),
-                "sim.gflops = 0.0002\n",
-            )
-        })
-        .collect();
+    let rigs = rigs(broker.port, dir.path(), &["pg-a", "pg-b"]);
     // Killed once part of the job is credited, with more of it leased and on the way.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while first.credited().len() < 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no units credited on PostgreSQL; the coordinator's log ends:\n{}",
-            first.log_tail(30)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_credited(&first, 10);
     first.kill9();
     let credited_before = first.credited().len() as u64;
     assert!(credited_before < units, "the job finished before the kill");
@@ -46,11 +63,60 @@ fn a_coordinator_on_postgresql_killed_mid_job_resumes_and_credits_every_receipt_
     let rigs: Vec<&RigProcess> = rigs.iter().collect();
     wait_job_done(&second, units, &rigs, 240);
     second.assert_exactly_once(units, &rigs);
-    let reader = second.ledger().expect("the ledger on PostgreSQL");
-    for rig in &rigs {
-        let id = rigd_protocol::RigId::new(rig.rig.as_str()).unwrap();
-        let earnings = reader.earnings(&id).unwrap();
-        assert_eq!(earnings.missing_seqs, 0, "{}", rig.rig);
-        assert_eq!(earnings.last_seq, rig.journal().0, "{}", rig.rig);
+    assert_ledger_matches_journals(&second, &rigs);
+}
+
+/// Two replicas of the coordinator on one PostgreSQL ledger: one leads the job, the other
+/// stands by. The leader is killed with SIGKILL mid-job; the replica takes the lead from the
+/// ledger and finishes the job. Every receipt is credited once, every unit is done, the ledger
+/// equals the rigs' journals, and no unit was ever leased to two rigs at once.
+#[test]
+fn two_replicas_on_postgresql_one_killed_mid_job_credit_every_receipt_once() {
+    let broker = Mosquitto::start();
+    let database = Postgres::start();
+    let ledger = Location::parse(&database.url());
+    let dir = tempfile::tempdir().unwrap();
+    let units = 120;
+    let replica = |name: &str| {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        Coordinator::process_gemm_at(broker.port, &home, units, 32, None, ledger.clone())
+    };
+    let mut leader = replica("replica-1");
+    leader.wait_log("this coordinator leads the job", 60);
+    let standby = replica("replica-2");
+    standby.wait_log("another coordinator leads the job; standing by", 60);
+    let rigs = rigs(broker.port, dir.path(), &["rep-a", "rep-b"]);
+    wait_credited(&leader, 10);
+    leader.kill9();
+    assert!(
+        (leader.credited().len() as u64) < units,
+        "the job finished before the kill"
+    );
+    standby.wait_log("this coordinator leads the job", 60);
+    let rigs: Vec<&RigProcess> = rigs.iter().collect();
+    wait_job_done(&standby, units, &rigs, 240);
+    standby.assert_exactly_once(units, &rigs);
+    assert_ledger_matches_journals(&standby, &rigs);
+    let reader = standby.ledger().expect("the ledger on PostgreSQL");
+    let job = rigd_protocol::JobId::new("gemm-test").unwrap();
+    let mut attempts: BTreeMap<u64, Vec<(u32, u64)>> = BTreeMap::new();
+    for (unit, attempt, _, deadline_ms) in reader.leases(&job).unwrap() {
+        attempts
+            .entry(unit)
+            .or_default()
+            .push((attempt, deadline_ms));
+    }
+    assert_eq!(attempts.len() as u64, units, "every unit was leased");
+    for (unit, leases) in &attempts {
+        for pair in leases.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert!(
+                b.1.saturating_sub(LEASE_MS) >= a.1,
+                "unit {unit}: attempt {} leased before attempt {} ran out",
+                b.0,
+                a.0
+            );
+        }
     }
 }

@@ -157,7 +157,17 @@ fn answer(rig: &RigId, payload: Vec<u8>) -> Outbound {
 impl Engine {
     /// Opens the ledger, builds the job and resumes it from what the ledger holds.
     pub fn open(config: &CoordinatorConfig, now_ms: u64) -> Result<Self, CoordinatorError> {
-        let mut ledger = Ledger::create_at(&config.ledger, config.micros_per_mflop)?;
+        let ledger = Ledger::create_at(&config.ledger, config.micros_per_mflop)?;
+        Self::resume(ledger, config, now_ms)
+    }
+
+    /// Builds the job and resumes it from what `ledger` holds (a coordinator that leads the
+    /// job on it: see [`Ledger::try_lead`]).
+    pub fn resume(
+        mut ledger: Ledger,
+        config: &CoordinatorConfig,
+        now_ms: u64,
+    ) -> Result<Self, CoordinatorError> {
         let mut job = Job::new(&config.job)?;
         let id = job.id().clone();
         let credited: Vec<u64> = ledger

@@ -237,6 +237,10 @@ pub enum CoordinatorError {
 /// `try_send`: a slow reader misses updates, it never stalls the coordinator) and, retained,
 /// to [`rigd_protocol::topics::COORDINATOR_STATUS`]. When the job finishes the coordinator
 /// keeps serving acks, the ledger and earnings until shutdown.
+///
+/// Several coordinators may run the same job on one PostgreSQL ledger: one leads it and the
+/// others stand by, and when the leader dies the next takes over from the ledger (see
+/// [`Ledger::try_lead`]).
 pub async fn run(
     config: CoordinatorConfig,
     shutdown: CancellationToken,
@@ -259,7 +263,40 @@ pub async fn run(
         ),
         None => None,
     };
-    let engine = Engine::open(&config, rigd_client::unix_ms())?;
+    let ledger = Ledger::create_at(&config.ledger, config.micros_per_mflop)?;
+    let Some(ledger) = lead(ledger, config.job.id(), &shutdown).await? else {
+        return Ok(());
+    };
+    let engine = Engine::resume(ledger, &config, rigd_client::unix_ms())?;
     mqtt::serve(&config, tls, engine, shutdown, progress).await;
     Ok(())
+}
+
+/// How often a standby replica asks whether the job's lead is free.
+const STANDBY_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Waits until this coordinator leads `job` on its ledger ([`Ledger::try_lead`]): at once on
+/// a SQLite file; on PostgreSQL once no other replica holds the lead, which a replica that
+/// dies gives up with its session. Meanwhile it stands by, connected to the ledger only, not
+/// to the broker. `None` when `shutdown` came first.
+async fn lead(
+    ledger: Ledger,
+    job: &JobId,
+    shutdown: &CancellationToken,
+) -> Result<Option<Ledger>, LedgerError> {
+    let mut standing_by = false;
+    loop {
+        if ledger.try_lead(job)? {
+            tracing::info!(job = %job, after_standby = standing_by, "this coordinator leads the job");
+            return Ok(Some(ledger));
+        }
+        if !standing_by {
+            tracing::info!(job = %job, "another coordinator leads the job; standing by");
+            standing_by = true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+        }
+    }
 }

@@ -234,6 +234,19 @@ impl Coordinator {
         tail.join("\n")
     }
 
+    /// Waits until a line of its log holds `needle`; panics with the log's end after `secs`.
+    pub fn wait_log(&self, needle: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(needle)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?} after {secs} s; the log ends:\n{}",
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A connection to its ledger (read-only on SQLite).
     pub fn ledger(&self) -> Option<rigd_coordinator::Ledger> {
         match &self.ledger {

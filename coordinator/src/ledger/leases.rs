@@ -1,13 +1,35 @@
 //! Leases and suspensions in the ledger: every unit attempt handed to a rig is recorded before
 //! it is sent, so that a restarted coordinator still knows which rig holds which attempt and
-//! pays only leased work; a rig suspended from a job stays suspended across a restart.
+//! pays only leased work; a rig suspended from a job stays suspended across a restart. Only
+//! the coordinator that leads a job leases its units ([`Ledger::try_lead`]).
 
 use super::db::{p, Db};
 use super::{parse_rig, Ledger, LedgerError};
 use crate::scheduler::Granted;
 use rigd_protocol::{JobId, RigId};
 
+/// The first key of the advisory lock that holds a job's lead on PostgreSQL (the second is
+/// the hash of the job's id).
+const LEAD_LOCK: &str = "SELECT pg_try_advisory_lock(1919510372, hashtext(?1))";
+
 impl Ledger {
+    /// Makes this connection the one coordinator that runs `job` on this ledger, if no other
+    /// holds it: `false` while another does. Once taken, the lead is held as long as the
+    /// connection lives.
+    ///
+    /// On PostgreSQL it is a session advisory lock of the ledger's own connection, so the
+    /// server gives it up when the session ends, a coordinator killed with SIGKILL included,
+    /// and a coordinator whose session ended cannot write anything more: its next group
+    /// fails and it stops. Two replicas therefore never lease units or credit receipts of
+    /// the same job at once. A SQLite file is written by one coordinator process, which
+    /// always leads.
+    pub fn try_lead(&self, job: &JobId) -> Result<bool, LedgerError> {
+        if !self.db.is_postgres() {
+            return Ok(true);
+        }
+        Ok(self.db.query_one(LEAD_LOCK, p![job.as_str()])?.int(0)? == 1)
+    }
+
     /// Records leases of `job` in one transaction (a lease recorded again is replaced).
     pub fn record_leases(&mut self, job: &JobId, leases: &[Granted]) -> Result<(), LedgerError> {
         if leases.is_empty() {

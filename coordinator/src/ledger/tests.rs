@@ -473,6 +473,34 @@ fn a_group_never_committed_leaves_nothing(backend: Backend) {
     );
 }
 
+/// One connection leads a job; while it lives no other does, and once its session ends (here
+/// ended by the server, as it ends a killed coordinator's) the lead is free and the old
+/// connection can write nothing more.
+#[test]
+fn one_coordinator_leads_a_job_on_postgresql_until_its_session_ends() {
+    let (store, first) = fresh(Backend::Postgres);
+    let second = Ledger::create_at(&store.location, 3).unwrap_or_else(|e| panic!("{e}"));
+    let other = JobId::new("other-job").unwrap_or_else(|_| unreachable!());
+    assert!(first.try_lead(&job()).unwrap_or_else(|e| panic!("{e}")));
+    assert!(!second.try_lead(&job()).unwrap_or_else(|e| panic!("{e}")));
+    assert!(!second.try_lead(&job()).unwrap_or_else(|e| panic!("{e}")));
+    assert!(second.try_lead(&other).unwrap_or_else(|e| panic!("{e}")));
+    let pid = first
+        .db
+        .query_one("SELECT pg_backend_pid()", &[])
+        .and_then(|r| r.int(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Waits (up to 10 s) until the session is gone.
+    let ended = second
+        .db
+        .query_one("SELECT pg_terminate_backend(?1, 10000)", p![pid])
+        .and_then(|r| r.int(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ended, 1);
+    assert!(second.try_lead(&job()).unwrap_or_else(|e| panic!("{e}")));
+    assert!(first.begin_group().is_err(), "the old leader still writes");
+}
+
 on_both!(
     duplicate_delivery_changes_nothing_but_the_duplicate_count,
     totals_are_exact_per_card_and_state,
