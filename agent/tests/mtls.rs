@@ -41,8 +41,9 @@ fn a_rig_can_neither_publish_nor_subscribe_under_another_rigs_topics() {
         let (coord, mut coord_loop) = connect(options("coord", broker.port, &coordinator))
             .await
             .expect("coordinator connects");
+        // As the coordinator's replicas subscribe: one shared subscription.
         coord
-            .subscribe("rigd/v1/rig/+/receipts", QoS::AtLeastOnce)
+            .subscribe(rigd_protocol::topics::shared_receipts(), QoS::AtLeastOnce)
             .await
             .unwrap();
         assert_eq!(
@@ -95,19 +96,21 @@ fn a_rig_can_neither_publish_nor_subscribe_under_another_rigs_topics() {
             "the first message rig-a receives is its own, not rig-b's"
         );
 
-        a.publish(
+        // Neither under another rig nor as a replica of the coordinator forwarding a batch
+        // it checked.
+        for topic in [
             "rigd/v1/rig/rig-b/receipts",
-            QoS::AtLeastOnce,
-            false,
-            "forged",
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            next(&mut a_loop, puback).await.unwrap(),
-            PubAckReason::NotAuthorized,
-            "publishing under another rig"
-        );
+            "rigd/v1/coordinator/checked/rig-a/p256:02",
+        ] {
+            a.publish(topic, QoS::AtLeastOnce, false, "forged")
+                .await
+                .unwrap();
+            assert_eq!(
+                next(&mut a_loop, puback).await.unwrap(),
+                PubAckReason::NotAuthorized,
+                "publishing on {topic}"
+            );
+        }
         a.publish("rigd/v1/rig/rig-a/receipts", QoS::AtLeastOnce, false, "own")
             .await
             .unwrap();

@@ -66,12 +66,20 @@ fn a_coordinator_on_postgresql_killed_mid_job_resumes_and_credits_every_receipt_
     assert_ledger_matches_journals(&second, &rigs);
 }
 
-/// Two replicas of the coordinator on one PostgreSQL ledger: one leads the job, the other
-/// stands by. The leader is killed with SIGKILL mid-job; the replica takes the lead from the
-/// ledger and finishes the job. Every receipt is credited once, every unit is done, the ledger
-/// equals the rigs' journals, and no unit was ever leased to two rigs at once.
-#[test]
-fn two_replicas_on_postgresql_one_killed_mid_job_credit_every_receipt_once() {
+/// Which replica the test kills.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Killed {
+    Leader,
+    Checker,
+}
+
+/// Two replicas of the coordinator on one PostgreSQL ledger share a job: one leads it, the
+/// other takes its share of the receipt batches from the shared subscription, checks them and
+/// forwards them to the leader. One is killed with SIGKILL mid-job (the leader: the other takes
+/// the lead from the ledger; the checker: the batches it held come again from the rigs) and
+/// the survivor finishes the job. Every receipt is credited once, every unit is done, the
+/// ledger equals the rigs' journals, and no unit was ever leased to two rigs at once.
+fn two_replicas_one_killed(killed: Killed) {
     let broker = Mosquitto::start();
     let database = Postgres::start();
     let ledger = Location::parse(&database.url());
@@ -84,21 +92,35 @@ fn two_replicas_on_postgresql_one_killed_mid_job_credit_every_receipt_once() {
     };
     let mut leader = replica("replica-1");
     leader.wait_log("this coordinator leads the job", 60);
-    let standby = replica("replica-2");
-    standby.wait_log("another coordinator leads the job; standing by", 60);
+    let mut checker = replica("replica-2");
+    checker.wait_log(
+        "another coordinator leads the job; checking receipt batches",
+        60,
+    );
     let rigs = rigs(broker.port, dir.path(), &["rep-a", "rep-b"]);
+    checker.wait_log("first batch checked and forwarded to the leader", 120);
+    leader.wait_log("first batch another replica checked admitted", 60);
     wait_credited(&leader, 10);
-    leader.kill9();
+    let survivor = match killed {
+        Killed::Leader => {
+            leader.kill9();
+            checker.wait_log("this coordinator leads the job", 60);
+            &checker
+        }
+        Killed::Checker => {
+            checker.kill9();
+            &leader
+        }
+    };
     assert!(
-        (leader.credited().len() as u64) < units,
+        (survivor.credited().len() as u64) < units,
         "the job finished before the kill"
     );
-    standby.wait_log("this coordinator leads the job", 60);
     let rigs: Vec<&RigProcess> = rigs.iter().collect();
-    wait_job_done(&standby, units, &rigs, 240);
-    standby.assert_exactly_once(units, &rigs);
-    assert_ledger_matches_journals(&standby, &rigs);
-    let reader = standby.ledger().expect("the ledger on PostgreSQL");
+    wait_job_done(survivor, units, &rigs, 240);
+    survivor.assert_exactly_once(units, &rigs);
+    assert_ledger_matches_journals(survivor, &rigs);
+    let reader = survivor.ledger().expect("the ledger on PostgreSQL");
     let job = rigd_protocol::JobId::new("gemm-test").unwrap();
     let mut attempts: BTreeMap<u64, Vec<(u32, u64)>> = BTreeMap::new();
     for (unit, attempt, _, deadline_ms) in reader.leases(&job).unwrap() {
@@ -119,4 +141,14 @@ fn two_replicas_on_postgresql_one_killed_mid_job_credit_every_receipt_once() {
             );
         }
     }
+}
+
+#[test]
+fn two_replicas_on_postgresql_the_leader_killed_mid_job_credit_every_receipt_once() {
+    two_replicas_one_killed(Killed::Leader);
+}
+
+#[test]
+fn two_replicas_on_postgresql_the_checker_killed_mid_job_credit_every_receipt_once() {
+    two_replicas_one_killed(Killed::Checker);
 }

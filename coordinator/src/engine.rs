@@ -5,6 +5,7 @@
 use crate::inbound::{self, Inbound};
 use crate::job::{Job, Stitched};
 use crate::ledger::{KeyCheck, Ledger, LedgerError};
+use crate::quota::BatchRate;
 use crate::recompute::Recompute;
 use crate::scheduler::Scheduler;
 use crate::verify::{Rejection, Sampler};
@@ -96,8 +97,8 @@ pub struct Engine {
     verified: HashMap<RigId, u32>,
     /// Each rig's recompute budget: (flops left, may be negative; when last refilled, ms).
     budgets: HashMap<RigId, (i64, u64)>,
-    /// Each rig's batch tokens: (thousandths of a token, when last refilled, ms).
-    batch_tokens: HashMap<RigId, (u64, u64)>,
+    /// Each rig's batch rate.
+    batch_rate: BatchRate,
     /// Batches waiting for their recomputation, by ticket.
     pending: HashMap<u64, batch::Pending>,
     /// Sequence ranges `[first, end)` of each rig's waiting batches.
@@ -118,6 +119,8 @@ pub struct Engine {
     units_rejected: u64,
     leases_expired: u64,
     batches_refused: u64,
+    /// Batches admitted whose signature another replica checked.
+    batches_checked_elsewhere: u64,
     receipts_credited: u64,
     progress_every: u64,
     finished_reported: bool,
@@ -234,7 +237,7 @@ impl Engine {
             online: BTreeMap::new(),
             verified: HashMap::new(),
             budgets: HashMap::new(),
-            batch_tokens: HashMap::new(),
+            batch_rate: BatchRate::new(config.trust.batches_per_s, config.trust.batch_burst),
             pending: HashMap::new(),
             pending_seqs: HashMap::new(),
             in_recompute: HashSet::new(),
@@ -249,6 +252,7 @@ impl Engine {
             units_rejected,
             leases_expired: 0,
             batches_refused: 0,
+            batches_checked_elsewhere: 0,
             receipts_credited,
             progress_every: (units / 50).max(1),
             finished_reported: false,
@@ -291,24 +295,23 @@ impl Engine {
     /// frame over its rig's batch rate is dropped by its topic alone, before it is decoded:
     /// a flood costs the engine next to nothing per frame. (The broker's ACL lets only the
     /// rig publish on its topics.)
+    ///
+    /// Batches another replica forwarded ([`topics::checked`]) count against their rig's
+    /// rate the same, and their signature is not checked again when the replica checked it
+    /// against the key pinned here.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Vec<Outbound> {
+        if let Some((rig, key)) = topics::parse_checked(topic) {
+            return self.forwarded(topic, &rig, key, payload, now_ms);
+        }
         if let Some((rig, Channel::Receipts)) = topics::parse(topic) {
-            if !self.take_batch_token(&rig, now_ms) {
+            if !self.batch_rate.take(&rig, now_ms) {
                 tracing::debug!(rig = %rig, bytes = payload.len(), "the rig is over its batch rate; its batch is dropped undecoded");
                 return vec![];
             }
         }
         let result = match inbound::parse(topic, payload) {
             Err(e) => {
-                match self.bad_input_warnings.due(now_ms) {
-                    Some(suppressed) => tracing::warn!(
-                        topic,
-                        error = %e,
-                        suppressed_since_last = suppressed,
-                        "message dropped"
-                    ),
-                    None => tracing::debug!(topic, error = %e, "message dropped"),
-                }
+                self.dropped(topic, &e, now_ms);
                 return vec![];
             }
             Ok(Inbound::Status(status)) => self.on_status(&status, now_ms),
@@ -318,6 +321,47 @@ impl Engine {
             tracing::error!(topic, error = %e, "ledger write failed; the rig will resend");
             vec![]
         })
+    }
+
+    /// A batch of `rig` another replica forwarded, with the key it checked the signature
+    /// against (or [`topics::UNCHECKED`]).
+    fn forwarded(
+        &mut self,
+        topic: &str,
+        rig: &RigId,
+        key: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        if !self.batch_rate.take(rig, now_ms) {
+            tracing::debug!(rig = %rig, "the rig is over its batch rate; its forwarded batch is dropped undecoded");
+            return vec![];
+        }
+        let batch = match rigd_protocol::decode::<rigd_protocol::ReceiptBatch>(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                self.dropped(topic, &e, now_ms);
+                return vec![];
+            }
+        };
+        let checked = (key != topics::UNCHECKED).then_some(key);
+        self.admit(rig, batch, checked, now_ms).unwrap_or_else(|e| {
+            tracing::error!(rig = %rig, error = %e, "ledger write failed; the rig will resend");
+            vec![]
+        })
+    }
+
+    /// Logs an undecodable message, one warning a second at most.
+    fn dropped(&mut self, topic: &str, error: &dyn std::fmt::Display, now_ms: u64) {
+        match self.bad_input_warnings.due(now_ms) {
+            Some(suppressed) => tracing::warn!(
+                topic,
+                error = %error,
+                suppressed_since_last = suppressed,
+                "message dropped"
+            ),
+            None => tracing::debug!(topic, error = %error, "message dropped"),
+        }
     }
 
     /// A rig's status: pins its key on first sight, updates what it can take.

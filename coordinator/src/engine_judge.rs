@@ -106,27 +106,6 @@ impl Engine {
         budget.0
     }
 
-    /// Takes one of `rig`'s batch tokens (refilled at `batches_per_s`, at most `batch_burst`
-    /// saved); without one the batch is dropped before it is decoded.
-    pub(super) fn take_batch_token(&mut self, rig: &RigId, now_ms: u64) -> bool {
-        // Tokens are counted in thousandths so that a refill of a few milliseconds counts.
-        let cap = u64::from(self.trust.batch_burst).saturating_mul(1000);
-        let bucket = self
-            .batch_tokens
-            .entry(rig.clone())
-            .or_insert((cap, now_ms));
-        let earned = now_ms
-            .saturating_sub(bucket.1)
-            .saturating_mul(u64::from(self.trust.batches_per_s));
-        bucket.0 = bucket.0.saturating_add(earned).min(cap);
-        bucket.1 = now_ms;
-        if bucket.0 < 1000 {
-            return false;
-        }
-        bucket.0 -= 1000;
-        true
-    }
-
     /// Charges `rig` for recomputing `flops` of its work.
     fn charge(&mut self, rig: &RigId, flops: u64, now_ms: u64) {
         self.refill(rig, now_ms);

@@ -460,3 +460,39 @@ fn a_rekey_the_registry_vouches_for_refuses_the_old_receipts_and_credits_the_new
         vec![(1, 2, "key changed".into())]
     );
 }
+
+/// A batch another replica forwarded is checked again unless that replica checked it against
+/// the key pinned here: forwarded unchecked, or checked against another key (a stale one), a
+/// batch with a bad signature is dropped unacked. Checked against the pinned key it is taken
+/// as checked: the forwarding topic is the fleet's own (the broker lets only the coordinator's
+/// certificate write it), which is why no rig may write it.
+#[test]
+fn a_forwarded_batch_skips_the_signature_check_only_when_checked_against_the_pinned_key() {
+    let f = Fixture::new(gemm(4));
+    let mut engine = f.engine();
+    let mut a = TestRig::new("rig-a", 1);
+    let given = units(&hello(&mut engine, &a, 2, 0), &a);
+    let honest_batch = honest(&mut a, &given[..1], |_| GEMM_WORK);
+    let mut forged = honest(&mut a, &given[1..2], |_| GEMM_WORK);
+    forged.signature = rigd_protocol::Signature(vec![7; forged.signature.0.len()]);
+    let forward = |engine: &mut Engine, batch: &ReceiptBatch, key: Option<&PublicKey>| {
+        let out = engine.handle(&topics::checked(&a.id, key), &encode(batch), 10);
+        settle(engine, out, 10)
+    };
+    let stale = TestRig::new("rig-a", 9).pubkey();
+    assert!(acks(&forward(&mut engine, &forged, None), &a).is_empty());
+    assert!(acks(&forward(&mut engine, &forged, Some(&stale)), &a).is_empty());
+    assert_eq!(
+        acks(&forward(&mut engine, &honest_batch, Some(&stale)), &a),
+        vec![1],
+        "checked again here, an honest batch is taken"
+    );
+    assert_eq!(
+        acks(&forward(&mut engine, &forged, Some(&a.pubkey())), &a),
+        vec![2]
+    );
+    assert_eq!(
+        f.ledger().recorded_seqs(&a.id).unwrap_or_default(),
+        vec![1, 2]
+    );
+}

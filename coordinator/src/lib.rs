@@ -4,7 +4,9 @@
 //!
 //! Layout: pure cores ([`scheduler`], [`job`], [`verify`], [`inbound`]) take inputs and the
 //! time and return decisions; [`engine`] ties them to the [`ledger`] (SQLite or PostgreSQL); `mqtt` is the
-//! I/O shell that moves bytes between the broker, the engine and the [`recompute`] pool.
+//! I/O shell that moves bytes between the broker, the engine and the [`recompute`] pool;
+//! `replica` serves a coordinator that does not lead its job (it checks batches for the one
+//! that does, until it leads).
 //!
 //! # Ledger states
 //! Every receipt a rig sends is recorded once, keyed by `(rig, seq)`, in one of three states:
@@ -41,7 +43,9 @@ pub mod job;
 pub mod ledger;
 mod mqtt;
 pub mod payout_run;
+mod quota;
 pub mod recompute;
+mod replica;
 pub mod scheduler;
 pub mod statement;
 pub mod verify;
@@ -238,9 +242,9 @@ pub enum CoordinatorError {
 /// to [`rigd_protocol::topics::COORDINATOR_STATUS`]. When the job finishes the coordinator
 /// keeps serving acks, the ledger and earnings until shutdown.
 ///
-/// Several coordinators may run the same job on one PostgreSQL ledger: one leads it and the
-/// others stand by, and when the leader dies the next takes over from the ledger (see
-/// [`Ledger::try_lead`]).
+/// Several coordinators may run the same job on one PostgreSQL ledger: one leads it, the
+/// others check receipt signatures for it (`replica`), and when the leader dies the next
+/// takes over from the ledger (see [`Ledger::try_lead`]).
 pub async fn run(
     config: CoordinatorConfig,
     shutdown: CancellationToken,
@@ -264,39 +268,11 @@ pub async fn run(
         None => None,
     };
     let ledger = Ledger::create_at(&config.ledger, config.micros_per_mflop)?;
-    let Some(ledger) = lead(ledger, config.job.id(), &shutdown).await? else {
+    let Some(ledger) = replica::check_until_lead(&config, tls.clone(), ledger, &shutdown).await?
+    else {
         return Ok(());
     };
     let engine = Engine::resume(ledger, &config, rigd_client::unix_ms())?;
     mqtt::serve(&config, tls, engine, shutdown, progress).await;
     Ok(())
-}
-
-/// How often a standby replica asks whether the job's lead is free.
-const STANDBY_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Waits until this coordinator leads `job` on its ledger ([`Ledger::try_lead`]): at once on
-/// a SQLite file; on PostgreSQL once no other replica holds the lead, which a replica that
-/// dies gives up with its session. Meanwhile it stands by, connected to the ledger only, not
-/// to the broker. `None` when `shutdown` came first.
-async fn lead(
-    ledger: Ledger,
-    job: &JobId,
-    shutdown: &CancellationToken,
-) -> Result<Option<Ledger>, LedgerError> {
-    let mut standing_by = false;
-    loop {
-        if ledger.try_lead(job)? {
-            tracing::info!(job = %job, after_standby = standing_by, "this coordinator leads the job");
-            return Ok(Some(ledger));
-        }
-        if !standing_by {
-            tracing::info!(job = %job, "another coordinator leads the job; standing by");
-            standing_by = true;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(STANDBY_POLL) => {}
-        }
-    }
 }

@@ -163,9 +163,11 @@ pub(crate) async fn serve(
 ) {
     let spec = SessionSpec {
         options: options(config, tls),
-        subscriptions: [Channel::Status, Channel::Receipts]
-            .map(|c| (topics::all_rigs(c), QoS::AtLeastOnce))
-            .to_vec(),
+        subscriptions: vec![
+            (topics::all_rigs(Channel::Status), QoS::AtLeastOnce),
+            (topics::shared_receipts(), QoS::AtLeastOnce),
+            (topics::all_checked(), QoS::AtLeastOnce),
+        ],
         requests: REQUEST_CAPACITY,
         events: INBOUND_CAPACITY,
         reconnect: Reconnect::Backoff(Backoff::default()),

@@ -77,9 +77,70 @@ pub fn parse(topic: &str) -> Option<(RigId, Channel)> {
     Some((RigId::new(rig).ok()?, channel))
 }
 
+/// The shared-subscription group of the coordinator's replicas (MQTT 5 `$share`): each
+/// receipt batch goes to one of them.
+pub const SHARE_GROUP: &str = "coordinators";
+
+/// `$share/coordinators/rigd/v1/rig/+/receipts`: every rig's receipt batches, each to one
+/// replica of the coordinator.
+pub fn shared_receipts() -> String {
+    format!("$share/{SHARE_GROUP}/{}", all_rigs(Channel::Receipts))
+}
+
+/// Where a replica that does not lead the job forwards a rig's batch to the one that does.
+pub const CHECKED: &str = "rigd/v1/coordinator/checked";
+
+/// The key segment of a forwarded batch whose signature the forwarding replica did not
+/// check.
+pub const UNCHECKED: &str = "-";
+
+/// `rigd/v1/coordinator/checked/{rig}/{key}`: a batch of `rig` forwarded to the leader;
+/// `key` is the key its signature was checked against (its text form), or [`UNCHECKED`].
+pub fn checked(rig: &RigId, key: Option<&crate::PublicKey>) -> String {
+    match key {
+        Some(key) => format!("{CHECKED}/{rig}/{key}"),
+        None => format!("{CHECKED}/{rig}/{UNCHECKED}"),
+    }
+}
+
+/// `rigd/v1/coordinator/checked/+/+`: every forwarded batch.
+pub fn all_checked() -> String {
+    format!("{CHECKED}/+/+")
+}
+
+/// Splits a forwarded batch's topic into its rig and the key segment; `None` for anything
+/// else.
+pub fn parse_checked(topic: &str) -> Option<(RigId, &str)> {
+    let rest = topic.strip_prefix(CHECKED)?.strip_prefix('/')?;
+    let (rig, key) = rest.split_once('/')?;
+    if key.is_empty() || key.contains('/') {
+        return None;
+    }
+    Some((RigId::new(rig).ok()?, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_batch_topics_round_trip_through_parse_checked() {
+        let id = RigId::new("rig-7").unwrap_or_else(|_| unreachable!());
+        let key = crate::PublicKey::P256(vec![2; 33]);
+        let topic = checked(&id, Some(&key));
+        assert_eq!(
+            parse_checked(&topic),
+            Some((id.clone(), key.to_string().as_str()))
+        );
+        assert_eq!(
+            parse_checked(&checked(&id, None)),
+            Some((id.clone(), UNCHECKED))
+        );
+        assert_eq!(parse_checked("rigd/v1/coordinator/checked/rig-7"), None);
+        assert_eq!(parse_checked("rigd/v1/coordinator/checked/rig-7/a/b"), None);
+        assert_eq!(parse_checked("rigd/v1/coordinator/checked/rig-7/"), None);
+        assert_eq!(parse(&topic), None);
+    }
 
     #[test]
     fn topics_round_trip_through_parse() {

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use rigd_protocol::claim::{ADMIN_REPLY_PREFIX, ADMIN_TOPIC, CLAIM_TOPIC, REPLY_PREFIX};
+use rigd_protocol::topics;
 
 /// File names written by [`write`].
 pub const CONF_FILE: &str = "mosquitto.conf";
@@ -58,7 +59,9 @@ pub struct BrokerSettings {
 ///   ACL again on every delivery, so even a wildcard subscription receives nothing else.
 /// - `fleet:provisioner`: read claims and admin requests, write the mailboxes.
 /// - `fleet:coordinator`: read every rig's status, telemetry, receipts; write every rig's
-///   units, acks, earnings and its own status.
+///   units, acks, earnings and its own status; read and write the batches its replicas
+///   forward to the leader (no one else may: the leader does not check their signatures
+///   again).
 /// - `fleet:exporter`: read every rig's status and telemetry and the coordinator's status.
 /// - `operator:NAME`: read the fleet (rig and coordinator topics), write commands to rigs and
 ///   admin requests to the provisioner, read its own admin mailbox.
@@ -98,7 +101,9 @@ pub fn acl() -> String {
          topic write {ADMIN_REPLY_PREFIX}/+\n\n\
          # The coordinator.\n\
          user {COORDINATOR_CN}\n\
-         topic write rigd/v1/coordinator/status\n"
+         topic write rigd/v1/coordinator/status\n\
+         topic readwrite {}/#\n",
+        topics::CHECKED
     );
     for ch in COORDINATOR_READS {
         let _ = writeln!(s, "topic read rigd/v1/rig/+/{ch}");
