@@ -11,6 +11,11 @@
 //! resent after `RIGD_LOAD_RESEND_MS`. `RIGD_LOAD_GARBAGE` of the rigs also publish garbage
 //! frames on their receipts and telemetry topics.
 //!
+//! `RIGD_LOAD_TLS=1` runs the fleet with mutual TLS and the fleet ACL (a CA made by the
+//! provisioner's code issues every rig a certificate of its own); `RIGD_LOAD_REPLICAS=N`
+//! runs N coordinator replicas on one PostgreSQL ledger (a server the generator starts)
+//! instead of one coordinator on SQLite.
+//!
 //! Phases: ramp (`RIGD_LOAD_RAMP` connections per second), warm-up of one unit time, a
 //! measured window of `RIGD_LOAD_SECS`, then (with `RIGD_LOAD_RESTART=1`) a broker restart
 //! and the time until every rig is connected again, then a drain in which no new unit is
@@ -255,20 +260,25 @@ impl LightRig {
     }
 }
 
+fn rig_name(index: u32) -> String {
+    format!("load-{index:05}")
+}
+
 async fn run_rig(
     index: u32,
     garbage: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
     cfg: Arc<Config>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let name = format!("load-{index:05}");
+    let name = rig_name(index);
     let signer = TestRig::numbered(&name, index + 1);
     let mut options = rigd_client::options(
         name.clone(),
         "127.0.0.1",
         cfg.port,
-        None,
+        tls,
         Lifetime::Persistent { expiry_s: 3600 },
     );
     options.set_last_will(LastWill::new(
@@ -368,7 +378,40 @@ fn main() {
     let ramp = env("RIGD_LOAD_RAMP", 500).max(1);
     let garbage = env("RIGD_LOAD_GARBAGE", u64::from(rigs / 100)) as u32;
     let restart = env("RIGD_LOAD_RESTART", 1) == 1;
-    let mut broker = Mosquitto::start();
+    let replicas = env("RIGD_LOAD_REPLICAS", 1).max(1);
+    let pki = (env("RIGD_LOAD_TLS", 0) == 1).then(rigd_harness::tls::Pki::create);
+    let mut broker = match &pki {
+        Some(pki) => rigd_harness::mosquitto_tls(&pki.ca_dir()),
+        None => Mosquitto::start(),
+    };
+    // Each rig's own certificate, issued before the ramp.
+    let issued = Instant::now();
+    let rig_tls: Vec<Option<Arc<rustls::ClientConfig>>> = (0..rigs)
+        .map(|i| {
+            pki.as_ref().map(|pki| {
+                rigd_client::client_config_from_files(&pki.client(&rig_name(i))).expect("rig TLS")
+            })
+        })
+        .collect();
+    if pki.is_some() {
+        eprintln!(
+            "{rigs} rig certificates issued in {:.1} s",
+            issued.elapsed().as_secs_f64()
+        );
+    }
+    let tls_args = |cn: &str| -> Vec<String> {
+        pki.as_ref().map_or(vec![], |pki| {
+            let files = pki.client(cn);
+            vec![
+                "--tls-ca".into(),
+                files.ca.display().to_string(),
+                "--tls-cert".into(),
+                files.cert.display().to_string(),
+                "--tls-key".into(),
+                files.key.expect("key").display().to_string(),
+            ]
+        })
+    };
     let cfg = Arc::new(Config {
         port: broker.port,
         unit_ms: env("RIGD_LOAD_UNIT_MS", 60_000),
@@ -381,13 +424,26 @@ fn main() {
     let total_ms = (ramp_secs + secs) * 1000 + 2 * cfg.unit_ms;
     let units =
         u64::from(rigs) * u64::from(CARDS) * (total_ms / cfg.unit_ms + UNITS_PER_CARD as u64 + 1);
-    let db = dir.path().join("ledger.db");
-    let mut coordinator = spawn_logged(
-        {
+    let database = (replicas > 1).then(rigd_testkit::postgres::Postgres::start);
+    let ledger_at = match &database {
+        Some(pg) => rigd_coordinator::ledger::Location::parse(&pg.url()),
+        None => rigd_coordinator::ledger::Location::File(dir.path().join("ledger.db")),
+    };
+    let coordinator_tls = tls_args("fleet:coordinator");
+    let logs: Vec<std::path::PathBuf> = (0..replicas)
+        .map(|i| dir.path().join(format!("coordinator-{i}.log")))
+        .collect();
+    let mut coordinators: Vec<std::process::Child> = logs
+        .iter()
+        .map(|log| {
             let mut c = std::process::Command::new(workspace_bin("coordinator"));
             c.args(["--broker", &format!("127.0.0.1:{}", broker.port)])
                 .arg("--db")
-                .arg(&db)
+                .arg(match &ledger_at {
+                    rigd_coordinator::ledger::Location::File(path) => path.display().to_string(),
+                    rigd_coordinator::ledger::Location::Postgres(url) => url.clone(),
+                })
+                .args(&coordinator_tls)
                 .args([
                     "--job",
                     "gemm",
@@ -400,17 +456,27 @@ fn main() {
                 .args(["--units-per-card", &UNITS_PER_CARD.to_string()])
                 .args(["--lease-ms", &(cfg.unit_ms * 4).to_string()])
                 .args(["--verify-fraction", "0.05"])
-                .env("RUST_LOG", "warn,rigd_coordinator::mqtt=info");
-            c
-        },
-        &dir.path().join("coordinator.log"),
-    );
+                .env(
+                    "RUST_LOG",
+                    "warn,rigd_coordinator::mqtt=info,rigd_coordinator::replica=info",
+                );
+            let child = spawn_logged(c, log);
+            // The first one leads: the others start once it does.
+            wait_until("the coordinator up", 60, || {
+                std::fs::read_to_string(log).is_ok_and(|l| {
+                    l.contains("leads the job") || l.contains("checking receipt batches")
+                })
+            });
+            child
+        })
+        .collect();
     let exporter_port = rigd_harness::free_port();
     let mut exporter = spawn_logged(
         {
             let mut c = std::process::Command::new(workspace_bin("rigd-exporter"));
             c.args(["--broker", &format!("127.0.0.1:{}", broker.port)])
                 .args(["--listen", &format!("127.0.0.1:{exporter_port}")])
+                .args(tls_args("fleet:exporter"))
                 .env("RUST_LOG", "warn");
             c
         },
@@ -431,6 +497,7 @@ fn main() {
         tasks.push(runtime.spawn(run_rig(
             i,
             i < garbage,
+            rig_tls[i as usize].clone(),
             cfg.clone(),
             stats.clone(),
             stop.clone(),
@@ -446,7 +513,13 @@ fn main() {
     );
     std::thread::sleep(Duration::from_millis(cfg.unit_ms + cfg.batch_ms));
 
-    let (c0, _) = cpu_rss(coordinator.id());
+    let coordinators_cpu_rss = |children: &[std::process::Child]| {
+        children
+            .iter()
+            .map(|c| cpu_rss(c.id()))
+            .fold((0.0, 0.0), |(c, r), (c1, r1)| (c + c1, r + r1))
+    };
+    let (c0, _) = coordinators_cpu_rss(&coordinators);
     let (b0, _) = cpu_rss(broker.pid());
     let (e0, _) = cpu_rss(exporter.id());
     let (l0, _) = cpu_rss(std::process::id());
@@ -460,7 +533,7 @@ fn main() {
     let acked = stats.receipts_acked.load(Ordering::Relaxed) - acked0;
     let made_in_window = stats.receipts_made.load(Ordering::Relaxed) - made0;
     let bytes1 = stats.bytes();
-    let (c1, c_rss) = cpu_rss(coordinator.id());
+    let (c1, c_rss) = coordinators_cpu_rss(&coordinators);
     let (b1, b_rss) = cpu_rss(broker.pid());
     let (e1, e_rss) = cpu_rss(exporter.id());
     let (l1, l_rss) = cpu_rss(std::process::id());
@@ -498,7 +571,9 @@ fn main() {
             && stats.receipts_made.load(Ordering::Relaxed)
                 == stats.receipts_acked.load(Ordering::Relaxed)
     });
-    let coordinator_alive = coordinator.try_wait().ok().flatten().is_none();
+    let coordinator_alive = coordinators
+        .iter_mut()
+        .all(|c| c.try_wait().ok().flatten().is_none());
     let exporter_alive = exporter.try_wait().ok().flatten().is_none()
         && rigd_testkit::prometheus::http_get(exporter_port, "/metrics")
             .is_some_and(|(code, _)| code == 200);
@@ -508,12 +583,12 @@ fn main() {
     }
 
     // The ledger against what the rigs sent: every seq of every rig recorded once.
-    let ledger = rigd_coordinator::Ledger::open(&db).expect("ledger");
+    let ledger = rigd_coordinator::Ledger::open_at(&ledger_at).expect("ledger");
     let last_seq = stats.last_seq.lock().unwrap().clone();
     let mut missing = 0u64;
     let mut extra = 0u64;
     for (index, last) in &last_seq {
-        let rig = fixtures::rig_id(&format!("load-{index:05}"));
+        let rig = fixtures::rig_id(&rig_name(*index));
         let seqs = ledger.recorded_seqs(&rig).expect("recorded seqs");
         let expected: Vec<u64> = (1..=*last).collect();
         if seqs != expected {
@@ -527,7 +602,9 @@ fn main() {
     let credited = ledger.credited_units(&job).expect("credited");
     let twice = credited.iter().filter(|(_, n)| *n > 1).count();
     let made = stats.receipts_made.load(Ordering::Relaxed);
-    let _ = coordinator.kill();
+    for c in &mut coordinators {
+        let _ = c.kill();
+    }
     let _ = exporter.kill();
 
     println!(
@@ -550,10 +627,16 @@ fn main() {
         missing,
         reconnect.map_or("-".to_string(), |t| format!("{:.2} s", t.as_secs_f64())),
     );
-    // The engine's own account, every 10 s of the run: groups, time handling and committing.
-    if let Ok(log) = std::fs::read_to_string(dir.path().join("coordinator.log")) {
-        for line in log.lines().filter(|l| l.contains("coordinator load")) {
-            println!("{line}");
+    // The engine's own account, every 10 s of the run: groups, time handling and committing;
+    // and each other replica's batches checked.
+    for (i, log) in logs.iter().enumerate() {
+        if let Ok(log) = std::fs::read_to_string(log) {
+            for line in log
+                .lines()
+                .filter(|l| l.contains("coordinator load") || l.contains("replica load"))
+            {
+                println!("replica {i}: {line}");
+            }
         }
     }
     println!(
