@@ -300,10 +300,7 @@ impl Engine {
     /// rate the same, and their signature is not checked again when the replica checked it
     /// against the key pinned here.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Vec<Outbound> {
-        if let Some((rig, key)) = topics::parse_checked(topic) {
-            return self.forwarded(topic, &rig, key, payload, now_ms);
-        }
-        if let Some((rig, Channel::Receipts)) = topics::parse(topic) {
+        if let Some(rig) = inbound::batch_rig(topic) {
             if !self.batch_rate.take(&rig, now_ms) {
                 tracing::debug!(rig = %rig, bytes = payload.len(), "the rig is over its batch rate; its batch is dropped undecoded");
                 return vec![];
@@ -311,57 +308,28 @@ impl Engine {
         }
         let result = match inbound::parse(topic, payload) {
             Err(e) => {
-                self.dropped(topic, &e, now_ms);
+                match self.bad_input_warnings.due(now_ms) {
+                    Some(suppressed) => tracing::warn!(
+                        topic,
+                        error = %e,
+                        suppressed_since_last = suppressed,
+                        "message dropped"
+                    ),
+                    None => tracing::debug!(topic, error = %e, "message dropped"),
+                }
                 return vec![];
             }
             Ok(Inbound::Status(status)) => self.on_status(&status, now_ms),
-            Ok(Inbound::Receipts { rig, batch }) => self.on_batch(&rig, batch, now_ms),
+            Ok(Inbound::Receipts {
+                rig,
+                batch,
+                checked,
+            }) => self.admit(&rig, batch, checked.as_deref(), now_ms),
         };
         result.unwrap_or_else(|e| {
             tracing::error!(topic, error = %e, "ledger write failed; the rig will resend");
             vec![]
         })
-    }
-
-    /// A batch of `rig` another replica forwarded, with the key it checked the signature
-    /// against (or [`topics::UNCHECKED`]).
-    fn forwarded(
-        &mut self,
-        topic: &str,
-        rig: &RigId,
-        key: &str,
-        payload: &[u8],
-        now_ms: u64,
-    ) -> Vec<Outbound> {
-        if !self.batch_rate.take(rig, now_ms) {
-            tracing::debug!(rig = %rig, "the rig is over its batch rate; its forwarded batch is dropped undecoded");
-            return vec![];
-        }
-        let batch = match rigd_protocol::decode::<rigd_protocol::ReceiptBatch>(payload) {
-            Ok(b) => b,
-            Err(e) => {
-                self.dropped(topic, &e, now_ms);
-                return vec![];
-            }
-        };
-        let checked = (key != topics::UNCHECKED).then_some(key);
-        self.admit(rig, batch, checked, now_ms).unwrap_or_else(|e| {
-            tracing::error!(rig = %rig, error = %e, "ledger write failed; the rig will resend");
-            vec![]
-        })
-    }
-
-    /// Logs an undecodable message, one warning a second at most.
-    fn dropped(&mut self, topic: &str, error: &dyn std::fmt::Display, now_ms: u64) {
-        match self.bad_input_warnings.due(now_ms) {
-            Some(suppressed) => tracing::warn!(
-                topic,
-                error = %error,
-                suppressed_since_last = suppressed,
-                "message dropped"
-            ),
-            None => tracing::debug!(topic, error = %error, "message dropped"),
-        }
     }
 
     /// A rig's status: pins its key on first sight, updates what it can take.

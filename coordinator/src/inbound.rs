@@ -9,12 +9,16 @@ use rigd_protocol::{decode, FrameError, ReceiptBatch, RigId, RigStatus};
 pub enum Inbound {
     /// A rig's retained status.
     Status(RigStatus),
-    /// A receipt batch, with the rig of the topic it came on.
+    /// A receipt batch, with the rig of the topic it came on: the rig's own topic, or the
+    /// one another replica of the coordinator forwarded it on ([`topics::checked`]).
     Receipts {
         /// Rig named by the topic.
         rig: RigId,
         /// The batch.
         batch: ReceiptBatch,
+        /// The key (text form) the forwarding replica checked its signature against; `None`
+        /// on the rig's own topic or when the replica did not check it.
+        checked: Option<String>,
     },
 }
 
@@ -42,14 +46,35 @@ pub enum InboundError {
     },
 }
 
+/// The rig whose receipt batch a message on `topic` carries, if it carries one (on the rig's
+/// own topic or forwarded by a replica): what the batch rate is checked by before decoding.
+pub fn batch_rig(topic: &str) -> Option<RigId> {
+    match topics::parse_checked(topic) {
+        Some((rig, _)) => Some(rig),
+        None => match topics::parse(topic)? {
+            (rig, Channel::Receipts) => Some(rig),
+            _ => None,
+        },
+    }
+}
+
 /// Decodes a message received on `topic`.
 pub fn parse(topic: &str, payload: &[u8]) -> Result<Inbound, InboundError> {
-    let Some((rig, channel)) = topics::parse(topic) else {
-        return Err(InboundError::Topic(topic.chars().take(200).collect()));
-    };
     let frame_err = |source| InboundError::Frame {
         topic: topic.to_string(),
         source,
+    };
+    if let Some((rig, key)) = topics::parse_checked(topic) {
+        let batch: ReceiptBatch = decode(payload).map_err(frame_err)?;
+        let checked = (key != topics::UNCHECKED).then(|| key.to_string());
+        return Ok(Inbound::Receipts {
+            rig,
+            batch,
+            checked,
+        });
+    }
+    let Some((rig, channel)) = topics::parse(topic) else {
+        return Err(InboundError::Topic(topic.chars().take(200).collect()));
     };
     match channel {
         Channel::Status => {
@@ -64,7 +89,11 @@ pub fn parse(topic: &str, payload: &[u8]) -> Result<Inbound, InboundError> {
         }
         Channel::Receipts => {
             let batch: ReceiptBatch = decode(payload).map_err(frame_err)?;
-            Ok(Inbound::Receipts { rig, batch })
+            Ok(Inbound::Receipts {
+                rig,
+                batch,
+                checked: None,
+            })
         }
         _ => Err(InboundError::Topic(topic.to_string())),
     }
@@ -141,22 +170,40 @@ mod tests {
             parse(&t, &encode(&batch())),
             Ok(Inbound::Receipts {
                 rig: rig(),
-                batch: batch()
+                batch: batch(),
+                checked: None
+            })
+        );
+        let key = rigd_protocol::PublicKey::P256(vec![2; 33]);
+        assert_eq!(
+            parse(&topics::checked(&rig(), Some(&key)), &encode(&batch())),
+            Ok(Inbound::Receipts {
+                rig: rig(),
+                batch: batch(),
+                checked: Some(key.to_string())
+            })
+        );
+        assert_eq!(
+            parse(&topics::checked(&rig(), None), &encode(&batch())),
+            Ok(Inbound::Receipts {
+                rig: rig(),
+                batch: batch(),
+                checked: None
             })
         );
     }
 
     #[test]
     fn every_handler_refuses_truncated_oversized_wrong_version_wrong_kind_and_garbage() {
-        for (channel, good) in [
-            (Channel::Status, encode(&status())),
-            (Channel::Receipts, encode(&batch())),
+        for (topic, good) in [
+            (topics::rig(&rig(), Channel::Status), encode(&status())),
+            (topics::rig(&rig(), Channel::Receipts), encode(&batch())),
+            (topics::checked(&rig(), None), encode(&batch())),
         ] {
-            let topic = topics::rig(&rig(), channel);
             for bad in bad_frames(&good) {
                 assert!(
                     matches!(parse(&topic, &bad), Err(InboundError::Frame { .. })),
-                    "{channel:?} accepted {} bytes",
+                    "{topic} accepted {} bytes",
                     bad.len()
                 );
             }

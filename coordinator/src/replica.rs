@@ -170,7 +170,7 @@ pub(crate) async fn check_until_lead(
                     let now_ms = rigd_client::unix_ms();
                     match checker.check(&ledger, &topic, &p.payload, now_ms) {
                         Some((to, checked)) => {
-                            if session.client().try_publish(to, QoS::AtLeastOnce, false, p.payload.to_vec()).is_err() {
+                            if session.client().try_publish(to, QoS::AtLeastOnce, false, p.payload.clone()).is_err() {
                                 checker.counts.dropped += 1;
                             } else if !checked {
                                 checker.counts.unchecked += 1;

@@ -400,17 +400,8 @@ fn main() {
         );
     }
     let tls_args = |cn: &str| -> Vec<String> {
-        pki.as_ref().map_or(vec![], |pki| {
-            let files = pki.client(cn);
-            vec![
-                "--tls-ca".into(),
-                files.ca.display().to_string(),
-                "--tls-cert".into(),
-                files.cert.display().to_string(),
-                "--tls-key".into(),
-                files.key.expect("key").display().to_string(),
-            ]
-        })
+        pki.as_ref()
+            .map_or(vec![], |pki| rigd_harness::tls::args(&pki.client(cn)))
     };
     let cfg = Arc::new(Config {
         port: broker.port,
@@ -438,11 +429,7 @@ fn main() {
         .map(|log| {
             let mut c = std::process::Command::new(workspace_bin("coordinator"));
             c.args(["--broker", &format!("127.0.0.1:{}", broker.port)])
-                .arg("--db")
-                .arg(match &ledger_at {
-                    rigd_coordinator::ledger::Location::File(path) => path.display().to_string(),
-                    rigd_coordinator::ledger::Location::Postgres(url) => url.clone(),
-                })
+                .args(["--db", &rigd_harness::ledger_arg(&ledger_at)])
                 .args(&coordinator_tls)
                 .args([
                     "--job",

@@ -126,23 +126,13 @@ impl Coordinator {
         let log = dir.join("coordinator.log");
         let mut cmd = std::process::Command::new(super::workspace_bin("coordinator"));
         cmd.args(["--broker", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(match &ledger {
-                rigd_coordinator::ledger::Location::File(path) => path.display().to_string(),
-                rigd_coordinator::ledger::Location::Postgres(url) => url.clone(),
-            })
+            .args(["--db", &ledger_arg(&ledger)])
             .args(["--client-id", &format!("coordinator-{port}")])
             .args(&args)
             .args(["--lease-ms", "10000", "--verify-fraction", "0.1"])
             .env("RUST_LOG", "rigd_coordinator=info");
         if let Some(t) = tls {
-            cmd.arg("--tls-ca")
-                .arg(&t.ca)
-                .arg("--tls-cert")
-                .arg(&t.cert);
-            if let Some(key) = &t.key {
-                cmd.arg("--tls-key").arg(key);
-            }
+            cmd.args(super::tls::args(t));
         }
         let child = super::spawn_logged(cmd, &log);
         Coordinator {
@@ -308,6 +298,15 @@ impl Drop for Coordinator {
             rt.shutdown_timeout(Duration::from_secs(5));
         }
         super::kill9(&mut self.child);
+    }
+}
+
+/// The `--db` argument of the `coordinator` binary for `ledger`: the SQLite file's path or
+/// the PostgreSQL URL (with its password, unlike the location's display).
+pub fn ledger_arg(ledger: &rigd_coordinator::ledger::Location) -> String {
+    match ledger {
+        rigd_coordinator::ledger::Location::File(path) => path.display().to_string(),
+        rigd_coordinator::ledger::Location::Postgres(url) => url.clone(),
     }
 }
 

@@ -9,7 +9,7 @@ pub mod dashboard;
 pub mod rogue;
 pub mod tls;
 
-pub use coordinator::{wait_job_done, Coordinator};
+pub use coordinator::{ledger_arg, wait_job_done, Coordinator};
 pub use rigd_testkit::{free_port, softhsm, swtpm, wait_until, Mosquitto};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

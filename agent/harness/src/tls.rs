@@ -100,6 +100,21 @@ impl Pki {
     }
 }
 
+/// The `--tls-ca`, `--tls-cert` and `--tls-key` arguments of a fleet program connecting
+/// with `files` (`--tls-key` only when `files` names a key file).
+pub fn args(files: &TlsFiles) -> Vec<String> {
+    let mut args = vec![
+        "--tls-ca".into(),
+        files.ca.display().to_string(),
+        "--tls-cert".into(),
+        files.cert.display().to_string(),
+    ];
+    if let Some(key) = &files.key {
+        args.extend(["--tls-key".into(), key.display().to_string()]);
+    }
+    args
+}
+
 /// MQTT 5 options for a client of the broker on `port` using `files`.
 pub fn options(id: &str, port: u16, files: &TlsFiles) -> MqttOptions {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
@@ -208,12 +223,9 @@ impl ProvisionerProcess {
             dir.join("registry.db").display().to_string(),
             "--broker".into(),
             format!("127.0.0.1:{port}"),
-            "--tls-ca".into(),
-            tls.ca.display().to_string(),
-            "--tls-cert".into(),
-            tls.cert.display().to_string(),
-            "--tls-key".into(),
-            tls.key.expect("key").display().to_string(),
+        ];
+        args.extend(self::args(&tls));
+        args.extend([
             "--crl".into(),
             broker_dir.join("crl.pem").display().to_string(),
             "--acl".into(),
@@ -222,7 +234,7 @@ impl ProvisionerProcess {
             format!("kill -HUP {broker_pid}"),
             "--operator-key".into(),
             OPERATOR_KEY_HEX.into(),
-        ];
+        ]);
         if let Some(d) = domain {
             args.extend([
                 "--chain-id".into(),
