@@ -6,7 +6,7 @@
 # needed), checks the receipt test vectors with implementations we did not write
 # (eth-account, cryptography), checks the committed settlement contract artifacts against
 # their Solidity sources (pinned solc-js from npm), builds every binary, runs every test, fuzzes the wire
-# decoders for 20 s and boots the rig image.
+# decoders for 20 s, installs an update with the real RAUC and boots the rig image.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,11 +16,12 @@ cd "$(dirname "$0")"
 # image), systemd-container (systemd-nspawn), mosquitto-clients (reading the rig's status);
 # afl++: the coverage-guided fuzzer of the wire decoders; prometheus: the server that scrapes
 # the fleet exporter in its test; chromium: the browser the owners' dashboard test drives;
-# postgresql: the server the tests of the PostgreSQL ledger start (as their own, on loopback).
+# postgresql: the server the tests of the PostgreSQL ledger start (as their own, on loopback);
+# rauc, squashfs-tools: the updater and its bundles (images/update-test.sh).
 need=()
 for pkg in mosquitto libtss2-dev pkg-config swtpm swtpm-tools softhsm2 \
   mmdebstrap mtools dosfstools fdisk systemd-container mosquitto-clients afl++ prometheus \
-  chromium postgresql; do
+  chromium postgresql rauc squashfs-tools; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -46,5 +47,8 @@ else
 fi
 # A short coverage-guided run over every wire decoder (longer runs: BENCHMARKS.md).
 bash protocol/fuzz/run.sh 20
+# Update bundles installed, refused and rolled back by RAUC with the image's configuration
+# and boot backend (images/update-test.sh).
+bash images/update-test.sh
 # The rig image built from this rigd and booted with systemd-nspawn (images/boot-test.sh).
 bash images/boot-test.sh

@@ -53,11 +53,13 @@ cleanup() {
 trap cleanup EXIT
 
 out="$work/image"
-"$here/build.sh" --rigd "$rigd" --out "$out" 2>&1 | tail -1
+"$here/bundle.sh" --new-key "$work/update-key" > /dev/null
+"$here/build.sh" --rigd "$rigd" --keyring "$work/update-key/cert.pem" --out "$out" 2>&1 | tail -1
 root="$out/root"
 
 echo "== systemd-analyze verify (units in the image's root)"
-systemd-analyze verify --man=no --root="$root" rigd.service
+systemd-analyze verify --man=no --root="$root" rigd.service rigd-trial@failed.service \
+  rigd-trial.timer rigd-reboot.path rigd-reboot.service rauc.service
 echo "== systemd-analyze security rigd.service"
 security="$(systemd-analyze security --offline=yes --root="$root" --threshold=20 rigd.service 2>&1)"
 score="$(sed -n 's/.*Overall exposure level for rigd.service: \([0-9.]*\).*/\1/p' <<< "$security")"
@@ -106,7 +108,13 @@ rig_config() {
   chmod 0400 "$work/rig-config/rig.conf"
 }
 
-# boot: starts the image's root in a container (writes go to a tmpfs overlay).
+# The rigdata partition (/var/lib/rigd) stands in as a folder bound there, rigd's own.
+mkdir -p "$work/rigdata"
+chown 850:850 "$work/rigdata"
+chmod 0700 "$work/rigdata"
+
+# boot: starts the image's root in a container (writes go to a tmpfs overlay, but for
+# /var/lib/rigd).
 boot() {
   local name="rigtest-$$-$1"
   : > "$work/console.log"
@@ -115,8 +123,8 @@ boot() {
   unshare -m --propagation private sh -c 'mkdir -p /run/systemd/nspawn &&
     mount -t tmpfs tmpfs /run/systemd/nspawn &&
     exec systemd-nspawn -q -D "$0" -M "$1" --volatile=overlay --boot --register=no \
-      --keep-unit --console=passive --bind-ro="$2":/etc/rig-config' \
-    "$root" "$name" "$work/rig-config" < /dev/null > "$work/console.log" 2>&1 &
+      --keep-unit --console=passive --bind-ro="$2":/etc/rig-config --bind="$3":/var/lib/rigd' \
+    "$root" "$name" "$work/rig-config" "$work/rigdata" < /dev/null > "$work/console.log" 2>&1 &
   # unshare and sh exec: this pid becomes systemd-nspawn, its child the container's init.
   nspawn_pid=$!
   t_boot=$(date +%s.%N)

@@ -3,8 +3,9 @@
 # the ESP, the kernel, the root partition, rig.conf from the RIGCONFIG partition (a sim GPU
 # and a mosquitto on this machine, reached at 10.0.2.2). Prints the time from power-on to rigd
 # READY, checks that the rig's status
-# reached the broker, and that the first boot grew the root partition over a larger disk; the
-# boot's milestones come from the rig's own journal, read back from the disk afterwards.
+# reached the broker, and that the first boot grew the rigdata partition (/var/lib/rigd) over a
+# larger disk; the boot's milestones come from the rig's own journal, read back from slot A
+# afterwards.
 # QEMU emulates the CPU (TCG) unless RIGD_QEMU_ACCEL=kvm: slow, but the same boot, and KVM
 # inside a virtual machine often fails.
 #
@@ -44,7 +45,8 @@ broker_pid=$!
 disk="$work/disk.img"
 cp --sparse=always "$image" "$disk"
 truncate -s +1G "$disk"
-root_before=$(sfdisk --dump "$disk" 2>/dev/null | sed -n 's/.*size= *\([0-9]*\),.*name="root".*/\1/p')
+part() { sfdisk --dump "$disk" 2>/dev/null | sed -n "s/.*$1= *\\([0-9]*\\),.*name=\"$2\".*/\\1/p"; }
+data_before=$(part size rigdata)
 "$here/configure.sh" "$disk" --rig-id qemu-rig --broker "10.0.2.2:$port" \
   --set 'key="file:receipt-key"' --set allow_software_key=true --set 'gpu="sim"'
 
@@ -87,16 +89,19 @@ kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=""
 
-start=$(sfdisk --dump "$disk" 2>/dev/null | sed -n 's/.*start= *\([0-9]*\),.*name="root".*/\1/p')
-rootfs="$disk?offset=$((start * 512))"
+rootfs="$disk?offset=$(( $(part start root-a) * 512 ))"
 debugfs -R "rdump /var/log/journal $work" "$rootfs" 2>/dev/null
 echo "qemu-boot: from the rig's journal (seconds since the kernel started):"
 journalctl -D "$(ls -d "$work"/journal/*/ | head -1)" -o short-monotonic --no-pager 2>/dev/null \
-  | grep -E 'Started rigd.service|Mounted etc-rig|systemd-repart\[.*root|Finished systemd-growfs|Startup finished' \
+  | grep -E 'Started rigd.service|Mounted etc-rig|Mounted var-lib-rigd|Mounted efi|systemd-repart\[.*rigdata|Finished systemd-growfs|Startup finished' \
   | sed 's/^/  /'
-root_after=$(sfdisk --dump "$disk" 2>/dev/null | sed -n 's/.*size= *\([0-9]*\),.*name="root".*/\1/p')
-blocks=$(dumpe2fs -h "$rootfs" 2>/dev/null | sed -n 's/^Block count: *//p')
-block_size=$(dumpe2fs -h "$rootfs" 2>/dev/null | sed -n 's/^Block size: *//p')
-echo "qemu-boot: root partition $((root_before / 2048)) MiB -> $((root_after / 2048)) MiB," \
+data_after=$(part size rigdata)
+datafs="$disk?offset=$(( $(part start rigdata) * 512 ))"
+blocks=$(dumpe2fs -h "$datafs" 2>/dev/null | sed -n 's/^Block count: *//p')
+block_size=$(dumpe2fs -h "$datafs" 2>/dev/null | sed -n 's/^Block size: *//p')
+echo "qemu-boot: rigdata partition $((data_before / 2048)) MiB -> $((data_after / 2048)) MiB," \
   "file system $((blocks * block_size / 1048576)) MiB"
-[ "$root_after" -gt "$root_before" ] || { echo "qemu-boot: FAILED: the root partition did not grow" >&2; exit 1; }
+[ "$data_after" -gt "$data_before" ] || { echo "qemu-boot: FAILED: the rigdata partition did not grow" >&2; exit 1; }
+debugfs -R "ls -l /" "$datafs" 2>/dev/null | grep -q ' journal.db$' \
+  || { echo "qemu-boot: FAILED: rigd's journal.db is not on the rigdata partition" >&2; exit 1; }
+echo "qemu-boot: rigd's journal.db is on the rigdata partition"
