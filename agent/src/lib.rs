@@ -24,6 +24,7 @@ mod rig;
 pub mod state_dir;
 pub mod supervisor;
 pub mod tls;
+pub mod update;
 pub mod worker;
 
 #[cfg(test)]

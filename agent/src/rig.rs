@@ -16,7 +16,8 @@ use crate::journal::{self, Journal, JournalError, JournalStats, JournalStore, Se
 use crate::keys::{self, KeyStore};
 use crate::link::{Link, LinkEvent, LinkSettings};
 use crate::notify::Notifier;
-use crate::supervisor::{CoreSettings, FailurePolicy, Input, RigCore};
+use crate::supervisor::{CoreSettings, FailurePolicy, Input, ReplyTo, RigCore};
+use crate::update::Updater;
 use crate::worker::unix_ms;
 use crate::RunError;
 use rigd_protocol::topics::{self, Channel};
@@ -66,6 +67,9 @@ struct Rig {
     started_ms: u64,
     commands: commands::CommandState,
     holds: Holds,
+    updater: Updater,
+    /// Where the answer to the update under way goes.
+    update_reply: Option<ReplyTo>,
 }
 
 async fn journal_op<R: Send + 'static>(
@@ -175,6 +179,8 @@ pub async fn run(
     );
     tracing::info!(rig = %assigned.rig, cards = cards.len(), queued = core.queued(), key = %key.describe(), "rigd started");
     let (sealed_tx, mut sealed) = mpsc::channel(1);
+    let (progress_tx, mut progress) = mpsc::channel(4);
+    let updater = Updater::open(config.update.clone(), config.state(), progress_tx).await;
     let mut rig = Rig {
         batcher: Batcher::new(
             config.batch_max_receipts,
@@ -198,6 +204,8 @@ pub async fn run(
         started_ms,
         commands: command_state,
         holds: Holds::from_env(),
+        updater,
+        update_reply: None,
         config,
         rig: assigned.rig,
     };
@@ -250,6 +258,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => rig.step(Input::Tick).await?,
             _ = resend.tick() => rig.resend(false).await?,
             Some(done) = sealed.recv() => rig.on_sealed(done).await?,
+            Some(p) = progress.recv() => rig.on_update(p).await?,
             _ = tokio::time::sleep_until(rig.seal_at.unwrap_or_else(Instant::now).into()), if rig.seal_at.is_some() => rig.start_seal(),
             _ = tokio::time::sleep_until(floor_wait.into()), if rig.awaiting_floor => rig.floor_wait_over(),
             _ = tokio::time::sleep(Duration::from_millis(100)), if rig.core.stopping() => {}
@@ -305,6 +314,8 @@ impl Rig {
         match ev {
             LinkEvent::Connected { .. } => {
                 self.publish_status(self.core.state());
+                self.updater.confirm(self.core.inventory().len()).await;
+                self.publish_update();
                 self.resend(true).await?;
             }
             LinkEvent::Revoked { reason } => {

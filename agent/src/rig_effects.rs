@@ -4,6 +4,7 @@
 use super::{journal_op, Rig};
 use crate::gpu::{GpuError, Reading, XID_FALLEN_OFF_BUS};
 use crate::supervisor::{CardRead, Effect, Input, Setting};
+use crate::update::Progress;
 use crate::RunError;
 use rigd_protocol::command::Outcome;
 use std::collections::VecDeque;
@@ -101,9 +102,42 @@ impl Rig {
                     self.reply(&to, Outcome::Diagnostics(Box::new(report)));
                 }
             }
+            Effect::Install { update, reply } => {
+                self.update_reply = reply;
+                let begun = self.updater.begin(&update);
+                self.publish_update();
+                if let Err(reason) = begun {
+                    if let Some(to) = self.update_reply.take() {
+                        self.reply(&to, Outcome::Failed(reason));
+                    }
+                    return Ok(Some(Input::UpdateFailed));
+                }
+            }
             Effect::PublishStatus => self.publish_status(self.core.state()),
         }
         Ok(None)
+    }
+
+    /// What the install task reported: the status goes out; once the update is done with,
+    /// the operator hears how, and a failed one puts the rig back to work.
+    pub(super) async fn on_update(&mut self, progress: Progress) -> Result<(), RunError> {
+        let answer = self.updater.on_progress(progress);
+        self.publish_update();
+        match answer {
+            None => {}
+            Some(Ok(done)) => {
+                if let Some(to) = self.update_reply.take() {
+                    self.reply(&to, Outcome::Completed(done));
+                }
+            }
+            Some(Err(reason)) => {
+                if let Some(to) = self.update_reply.take() {
+                    self.reply(&to, Outcome::Failed(reason));
+                }
+                self.step(Input::UpdateFailed).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A governor period: reads every card the core governs and hands it the readings.

@@ -54,6 +54,16 @@ impl Rig {
         );
     }
 
+    /// The retained status of the rig's image and updates.
+    pub(super) fn publish_update(&self) {
+        self.link.publish(
+            Channel::Update,
+            QoS::AtLeastOnce,
+            true,
+            encode(&self.updater.status(&self.rig)),
+        );
+    }
+
     pub(super) fn publish_telemetry(&mut self) {
         let msg = Telemetry {
             rig: self.rig.clone(),

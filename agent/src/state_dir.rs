@@ -24,6 +24,17 @@ pub enum StateFile {
     Holds,
     /// The journal (SQLite: inbox, receipts, batches), written by SQLite itself.
     Journal,
+    /// The update installed and not yet confirmed: the version and the slots it goes from
+    /// and to ([`crate::update`]).
+    UpdatePending,
+    /// How the last update ended.
+    UpdateLast,
+    /// Why each boot of an updated slot failed, written by the image's rig-trial (root).
+    UpdateTrials,
+    /// A reboot request: the image's rigd-reboot.path reboots when it appears.
+    UpdateReboot,
+    /// Where a bundle is downloaded to.
+    UpdateBundle,
 }
 
 impl StateFile {
@@ -36,6 +47,11 @@ impl StateFile {
             StateFile::Identity => "rig-identity",
             StateFile::Holds => "operator-holds.json",
             StateFile::Journal => "journal.db",
+            StateFile::UpdatePending => "update/pending.json",
+            StateFile::UpdateLast => "update/last.json",
+            StateFile::UpdateTrials => "update/trial.log",
+            StateFile::UpdateReboot => "update/reboot",
+            StateFile::UpdateBundle => "update/bundle.raucb",
         }
     }
 

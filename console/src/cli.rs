@@ -111,6 +111,44 @@ pub enum Command {
     Diag(SendArgs),
     /// Asks rigs to rotate their logs (rigd answers that journald rotates them).
     RotateLogs(SendArgs),
+    /// Updates rigs to a signed image bundle (RAUC, A/B slots): each drains, fetches the
+    /// bundle, installs it into its other slot and reboots into it; an update counts once the
+    /// rig reports the new slot marked good. With --canary N, N rigs go first and the rest
+    /// only if all of them came back on the new version.
+    Update(UpdateArgs),
+    /// Per rig: image version, root slot, update state and how the last update ended.
+    UpdateStatus {
+        /// Only this rig.
+        rig: Option<RigId>,
+    },
+}
+
+/// `rigctl update` options.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("digest").required(true).args(["sha256", "file"])))]
+pub struct UpdateArgs {
+    /// Rigs and signing (--timeout-ms: each rig's install, default 1800000).
+    #[command(flatten)]
+    pub send: SendArgs,
+    /// Where rigs fetch the bundle: an https:// URL.
+    #[arg(long)]
+    pub bundle: String,
+    /// The image version the bundle holds.
+    #[arg(long)]
+    pub version: String,
+    /// The bundle's SHA-256, 64 hex digits.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// The bundle file, to take its SHA-256 from.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Update this many rigs first; the others follow only if every one of them comes back
+    /// on the new version.
+    #[arg(long)]
+    pub canary: Option<usize>,
+    /// How long a rig may take from its reboot to reporting the new slot good, ms.
+    #[arg(long, default_value_t = 1_200_000, value_parser = clap::value_parser!(u64).range(1..=7_200_000))]
+    pub confirm_timeout_ms: u64,
 }
 
 /// `rigctl earnings --owner NAME --dashboard URL`.

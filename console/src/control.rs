@@ -1,5 +1,6 @@
 //! The fleet-control subcommands: `operator`, `rigs`, `drain`, `pause`, `resume`,
-//! `limits set`, `quarantine`, `release`, `restart-worker`, `diag`, `rotate-logs`.
+//! `limits set`, `quarantine`, `release`, `restart-worker`, `diag`, `rotate-logs`, `update`,
+//! `update-status`.
 
 use crate::cli::{CardSendArgs, Command, LimitsCommand, OperatorCommand, SendArgs};
 use crate::collect::{collect, now_ms, Collect};
@@ -75,6 +76,20 @@ pub async fn run(json: bool, opts: &Collect, command: Command) -> Result<ExitCod
         Command::RestartWorker(a) => (a.send, vec![Action::RestartWorker { gpu: a.gpu }]),
         Command::Diag(send) => (send, vec![Action::Diagnostics]),
         Command::RotateLogs(send) => (send, vec![Action::RotateLogs]),
+        Command::Update(args) => {
+            let rigs = targets(opts, &args.send).await?;
+            return crate::update::run(json, opts, &args, rigs).await;
+        }
+        Command::UpdateStatus { rig } => {
+            let filter = match &rig {
+                Some(r) => topics::rig(r, Channel::Update),
+                None => topics::all_rigs(Channel::Update),
+            };
+            let view = collect(opts, &[filter]).await?;
+            let r = crate::update::statuses(&view);
+            emit(json, &r, || crate::update::table(&r))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => return Err(Error::NotAFleetCommand),
     };
     let key = OperatorKey::load(send.operator_key.as_deref())?;
@@ -114,7 +129,7 @@ pub async fn run(json: bool, opts: &Collect, command: Command) -> Result<ExitCod
 }
 
 /// The rigs named, or with `--all` every rig whose retained status is not offline.
-async fn targets(opts: &Collect, send: &SendArgs) -> Result<Vec<RigId>, Error> {
+pub(crate) async fn targets(opts: &Collect, send: &SendArgs) -> Result<Vec<RigId>, Error> {
     if !send.all {
         return Ok(send.rigs.clone());
     }

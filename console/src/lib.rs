@@ -8,6 +8,7 @@
 //! - [`commands`]: the subcommands, [`cli`]: their arguments.
 //! - [`operator`], [`fleet`], [`control`]: signed operator commands to many rigs at once.
 //! - [`owner`]: an owner's earnings, read from the owners' dashboard over HTTPS.
+//! - [`update`]: image updates, rig by rig or canary first, and what each rig runs.
 
 pub mod admin;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod owner;
 pub mod receipts;
 pub mod report;
 pub mod table;
+pub mod update;
 pub mod view;
 
 pub use cli::Cli;

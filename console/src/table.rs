@@ -294,6 +294,62 @@ pub fn owner_earnings(e: &OwnerEarnings) -> String {
     out
 }
 
+/// `rigctl update-status` as text.
+pub fn images(rigs: &[crate::update::RigImage]) -> String {
+    let mut t = Table::new(&[
+        ("RIG", false),
+        ("IMAGE", false),
+        ("SLOT", false),
+        ("UPDATE", false),
+        ("TARGET", false),
+        ("LAST", false),
+        ("DETAIL", false),
+    ]);
+    for r in rigs {
+        t.row(vec![
+            clean(&r.rig),
+            if r.version.is_empty() {
+                "-".into()
+            } else {
+                clean(&r.version)
+            },
+            if r.slot.is_empty() {
+                "-".into()
+            } else {
+                clean(&r.slot)
+            },
+            r.state.clone(),
+            opt(r.target.as_deref().map(clean)),
+            opt(r.last.as_deref().map(clean)),
+            opt(r.detail.as_deref().map(clean)),
+        ]);
+    }
+    t.render()
+}
+
+/// `rigctl update` as text.
+pub fn rollout(rigs: &[crate::update::RigUpdate]) -> String {
+    let mut t = Table::new(&[
+        ("RIG", false),
+        ("WAVE", true),
+        ("OUTCOME", false),
+        ("TIME", true),
+        ("DETAIL", false),
+    ]);
+    for r in rigs {
+        t.row(vec![
+            clean(&r.rig),
+            r.wave.to_string(),
+            r.outcome.to_string(),
+            opt(r
+                .elapsed_ms
+                .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))),
+            clean(&r.detail),
+        ]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

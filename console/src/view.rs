@@ -5,6 +5,7 @@
 //! keeps going, so one hostile or stale frame never stops the console.
 
 use rigd_protocol::topics::{self, Channel};
+use rigd_protocol::update::UpdateStatus;
 use rigd_protocol::{
     decode, CoordinatorStatus, Earnings, Frame, FrameError, RigId, RigStatus, Telemetry,
 };
@@ -22,11 +23,16 @@ pub struct RigView {
     pub telemetry: Option<Telemetry>,
     /// Its retained earnings.
     pub earnings: Option<Earnings>,
+    /// Its retained image and update status.
+    pub update: Option<UpdateStatus>,
 }
 
 impl RigView {
     fn is_empty(&self) -> bool {
-        self.status.is_none() && self.telemetry.is_none() && self.earnings.is_none()
+        self.status.is_none()
+            && self.telemetry.is_none()
+            && self.earnings.is_none()
+            && self.update.is_none()
     }
 }
 
@@ -48,6 +54,8 @@ pub enum Update {
     Telemetry(RigId),
     /// A rig's earnings were stored.
     Earnings(RigId),
+    /// A rig's image and update status was stored.
+    Image(RigId),
     /// The coordinator's progress was stored.
     Coordinator,
     /// An empty payload cleared the retained message of this topic.
@@ -58,7 +66,9 @@ pub enum Update {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ViewError {
     /// The topic is not one the console reads.
-    #[error("topic is not a rig status, telemetry or earnings topic nor the coordinator status")]
+    #[error(
+        "topic is not a rig status, telemetry, earnings or update topic nor the coordinator status"
+    )]
     UnexpectedTopic,
     /// The payload is not a valid frame of the topic's message type.
     #[error(transparent)]
@@ -91,7 +101,7 @@ impl FleetView {
         let (rig, channel) = topics::parse(topic).ok_or(ViewError::UnexpectedTopic)?;
         if !matches!(
             channel,
-            Channel::Status | Channel::Telemetry | Channel::Earnings
+            Channel::Status | Channel::Telemetry | Channel::Earnings | Channel::Update
         ) {
             return Err(ViewError::UnexpectedTopic);
         }
@@ -109,6 +119,11 @@ impl FleetView {
                 let msg = decode_for::<Telemetry>(&rig, payload, |m| &m.rig)?;
                 self.slot(&rig)?.telemetry = Some(msg);
                 Ok(Update::Telemetry(rig))
+            }
+            Channel::Update => {
+                let msg = decode_for::<UpdateStatus>(&rig, payload, |m| &m.rig)?;
+                self.slot(&rig)?.update = Some(msg);
+                Ok(Update::Image(rig))
             }
             _ => {
                 let msg = decode_for::<Earnings>(&rig, payload, |m| &m.rig)?;
@@ -132,6 +147,7 @@ impl FleetView {
         match channel {
             Channel::Status => view.status = None,
             Channel::Telemetry => view.telemetry = None,
+            Channel::Update => view.update = None,
             _ => view.earnings = None,
         }
         if view.is_empty() {

@@ -34,7 +34,9 @@
 //! | 8 | release card | gpu: str8 |
 //! | 9 | rotate logs | none |
 //! | 10 | report diagnostics | none |
+//! | 11 | update | bundle: str16 (URL), version: str8, sha256: 32 bytes |
 //!
+//! `str16` = two length bytes (big-endian) then the UTF-8 bytes.
 //! The test `signing_digest_follows_the_documented_layout` builds this layout by hand.
 
 use crate::digest::{sha256, Hash32};
@@ -106,7 +108,23 @@ pub enum Action {
     RotateLogs,
     /// Report versions, cards, governor levels and journal figures.
     Diagnostics,
+    /// Drain, then fetch the RAUC bundle at `bundle` (HTTPS), check that it is the file of
+    /// `sha256` and an image of `version` for this machine signed by the fleet's update key,
+    /// install it into the other root slot and reboot into it. The new slot is marked good
+    /// once rigd is READY on it, on the broker, with its cards; otherwise the rig boots the
+    /// old slot again by itself ([`crate::update`]).
+    Update {
+        /// Where the bundle is: an `https://` URL.
+        bundle: String,
+        /// The image version the bundle must hold.
+        version: String,
+        /// SHA-256 of the bundle file.
+        sha256: Hash32,
+    },
 }
+
+/// The longest bundle URL a command carries, bytes.
+pub const MAX_BUNDLE_URL: usize = 1024;
 
 /// Thermal limits carried by a command, whole degrees C.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +165,8 @@ pub enum ActionKind {
     RotateLogs,
     /// [`Action::Diagnostics`].
     Diagnostics,
+    /// [`Action::Update`].
+    Update,
 }
 
 impl ActionKind {
@@ -163,6 +183,7 @@ impl ActionKind {
             ActionKind::Release => "release",
             ActionKind::RotateLogs => "rotate_logs",
             ActionKind::Diagnostics => "diagnostics",
+            ActionKind::Update => "update",
         }
     }
 }
@@ -187,6 +208,7 @@ impl Action {
             Action::Release { .. } => ActionKind::Release,
             Action::RotateLogs => ActionKind::RotateLogs,
             Action::Diagnostics => ActionKind::Diagnostics,
+            Action::Update { .. } => ActionKind::Update,
         }
     }
 
@@ -202,6 +224,7 @@ impl Action {
             Action::Release { .. } => 8,
             Action::RotateLogs => 9,
             Action::Diagnostics => 10,
+            Action::Update { .. } => 11,
         }
     }
 
@@ -231,6 +254,17 @@ impl Action {
             Action::RestartWorker { gpu }
             | Action::Quarantine { gpu }
             | Action::Release { gpu } => str8(out, gpu.as_str()),
+            Action::Update {
+                bundle,
+                version,
+                sha256,
+            } => {
+                let url = &bundle.as_bytes()[..bundle.len().min(usize::from(u16::MAX))];
+                out.extend_from_slice(&(url.len() as u16).to_be_bytes());
+                out.extend_from_slice(url);
+                str8(out, version);
+                out.extend_from_slice(sha256);
+            }
         }
     }
 
@@ -244,8 +278,36 @@ impl Action {
             Action::RestartWorker { gpu }
             | Action::Quarantine { gpu }
             | Action::Release { gpu } => Some(gpu),
-            Action::Drain | Action::RotateLogs | Action::Diagnostics => None,
+            Action::Drain | Action::RotateLogs | Action::Diagnostics | Action::Update { .. } => {
+                None
+            }
         }
+    }
+
+    /// Why the action cannot be what it says, if it cannot.
+    fn check(&self) -> Result<(), String> {
+        if let Action::Update {
+            bundle, version, ..
+        } = self
+        {
+            if bundle.len() > MAX_BUNDLE_URL {
+                return Err(format!("bundle URL over {MAX_BUNDLE_URL} bytes"));
+            }
+            if !bundle.starts_with("https://") || bundle.chars().any(|c| c.is_whitespace()) {
+                return Err("bundle URL must be an https:// URL".into());
+            }
+            if version.is_empty()
+                || version.len() > 64
+                || !version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'))
+            {
+                return Err(
+                    "version must be 1-64 characters of letters, digits and . - + _".into(),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -322,7 +384,7 @@ impl Frame for Command {
                 self.signature.len()
             ));
         }
-        Ok(())
+        self.action.check()
     }
 }
 
@@ -442,7 +504,8 @@ pub enum Outcome {
 impl Outcome {
     /// Whether no further reply follows for this command.
     pub fn is_final(&self, action: ActionKind) -> bool {
-        !(action == ActionKind::Drain && matches!(self, Outcome::Accepted(_)))
+        !(matches!(action, ActionKind::Drain | ActionKind::Update)
+            && matches!(self, Outcome::Accepted(_)))
     }
 }
 

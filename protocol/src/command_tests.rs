@@ -60,6 +60,7 @@ fn every_action() -> Vec<Action> {
         },
         Action::RotateLogs,
         Action::Diagnostics,
+        update("https://bundles.example/rig-2.0.0.raucb", "2.0.0"),
     ]
 }
 
@@ -98,6 +99,51 @@ fn signing_digest_follows_the_documented_layout() {
         },
     );
     assert!(power.signing_bytes().ends_with(&[4, 0, 1, 2, 3, 4]));
+}
+
+fn update(bundle: &str, version: &str) -> Action {
+    Action::Update {
+        bundle: bundle.into(),
+        version: version.into(),
+        sha256: [0xab; 32],
+    }
+}
+
+#[test]
+fn an_update_signs_its_url_with_a_two_byte_length_its_version_and_its_hash() {
+    let key = keypair();
+    let cmd = signed(&key, update("https://b/x.raucb", "2.0.0"));
+    let mut fields = vec![11, 0, 17];
+    fields.extend_from_slice(b"https://b/x.raucb");
+    fields.push(5);
+    fields.extend_from_slice(b"2.0.0");
+    fields.extend_from_slice(&[0xab; 32]);
+    assert!(cmd.signing_bytes().ends_with(&fields));
+    assert_eq!(cmd.action.kind().as_str(), "update");
+}
+
+#[test]
+fn an_update_with_a_bad_url_or_version_is_refused_as_malformed() {
+    let key = keypair();
+    let long = format!("https://b/{}", "x".repeat(1100));
+    for (bundle, version) in [
+        ("http://b/x.raucb", "2.0.0"),
+        ("file:///tmp/x.raucb", "2.0.0"),
+        ("https://b/x y.raucb", "2.0.0"),
+        (long.as_str(), "2.0.0"),
+        ("https://b/x.raucb", ""),
+        ("https://b/x.raucb", "2.0.0;reboot"),
+        ("https://b/x.raucb", "../../etc"),
+    ] {
+        let cmd = signed(&key, update(bundle, version));
+        assert!(
+            matches!(
+                decode::<Command>(&encode(&cmd)),
+                Err(FrameError::Invalid { .. })
+            ),
+            "{bundle} {version}"
+        );
+    }
 }
 
 #[test]

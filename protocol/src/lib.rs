@@ -12,6 +12,7 @@
 //! - [`verify`]: checking one receipt with its proof, batch header, signature and key.
 //! - [`address`]: Ethereum payout addresses, checked per EIP-55.
 //! - [`owner_api`]: the owners' dashboard API answers that rigctl reads.
+//! - [`update`]: a rig's image version, root slot and the state of its last update.
 
 pub mod address;
 pub mod claim;
@@ -27,6 +28,7 @@ pub mod owner_api;
 pub mod receipt;
 pub mod topics;
 pub mod units;
+pub mod update;
 pub mod verify;
 
 pub use address::{AddressError, EthAddress};

@@ -29,11 +29,14 @@ pub enum Channel {
     Commands,
     /// rig -> operator, QoS 1: command replies, with the command's correlation data.
     Replies,
+    /// rig -> all, retained: the image version, root slot and update state
+    /// ([`crate::update::UpdateStatus`]).
+    Update,
 }
 
 impl Channel {
     /// Every channel.
-    pub const ALL: [Channel; 8] = [
+    pub const ALL: [Channel; 9] = [
         Channel::Status,
         Channel::Telemetry,
         Channel::Receipts,
@@ -42,6 +45,7 @@ impl Channel {
         Channel::Earnings,
         Channel::Commands,
         Channel::Replies,
+        Channel::Update,
     ];
 
     /// The last topic level.
@@ -55,6 +59,7 @@ impl Channel {
             Channel::Earnings => "earnings",
             Channel::Commands => "commands",
             Channel::Replies => "replies",
+            Channel::Update => "update",
         }
     }
 }

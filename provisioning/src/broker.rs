@@ -26,7 +26,7 @@ pub const SERVER_KEY: &str = "server-key.pem";
 pub const CRL_FILE: &str = "crl.pem";
 
 /// Channels a rig publishes on (`rigd/v1/rig/{rig}/...`).
-pub const RIG_WRITES: [&str; 4] = ["status", "telemetry", "receipts", "replies"];
+pub const RIG_WRITES: [&str; 5] = ["status", "telemetry", "receipts", "replies", "update"];
 /// Channels a rig subscribes to.
 pub const RIG_READS: [&str; 4] = ["units", "acks", "earnings", "commands"];
 /// Channels the coordinator publishes on, for every rig.

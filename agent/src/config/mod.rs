@@ -141,7 +141,7 @@ pub struct RigSettings {
     pub operator_keys: Vec<OperatorKey>,
     /// The command actions the rig takes (`drain`, `pause`, `resume`, `set_power_limit`,
     /// `set_thermal_limits`, `restart_worker`, `quarantine`, `release`, `rotate_logs`,
-    /// `diagnostics`); absent: all of them.
+    /// `diagnostics`, `update`); absent: all of them.
     #[serde(default)]
     pub allowed_commands: Option<Vec<ActionKind>>,
     /// Key URI of the TLS client key; defaults to `key`. TLS has no secp256k1: a rig whose
@@ -149,6 +149,9 @@ pub struct RigSettings {
     /// or a TPM key). The key signs the handshake inside its store.
     #[serde(default)]
     pub tls_key: Option<KeyLocation>,
+    /// `[update]`: how the rig takes image updates.
+    #[serde(default)]
+    pub update: UpdateConfig,
     /// `rig_id`, `[tls]` and `[provision]`, read by the identity's own pass over the file.
     #[serde(default, rename = "rig_id")]
     _rig_id: IgnoredAny,
@@ -156,6 +159,57 @@ pub struct RigSettings {
     _tls: IgnoredAny,
     #[serde(default, rename = "provision")]
     _provision: IgnoredAny,
+}
+
+/// `[update]`: how the rig takes image updates ([`crate::update`]). The defaults are the rig
+/// image's; a rig that runs from no image (no `image_release` file) takes none.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// The RAUC command line.
+    #[serde(default = "default_rauc")]
+    pub rauc: PathBuf,
+    /// RAUC's system.conf, when not its default (`/etc/rauc/system.conf`).
+    #[serde(default)]
+    pub rauc_conf: Option<PathBuf>,
+    /// The image's release file (`RIGD_IMAGE_VERSION=...`).
+    #[serde(default = "default_image_release")]
+    pub image_release: PathBuf,
+    /// A CA (PEM) the bundle server's certificate may chain to, besides the system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The largest bundle fetched, MiB.
+    #[serde(default = "default_max_bundle_mib")]
+    pub max_bundle_mib: u64,
+    /// The longest a bundle's download may take, s.
+    #[serde(default = "default_download_timeout_s")]
+    pub download_timeout_s: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            rauc: default_rauc(),
+            rauc_conf: None,
+            image_release: default_image_release(),
+            ca: None,
+            max_bundle_mib: default_max_bundle_mib(),
+            download_timeout_s: default_download_timeout_s(),
+        }
+    }
+}
+
+fn default_rauc() -> PathBuf {
+    PathBuf::from("rauc")
+}
+fn default_image_release() -> PathBuf {
+    PathBuf::from("/etc/rigd-image")
+}
+fn default_max_bundle_mib() -> u64 {
+    4096
+}
+fn default_download_timeout_s() -> u64 {
+    1800
 }
 
 /// `[receipt_domain]`: the EIP-712 domain receipts are signed in.
@@ -302,6 +356,7 @@ impl RigSettings {
             operator_keys: vec![],
             allowed_commands: None,
             tls_key: None,
+            update: UpdateConfig::default(),
             _rig_id: IgnoredAny,
             _tls: IgnoredAny,
             _provision: IgnoredAny,

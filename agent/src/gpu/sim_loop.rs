@@ -153,6 +153,7 @@ impl SimLoop {
                 | Effect::SaveHolds { .. }
                 | Effect::Reply(_)
                 | Effect::Diagnose(_)
+                | Effect::Install { .. }
                 | Effect::PublishStatus => None,
             };
             if let Some(input) = back {

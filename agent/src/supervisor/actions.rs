@@ -188,6 +188,19 @@ impl RigCore {
                 out.push(Effect::Diagnose(reply));
                 return;
             }
+            Action::Update { version, .. } => {
+                if self.updating.is_some() {
+                    Outcome::Failed("an update is already under way".into())
+                } else {
+                    self.updating = Some((action.clone(), reply.clone(), false));
+                    out.push(Effect::PublishStatus);
+                    Outcome::Accepted(format!(
+                        "update to {version}: draining first ({} units running, {} receipts unacknowledged)",
+                        self.running(),
+                        self.stats.unacked_receipts
+                    ))
+                }
+            }
         };
         let reply = reply.map(|to| Reply { to, outcome });
         if matches!(

@@ -84,6 +84,9 @@ pub enum Input {
         /// Where answers go.
         reply: Option<ReplyTo>,
     },
+    /// The update the core handed over with [`Effect::Install`] failed before the reboot:
+    /// the rig takes work again.
+    UpdateFailed,
     /// rigd is stopping: no unit starts from now; running ones may finish
     /// ([`RigCore::stopped`]).
     Shutdown,
@@ -147,6 +150,14 @@ pub enum Effect {
     /// Answer an operator's diagnostics request (the shell adds what the core does not
     /// know: key, version, command counts).
     Diagnose(Option<ReplyTo>),
+    /// The rig drained for an operator's [`Action::Update`]: fetch, check and install it
+    /// (the rig stays held until [`Input::UpdateFailed`] or the reboot), answering `reply`.
+    Install {
+        /// The update.
+        update: Action,
+        /// Where answers go.
+        reply: Option<ReplyTo>,
+    },
     /// Publish the rig's status: its state changed.
     PublishStatus,
 }
@@ -176,6 +187,9 @@ pub struct RigCore {
     held: bool,
     /// Drains waiting for the rig to finish its units and flush its receipts.
     drains: Vec<ReplyTo>,
+    /// An update that holds the rig (not kept across restarts: a restarted rigd has no
+    /// update to finish), and whether it was handed to the shell.
+    updating: Option<(Action, Option<ReplyTo>, bool)>,
     /// When a shutdown began, core ms.
     stopping_since: Option<u64>,
 }
@@ -202,6 +216,7 @@ impl RigCore {
             outbox_full: false,
             held: false,
             drains: vec![],
+            updating: None,
             stopping_since: None,
         })
     }
@@ -239,6 +254,10 @@ impl RigCore {
             }
             Input::Journal(stats) => self.stats = stats,
             Input::Action { action, reply } => self.act(&action, reply, &mut out),
+            Input::UpdateFailed => {
+                self.updating = None;
+                out.push(Effect::PublishStatus);
+            }
             Input::Shutdown => {
                 if self.stopping_since.is_none() {
                     tracing::info!("stopping: draining in-flight units");
@@ -328,7 +347,7 @@ impl RigCore {
     /// Hands queued units to cards that may start one, unless stopping, held or the outbox
     /// is full.
     fn dispatch(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
-        if self.stopping_since.is_some() || self.held {
+        if self.stopping_since.is_some() || self.holding() {
             return;
         }
         let unacked = self.stats.unacked_receipts;
@@ -371,7 +390,11 @@ impl RigCore {
     /// When the shell should send a [`Input::Tick`]: a duty-cycled card may start then, and a
     /// unit waits for it.
     pub fn wake_at(&self) -> Option<u64> {
-        if self.queue.is_empty() || self.stopping_since.is_some() || self.held || self.outbox_full {
+        if self.queue.is_empty()
+            || self.stopping_since.is_some()
+            || self.holding()
+            || self.outbox_full
+        {
             return None;
         }
         self.cards.iter().filter_map(Card::next_start).min()
@@ -382,9 +405,27 @@ impl RigCore {
         self.running() == 0 && self.recording == 0 && self.stats.unacked_receipts == 0
     }
 
-    /// Answers waiting drains once the rig has drained.
+    /// An operator's drain or pause, or an update, holds the whole rig.
+    fn holding(&self) -> bool {
+        self.held || self.updating.is_some()
+    }
+
+    /// Answers waiting drains, and hands a waiting update over, once the rig has drained.
     fn drain_progress(&mut self, out: &mut Vec<Effect>) {
-        if self.drains.is_empty() || !self.drained() {
+        if !self.drained() {
+            return;
+        }
+        if let Some((update, reply, handed)) = &mut self.updating {
+            if !*handed {
+                *handed = true;
+                tracing::info!("drained for the update");
+                out.push(Effect::Install {
+                    update: update.clone(),
+                    reply: reply.clone(),
+                });
+            }
+        }
+        if self.drains.is_empty() {
             return;
         }
         for to in std::mem::take(&mut self.drains) {
@@ -425,7 +466,7 @@ impl RigCore {
     /// The rig's state as its status reports it.
     pub fn state(&self) -> RigState {
         let running = self.running() > 0;
-        if self.stopping_since.is_some() || (running && self.held) {
+        if self.stopping_since.is_some() || (running && self.holding()) {
             RigState::Draining
         } else if running {
             RigState::Working

@@ -134,6 +134,12 @@ fn render(e: &Effect) -> String {
         ),
         Effect::Reply(r) => format!("reply {} {}", r.to.nonce, outcome(&r.outcome)),
         Effect::Diagnose(_) => "diagnose".into(),
+        Effect::Install { reply, .. } => format!(
+            "install{}",
+            reply
+                .as_ref()
+                .map_or(String::new(), |r| format!(" {}", r.nonce))
+        ),
         Effect::PublishStatus => "status".into(),
     }
 }
@@ -319,6 +325,51 @@ fn an_operator_drain_holds_the_rig_is_kept_and_completes_once_receipts_are_ackno
     );
     assert!(core.held());
     assert_eq!(core.queued(), 1);
+}
+
+fn update() -> Action {
+    Action::Update {
+        bundle: "https://b/rig.raucb".into(),
+        version: "2.0.0".into(),
+        sha256: [7; 32],
+    }
+}
+
+#[test]
+fn an_update_drains_first_is_handed_over_once_drained_and_a_failed_one_resumes_work() {
+    let core = run(
+        core(1, &[1, 2]),
+        vec![
+            (0, Input::Tick, &["start 0 u1"]),
+            // Not kept across restarts: a restarted rigd has no update to finish.
+            (0, action(update(), 3), &["status", "reply 3 accepted"]),
+            (
+                0,
+                action(update(), 4),
+                &["reply 4 failed: an update is already under way"],
+            ),
+            (0, Input::Cards(vec![done(0, 1)]), &["record 1"]),
+            (0, Input::Recorded(stats(1)), &[]),
+            (0, Input::Journal(stats(0)), &["install 3"]),
+            // Held while it installs: nothing starts.
+            (0, Input::Tick, &[]),
+            (0, Input::UpdateFailed, &["status", "start 0 u2"]),
+        ],
+    );
+    assert!(!core.held());
+    assert_eq!(core.holds(), OperatorHolds::default());
+}
+
+#[test]
+fn an_update_of_a_drained_rig_is_handed_over_at_once() {
+    run(
+        core(1, &[]),
+        vec![(
+            0,
+            action(update(), 5),
+            &["status", "reply 5 accepted", "install 5"],
+        )],
+    );
 }
 
 #[test]

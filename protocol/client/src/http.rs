@@ -2,6 +2,8 @@
 //! `https://`: what the fleet side posts owners' webhooks with and what `rigctl` reads the
 //! owners' dashboard with. Every exchange has a deadline, connection included; the caller
 //! decides which addresses may be reached and how much of the answer's body is read.
+//! [`download`] streams a `GET`'s body into a file instead (rigd's update bundles), hashing
+//! it on the way, with the fleet's own CA beside the system's roots.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -171,13 +173,119 @@ async fn exchange_now(
     if !url.tls {
         return send(tcp, built, bounds.max_body).await;
     }
+    let tls = tls_connect(url, tcp, &[]).await?;
+    send(tls, built, bounds.max_body).await
+}
+
+async fn tls_connect(
+    url: &Url,
+    tcp: tokio::net::TcpStream,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HttpError> {
     let name =
         rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|_| HttpError::Url)?;
-    let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+    tokio_rustls::TlsConnector::from(tls_config(extra_roots)?)
         .connect(name, tcp)
         .await
+        .map_err(|e| HttpError::Io(e.to_string()))
+}
+
+/// What [`download`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Their SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// `GET`s `url` (`https://` only) and writes the body to `to` (created or truncated, synced
+/// before this returns), hashing it, within `timeout` for the whole transfer and `max_bytes`
+/// for the body; the server is trusted on the system's roots and `extra_roots`. A status other
+/// than 200 is an error that writes nothing.
+pub async fn download(
+    url: &Url,
+    to: &std::path::Path,
+    max_bytes: u64,
+    timeout: Duration,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    agent: &'static str,
+) -> Result<Downloaded, HttpError> {
+    tokio::time::timeout(
+        timeout,
+        download_now(url, to, max_bytes, extra_roots, agent),
+    )
+    .await
+    .map_err(|_| HttpError::Timeout(timeout))?
+}
+
+async fn download_now(
+    url: &Url,
+    to: &std::path::Path,
+    max_bytes: u64,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    agent: &'static str,
+) -> Result<Downloaded, HttpError> {
+    use ring::digest::{Context, SHA256};
+    use tokio::io::AsyncWriteExt;
+    if !url.tls {
+        return Err(HttpError::Url);
+    }
+    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+        .await
         .map_err(|e| HttpError::Io(e.to_string()))?;
-    send(tls, built, bounds.max_body).await
+    let tls = tls_connect(url, tcp, extra_roots).await?;
+    let request = hyper::Request::builder()
+        .method("GET")
+        .uri(url.path.as_str())
+        .header(hyper::header::HOST, url.host.as_str())
+        .header(hyper::header::USER_AGENT, agent)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| HttpError::Io(e.to_string()))?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| HttpError::Io(e.to_string()))?;
+    let driver = tokio::spawn(connection);
+    let result = async {
+        let answer = sender
+            .send_request(request)
+            .await
+            .map_err(|e| HttpError::Io(e.to_string()))?;
+        if answer.status() != hyper::StatusCode::OK {
+            return Err(HttpError::Io(format!("HTTP status {}", answer.status())));
+        }
+        let mut body = answer.into_body();
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
+        let mut hash = Context::new(&SHA256);
+        let mut bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| HttpError::Io(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            bytes = bytes.saturating_add(data.len() as u64);
+            if bytes > max_bytes {
+                return Err(HttpError::TooLong(
+                    usize::try_from(max_bytes).unwrap_or(usize::MAX),
+                ));
+            }
+            hash.update(&data);
+            file.write_all(&data)
+                .await
+                .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(hash.finish().as_ref());
+        Ok(Downloaded { bytes, sha256 })
+    }
+    .await;
+    driver.abort();
+    result
 }
 
 async fn send<S>(
@@ -224,10 +332,17 @@ async fn read(
     Ok(Answer { status, body })
 }
 
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, HttpError> {
+fn tls_config(
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, HttpError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
+    }
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| HttpError::Io(format!("the fleet's CA: {e}")))?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
