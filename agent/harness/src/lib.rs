@@ -1,11 +1,13 @@
 //! The process harness of rigd's integration tests and benches: real rigd processes beside
 //! a real mosquitto per test on a free loopback port ([`RigProcess`]), the coordinator in
 //! or out of process ([`Coordinator`]), the fleet PKI and a mutual-TLS broker ([`tls`]), a
-//! rogue rig ([`rogue`]), and polling with deadlines instead of sleeps. Dev-only.
+//! rogue rig ([`rogue`]), a rig's RAUC on files ([`rauc`]), and polling with deadlines instead
+//! of sleeps. Dev-only.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod coordinator;
 pub mod dashboard;
+pub mod rauc;
 pub mod rogue;
 pub mod tls;
 

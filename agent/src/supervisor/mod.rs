@@ -490,9 +490,9 @@ impl RigCore {
         self.stats
     }
 
-    /// Whether an operator holds the whole rig.
+    /// Whether the whole rig is held: by an operator's drain or pause, or by an update.
     pub fn held(&self) -> bool {
-        self.held
+        self.holding()
     }
 
     /// The cards.
