@@ -6,7 +6,8 @@
 #   images/configure.sh IMAGE [--rig-id ID] [--broker HOST:PORT] [--claim CODE]
 #                             [--set KEY=TOML_VALUE]... [--print]
 #
-# --set writes any other rig.conf key as TOML (strings quoted: --set 'gpu="sim"').
+# --set writes any other rig.conf key as TOML (strings quoted: --set 'gpu="sim"'), a key of a
+# table as a dotted key (--set 'update.ca="/etc/rig-config/fleet-ca.pem"').
 # --print shows the resulting rig.conf. Preparing many sticks: copy the image, configure each.
 set -euo pipefail
 export MTOOLS_SKIP_CHECK=1 LC_ALL=C
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
       edits+=("broker=$(quoted --broker "$2")"); shift 2 ;;
     --claim) edits+=("claim=$(quoted --claim "${2:-}")"); shift 2 ;;
     --set)
-      [[ "${2:-}" =~ ^[a-z_]+=[^[:cntrl:]]+$ ]] || die "--set: expected KEY=VALUE, e.g. allow_software_key=true"
+      [[ "${2:-}" =~ ^[a-z_]+(\.[a-z_]+)*=[^[:cntrl:]]+$ ]] || die "--set: expected KEY=VALUE, e.g. allow_software_key=true"
       edits+=("$2"); shift 2 ;;
     --print) print=1; shift ;;
     *) die "unknown argument $1" ;;
@@ -67,8 +68,8 @@ for edit in "${edits[@]}"; do
   value="${edit#*=}"
   # The first line setting the key, commented out or not, becomes `key = value`; later
   # uncommented ones go. Without such a line, it is added at the end.
-  awk -v key="$key" -v value="$value" '
-    $0 ~ "^[#[:space:]]*" key "[[:space:]]*=" {
+  awk -v key="$key" -v pattern="${key//./\\.}" -v value="$value" '
+    $0 ~ "^[#[:space:]]*" pattern "[[:space:]]*=" {
       if (!done) { print key " = " value; done = 1; next }
       if ($0 !~ /^[[:space:]]*#/) next
     }
