@@ -16,11 +16,12 @@
 # Prints the figures of BENCHMARKS.md: bundle size, download and install, command to READY
 # on the new slot, time to roll back.
 #
-#   images/qemu-update.sh [--rigd PATH] [--keep DIR]
+#   images/qemu-update.sh [--rigd PATH] [--keep DIR] [--power-cut-only]
 #
 # --rigd: the rigd of versions 1.0.0 and 2.0.0 (default: the release build; rigctl and the
 # coordinator are taken from beside it). QEMU emulates the CPU (TCG) unless
-# RIGD_QEMU_ACCEL=kvm. Needs root (images/build.sh), qemu-system-x86, ovmf, rauc,
+# RIGD_QEMU_ACCEL=kvm. --power-cut-only: step 4 alone, from 1.0.0 on slot A (the update to
+# 2.0.0 into slot B cut), then the ledger and identity checks; about 45 minutes instead of 90. Needs root (images/build.sh), qemu-system-x86, ovmf, rauc,
 # squashfs-tools, mosquitto, mosquitto-clients, python3, openssl; about 10 GB of disk.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -28,10 +29,12 @@ repo="$(dirname "$here")"
 bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 rigd="$bin/rigd"
 keep=""
+only_cut=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rigd) rigd="$2"; shift 2 ;;
     --keep) keep="$2"; shift 2 ;;
+    --power-cut-only) only_cut=1; shift ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "qemu-update: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -85,17 +88,20 @@ build() {
 }
 build 1.0.0 "$rigd"
 build 2.0.0 "$rigd"
-cp /bin/false "$work/broken-rigd"
-build 2.0.1 "$work/broken-rigd"
-rm -f "$work/v2.0.0/rig.img" "$work/v2.0.1/rig.img"
+rm -f "$work/v2.0.0/rig.img"
 sign() { "$here/bundle.sh" --cert "$work/update-key/cert.pem" --key "$work/update-key/key.pem" "$@"; }
 sign --root "$work/v2.0.0/root.ext4" --out "$www/rig-2.0.0.raucb"
-sign --root "$work/v2.0.1/root.ext4" --out "$www/rig-2.0.1.raucb"
-sign --root "$work/v1.0.0/root.ext4" --out "$www/rig-1.0.0.raucb"
-sign --root "$work/v2.0.0/root.ext4" --compatible other-machine --out "$www/other-machine.raucb" > /dev/null
-"$here/bundle.sh" --cert "$work/other-key/cert.pem" --key "$work/other-key/key.pem" \
-  --root "$work/v2.0.0/root.ext4" --out "$www/other-key.raucb" > /dev/null
-head -c $(( $(stat -c %s "$www/rig-2.0.0.raucb") / 2 )) "$www/rig-2.0.0.raucb" > "$www/truncated.raucb"
+if [ -z "$only_cut" ]; then
+  cp /bin/false "$work/broken-rigd"
+  build 2.0.1 "$work/broken-rigd"
+  rm -f "$work/v2.0.1/rig.img"
+  sign --root "$work/v2.0.1/root.ext4" --out "$www/rig-2.0.1.raucb"
+  sign --root "$work/v1.0.0/root.ext4" --out "$www/rig-1.0.0.raucb"
+  sign --root "$work/v2.0.0/root.ext4" --compatible other-machine --out "$www/other-machine.raucb" > /dev/null
+  "$here/bundle.sh" --cert "$work/other-key/cert.pem" --key "$work/other-key/key.pem" \
+    --root "$work/v2.0.0/root.ext4" --out "$www/other-key.raucb" > /dev/null
+  head -c $(( $(stat -c %s "$www/rig-2.0.0.raucb") / 2 )) "$www/rig-2.0.0.raucb" > "$www/truncated.raucb"
+fi
 bundle_size=$(du -h --apparent-size "$www/rig-2.0.0.raucb" | cut -f1)
 
 # This machine's side: broker, coordinator, bundle server, operator key.
@@ -139,14 +145,22 @@ power_on() {
     -display none -serial file:"$work/serial.log" &
   qemu_pid=$!
 }
-# image_row FIELD: the rig's update-status field.
-image_row() {
-  ctl --json update-status qemu-rig 2>/dev/null | python3 -c "
+# json_field FIELD ROWS RIGCTL-ARGS...: FIELD of the rig's row in rigctl's JSON report, where
+# ROWS is the path to the list of rows ("" for a list at the top); empty when absent.
+json_field() {
+  local field="$1" rows="$2"
+  shift 2
+  ctl --json "$@" 2>/dev/null | python3 -c "
 import json, sys
-rows = json.load(sys.stdin) or [{}]
-v = rows[0].get('$1')
+doc = json.load(sys.stdin)
+rows = doc['$rows'] if '$rows' else doc
+rows = [r for r in rows or [] if r.get('rig', 'qemu-rig') == 'qemu-rig'] or [{}]
+v = rows[0].get('$field')
 print('' if v is None else v)" 2>/dev/null || true
 }
+image_row() { json_field "$1" "" update-status qemu-rig; }
+status_field() { json_field "$1" rigs status; }
+earnings_field() { json_field "$1" rigs earnings qemu-rig; }
 # wait_image VERSION SLOT SECONDS: until the rig reports that image and slot, idle.
 wait_image() {
   local deadline=$(( $(date +%s) + $3 ))
@@ -154,19 +168,6 @@ wait_image() {
     [ "$(date +%s)" -lt "$deadline" ] || fail "not on $1 in slot $2 within $3 s (now $(image_row version)/$(image_row slot)/$(image_row state))"
     sleep 2
   done
-}
-status_field() {
-  ctl --json status 2>/dev/null | python3 -c "
-import json, sys
-rows = [r for r in json.load(sys.stdin)['rigs'] if r['rig'] == 'qemu-rig'] or [{}]
-v = rows[0].get('$1')
-print('' if v is None else v)" 2>/dev/null || true
-}
-earnings_field() {
-  ctl --json earnings qemu-rig 2>/dev/null | python3 -c "
-import json, sys
-rows = json.load(sys.stdin)['rigs'] or [{}]
-print(rows[0].get('$1', ''))" 2>/dev/null || true
 }
 # update BUNDLE VERSION: rigctl update; its report in $work/update.json, progress with times.
 update() {
@@ -188,36 +189,42 @@ until [ "$(status_field journaled)" -gt 0 ] 2>/dev/null; do
 done
 seq_before=$(status_field journaled)
 
-say "== 1. update 1.0.0 -> 2.0.0 (bundle $bundle_size)"
-t_cmd=$(now)
-update rig-2.0.0.raucb 2.0.0
-[ "$(outcome outcome)" = updated ] || fail "update to 2.0.0: $(cat "$work/update.json")"
-installed_at=$(grep -m1 ': completed: installed' "$work/update.progress" | cut -d' ' -f1)
-accepted_at=$(grep -m1 ': accepted: ' "$work/update.progress" | cut -d' ' -f1)
-install_s=$(awk -v a="$installed_at" -v b="$accepted_at" 'BEGIN { printf "%.1f", a - b }')
-ready_s=$(since "$t_cmd")
-wait_image 2.0.0 B 60
-say "drain, download and install ${install_s} s; command to READY on slot B, marked good: ${ready_s} s"
-say "rigctl: $(outcome detail)"
+# Steps 1, 3 and 2 leave the rig on 2.0.0 in slot B; the power cut interrupts the next update.
+if [ -z "$only_cut" ]; then
+  say "== 1. update 1.0.0 -> 2.0.0 (bundle $bundle_size)"
+  t_cmd=$(now)
+  update rig-2.0.0.raucb 2.0.0
+  [ "$(outcome outcome)" = updated ] || fail "update to 2.0.0: $(cat "$work/update.json")"
+  installed_at=$(grep -m1 ': completed: installed' "$work/update.progress" | cut -d' ' -f1)
+  accepted_at=$(grep -m1 ': accepted: ' "$work/update.progress" | cut -d' ' -f1)
+  install_s=$(awk -v a="$installed_at" -v b="$accepted_at" 'BEGIN { printf "%.1f", a - b }')
+  ready_s=$(since "$t_cmd")
+  wait_image 2.0.0 B 60
+  say "drain, download and install ${install_s} s; command to READY on slot B, marked good: ${ready_s} s"
+  say "rigctl: $(outcome detail)"
 
-say "== 3. refused bundles"
-for b in other-key.raucb truncated.raucb other-machine.raucb; do
-  update "$b" 2.0.0
-  [ "$(outcome outcome)" = failed ] || fail "$b was not refused: $(cat "$work/update.json")"
-  say "$b: $(outcome detail)"
-done
-wait_image 2.0.0 B 60
+  say "== 3. refused bundles"
+  for b in other-key.raucb truncated.raucb other-machine.raucb; do
+    update "$b" 2.0.0
+    [ "$(outcome outcome)" = failed ] || fail "$b was not refused: $(cat "$work/update.json")"
+    say "$b: $(outcome detail)"
+  done
+  wait_image 2.0.0 B 60
 
-say "== 2. a bundle whose rigd cannot start (2.0.1 into slot A)"
-t_bad=$(now)
-update rig-2.0.1.raucb 2.0.1
-[ "$(outcome outcome)" = failed ] || fail "the broken update did not fail: $(cat "$work/update.json")"
-rollback_s=$(since "$t_bad")
-wait_image 2.0.0 B 120
-say "rolled back in ${rollback_s} s (command to the report from slot B): $(outcome detail)"
+  say "== 2. a bundle whose rigd cannot start (2.0.1 into slot A)"
+  t_bad=$(now)
+  update rig-2.0.1.raucb 2.0.1
+  [ "$(outcome outcome)" = failed ] || fail "the broken update did not fail: $(cat "$work/update.json")"
+  rollback_s=$(since "$t_bad")
+  wait_image 2.0.0 B 120
+  say "rolled back in ${rollback_s} s (command to the report from slot B): $(outcome detail)"
+  running=2.0.0 slot=B cut_bundle=rig-1.0.0.raucb cut_version=1.0.0
+else
+  running=1.0.0 slot=A cut_bundle=rig-2.0.0.raucb cut_version=2.0.0
+fi
 
-say "== 4. power cut while RAUC writes slot A"
-update rig-1.0.0.raucb 1.0.0 &
+say "== 4. power cut while RAUC writes the other slot ($cut_version)"
+update "$cut_bundle" "$cut_version" &
 updater=$!
 # Drain and download take about 15 minutes under TCG.
 deadline=$(( $(date +%s) + 2400 ))
@@ -232,14 +239,14 @@ wait "$updater" 2>/dev/null || true
 say "power cut during the install"
 t_on=$(now)
 power_on
-wait_image 2.0.0 B 900
+wait_image "$running" "$slot" 900
 seq_cut=$(status_field journaled)
 deadline=$(( $(date +%s) + 300 ))
 until [ "$(status_field journaled)" -gt "$seq_cut" ] 2>/dev/null; do
   [ "$(date +%s)" -lt "$deadline" ] || fail "no work after the power cut"
   sleep 2
 done
-say "back on slot B with 2.0.0 $(since "$t_on") s after power-on, working (journaled $seq_cut -> $(status_field journaled))"
+say "back on slot $slot with $running $(since "$t_on") s after power-on, working (journaled $seq_cut -> $(status_field journaled))"
 
 say "== receipts of before and after, credited"
 deadline=$(( $(date +%s) + 600 ))
@@ -254,4 +261,4 @@ grep -qE 'rig announced a different key|rig rekeyed|announced a key the registry
   && fail "the coordinator saw the rig's key change"
 say "the coordinator pinned the rig's key once and never saw it change (identity kept)"
 
-say "figures: bundle $bundle_size; drain+download+install ${install_s} s; command to READY on B ${ready_s} s; rollback ${rollback_s} s ($accel)"
+[ -n "$only_cut" ] || say "figures: bundle $bundle_size; drain+download+install ${install_s} s; command to READY on B ${ready_s} s; rollback ${rollback_s} s ($accel)"

@@ -13,7 +13,7 @@ use rigd_protocol::command::{
     Command, CommandReply, Diagnostics, Outcome, Rejection, MAX_CORRELATION_BYTES,
 };
 use rigd_protocol::topics::{self, Channel};
-use rigd_protocol::{decode, encode, GpuUuid, RigId, RigState};
+use rigd_protocol::{clip, decode, encode, GpuUuid, RigId, RigState};
 use rumqttc::v5::mqttbytes::v5::Publish;
 
 /// What the shell keeps about commands: who may send them, the nonces they used, counts,
@@ -83,9 +83,8 @@ impl CommandState {
     }
 }
 
-fn clipped(s: &str) -> String {
-    s.chars().take(200).collect()
-}
+/// The most bytes of an error or a topic that a reply quotes back.
+const MAX_ERROR: usize = 200;
 
 impl Rig {
     /// Handles one message of the `commands` topic.
@@ -102,10 +101,10 @@ impl Rig {
             action: decoded.as_ref().ok().map(|c| c.action.kind()),
         };
         let checked = match decoded {
-            Err(e) => Err((Rejection::Malformed(clipped(&e.to_string())), None)),
+            Err(e) => Err((Rejection::Malformed(clip(&e.to_string(), MAX_ERROR)), None)),
             Ok(cmd) => {
                 let verdict = match &response {
-                    Some(t) if *t != own => Err(Rejection::ResponseTopic(clipped(t))),
+                    Some(t) if *t != own => Err(Rejection::ResponseTopic(clip(t, MAX_ERROR))),
                     _ => self.commands.verifier.check(
                         &cmd,
                         unix_ms(),
@@ -136,7 +135,11 @@ impl Rig {
         };
         if let Err(e) = self.commands.nonces.accept(cmd.operator, cmd.nonce) {
             tracing::error!(error = %e, "command not carried out: its nonce could not be recorded");
-            self.reply_if(&response, &to, Outcome::Failed(clipped(&e.to_string())));
+            self.reply_if(
+                &response,
+                &to,
+                Outcome::Failed(clip(&e.to_string(), MAX_ERROR)),
+            );
             return Ok(());
         }
         self.commands.accepted += 1;

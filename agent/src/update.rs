@@ -27,7 +27,7 @@ use crate::worker::unix_ms;
 use rigd_client::http::{self, Url};
 use rigd_protocol::command::Action;
 use rigd_protocol::update::{UpdateResult, UpdateState, UpdateStatus, MAX_REASON};
-use rigd_protocol::{RigId, MAX_TEXT};
+use rigd_protocol::{clip, RigId, MAX_TEXT};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -488,14 +488,6 @@ fn read_json<T: serde::de::DeserializeOwned>(state: &StateDir, file: StateFile) 
             None
         }
     }
-}
-
-fn clip(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 #[cfg(test)]

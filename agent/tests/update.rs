@@ -118,31 +118,105 @@ impl Rig {
     }
 }
 
-fn keygen(dir: &Path) -> (PathBuf, String) {
-    let file = dir.join("operator.key");
-    let out = Command::new(workspace_bin("rigctl"))
-        .arg("operator")
-        .arg("keygen")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    (file, String::from_utf8_lossy(&out.stdout).trim().to_owned())
+/// The fleet side of a test: a broker, a coordinator with a job of `units` units, the fleet's
+/// PKI (the bundle server's CA), an operator key and the folder the bundles are served from.
+/// Fields drop in order: the coordinator stops before its folder goes, the broker last.
+struct Fleet {
+    coordinator: Coordinator,
+    pki: Pki,
+    key: PathBuf,
+    operator: String,
+    www: PathBuf,
+    units: u64,
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
 }
 
-/// `rigctl --json update ...` started in the background.
-fn rigctl_update(port: u16, key: &Path, rigs: &[&str], bundle: &str, digest: &[&str]) -> Child {
-    Command::new(workspace_bin("rigctl"))
-        .args(["--broker", &format!("127.0.0.1:{port}"), "--json", "update"])
-        .args(rigs)
-        .args(["--bundle", bundle, "--version", "2.0.0", "--operator-key"])
-        .arg(key)
-        .args(["--timeout-ms", "180000", "--confirm-timeout-ms", "180000"])
-        .args(digest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+impl Fleet {
+    fn start(units: u64) -> Self {
+        let broker = Mosquitto::start();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::create();
+        let coordinator = Coordinator::process_gemm(broker.port, dir.path(), units, 32, None);
+        let key = dir.path().join("operator.key");
+        let out = Command::new(workspace_bin("rigctl"))
+            .arg("operator")
+            .arg("keygen")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let operator = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        Fleet {
+            coordinator,
+            pki,
+            key,
+            operator,
+            www,
+            units,
+            dir,
+            broker,
+        }
+    }
+
+    fn rig(&self, name: &str) -> Rig {
+        Rig::start(
+            name,
+            self.broker.port,
+            self.dir.path(),
+            &self.operator,
+            &self.pki,
+        )
+    }
+
+    /// Serves `bundles` (name, file) over HTTPS.
+    fn serve(&self, bundles: &[(&str, PathBuf)]) -> BundleServer {
+        for (name, file) in bundles {
+            std::fs::copy(file, self.www.join(name)).unwrap();
+        }
+        BundleServer::start(&self.www, &self.pki)
+    }
+
+    /// `rigctl --json update ...` started in the background.
+    fn update(&self, rigs: &[&str], bundle: &str, digest: &[&str]) -> Child {
+        Command::new(workspace_bin("rigctl"))
+            .args(["--broker", &format!("127.0.0.1:{}", self.broker.port)])
+            .args(["--json", "update"])
+            .args(rigs)
+            .args(["--bundle", bundle, "--version", "2.0.0", "--operator-key"])
+            .arg(&self.key)
+            .args(["--timeout-ms", "180000", "--confirm-timeout-ms", "180000"])
+            .args(digest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `rigctl --json ARGS...`: its report (null when it printed none).
+    fn rigctl(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(workspace_bin("rigctl"))
+            .args(["--broker", &format!("127.0.0.1:{}", self.broker.port)])
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// `rigctl update-status RIG`: its row.
+    fn update_status(&self, rig: &str) -> serde_json::Value {
+        self.rigctl(&["update-status", rig])[0].clone()
+    }
+
+    /// Whether the rig says it is held, in `rigctl diag`.
+    fn held(&self, rig: &str) -> serde_json::Value {
+        let key = self.key.to_string_lossy();
+        self.rigctl(&["diag", rig, "--operator-key", &key])[0]["rigs"][0]["diagnostics"]["held"]
+            .clone()
+    }
 }
 
 /// rigctl's exit status and its report, rig by rig.
@@ -160,43 +234,6 @@ fn finish(child: Child) -> (bool, Vec<serde_json::Value>) {
     )
 }
 
-/// `rigctl --json update-status RIG`: its row.
-fn update_status(port: u16, rig: &str) -> serde_json::Value {
-    let out = Command::new(workspace_bin("rigctl"))
-        .args([
-            "--broker",
-            &format!("127.0.0.1:{port}"),
-            "--json",
-            "update-status",
-            rig,
-        ])
-        .output()
-        .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    rows.as_array()
-        .and_then(|r| r.first())
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Whether the rig says it is held, in `rigctl diag`.
-fn held(port: u16, key: &Path, rig: &str) -> serde_json::Value {
-    let out = Command::new(workspace_bin("rigctl"))
-        .args([
-            "--broker",
-            &format!("127.0.0.1:{port}"),
-            "--json",
-            "diag",
-            rig,
-            "--operator-key",
-        ])
-        .arg(key)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    report[0]["rigs"][0]["diagnostics"]["held"].clone()
-}
-
 fn skip() -> bool {
     if let Some(why) = rauc::unavailable() {
         eprintln!("SKIPPED: {why}");
@@ -210,30 +247,22 @@ fn an_update_from_a_to_b_keeps_identity_and_journal_and_credits_every_receipt_on
     if skip() {
         return;
     }
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::create();
-    let units = 40;
-    let coordinator = Coordinator::process_gemm(broker.port, dir.path(), units, 32, None);
-    let (key, operator) = keygen(dir.path());
-    let mut rig = Rig::start("upd-ab", broker.port, dir.path(), &operator, &pki);
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let bundle = rig.machine.bundle("2.0.0", COMPATIBLE, None);
-    let served = www.join("rig-2.0.0.raucb");
-    std::fs::copy(&bundle, &served).unwrap();
-    let server = BundleServer::start(&www, &pki);
+    let fleet = Fleet::start(40);
+    let mut rig = fleet.rig("upd-ab");
+    let server = fleet.serve(&[(
+        "rig-2.0.0.raucb",
+        rig.machine.bundle("2.0.0", COMPATIBLE, None),
+    )]);
+    let served = fleet.www.join("rig-2.0.0.raucb");
     wait_until("receipts credited before the update", 120, || {
-        coordinator.credited().len() >= 4
+        fleet.coordinator.credited().len() >= 4
     });
     let identity = rig.identity();
     let (seq_before, _) = rig.process.journal();
-    assert_eq!(update_status(broker.port, "upd-ab")["version"], "1.0.0");
-    assert_eq!(update_status(broker.port, "upd-ab")["slot"], "A");
+    assert_eq!(fleet.update_status("upd-ab")["version"], "1.0.0");
+    assert_eq!(fleet.update_status("upd-ab")["slot"], "A");
 
-    let rigctl = rigctl_update(
-        broker.port,
-        &key,
+    let rigctl = fleet.update(
         &["upd-ab"],
         &server.url(&served),
         &["--file", served.to_str().unwrap()],
@@ -258,7 +287,7 @@ fn an_update_from_a_to_b_keeps_identity_and_journal_and_credits_every_receipt_on
         ["rig-a.conf", "rig-b.conf"],
         "B marked good"
     );
-    let status = update_status(broker.port, "upd-ab");
+    let status = fleet.update_status("upd-ab");
     assert_eq!(
         (
             &status["version"],
@@ -277,8 +306,10 @@ fn an_update_from_a_to_b_keeps_identity_and_journal_and_credits_every_receipt_on
     // The same rig: its identity (the key it signs with), its journal going on from where it
     // was.
     assert_eq!(rig.identity(), identity);
-    wait_job_done(&coordinator, units, &[&rig.process], 240);
-    coordinator.assert_exactly_once(units, &[&rig.process]);
+    wait_job_done(&fleet.coordinator, fleet.units, &[&rig.process], 240);
+    fleet
+        .coordinator
+        .assert_exactly_once(fleet.units, &[&rig.process]);
     assert!(
         rig.process.journal().0 > seq_before,
         "no receipt after the update"
@@ -290,17 +321,10 @@ fn refused_bundles_change_nothing_and_a_slot_that_never_comes_up_rolls_back_and_
     if skip() {
         return;
     }
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::create();
-    let units = 40;
-    let coordinator = Coordinator::process_gemm(broker.port, dir.path(), units, 32, None);
-    let (key, operator) = keygen(dir.path());
-    let mut first = Rig::start("upd-canary", broker.port, dir.path(), &operator, &pki);
-    let second = Rig::start("upd-rest", broker.port, dir.path(), &operator, &pki);
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let other_key = dir.path().join("other-key");
+    let fleet = Fleet::start(40);
+    let mut first = fleet.rig("upd-canary");
+    let second = fleet.rig("upd-rest");
+    let other_key = fleet.dir.path().join("other-key");
     let made = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/bundle.sh"))
         .arg("--new-key")
         .arg(&other_key)
@@ -321,12 +345,9 @@ fn refused_bundles_change_nothing_and_a_slot_that_never_comes_up_rolls_back_and_
             first.machine.bundle("2.0.0", COMPATIBLE, None),
         ),
     ];
-    for (name, file) in &bundles {
-        std::fs::copy(file, www.join(name)).unwrap();
-    }
-    let server = BundleServer::start(&www, &pki);
+    let server = fleet.serve(&bundles);
     wait_until("receipts credited", 120, || {
-        coordinator.credited().len() >= 2
+        fleet.coordinator.credited().len() >= 2
     });
     let untouched = first.machine.fingerprint();
     let zeros = "0".repeat(64);
@@ -335,18 +356,12 @@ fn refused_bundles_change_nothing_and_a_slot_that_never_comes_up_rolls_back_and_
         ("other-machine.raucb", None, "is for other-machine"),
         ("good.raucb", Some(zeros.as_str()), "SHA-256"),
     ] {
-        let file = www.join(name);
+        let file = fleet.www.join(name);
         let args: Vec<&str> = match digest {
             Some(d) => vec!["--sha256", d],
             None => vec!["--file", file.to_str().unwrap()],
         };
-        let (ok, report) = finish(rigctl_update(
-            broker.port,
-            &key,
-            &["upd-canary"],
-            &server.url(&file),
-            &args,
-        ));
+        let (ok, report) = finish(fleet.update(&["upd-canary"], &server.url(&file), &args));
         assert!(!ok, "{name}: {report:?}");
         let detail = report[0]["detail"].as_str().unwrap_or_default().to_owned();
         assert_eq!(report[0]["outcome"], "failed", "{name}: {report:?}");
@@ -360,21 +375,16 @@ fn refused_bundles_change_nothing_and_a_slot_that_never_comes_up_rolls_back_and_
             untouched,
             "{name} changed slot B or the ESP"
         );
-        let status = update_status(broker.port, "upd-canary");
+        let status = fleet.update_status("upd-canary");
         assert_eq!(status["last"], "failed 2.0.0", "{status}");
         assert_eq!(status["slot"], "A");
     }
     // Back to work after the refusals: the update's hold is gone.
-    assert_eq!(
-        held(broker.port, &key, "upd-canary"),
-        serde_json::json!(false)
-    );
+    assert_eq!(fleet.held("upd-canary"), serde_json::json!(false));
 
     // The good bundle, to the canary first; its slot B never comes up.
-    let good = www.join("good.raucb");
-    let rigctl = rigctl_update(
-        broker.port,
-        &key,
+    let good = fleet.www.join("good.raucb");
+    let rigctl = fleet.update(
         &["upd-canary", "upd-rest", "--canary", "1"],
         &server.url(&good),
         &["--file", good.to_str().unwrap()],
@@ -405,7 +415,7 @@ fn refused_bundles_change_nothing_and_a_slot_that_never_comes_up_rolls_back_and_
         report[1]["outcome"], "skipped",
         "the canary failed: {report:?}"
     );
-    let status = update_status(broker.port, "upd-canary");
+    let status = fleet.update_status("upd-canary");
     assert_eq!(
         (&status["version"], &status["slot"], &status["last"]),
         (
@@ -416,9 +426,10 @@ fn refused_bundles_change_nothing_and_a_slot_that_never_comes_up_rolls_back_and_
         "{status}"
     );
     // The rest never heard of it.
-    let rest = update_status(broker.port, "upd-rest");
+    let rest = fleet.update_status("upd-rest");
     assert_eq!(rest["last"], serde_json::Value::Null, "{rest}");
     assert_eq!(second.machine.entries(), ["rig-a.conf"]);
-    wait_job_done(&coordinator, units, &[&first.process, &second.process], 240);
-    coordinator.assert_exactly_once(units, &[&first.process, &second.process]);
+    let rigs = [&first.process, &second.process];
+    wait_job_done(&fleet.coordinator, fleet.units, &rigs, 240);
+    fleet.coordinator.assert_exactly_once(fleet.units, &rigs);
 }

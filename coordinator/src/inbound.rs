@@ -74,7 +74,7 @@ pub fn parse(topic: &str, payload: &[u8]) -> Result<Inbound, InboundError> {
         });
     }
     let Some((rig, channel)) = topics::parse(topic) else {
-        return Err(InboundError::Topic(topic.chars().take(200).collect()));
+        return Err(InboundError::Topic(rigd_protocol::clip(topic, 200)));
     };
     match channel {
         Channel::Status => {

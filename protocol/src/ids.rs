@@ -40,7 +40,7 @@ fn check(what: &'static str, max: usize, value: &str) -> Result<(), IdError> {
     {
         return Err(IdError::Charset {
             what,
-            value: value.chars().take(80).collect(),
+            value: crate::clip(value, 80),
         });
     }
     Ok(())

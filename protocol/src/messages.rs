@@ -16,6 +16,16 @@ pub const MAX_BATCH: usize = 4096;
 /// The longest free-text field (versions, names, backends).
 pub const MAX_TEXT: usize = 128;
 
+/// `s` cut to at most `max` bytes at a character boundary: free text a frame carries (a
+/// reason, an error) made to fit its cap.
+pub fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 fn text(what: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_TEXT {
         Err(format!(
@@ -452,4 +462,21 @@ pub struct CoordinatorStatus {
 impl Frame for CoordinatorStatus {
     const KIND: u8 = 7;
     const NAME: &'static str = "CoordinatorStatus";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_keeps_whole_characters_within_the_cap() {
+        assert_eq!(clip("short", 128), "short");
+        assert_eq!(clip("abcdef", 3), "abc");
+        // "é" is two bytes: a cap inside it leaves it out rather than splitting it.
+        assert_eq!(clip("aéb", 2), "a");
+        assert_eq!(clip("aéb", 3), "aé");
+        let long = "€".repeat(100);
+        assert!(clip(&long, 128).len() <= 128);
+        assert_eq!(clip("", 0), "");
+    }
 }

@@ -85,7 +85,7 @@ impl NvmlGpu {
             let info = CardInfo {
                 uuid,
                 index,
-                name: name.chars().take(rigd_protocol::MAX_TEXT).collect(),
+                name: rigd_protocol::clip(&name, rigd_protocol::MAX_TEXT),
                 vram_mib: device.memory_info().map_or(0, |m| (m.total >> 20) as u32),
                 power_limit_w: device.enforced_power_limit().map_or(0, |p| p / 1000),
             };

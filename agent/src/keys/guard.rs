@@ -186,7 +186,7 @@ impl GuardedKey {
             .saturating_mul(1 << (state.failures - 1).min(16))
             .min(self.timing.max_backoff);
         state.retry_at = Some(Instant::now() + backoff);
-        state.reason = reason.chars().take(rigd_protocol::MAX_TEXT).collect();
+        state.reason = rigd_protocol::clip(&reason, rigd_protocol::MAX_TEXT);
         tracing::warn!(
             key = %self.described,
             failures = state.failures,

@@ -141,25 +141,7 @@ async fn exchange_now(
     request: Request<'_>,
     bounds: Bounds,
 ) -> Result<Answer, HttpError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| HttpError::Resolve(e.to_string()))?
-        .collect();
-    let addr = addrs
-        .first()
-        .copied()
-        .ok_or_else(|| HttpError::Resolve("no address".into()))?;
-    if let Some(bad) = addrs.iter().find(|a| !(bounds.reach)(a.ip())) {
-        return Err(HttpError::Refused(bad.ip()));
-    }
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| HttpError::Io(e.to_string()))?;
-    let mut built = hyper::Request::builder()
-        .method(request.method)
-        .uri(url.path.as_str())
-        .header(hyper::header::HOST, url.host.as_str())
-        .header(hyper::header::USER_AGENT, bounds.agent);
+    let mut built = head(url, request.method, bounds.agent);
     for (name, value) in request.headers {
         built = built.header(*name, *value);
     }
@@ -170,24 +152,78 @@ async fn exchange_now(
     let built = built
         .body(Full::new(body))
         .map_err(|e| HttpError::Io(e.to_string()))?;
-    if !url.tls {
-        return send(tcp, built, bounds.max_body).await;
-    }
-    let tls = tls_connect(url, tcp, &[]).await?;
-    send(tls, built, bounds.max_body).await
+    let mut connection = Connection::open(url, bounds.reach, &[]).await?;
+    read(connection.sender.send_request(built).await, bounds.max_body).await
 }
 
-async fn tls_connect(
-    url: &Url,
-    tcp: tokio::net::TcpStream,
-    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, HttpError> {
-    let name =
-        rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|_| HttpError::Url)?;
-    tokio_rustls::TlsConnector::from(tls_config(extra_roots)?)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| HttpError::Io(e.to_string()))
+/// A request to `url`'s path with the headers every request carries.
+fn head(url: &Url, method: &str, agent: &'static str) -> hyper::http::request::Builder {
+    hyper::Request::builder()
+        .method(method)
+        .uri(url.path.as_str())
+        .header(hyper::header::HOST, url.host.as_str())
+        .header(hyper::header::USER_AGENT, agent)
+}
+
+/// An HTTP/1.1 connection to `url`'s host, over TLS for `https://`; its driver task ends
+/// with it.
+struct Connection {
+    sender: http1::SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Connection {
+    /// Resolves the host (every address must pass `reach`), connects to the first address
+    /// and, for `https://`, checks the server on the system's roots and `extra_roots`.
+    async fn open(
+        url: &Url,
+        reach: fn(IpAddr) -> bool,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Self, HttpError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| HttpError::Resolve(e.to_string()))?
+            .collect();
+        let addr = addrs
+            .first()
+            .copied()
+            .ok_or_else(|| HttpError::Resolve("no address".into()))?;
+        if let Some(bad) = addrs.iter().find(|a| !reach(a.ip())) {
+            return Err(HttpError::Refused(bad.ip()));
+        }
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| HttpError::Io(e.to_string()))?;
+        if !url.tls {
+            return Self::over(tcp).await;
+        }
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|_| HttpError::Url)?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config(extra_roots)?)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| HttpError::Io(e.to_string()))?;
+        Self::over(tls).await
+    }
+
+    async fn over<S>(io: S) -> Result<Self, HttpError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| HttpError::Io(e.to_string()))?;
+        Ok(Self {
+            sender,
+            driver: tokio::spawn(connection),
+        })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 /// What [`download`] wrote.
@@ -231,78 +267,46 @@ async fn download_now(
     if !url.tls {
         return Err(HttpError::Url);
     }
-    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| HttpError::Io(e.to_string()))?;
-    let tls = tls_connect(url, tcp, extra_roots).await?;
-    let request = hyper::Request::builder()
-        .method("GET")
-        .uri(url.path.as_str())
-        .header(hyper::header::HOST, url.host.as_str())
-        .header(hyper::header::USER_AGENT, agent)
+    let request = head(url, "GET", agent)
         .body(Full::new(Bytes::new()))
         .map_err(|e| HttpError::Io(e.to_string()))?;
-    let (mut sender, connection) = http1::handshake(TokioIo::new(tls))
+    let mut connection = Connection::open(url, |_| true, extra_roots).await?;
+    let answer = connection
+        .sender
+        .send_request(request)
         .await
         .map_err(|e| HttpError::Io(e.to_string()))?;
-    let driver = tokio::spawn(connection);
-    let result = async {
-        let answer = sender
-            .send_request(request)
-            .await
-            .map_err(|e| HttpError::Io(e.to_string()))?;
-        if answer.status() != hyper::StatusCode::OK {
-            return Err(HttpError::Io(format!("HTTP status {}", answer.status())));
-        }
-        let mut body = answer.into_body();
-        let mut file = tokio::fs::File::create(to)
-            .await
-            .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
-        let mut hash = Context::new(&SHA256);
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| HttpError::Io(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            bytes = bytes.saturating_add(data.len() as u64);
-            if bytes > max_bytes {
-                return Err(HttpError::TooLong(
-                    usize::try_from(max_bytes).unwrap_or(usize::MAX),
-                ));
-            }
-            hash.update(&data);
-            file.write_all(&data)
-                .await
-                .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(hash.finish().as_ref());
-        Ok(Downloaded { bytes, sha256 })
+    if answer.status() != hyper::StatusCode::OK {
+        return Err(HttpError::Io(format!("HTTP status {}", answer.status())));
     }
-    .await;
-    driver.abort();
-    result
-}
-
-async fn send<S>(
-    io: S,
-    request: hyper::Request<Full<Bytes>>,
-    max_body: usize,
-) -> Result<Answer, HttpError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = http1::handshake(TokioIo::new(io))
+    let mut body = answer.into_body();
+    let mut file = tokio::fs::File::create(to)
         .await
-        .map_err(|e| HttpError::Io(e.to_string()))?;
-    let driver = tokio::spawn(connection);
-    let answer = read(sender.send_request(request).await, max_body).await;
-    driver.abort();
-    answer
+        .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
+    let mut hash = Context::new(&SHA256);
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| HttpError::Io(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        bytes = bytes.saturating_add(data.len() as u64);
+        if bytes > max_bytes {
+            return Err(HttpError::TooLong(
+                usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            ));
+        }
+        hash.update(&data);
+        file.write_all(&data)
+            .await
+            .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| HttpError::Io(format!("{}: {e}", to.display())))?;
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(hash.finish().as_ref());
+    Ok(Downloaded { bytes, sha256 })
 }
 
 async fn read(
