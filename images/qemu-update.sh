@@ -249,6 +249,8 @@ done
 say "back on slot $slot with $running $(since "$t_on") s after power-on, working (journaled $seq_cut -> $(status_field journaled))"
 
 say "== receipts of before and after, credited"
+# The rig works on while the ledger is read: drained, its journal stops where the check reads it.
+ctl drain qemu-rig --operator-key "$work/operator.key" > /dev/null || fail "the rig did not drain"
 deadline=$(( $(date +%s) + 600 ))
 until [ "$(status_field unacked)" = 0 ] && [ "$(earnings_field last_seq)" = "$(status_field journaled)" ]; do
   [ "$(date +%s)" -lt "$deadline" ] || fail "ledger last seq $(earnings_field last_seq), rig journaled $(status_field journaled)"
