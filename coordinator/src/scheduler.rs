@@ -79,6 +79,10 @@ pub struct Scheduler {
     /// Every current lease as `(deadline_ms, unit)`.
     deadlines: BTreeSet<(u64, u64)>,
     rigs: BTreeMap<RigId, Slot>,
+    /// The rigs accepting work with spare capacity (cooldowns and suspensions aside, which
+    /// [`Scheduler::assign`] checks): what it scans, so that handing out units costs in the
+    /// rigs that can take them, not in every rig of the fleet.
+    open: BTreeSet<RigId>,
 }
 
 impl Scheduler {
@@ -93,6 +97,7 @@ impl Scheduler {
             live: HashMap::new(),
             deadlines: BTreeSet::new(),
             rigs: BTreeMap::new(),
+            open: BTreeSet::new(),
         }
     }
 
@@ -118,6 +123,22 @@ impl Scheduler {
         let slot = self.rigs.entry(rig.clone()).or_default();
         slot.cards = cards;
         slot.accepting = accepting && online;
+        self.reindex(rig);
+    }
+
+    /// Puts `rig` in [`Scheduler::open`] or takes it out, after its slot changed.
+    fn reindex(&mut self, rig: &RigId) {
+        let open = self
+            .rigs
+            .get(rig)
+            .is_some_and(|s| s.accepting && s.leased.len() < self.capacity(s));
+        if open {
+            if !self.open.contains(rig) {
+                self.open.insert(rig.clone());
+            }
+        } else {
+            self.open.remove(rig);
+        }
     }
 
     /// Hands queued units to rigs with spare capacity, one unit per rig per round so that
@@ -127,15 +148,14 @@ impl Scheduler {
         loop {
             let mut gave = false;
             let open: Vec<RigId> = self
-                .rigs
+                .open
                 .iter()
-                .filter(|(_, s)| {
-                    s.accepting
-                        && s.leased.len() < self.capacity(s)
-                        && now_ms >= s.cooldown_until_ms
-                        && now_ms >= s.suspended_until_ms
+                .filter(|r| {
+                    self.rigs.get(*r).is_some_and(|s| {
+                        now_ms >= s.cooldown_until_ms && now_ms >= s.suspended_until_ms
+                    })
                 })
-                .map(|(r, _)| r.clone())
+                .cloned()
                 .collect();
             for rig in open {
                 let Some(unit) = self.pop_queued() else {
@@ -183,7 +203,9 @@ impl Scheduler {
             .or_default()
             .leased
             .insert(unit);
+        let rig = lease.rig.clone();
         live.lease = Some(lease);
+        self.reindex(&rig);
         old
     }
 
@@ -194,6 +216,7 @@ impl Scheduler {
         if let Some(slot) = self.rigs.get_mut(&lease.rig) {
             slot.leased.remove(&unit);
         }
+        self.reindex(&lease.rig);
         Some(lease)
     }
 
